@@ -1,0 +1,1 @@
+"""Building blocks: each a pure-function core plus a thin Flax NNX module, found by name in `registry`."""

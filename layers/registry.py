@@ -1,0 +1,93 @@
+"""Name -> constructor for token mixers, feed-forwards, activations and norms.
+
+A new layer is one file plus one line in `_ENTRIES`. Entries are import paths, loaded on first
+use, so the registry imports nothing it does not need. Every constructor has the signature
+`ctor(ctx: LayerContext, *, rngs: nnx.Rngs, **options)`; options come from the config
+(`model.options.<name>.<key>`) and are checked against the signature before anything compiles.
+
+Contracts (what models rely on):
+  mixer:      module(x [B,T,D]) -> [B,T,D]; optional `init_cache(batch, max_len)` and
+              `decode(x [B,1,D], cache, pos) -> (y, cache)` for generation.
+  ffn:        module(x [..., D]) -> [..., D].
+  activation: callable(x [..., F]) -> [..., F] (plain function or NNX module).
+  norm:       module(x [..., F]) -> [..., F].
+Layers report auxiliary losses / metrics through `layers.aux` (AuxLoss, LayerMetric).
+"""
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from layers.context import LayerContext
+
+KINDS = ("mixer", "ffn", "activation", "norm")
+
+_ENTRIES: dict[str, dict[str, str]] = {
+  "mixer": {
+    "attention": "layers.attention.softmax:attention",
+  },
+  "ffn": {
+    "mlp": "layers.feedforward:mlp",
+    "glu": "layers.feedforward:glu",
+    "swiglu": "layers.feedforward:swiglu",
+    "geglu": "layers.feedforward:geglu",
+    "reglu": "layers.feedforward:reglu",
+  },
+  "activation": {
+    "relu": "layers.activations.fixed:relu",
+    "gelu": "layers.activations.fixed:gelu",
+    "gelu_tanh": "layers.activations.fixed:gelu_tanh",
+    "silu": "layers.activations.fixed:silu",
+    "swish": "layers.activations.fixed:silu",
+    "relu2": "layers.activations.fixed:relu2",
+    "tanh": "layers.activations.fixed:tanh",
+    "sigmoid": "layers.activations.fixed:sigmoid",
+    "identity": "layers.activations.fixed:identity",
+  },
+  "norm": {
+    "rmsnorm": "layers.norms:rmsnorm",
+    "layernorm": "layers.norms:layernorm",
+  },
+}
+
+
+def _check_kind(kind: str) -> None:
+  if kind not in KINDS:
+    raise ValueError(f"unknown layer kind {kind!r}; kinds are {KINDS}")
+
+
+def names(kind: str) -> list[str]:
+  _check_kind(kind)
+  return sorted(_ENTRIES[kind])
+
+
+def lookup(kind: str, name: str) -> Callable[..., Any]:
+  """The constructor registered as `name`; a clear error with close matches otherwise."""
+  _check_kind(kind)
+  if name not in _ENTRIES[kind]:
+    close = difflib.get_close_matches(name, _ENTRIES[kind], n=3)
+    hint = f" Did you mean {close}?" if close else ""
+    raise ValueError(f"unknown {kind} {name!r}.{hint} Registered {kind}s: {names(kind)}")
+  module, attr = _ENTRIES[kind][name].split(":")
+  return getattr(importlib.import_module(module), attr)
+
+
+def check_options(kind: str, name: str, options: dict[str, Any]) -> None:
+  """Raise if `options` holds a key the constructor of `name` does not accept."""
+  params = inspect.signature(lookup(kind, name)).parameters
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    return
+  accepted = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p != "rngs"]
+  for key in options:
+    if key not in accepted:
+      close = difflib.get_close_matches(key, accepted, n=3)
+      hint = f" Did you mean {close}?" if close else ""
+      raise ValueError(f"{kind} {name!r} has no option {key!r}.{hint} Its options: {accepted}")
+
+
+def build(kind: str, name: str, ctx: LayerContext, *, rngs, **options) -> Any:
+  """Construct the layer registered as `name`."""
+  check_options(kind, name, options)
+  return lookup(kind, name)(ctx, rngs=rngs, **options)
