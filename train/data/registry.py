@@ -1,0 +1,32 @@
+"""Data sources by name (`config.data.name`); one line per source, loaded on first use.
+
+Source contract: `ctor(cfg, *, split: str, seed: int) -> grain.MapDataset` of dict examples
+(numpy arrays) with keys "inputs", "targets", "weights" (loss/accuracy weights), index-addressed
+and deterministic; the shared pipeline (train/data/pipeline.py) shards, shuffles, batches.
+cfg is the `config.data` ConfigDict.
+"""
+
+import difflib
+import importlib
+
+_SOURCES = {
+  "mqar": "train.data.mqar:source",
+  "text": "train.data.text:source",
+  "tfds_text": "train.data.tfds_text:source",
+  "mnist1d": "train.data.images:mnist1d_source",
+  "digits": "train.data.images:digits_source",
+  "tfds_images": "train.data.images:tfds_source",
+}
+
+
+def names() -> list[str]:
+  return sorted(_SOURCES)
+
+
+def lookup(name: str):
+  if name not in _SOURCES:
+    close = difflib.get_close_matches(name, _SOURCES, n=3)
+    raise ValueError(f"unknown data source {name!r}" + (f"; did you mean {close}?" if close else "")
+                     + f" Known: {names()}")
+  module, attr = _SOURCES[name].split(":")
+  return getattr(importlib.import_module(module), attr)
