@@ -1,0 +1,48 @@
+"""Delta rule (DeltaNet): S_t = S_{t-1} + β_t k_t (v_t − S_{t-1}ᵀ k_t)ᵀ."""
+
+import jax
+import jax.numpy as jnp
+
+from layers.linear_attention import op_utils
+from layers.linear_attention.gated_delta_rule import chunk_delta
+
+
+def delta_rule(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  beta: jax.Array,
+  *,
+  scale: float | None = None,
+  initial_state: jax.Array | None = None,
+  output_final_state: bool = False,
+  mode: str = "chunk",
+  chunk_size: int = 64,
+) -> tuple[jax.Array, jax.Array | None]:
+  """Delta-rule state update: each step writes v_t at key k_t, replacing what S held there.
+
+  S_t = S_{t-1} + β_t k_t (v_t − S_{t-1}ᵀ k_t)ᵀ,  o_t = S_tᵀ (scale q_t),  S_0 = initial_state.
+  q, k [B, T, H, K] (L2-normalise them first: the caller's job); v [B, T, H, V]; beta [B, T, H];
+  initial_state [B, H, K, V].
+  Returns o [B, T, H, V] in q's dtype and the final state [B, H, K, V] in fp32 (None unless
+  output_final_state). mode: "recurrent" (scan, the specification), "chunk" (the WY/UT chunk form
+  of gated_delta_rule without decay), "parallel" (one chunk over the whole sequence).
+  """
+  b, t, h, _ = q.shape
+  op_utils.check_shape("beta", beta, (b, t, h))
+  return op_utils.run(_recurrent, _chunk, q, k, v, (beta,), scale=scale, initial_state=initial_state,
+                      output_final_state=output_final_state, mode=mode, chunk_size=chunk_size)
+
+
+def _recurrent(q, k, v, beta, s0):
+  def step(s, x):  # s [B, H, K, V]
+    q_t, k_t, v_t, b_t = x
+    delta = b_t[..., None] * (v_t - jnp.einsum("bhkv,bhk->bhv", s, k_t))
+    s = s + k_t[..., :, None] * delta[..., None, :]
+    return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
+
+  return op_utils.scan_time(step, s0, (q, k, v, beta))
+
+
+def _chunk(q, k, v, beta, s0, size):
+  return chunk_delta(q, k, v, None, beta, s0, size)

@@ -1,0 +1,99 @@
+"""Gated delta rule (Gated DeltaNet): S_t = exp(g_t) S_{t-1} + β_t k_t (v_t − exp(g_t) S_{t-1}ᵀ k_t)ᵀ."""
+
+import jax
+import jax.numpy as jnp
+
+from layers.linear_attention import op_utils
+
+
+def gated_delta_rule(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  g: jax.Array,
+  beta: jax.Array,
+  *,
+  scale: float | None = None,
+  initial_state: jax.Array | None = None,
+  output_final_state: bool = False,
+  mode: str = "chunk",
+  chunk_size: int = 64,
+) -> tuple[jax.Array, jax.Array | None]:
+  """Delta-rule state update with a scalar log decay g_t <= 0 per head and step.
+
+  S_t = exp(g_t) S_{t-1} + β_t k_t (v_t − exp(g_t) S_{t-1}ᵀ k_t)ᵀ,  o_t = S_tᵀ (scale q_t).
+  q, k [B, T, H, K] (L2-normalise them first: the caller's job); v [B, T, H, V];
+  g, beta [B, T, H]; initial_state [B, H, K, V].
+  Returns o [B, T, H, V] in q's dtype and the final state [B, H, K, V] in fp32 (None unless
+  output_final_state). mode: "recurrent" (scan, the specification), "chunk" (WY/UT transform with
+  a triangular solve per chunk, the fast form), "parallel" (one chunk over the whole sequence).
+  """
+  b, t, h, _ = q.shape
+  op_utils.check_shape("g", g, (b, t, h))
+  op_utils.check_shape("beta", beta, (b, t, h))
+  return op_utils.run(_recurrent, chunk_delta, q, k, v, (g, beta), scale=scale, initial_state=initial_state,
+                      output_final_state=output_final_state, mode=mode, chunk_size=chunk_size)
+
+
+def _recurrent(q, k, v, g, beta, s0):
+  def step(s, x):  # s [B, H, K, V]
+    q_t, k_t, v_t, g_t, b_t = x
+    s = jnp.exp(g_t)[..., None, None] * s
+    delta = b_t[..., None] * (v_t - jnp.einsum("bhkv,bhk->bhv", s, k_t))
+    s = s + k_t[..., :, None] * delta[..., None, :]
+    return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
+
+  return op_utils.scan_time(step, s0, (q, k, v, g, beta))
+
+
+def chunk_delta(
+  q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None, beta: jax.Array, s0: jax.Array, size: int
+) -> tuple[jax.Array, jax.Array]:
+  """Chunkwise delta rule through the WY/UT transform (g None: ungated DeltaNet).
+
+  q, k [B, T, H, K], v [B, T, H, V], g, beta [B, T, H] fp32 with T a multiple of `size`.
+  In a chunk with start state S_n and b_t = g_1 + ... + g_t, the per-step corrections
+  δ_t = β_t (v_t − exp(g_t) S_{t-1}ᵀ k_t) solve the unit lower-triangular system
+    (I + A) δ = diag(β) V − diag(β exp(b)) K S_n,   A_ts = β_t exp(b_t − b_s) (k_t . k_s) for s < t,
+  i.e. δ = U − W S_n with U = (I + A)⁻¹ diag(β) V and W = (I + A)⁻¹ diag(β exp(b)) K (one
+  triangular solve per chunk, all chunks at once). Then
+    o_t     = exp(b_t) q_t S_n + sum_{s<=t} exp(b_t − b_s) (q_t . k_s) δ_s
+    S_{n+1} = exp(b_C) S_n + sum_s exp(b_C − b_s) k_s δ_sᵀ
+  and only δ = U − W S_n and the state update run sequentially over chunks.
+  """
+  qc, kc, vc = (op_utils.to_chunks(x, size) for x in (q, k, v))  # [B, H, N, C, K|V]
+  bc = op_utils.to_chunks(beta, size)  # [B, H, N, C]
+  strict = jnp.tril(jnp.ones((size, size), bool), -1)
+  causal = jnp.tril(jnp.ones((size, size), bool))
+  if g is None:
+    decay_strict, decay_causal = strict.astype(q.dtype), causal.astype(q.dtype)
+    k_in, k_out, q_in, chunk_decay = kc, kc, qc, jnp.ones(bc.shape[:3], q.dtype)
+  else:
+    cum = jnp.cumsum(op_utils.to_chunks(g, size), axis=-1)  # [B, H, N, C]
+    last = cum[..., -1:]
+    diff = cum[..., :, None] - cum[..., None, :]
+    decay_strict = op_utils.masked_exp(diff, strict)  # [B, H, N, C, C]
+    decay_causal = op_utils.masked_exp(diff, causal)
+    k_in = kc * jnp.exp(cum)[..., None]  # exp(b_t) k_t
+    k_out = kc * jnp.exp(last - cum)[..., None]  # exp(b_C − b_s) k_s
+    q_in = qc * jnp.exp(cum)[..., None]
+    chunk_decay = jnp.exp(last[..., 0])  # [B, H, N]
+
+  a = bc[..., None] * jnp.einsum("bhnck,bhnsk->bhncs", kc, kc) * decay_strict  # A [B, H, N, C, C]
+  eye = jnp.eye(size, dtype=a.dtype)
+  rhs = bc[..., None] * jnp.concatenate([vc, k_in], axis=-1)  # [diag(β) V | diag(β exp(b)) K]
+  uw = jax.lax.linalg.triangular_solve(a + eye, rhs, left_side=True, lower=True, unit_diagonal=True)
+  u, w = uw[..., : vc.shape[-1]], uw[..., vc.shape[-1]:]
+
+  def step(s, x):  # s [B, H, K, V]
+    u_n, w_n, k_n, d_n = x
+    delta = u_n - jnp.einsum("bhck,bhkv->bhcv", w_n, s)
+    nxt = d_n[..., None, None] * s + jnp.einsum("bhck,bhcv->bhkv", k_n, delta)
+    return nxt, (s, delta)
+
+  xs = tuple(jnp.moveaxis(x, 2, 0) for x in (u, w, k_out, chunk_decay))
+  final, (starts, delta) = jax.lax.scan(step, s0, xs)
+  starts, delta = jnp.moveaxis(starts, 0, 2), jnp.moveaxis(delta, 0, 2)  # [B, H, N, K, V], [B, H, N, C, V]
+  scores = jnp.einsum("bhnck,bhnsk->bhncs", qc, kc) * decay_causal
+  o = jnp.einsum("bhncs,bhnsv->bhncv", scores, delta) + jnp.einsum("bhnck,bhnkv->bhncv", q_in, starts)
+  return op_utils.from_chunks(o), final

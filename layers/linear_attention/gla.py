@@ -1,0 +1,82 @@
+"""Gated linear attention (GLA): a log decay per key channel, S_t = diag(exp(gk_t)) S_{t-1} + k_t v_tᵀ."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from layers.linear_attention import op_utils
+
+# Secondary chunk length: decays inside a sub-chunk are applied elementwise ([c, c, K]), between
+# sub-chunks through matmuls with exponents relative to the sub-chunk start (always <= 0).
+SUB_CHUNK = 16
+
+
+def gla(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  gk: jax.Array,
+  *,
+  scale: float | None = None,
+  initial_state: jax.Array | None = None,
+  output_final_state: bool = False,
+  mode: str = "chunk",
+  chunk_size: int = 64,
+) -> tuple[jax.Array, jax.Array | None]:
+  """Linear attention with a data-dependent log decay gk_t <= 0 per head, step and key channel.
+
+  S_t = diag(exp(gk_t)) S_{t-1} + k_t v_tᵀ,  o_t = S_tᵀ (scale q_t),  S_0 = initial_state.
+  q, k, gk [B, T, H, K]; v [B, T, H, V]; initial_state [B, H, K, V].
+  Returns o [B, T, H, V] in q's dtype and the final state [B, H, K, V] in fp32 (None unless
+  output_final_state). mode: "recurrent" (scan, the specification), "chunk" (chunkwise matmuls
+  with secondary chunking, the fast form), "parallel" (one chunk over the whole sequence).
+  """
+  op_utils.check_shape("gk", gk, k.shape)
+  return op_utils.run(_recurrent, _chunk, q, k, v, (gk,), scale=scale, initial_state=initial_state,
+                      output_final_state=output_final_state, mode=mode, chunk_size=chunk_size)
+
+
+def _recurrent(q, k, v, gk, s0):
+  def step(s, x):  # s [B, H, K, V]
+    q_t, k_t, v_t, g_t = x
+    s = jnp.exp(g_t)[..., None] * s + k_t[..., :, None] * v_t[..., None, :]
+    return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
+
+  return op_utils.scan_time(step, s0, (q, k, v, gk))
+
+
+def _chunk(q, k, v, gk, s0, size):
+  """Chunkwise GLA. In a chunk, b_t = gk_1 + ... + gk_t per channel (<= 0, decreasing) and
+    o_t     = (q_t * exp(b_t)) S_n + sum_{s<=t} [sum_k q_tk k_sk exp(b_tk - b_sk)] v_s
+    S_{n+1} = diag(exp(b_C)) S_n + sum_s (k_s * exp(b_C - b_s)) v_sᵀ
+  The intra-chunk scores use sub-chunks of length c: for t in sub-chunk i and s before it, with r_i
+  the step just before sub-chunk i, exp(b_t - b_s) = exp(b_t - b_{r_i}) exp(b_{r_i} - b_s), both
+  factors <= 1, so the block is a plain matmul; inside a sub-chunk the decay is applied elementwise.
+  """
+  c = math.gcd(size, SUB_CHUNK)
+  ns = size // c
+  qc, kc, vc = (op_utils.to_chunks(x, size) for x in (q, k, v))  # [B, H, N, C, K|V]
+  cum = jnp.cumsum(op_utils.to_chunks(gk, size), axis=-2)  # b [B, H, N, C, K]
+  last = cum[..., -1, :]  # b_C [B, H, N, K]
+
+  update = jnp.einsum("bhnck,bhncv->bhnkv", kc * jnp.exp(last[..., None, :] - cum), vc)
+  starts, final = op_utils.scan_chunk_states(s0, jnp.exp(last), update)
+  o = jnp.einsum("bhnck,bhnkv->bhncv", qc * jnp.exp(cum), starts)
+
+  q_s, k_s, cum_s = (x.reshape(*x.shape[:3], ns, c, x.shape[-1]) for x in (qc, kc, cum))  # [B,H,N,ns,c,K]
+  # b at the step before each sub-chunk (b_0 = 0 at the chunk start): [B, H, N, ns, K]
+  ref = jnp.concatenate([jnp.zeros_like(cum_s[..., :1, 0, :]), cum_s[..., :-1, -1, :]], axis=-2)
+  q_ref = q_s * jnp.exp(cum_s - ref[..., None, :])  # q_t exp(b_t - b_r)
+  before = jnp.arange(size)[None, :] < (jnp.arange(ns) * c)[:, None]  # s before sub-chunk i [ns, C]
+  k_ref = kc[..., None, :, :] * op_utils.masked_exp(  # k_s exp(b_r - b_s) [B, H, N, ns, C, K]
+    ref[..., :, None, :] - cum[..., None, :, :], before[:, :, None])
+  between = jnp.einsum("bhnitk,bhnisk->bhnits", q_ref, k_ref)  # [B, H, N, ns, c, C]
+  causal = jnp.tril(jnp.ones((c, c), bool))[:, :, None]
+  inside = jnp.einsum(  # [B, H, N, ns, c, c]
+    "bhnitk,bhnisk,bhnitsk->bhnits", q_s, k_s,
+    op_utils.masked_exp(cum_s[..., :, None, :] - cum_s[..., None, :, :], causal))
+  scores = between.reshape(*between.shape[:3], size, size) + jnp.einsum(
+    "bhnits,ij->bhnitjs", inside, jnp.eye(ns, dtype=inside.dtype)).reshape(*between.shape[:3], size, size)
+  o = o + jnp.einsum("bhncs,bhnsv->bhncv", scores, vc)
+  return op_utils.from_chunks(o), final
