@@ -65,9 +65,9 @@ class Linear(nnx.Module):
 class Embed(nnx.Module):
   """Token embedding; `attend` reuses the table as a tied output projection."""
 
-  def __init__(self, vocab_size: int, features: int, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
-    init = nnx.initializers.normal(stddev=1.0)
+  def __init__(self, vocab_size: int, features: int, *, stddev: float = 0.02, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    init = nnx.initializers.normal(stddev=stddev)
     self.embedding = make_param(init, rngs.params(), (vocab_size, features), param_dtype, ("vocab", "embed"))
     self.dtype = dtype
 

@@ -1,0 +1,148 @@
+"""Shared presets for experiment files: the base config, model sizes, optimizer recipes, data, CPU shrink.
+
+Every experiment's `get_config(arg)` starts from `base_config()` (so every run has every section)
+and changes what its paper changes. One place decides what "local" means: `shrink_for_cpu`.
+"""
+
+import re
+
+import ml_collections
+
+# d_model, n_layers, n_heads, d_ff (SwiGLU hidden), vocab. GPT-3 / Llama-style shapes.
+LM_SIZES = {
+  "tiny": dict(d_model=64, n_layers=2, n_heads=2, d_ff=192),
+  "small": dict(d_model=128, n_layers=4, n_heads=4, d_ff=384),
+  "125m": dict(d_model=768, n_layers=12, n_heads=12, d_ff=2048),
+  "340m": dict(d_model=1024, n_layers=24, n_heads=16, d_ff=2816),
+  "1b": dict(d_model=2048, n_layers=24, n_heads=16, d_ff=5632),
+  "1.3b": dict(d_model=2048, n_layers=24, n_heads=16, d_ff=5632),
+}
+
+# Logical parameter / activation axis -> mesh axes. Unlisted names are replicated.
+DEFAULT_RULES = {
+  "batch": ("data", "fsdp"),
+  "embed": "fsdp",
+  "vocab": "tensor",
+  "mlp": "tensor",
+  "heads": "tensor",
+  "kv_heads": "tensor",
+  "expert": "expert",
+}
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """'local,size=340m' -> {local: True, size: '340m'} over `defaults` (typed by the defaults).
+
+  A bare word sets a bool default to True; unknown names fail with the known ones listed.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, eq, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"unknown experiment argument {key!r}; known: {sorted(defaults)}")
+    default = defaults[key]
+    if not eq:
+      if not isinstance(default, bool):
+        raise ValueError(f"experiment argument {key!r} needs a value: {key}=...")
+      out[key] = True
+    elif isinstance(default, bool):
+      out[key] = value.lower() in ("1", "true", "yes")
+    elif default is None:
+      out[key] = value
+    else:
+      out[key] = type(default)(value)
+  return out
+
+
+def blocks(mixer: str, ffn: str, n_layers: int) -> str:
+  """A homogeneous block pattern, e.g. blocks('gla', 'swiglu', 24) == '(gla, swiglu) * 24'."""
+  return f"({mixer}, {ffn}) * {n_layers}"
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every section and field a run has, with defaults; experiment files override."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict(dict(
+    kind="lm", vocab_size=256, d_model=128, n_heads=4, n_kv_heads=0, head_dim=0, d_ff=384,
+    activation="gelu", norm="rmsnorm", blocks=blocks("attention", "swiglu", 2),
+    options=ml_collections.ConfigDict(), tie_embeddings=True,
+    dtype="float32", param_dtype="float32", remat=False,
+  ))
+
+  c.data = ml_collections.ConfigDict(dict(
+    name="text", seq_len=256, batch_size=16, eval_split="validation", train_split="train",
+    data_dir="", shuffle_buffer=0,
+  ))
+
+  c.optim = ml_collections.ConfigDict(dict(
+    lr=3e-4, schedule="cosine", warmup_steps=100, decay_fraction=0.2, min_lr_ratio=0.1,
+    b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0, grad_accum=1,
+    groups=ml_collections.ConfigDict({
+      "activation": ml_collections.ConfigDict(dict(lr_mult=1.0, weight_decay=0.0)),
+    }),
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+    steps=1000, loss="xent", log_every=10, eval_every=200, eval_steps=8,
+    ckpt_every=200, keep_ckpts=3, async_ckpt=True, progress=True, tensorboard=True,
+  ))
+
+  c.mesh = ml_collections.ConfigDict(dict(
+    shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1)),
+    rules=ml_collections.ConfigDict(DEFAULT_RULES),
+  ))
+
+  c.distributed = ml_collections.ConfigDict(dict(
+    initialize=False, coordinator_address="", num_processes=0, process_id=-1,
+  ))
+  return c
+
+
+def lm_config(size: str = "small") -> ml_collections.ConfigDict:
+  """A byte-level LM on the embedded text corpus, with a shape from LM_SIZES."""
+  if size not in LM_SIZES:
+    raise ValueError(f"unknown LM size {size!r}; known: {sorted(LM_SIZES)}")
+  s = LM_SIZES[size]
+  c = base_config()
+  c.model.update(dict(d_model=s["d_model"], n_heads=s["n_heads"], d_ff=s["d_ff"],
+                      blocks=blocks("attention", "swiglu", s["n_layers"])))
+  return c
+
+
+def adamw(lr: float = 3e-4, *, warmup: int = 1000, schedule: str = "cosine", clip: float = 1.0,
+          weight_decay: float = 0.1, b2: float = 0.95) -> dict:
+  """An optimizer recipe to `config.optim.update(...)` with."""
+  return dict(lr=lr, warmup_steps=warmup, schedule=schedule, clip_norm=clip, weight_decay=weight_decay, b2=b2)
+
+
+def text_data(c: ml_collections.ConfigDict, *, corpus: str = "stdlib", seq_len: int = 256) -> None:
+  """Byte-level text from the project's local-files TFDS builder (default: Python's stdlib sources)."""
+  c.data.update(dict(name="text", seq_len=seq_len, corpus=corpus, max_files=0))
+
+
+def mqar_data(c: ml_collections.ConfigDict, *, vocab_size: int = 256, num_pairs: int = 16,
+              seq_len: int = 128, num_queries: int = 0) -> None:
+  """Multi-query associative recall (Zoology); loss and accuracy on answer positions only."""
+  c.data.update(dict(name="mqar", seq_len=seq_len, vocab_size=vocab_size, num_pairs=num_pairs,
+                     num_queries=num_queries, train_examples=100_000, eval_examples=1_000))
+  c.model.vocab_size = vocab_size
+
+
+def shrink_for_cpu(c: ml_collections.ConfigDict, *, steps: int = 300, n_layers: int = 2) -> ml_collections.ConfigDict:
+  """The `:local` variant: a model and run small enough to train on 2 CPU cores in minutes."""
+  c.model.update(dict(d_model=64, n_heads=2, n_kv_heads=0, head_dim=0, d_ff=192, dtype="float32",
+                      param_dtype="float32", remat=False))
+  c.model.blocks = _resize_pattern(c.model.blocks, n_layers)
+  c.data.update(dict(seq_len=min(c.data.seq_len, 128), batch_size=16))
+  c.optim.update(dict(warmup_steps=min(c.optim.warmup_steps, steps // 10), lr=max(c.optim.lr, 1e-3)))
+  c.train.update(dict(steps=steps, log_every=10, eval_every=max(steps // 3, 1), eval_steps=4,
+                      ckpt_every=max(steps // 3, 1)))
+  return c
+
+
+def _resize_pattern(pattern: str, n_layers: int) -> str:
+  """'(x, y) * 24' -> '(x, y) * n_layers'; other patterns are kept as written."""
+  m = re.fullmatch(r"\s*(\([^()]*\))\s*\*\s*\d+\s*", pattern)
+  return f"{m.group(1)} * {n_layers}" if m else pattern

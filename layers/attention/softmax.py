@@ -1,0 +1,76 @@
+"""Causal softmax attention: MHA / GQA, RoPE, optional sliding window, KV-cache decoding.
+
+The full-sequence path is `jax.nn.dot_product_attention` (XLA, or cuDNN flash attention on GPU
+when `implementation="cudnn"`). Decoding keeps a [B, max_len, n_kv_heads, head_dim] cache and
+masks positions outside the causal (and sliding) window.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from layers.attention.rope import apply_rope
+from layers.context import LayerContext
+from layers.core import Linear
+
+
+class Attention(nnx.Module):
+  def __init__(self, ctx: LayerContext, *, window: int | None, rope_theta: float | None,
+               use_bias: bool, implementation: str | None, rngs: nnx.Rngs):
+    if ctx.n_heads % ctx.n_kv_heads:
+      raise ValueError(f"n_heads={ctx.n_heads} must be a multiple of n_kv_heads={ctx.n_kv_heads} (GQA)")
+    if rope_theta is not None and ctx.head_dim % 2:
+      raise ValueError(f"RoPE needs an even head_dim, got {ctx.head_dim}")
+    self.n_heads, self.n_kv_heads, self.head_dim = ctx.n_heads, ctx.n_kv_heads, ctx.head_dim
+    self.window, self.rope_theta, self.implementation = window, rope_theta, implementation
+    self.dtype = ctx.dtype
+    kw = dict(use_bias=use_bias, dtype=ctx.dtype, param_dtype=ctx.param_dtype, rngs=rngs)
+    self.q = Linear(ctx.d_model, ctx.n_heads * ctx.head_dim, axes=("embed", "heads"), **kw)
+    self.k = Linear(ctx.d_model, ctx.n_kv_heads * ctx.head_dim, axes=("embed", "kv_heads"), **kw)
+    self.v = Linear(ctx.d_model, ctx.n_kv_heads * ctx.head_dim, axes=("embed", "kv_heads"), **kw)
+    self.o = Linear(ctx.n_heads * ctx.head_dim, ctx.d_model, axes=("heads", "embed"), **kw)
+
+  def _qkv(self, x: jax.Array, positions: jax.Array):
+    B, T, _ = x.shape
+    q = self.q(x).reshape(B, T, self.n_heads, self.head_dim)  # [B, T, N, H]
+    k = self.k(x).reshape(B, T, self.n_kv_heads, self.head_dim)  # [B, T, Kh, H]
+    v = self.v(x).reshape(B, T, self.n_kv_heads, self.head_dim)
+    if self.rope_theta is not None:
+      q = apply_rope(q, positions, self.rope_theta)
+      k = apply_rope(k, positions, self.rope_theta)
+    return q, k, v
+
+  def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
+    B, T, _ = x.shape
+    q, k, v = self._qkv(x, jnp.arange(T))
+    window = None if self.window is None else (self.window - 1, 0)
+    o = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=window,
+                                     implementation=self.implementation)
+    return self.o(o.reshape(B, T, -1))
+
+  def init_cache(self, batch_size: int, max_len: int) -> dict:
+    shape = (batch_size, max_len, self.n_kv_heads, self.head_dim)
+    return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
+
+  def decode(self, x: jax.Array, cache: dict, pos: jax.Array) -> tuple[jax.Array, dict]:
+    """One token x [B, 1, D] at position pos, attending to cached positions <= pos."""
+    B = x.shape[0]
+    q, k, v = self._qkv(x, pos[None])
+    cache = {
+      "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), pos, axis=1),
+      "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), pos, axis=1),
+    }
+    j = jnp.arange(cache["k"].shape[1])
+    visible = j <= pos
+    if self.window is not None:
+      visible &= j > pos - self.window
+    o = jax.nn.dot_product_attention(q, cache["k"], cache["v"], mask=visible[None, None, None, :])
+    return self.o(o.reshape(B, 1, -1)), cache
+
+
+def attention(ctx: LayerContext, *, rngs: nnx.Rngs, window: int | None = None,
+              rope_theta: float | None = 10000.0, use_bias: bool = False,
+              implementation: str | None = None) -> Attention:
+  """Causal softmax attention; window=W attends to the last W positions (itself included)."""
+  return Attention(ctx, window=window, rope_theta=rope_theta, use_bias=use_bias,
+                   implementation=implementation, rngs=rngs)

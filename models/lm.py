@@ -1,0 +1,157 @@
+"""Decoder-only language model assembled from a block pattern of (token mixer, feed-forward) names.
+
+Each layer: x += mixer(norm(x)); x += ffn(norm(x)) (pre-norm residual). Layers come from
+`layers.registry`, so ablating a layer type is a config change. `generate` decodes token by token
+through each mixer's `decode` / `init_cache`, which must equal the full forward pass.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from layers import registry
+from layers.context import LayerContext
+from layers.core import Embed, Linear
+from models.block_pattern import parse
+
+NONE = "none"
+
+
+def resolve(name: str, options) -> tuple[str, dict]:
+  """(registry name, constructor options) for a pattern name; labels in `options` may alias a layer."""
+  opts = dict(options.get(name, {})) if options is not None else {}
+  return opts.pop("layer", name), opts
+
+
+def layer_context(cfg, layer_idx: int, n_layers: int) -> LayerContext:
+  return LayerContext(
+    d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads or cfg.n_heads,
+    head_dim=cfg.head_dim, d_ff=cfg.d_ff, activation=cfg.activation, norm=cfg.norm,
+    layer_idx=layer_idx, n_layers=n_layers, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+  )
+
+
+def check(cfg) -> None:
+  """Validate the pattern, layer names and their options without building anything."""
+  blocks = parse(cfg.blocks)
+  for mixer, ffn in blocks:
+    for kind, name in (("mixer", mixer), ("ffn", ffn)):
+      if name != NONE:
+        layer, opts = resolve(name, cfg.get("options"))
+        registry.check_options(kind, layer, opts)
+  registry.lookup("norm", cfg.norm)
+  registry.lookup("activation", cfg.activation)
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: mixer then feed-forward (either may be absent)."""
+
+  def __init__(self, cfg, mixer: str, ffn: str, ctx: LayerContext, *, rngs: nnx.Rngs):
+    def sub(kind: str, name: str):
+      if name == NONE:
+        return None, None
+      layer, opts = resolve(name, cfg.get("options"))
+      norm = registry.build("norm", cfg.norm, ctx, rngs=rngs)
+      return norm, registry.build(kind, layer, ctx, rngs=rngs, **opts)
+
+    self.mixer_norm, self.mixer = sub("mixer", mixer)
+    self.ffn_norm, self.ffn = sub("ffn", ffn)
+
+  def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D]
+    if self.mixer is not None:
+      x = x + self.mixer(self.mixer_norm(x))
+    if self.ffn is not None:
+      x = x + self.ffn(self.ffn_norm(x))
+    return x
+
+  def init_cache(self, batch_size: int, max_len: int):
+    if self.mixer is None:
+      return None
+    if not hasattr(self.mixer, "decode"):
+      raise NotImplementedError(f"{type(self.mixer).__name__} has no decode(); it cannot generate")
+    return self.mixer.init_cache(batch_size, max_len)
+
+  def decode(self, x: jax.Array, cache, pos: jax.Array):  # x [B, 1, D]
+    if self.mixer is not None:
+      y, cache = self.mixer.decode(self.mixer_norm(x), cache, pos)
+      x = x + y
+    if self.ffn is not None:
+      x = x + self.ffn(self.ffn_norm(x))
+    return x, cache
+
+
+class LM(nnx.Module):
+  """tokens [B, T] int32 -> logits [B, T, vocab] (fp32)."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    check(cfg)
+    pattern = parse(cfg.blocks)
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    self.embed = Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.blocks = nnx.List([
+      Block(cfg, mixer, ffn, layer_context(cfg, i, len(pattern)), rngs=rngs)
+      for i, (mixer, ffn) in enumerate(pattern)
+    ])
+    top = layer_context(cfg, len(pattern), len(pattern))
+    self.final_norm = registry.build("norm", cfg.norm, top, rngs=rngs)
+    self.unembed = None if cfg.tie_embeddings else Linear(
+      cfg.d_model, cfg.vocab_size, axes=("embed", "vocab"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.remat = cfg.get("remat", False)
+
+  def _logits(self, x: jax.Array) -> jax.Array:
+    x = self.final_norm(x)
+    logits = self.embed.attend(x) if self.unembed is None else self.unembed(x)
+    return logits.astype(jnp.float32)
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:  # [B, T] -> [B, T, V]
+    x = self.embed(tokens)
+    for block in self.blocks:
+      x = nnx.remat(lambda b, h: b(h))(block, x) if self.remat else block(x)
+    return self._logits(x)
+
+  def init_cache(self, batch_size: int, max_len: int) -> list:
+    return [block.init_cache(batch_size, max_len) for block in self.blocks]
+
+  def decode(self, tokens: jax.Array, caches: list, pos: jax.Array) -> tuple[jax.Array, list]:
+    """One step: tokens [B, 1] at position pos -> logits [B, 1, V], updated caches."""
+    x = self.embed(tokens)
+    new = []
+    for block, cache in zip(self.blocks, caches):
+      x, cache = block.decode(x, cache, pos)
+      new.append(cache)
+    return self._logits(x), new
+
+
+def generate(model: LM, prompt: jax.Array, max_new_tokens: int, *, temperature: float = 0.0,
+             rng: jax.Array | None = None) -> jax.Array:
+  """Continue `prompt` [B, P] by `max_new_tokens` tokens; greedy when temperature == 0.
+
+  The prompt is fed through `decode` token by token (prefill), then tokens are sampled; returns
+  [B, P + max_new_tokens]. Runs as one jitted lax.scan.
+  """
+  B, P = prompt.shape
+  total = P + max_new_tokens
+  rng = jax.random.key(0) if rng is None else rng
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def run(state, prompt, rng):
+    model = nnx.merge(graphdef, state)
+    tokens = jnp.zeros((B, total), jnp.int32).at[:, :P].set(prompt)
+
+    def step(carry, pos):
+      tokens, caches, rng = carry
+      logits, caches = model.decode(jax.lax.dynamic_slice_in_dim(tokens, pos, 1, axis=1), caches, pos)
+      rng, sub = jax.random.split(rng)
+      logits = logits[:, 0]
+      nxt = (jnp.argmax(logits, -1) if temperature == 0.0
+             else jax.random.categorical(sub, logits / temperature, axis=-1)).astype(jnp.int32)
+      keep = pos + 1 < P  # inside the prompt: keep the given token
+      cur = jax.lax.dynamic_slice_in_dim(tokens, pos + 1, 1, axis=1)[:, 0]
+      tokens = jax.lax.dynamic_update_slice_in_dim(tokens, jnp.where(keep, cur, nxt)[:, None], pos + 1, axis=1)
+      return (tokens, caches, rng), None
+
+    (tokens, _, _), _ = jax.lax.scan(step, (tokens, model.init_cache(B, total), rng), jnp.arange(total - 1))
+    return tokens
+
+  return run(state, prompt, rng)

@@ -1,0 +1,142 @@
+"""Loading, overriding, validating and saving run configs.
+
+`--config experiments/FILE.py[:ARG]` calls the file's `get_config(ARG)`; `--config DIR/config.json`
+relaunches a saved run. `--config.a.b=v` overrides a field; unknown keys and wrong types fail here,
+naming the key and close matches, before anything is built or compiled.
+"""
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+  """A config problem the user can fix; the message says what and how."""
+
+
+def _import_file(path: Path):
+  if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+  spec = importlib.util.spec_from_file_location(f"_ablax_experiment_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def split_spec(spec: str) -> tuple[Path, str | None]:
+  """'experiments/gla.py:local' -> (path, 'local')."""
+  path, _, arg = spec.partition(":")
+  return Path(path), (arg or None)
+
+
+def load_module(spec: str):
+  path, _ = split_spec(spec)
+  if not path.exists():
+    raise ConfigError(f"config file {path} does not exist (from --config {spec})")
+  return _import_file(path)
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """The locked ConfigDict named by an experiment spec or a saved config.json."""
+  path, arg = split_spec(spec)
+  if path.suffix == ".json":
+    if not path.exists():
+      raise ConfigError(f"config file {path} does not exist")
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  else:
+    module = load_module(spec)
+    if not hasattr(module, "get_config"):
+      raise ConfigError(f"{path} defines no get_config(arg); every experiment file must")
+    config = module.get_config(arg)
+  config.lock()
+  return config
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for key, value in config.items():
+    full = f"{prefix}{key}"
+    keys.append(full)
+    if isinstance(value, ml_collections.ConfigDict):
+      keys.extend(flat_keys(value, full + "."))
+  return keys
+
+
+def _parse_value(text: str, current: Any) -> Any:
+  if isinstance(current, bool):
+    low = text.lower()
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    raise ValueError(f"expected a bool, got {text!r}")
+  if isinstance(current, str):
+    return text
+  if isinstance(current, int):
+    return int(text)
+  if isinstance(current, float):
+    return float(text)
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+  """Set dotted `key` from its command-line text, keeping the field's type."""
+  *parents, leaf = key.split(".")
+  node = config
+  for i, part in enumerate(parents + [leaf]):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      close = difflib.get_close_matches(key, flat_keys(config), n=3, cutoff=0.5)
+      hint = f" Did you mean {', '.join(close)}?" if close else ""
+      where = ".".join(([*parents, leaf])[:i]) or "the config"
+      raise ConfigError(f"unknown config key {key!r} ({part!r} is not in {where}).{hint}")
+    if i < len(parents):
+      node = node[part]
+  current = node[leaf]
+  if isinstance(current, ml_collections.ConfigDict):
+    raise ConfigError(f"config key {key!r} is a section; override one of its fields, e.g. {key}.<field>=...")
+  try:
+    value = _parse_value(text, current)
+    with node.unlocked():
+      node[leaf] = value
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config key {key!r} expects {type(current).__name__} (now {current!r}); "
+                      f"cannot use {text!r}: {e}") from None
+
+
+def apply_overrides(config: ml_collections.ConfigDict, args: list[str]) -> None:
+  """Apply `--config.a.b=v` (or `--config.a.b v`) arguments in order."""
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    if not arg.startswith("--config."):
+      raise ConfigError(f"unrecognised argument {arg!r}; overrides look like --config.optim.lr=1e-3")
+    key, eq, value = arg[len("--config."):].partition("=")
+    if not eq:
+      if i + 1 >= len(args):
+        raise ConfigError(f"{arg} needs a value: {arg}=VALUE")
+      value = args[i + 1]
+      i += 1
+    override(config, key, value)
+    i += 1
+
+
+def save(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Write the resolved config to workdir/config.json (atomically)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json(indent=2, sort_keys=True))
+  os.replace(tmp, path)

@@ -1,0 +1,44 @@
+"""The one input pipeline: source -> process shard -> shuffle (seeded) -> repeat -> [pack] -> batch.
+
+Order is a pure function of (seed, step), and the iterator's position is a small JSON-able
+state saved in every checkpoint, so a resumed run sees exactly the batches it would have.
+Each process reads its own shard (every process_count-th example) and builds batch_size /
+process_count examples per step.
+"""
+
+import grain
+import numpy as np
+
+from train.data import registry
+from train.data.documents import Documents
+
+
+def pack(ds: grain.IterDataset, seq_len: int) -> grain.IterDataset:
+  """Concatenate documents and split into seq_len + 1 windows -> shifted LM examples."""
+  packed = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len + 1})
+
+  def to_example(x) -> dict[str, np.ndarray]:
+    tokens = x["tokens"]
+    return {"inputs": tokens[:-1], "targets": tokens[1:], "weights": np.ones(seq_len, np.float32)}
+
+  return packed.map(to_example)
+
+
+def build(cfg, *, split: str, seed: int, train: bool, batch_size: int, process_index: int = 0,
+          process_count: int = 1) -> grain.DatasetIterator:
+  """An infinite iterator of numpy batches {"inputs", "targets", "weights"} for this process.
+
+  cfg: the `config.data` section; batch_size: the per-process batch.
+  """
+  src = registry.lookup(cfg.name)(cfg, split=split, seed=seed)
+  ds = src.docs if isinstance(src, Documents) else src
+  if len(ds) < process_count:
+    raise ValueError(f"data split {split!r} of {cfg.name!r} has {len(ds)} records, fewer than "
+                     f"{process_count} processes")
+  ds = ds[process_index::process_count]
+  if train:
+    ds = ds.shuffle(seed=seed)
+  it = ds.repeat(None).to_iter_dataset()
+  if isinstance(src, Documents):
+    it = pack(it, src.seq_len)
+  return iter(it.batch(batch_size, drop_remainder=True))

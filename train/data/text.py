@@ -1,0 +1,21 @@
+"""Byte-level text from local files (default: Python's standard library), via the LocalText TFDS builder."""
+
+import grain
+import jax
+from jax.experimental import multihost_utils
+
+from train.data.documents import Documents, tokenized
+from train.data.local_text_builder import LocalText, default_data_dir
+from train.data.tokenizer import get_tokenizer
+
+
+def source(cfg, *, split: str, seed: int) -> Documents:
+  del seed  # order is decided by the pipeline
+  builder = LocalText(corpus=cfg.get("corpus", "stdlib"), pattern=cfg.get("pattern", "*.py"),
+                      max_files=cfg.get("max_files", 0), data_dir=cfg.data_dir or default_data_dir())
+  if jax.process_index() == 0:
+    builder.download_and_prepare()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("ablax_local_text_prepared")
+  docs = grain.MapDataset.source(builder.as_data_source(split=split))
+  return Documents(tokenized(docs, "text", get_tokenizer(cfg.get("spm_model", ""))), cfg.seq_len)
