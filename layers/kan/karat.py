@@ -1,0 +1,110 @@
+"""Fourier-KArAt: attention whose row-softmax is replaced by a learnable low-rank Fourier-KAN operator.
+
+Per head h, scores s = q k^T / sqrt(d) [T, T]; each row s_i in R^T goes through a Fourier KAN
+phi: R^T -> R^r (r = 12) and a linear map W: R^r -> R^T, and the result weights the values:
+
+    phi_h(s_i)_c = sum_j sum_{m=1..G} C0[h,j,m,c] cos(m s_ij) + C1[h,j,m,c] sin(m s_ij)
+    A_i = W_h^T phi_h(s_i)
+    o_i = sum_j A_ij v_j
+
+Parameters cover `max_len` key positions; a shorter sequence uses the first T. "blockwise" mode
+gives every layer its own operator; "universal" shares one operator across all layers (call
+`tie_universal_operators(model)` once after building the model). `operator="softmax"` is the
+baseline with the same projections. `causal=True` drops keys j > i from phi's input and A's output.
+The operator materialises [B, H, T, 2, T, G] (about 2G times the score matrix): KArAt's known cost.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from layers.context import LayerContext
+from layers.core import Linear, make_param
+from layers.kan.fourier_kan import fourier_kan_init
+from layers.kan.functional import fourier_features
+
+MODES = ("blockwise", "universal")
+OPERATORS = ("fourier_kan", "softmax")
+
+
+def fourier_ka_operator(scores: jax.Array, coeffs: jax.Array, proj: jax.Array,
+                        mask: jax.Array | None = None) -> jax.Array:
+  """Low-rank Fourier-KAN replacement of the row softmax.
+
+  scores [B, H, T, S] (fp32), coeffs [H, 2, S, G, r], proj [H, r, S], mask [T, S] bool or None
+  -> attention weights [B, H, T, S] in fp32.
+  """
+  feats = fourier_features(scores, coeffs.shape[3])  # [B, H, T, 2, S, G]
+  if mask is not None:
+    feats = feats * mask[:, None, :, None]
+  low = jnp.einsum("bhtcsg,hcsgr->bhtr", feats, coeffs.astype(jnp.float32))  # [B, H, T, r]
+  weights = jnp.einsum("bhtr,hrs->bhts", low, proj.astype(jnp.float32))
+  return weights if mask is None else jnp.where(mask, weights, 0.0)
+
+
+class FourierKAOperator(nnx.Module):
+  """Per-head parameters of the operator: coeffs [H, 2, max_len, G, r], proj [H, r, max_len]."""
+
+  def __init__(self, n_heads: int, max_len: int, *, rank: int, grid_size: int, smooth_init: bool,
+               param_dtype, rngs: nnx.Rngs):
+    init = fourier_kan_init(smooth_init)
+
+    def per_head_init(key, shape, dtype):
+      return jax.vmap(lambda k: init(k, shape[1:], dtype))(jax.random.split(key, shape[0]))
+
+    self.coeffs = make_param(per_head_init, rngs.params(), (n_heads, 2, max_len, grid_size, rank),
+                             param_dtype, ("heads", None, None, None, None))
+    proj_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=1, out_axis=2)
+    self.proj = make_param(proj_init, rngs.params(), (n_heads, rank, max_len), param_dtype,
+                           ("heads", None, None))
+
+  def __call__(self, scores: jax.Array, mask: jax.Array | None) -> jax.Array:  # [B, H, T, S]
+    S = scores.shape[-1]
+    return fourier_ka_operator(scores, self.coeffs[:, :, :S], self.proj[:, :, :S], mask)
+
+
+class KArAt(nnx.Module):
+  def __init__(self, ctx: LayerContext, *, max_len: int, rank: int, grid_size: int, mode: str, operator: str,
+               smooth_init: bool, causal: bool, use_bias: bool, rngs: nnx.Rngs):
+    if mode not in MODES or operator not in OPERATORS:
+      raise ValueError(f"mode must be one of {MODES} and operator one of {OPERATORS}; "
+                       f"got {mode!r}, {operator!r}")
+    self.n_heads, self.head_dim, self.max_len = ctx.n_heads, ctx.head_dim, max_len
+    self.mode, self.causal, self.dtype = mode, causal, ctx.dtype
+    kw = dict(use_bias=use_bias, dtype=ctx.dtype, param_dtype=ctx.param_dtype, rngs=rngs)
+    inner = ctx.n_heads * ctx.head_dim
+    self.qkv = Linear(ctx.d_model, 3 * inner, axes=("embed", "heads"), **kw)
+    self.o = Linear(inner, ctx.d_model, axes=("heads", "embed"), **kw)
+    self.operator = (FourierKAOperator(ctx.n_heads, max_len, rank=rank, grid_size=grid_size,
+                                       smooth_init=smooth_init, param_dtype=ctx.param_dtype, rngs=rngs)
+                     if operator == "fourier_kan" else None)
+
+  def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
+    B, T, _ = x.shape
+    if T > self.max_len:
+      raise ValueError(f"sequence length {T} exceeds KArAt max_len={self.max_len}")
+    q, k, v = jnp.split(self.qkv(x).reshape(B, T, 3 * self.n_heads, self.head_dim), 3, axis=2)  # [B, T, H, K]
+    scores = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * self.head_dim**-0.5
+    mask = jnp.tril(jnp.ones((T, T), bool)) if self.causal else None
+    if self.operator is None:
+      weights = jax.nn.softmax(scores if mask is None else jnp.where(mask, scores, -jnp.inf), axis=-1)
+    else:
+      weights = self.operator(scores, mask)
+    o = jnp.einsum("bhts,bshk->bthk", weights.astype(self.dtype), v)
+    return self.o(o.reshape(B, T, -1))
+
+
+def tie_universal_operators(model: nnx.Module) -> None:
+  """Make every universal-mode KArAt layer in `model` use the first one's operator (shared params)."""
+  layers = [node for _, node in nnx.iter_graph(model)
+            if isinstance(node, KArAt) and node.mode == "universal" and node.operator is not None]
+  for layer in layers[1:]:
+    layer.operator = layers[0].operator
+
+
+def karat(ctx: LayerContext, *, rngs: nnx.Rngs, max_len: int = 256, rank: int = 12, grid_size: int = 3,
+          mode: str = "blockwise", operator: str = "fourier_kan", smooth_init: bool = False,
+          causal: bool = False, use_bias: bool = True) -> KArAt:
+  """Fourier-KArAt token mixer (bidirectional by default, as in the ViT it was proposed for)."""
+  return KArAt(ctx, max_len=max_len, rank=rank, grid_size=grid_size, mode=mode, operator=operator,
+               smooth_init=smooth_init, causal=causal, use_bias=use_bias, rngs=rngs)
