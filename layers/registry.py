@@ -27,6 +27,7 @@ KINDS = ("mixer", "ffn", "activation", "norm")
 _ENTRIES: dict[str, dict[str, str]] = {
   "mixer": {
     "attention": "layers.attention.softmax:attention",
+    "karat": "layers.kan.karat:karat",
   },
   "ffn": {
     "mlp": "layers.feedforward:mlp",
@@ -34,6 +35,8 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "swiglu": "layers.feedforward:swiglu",
     "geglu": "layers.feedforward:geglu",
     "reglu": "layers.feedforward:reglu",
+    "kan": "layers.kan.feedforward:kan_ffn",
+    "fourier_kan": "layers.kan.feedforward:fourier_kan_ffn",
   },
   "activation": {
     "relu": "layers.activations.fixed:relu",
