@@ -37,6 +37,7 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "reglu": "layers.feedforward:reglu",
     "kan": "layers.kan.feedforward:kan_ffn",
     "fourier_kan": "layers.kan.feedforward:fourier_kan_ffn",
+    "gr_kan": "layers.kan.gr_kan:gr_kan",
   },
   "activation": {
     "relu": "layers.activations.fixed:relu",

@@ -11,6 +11,9 @@ from flax import nnx
 
 _MODELS = {
   "lm": "models.lm:LM",
+  "vit": "models.vit:ViT",
+  "mlp": "models.mlp:MLP",
+  "convnet": "models.mlp:ConvNet",
 }
 
 
