@@ -1,0 +1,225 @@
+"""The one training loop: config -> mesh -> data -> model/optimizer state -> jitted sharded steps ->
+metrics and checkpoints in the workdir. Resumes automatically from the workdir's latest checkpoint.
+"""
+
+import math
+import os
+import signal
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from train import checkpoint, flops, metrics, optim, validate
+from train import config as config_lib
+from train import mesh as mesh_lib
+from train import state as state_lib
+from train.data import pipeline
+from train.step import make_eval_step, make_train_step
+
+
+class NonFiniteLoss(RuntimeError):
+  """Raised when the training loss becomes NaN or inf."""
+
+
+def maybe_initialize_distributed(cfg) -> None:
+  """jax.distributed.initialize() when the config asks for it (TPU pods need no arguments)."""
+  if not cfg.initialize or jax.distributed.is_initialized():
+    return
+  kwargs = {}
+  if cfg.coordinator_address:
+    kwargs["coordinator_address"] = cfg.coordinator_address
+  if cfg.num_processes:
+    kwargs["num_processes"] = cfg.num_processes
+  if cfg.process_id >= 0:
+    kwargs["process_id"] = cfg.process_id
+  jax.distributed.initialize(**kwargs)
+
+
+def param_counts(abstract_params: nnx.State) -> dict[str, int]:
+  """Total parameters and those outside embedding / unembedding tables (any dim named "vocab")."""
+  total = embedding = 0
+  for _, var in nnx.to_flat_state(abstract_params):
+    total += int(var.size)
+    if "vocab" in (var.get_metadata().get("axes") or ()):
+      embedding += int(var.size)
+  return {"params": total, "params_non_embedding": total - embedding}
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _global_batch(local: dict, sharding) -> dict:
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+
+
+def _tokens_per_example(batch: dict) -> int:
+  """Sequence length for token inputs; 1 (an example) for dense inputs such as images."""
+  x = batch["inputs"]
+  return int(x.shape[1]) if np.issubdtype(x.dtype, np.integer) and x.ndim >= 2 else 1
+
+
+def evaluate(eval_fn, state, cfg, batch_sharding, process_index: int, process_count: int) -> dict:
+  it = pipeline.build(cfg.data, split=cfg.data.eval_split, seed=cfg.seed, train=False,
+                      batch_size=cfg.data.batch_size // process_count, process_index=process_index,
+                      process_count=process_count)
+  total = {"loss": 0.0, "weight": 0.0, "correct": 0.0}
+  for _ in range(cfg.train.eval_steps):
+    sums = jax.device_get(eval_fn(state, _global_batch(next(it), batch_sharding)))
+    total = {k: total[k] + float(sums[k]) for k in total}
+  w = max(total["weight"], 1.0)
+  out = {"eval_loss": total["loss"] / w}
+  if cfg.train.loss == "xent":
+    out["eval_accuracy"] = total["correct"] / w
+  return out
+
+
+def run(config, workdir: str) -> dict:
+  """Train `config` in `workdir` (resuming if it holds a checkpoint); returns the final summary."""
+  maybe_initialize_distributed(config.distributed)
+  validate.validate(config)
+  process_index, process_count = jax.process_index(), jax.process_count()
+  is_main = process_index == 0
+  if is_main:
+    config_lib.save(config, workdir)
+
+  mesh = mesh_lib.make_mesh(config.mesh.shape)
+  rules = config.mesh.rules.to_dict()
+  steps = config.train.steps
+  setup, tx, lr = state_lib.setup(config.model, config.seed,
+                                  lambda p: optim.make(config.optim, p, steps), mesh, rules)
+  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
+  counts = param_counts(setup.abstract_params)
+
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=config.train.ckpt_every,
+                                 keep=config.train.keep_ckpts, async_save=config.train.async_ckpt)
+  writer = metrics.MetricWriter(workdir, enabled=is_main, tensorboard=config.train.tensorboard)
+  train_iter = pipeline.build(config.data, split=config.data.train_split, seed=config.seed, train=True,
+                              batch_size=config.data.batch_size // process_count,
+                              process_index=process_index, process_count=process_count)
+  start = ckpt.latest_step()
+  if start is not None:
+    state, data_state, _ = ckpt.restore(start, setup.abstract_state)
+    train_iter.set_state(data_state)
+    writer.truncate_after(start)
+    if is_main:
+      print(f"resumed from {workdir} at step {start}", file=sys.stderr)
+  else:
+    start = 0
+    state = state_lib.init(config.model, config.seed, tx, setup)
+
+  step_fn = jax.jit(
+    make_train_step(setup.graphdef, tx, lr, loss=config.train.loss, grad_accum=config.optim.grad_accum,
+                    label_smoothing=config.train.get("label_smoothing", 0.0)),
+    in_shardings=(setup.shardings, batch_sharding), out_shardings=(setup.shardings, None), donate_argnums=0)
+  eval_fn = jax.jit(make_eval_step(setup.graphdef, loss=config.train.loss),
+                    in_shardings=(setup.shardings, batch_sharding))
+
+  first = next(train_iter)
+  tokens_per_step = _tokens_per_example(first) * config.data.batch_size
+  compiled = step_fn.lower(state, _global_batch(first, batch_sharding)).compile()
+  xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+  if config.model.kind == "lm":
+    step_flops = flops.train_flops_per_step(config.model, setup.abstract_params,
+                                            tokens_per_example=_tokens_per_example(first),
+                                            batch_size=config.data.batch_size, seq_len=config.data.seq_len)
+  else:
+    step_flops = xla_flops * mesh.size  # per-device cost analysis of the SPMD program
+  peak, peak_source = flops.peak_flops()
+  static = {**counts, "flops_per_step": step_flops, "xla_flops_per_step_per_device": xla_flops}
+
+  progress = None
+  if is_main and config.train.progress:
+    from tqdm import tqdm
+
+    progress = tqdm(total=steps, initial=start, desc=os.path.basename(os.path.normpath(workdir)),
+                    dynamic_ncols=True, file=sys.stderr)
+
+  def save(step: int, *, force: bool = False) -> None:
+    if not force and step % config.train.ckpt_every:
+      return
+    bad = int(jax.device_get(state["first_bad_step"]))
+    if bad >= 0:
+      raise NonFiniteLoss(f"loss became NaN/inf at step {bad}; stopped, the last good checkpoint "
+                          f"(step {ckpt.latest_step()}) is kept in {workdir}/checkpoints")
+    ckpt.save(step, state, train_iter.get_state(), {"config": config.to_dict()}, force=force)
+
+  rates, last = [], None
+  summary: dict = {}
+  batch = first
+  try:
+    with _Preemption() as preemption:
+      last_time, last_step = time.perf_counter(), start
+      for step in range(start, steps):
+        if step > start:
+          batch = next(train_iter)
+        state, m = step_fn(state, _global_batch(batch, batch_sharding))
+        done = step + 1
+        if done % config.train.log_every == 0 or done == steps:
+          m = jax.device_get(m)
+          now = time.perf_counter()
+          dt = (now - last_time) / (done - last_step)
+          last_time, last_step = now, done
+          if not math.isfinite(float(m["loss"])):
+            bad = int(jax.device_get(state["first_bad_step"]))
+            raise NonFiniteLoss(f"loss became NaN/inf at step {bad}; stopped, the last good checkpoint "
+                                f"(step {ckpt.latest_step()}) is kept in {workdir}/checkpoints")
+          record = {**m, "step_time": dt, "tokens_per_sec": tokens_per_step / dt,
+                    "examples_per_sec": config.data.batch_size / dt,
+                    "mfu": step_flops / dt / peak, **static}
+          if last is not None:  # the first interval includes compilation
+            rates.append(record["tokens_per_sec"])
+          last = record
+          if done % config.train.eval_every == 0 or done == steps:
+            record.update(evaluate(eval_fn, state, config, batch_sharding, process_index, process_count))
+          writer.write(done, record)
+          if progress is not None:
+            progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+        if progress is not None:
+          progress.update(1)
+        save(done, force=done == steps)
+        if preemption.requested:
+          save(done, force=True)
+          ckpt.wait()
+          if is_main:
+            print(f"SIGTERM: saved a checkpoint at step {done}; rerun the same command to resume",
+                  file=sys.stderr)
+          break
+    ckpt.wait()
+    final = metrics.read(workdir) if is_main else []
+    final_record = final[-1] if final else (last or {})
+    summary = {
+      "workdir": workdir, "steps": int(jax.device_get(state["step"])),
+      "loss": final_record.get("loss"), "accuracy": final_record.get("accuracy"),
+      "eval_loss": final_record.get("eval_loss"), "eval_accuracy": final_record.get("eval_accuracy"),
+      "tokens_per_sec": statistics.median(rates) if rates else final_record.get("tokens_per_sec"),
+      "mfu_peak_source": peak_source, **counts,
+    }
+  finally:
+    if progress is not None:
+      progress.close()
+    ckpt.close()
+    writer.close()
+  return summary

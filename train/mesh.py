@@ -1,0 +1,93 @@
+"""Device mesh from the config and logical-axis -> mesh-axis sharding rules.
+
+Mesh axes are (data, fsdp, tensor, expert); one size may be -1 (all remaining devices).
+Parameters name their dims logically ("embed", "mlp", ...); `config.mesh.rules` maps each
+name to a mesh axis, a tuple of axes, or None (replicated). Unlisted names are replicated.
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+AXES = ("data", "fsdp", "tensor", "expert")
+
+
+def mesh_shape(shape_cfg: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+  """Resolve the -1 entry; a clear error if the sizes do not multiply to the device count."""
+  unknown = set(shape_cfg) - set(AXES)
+  if unknown:
+    raise ValueError(f"unknown mesh axes {sorted(unknown)}; mesh axes are {AXES}")
+  sizes = [int(shape_cfg.get(a, 1)) for a in AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(AXES, sizes))}")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"mesh sizes must be positive or -1, got {dict(zip(AXES, sizes))}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f"mesh {dict(zip(AXES, sizes))}: {num_devices} devices are not divisible by {known}")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, have {num_devices}; "
+                     "set one of config.mesh.shape.* to -1")
+  return tuple(sizes)
+
+
+def make_mesh(shape_cfg: Mapping[str, int], devices: Sequence | None = None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(shape_cfg, len(devices))
+  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+
+
+def rule_axes(rule) -> tuple[str, ...]:
+  if rule is None:
+    return ()
+  return (rule,) if isinstance(rule, str) else tuple(rule)
+
+
+def logical_to_spec(axes: Sequence[str | None], rules: Mapping, mesh: Mesh,
+                    shape: Sequence[int] | None = None, name: str = "") -> PartitionSpec:
+  """PartitionSpec for logical `axes`; a mesh axis is used at most once; size-1 mesh axes are dropped."""
+  used: set[str] = set()
+  spec = []
+  for i, logical in enumerate(axes):
+    named = rule_axes(rules.get(logical) if logical else None)
+    for a in named:
+      if a not in mesh.shape:
+        raise ValueError(f"sharding rule for {logical!r} names unknown mesh axis {a!r}; axes are {AXES}")
+    mesh_axes = tuple(a for a in named if a not in used and mesh.shape[a] > 1)
+    size = math.prod(mesh.shape[a] for a in mesh_axes)
+    if shape is not None and mesh_axes and shape[i] % size:
+      raise ValueError(f"parameter {name} dim {i} ({logical!r}, size {shape[i]}) is not divisible by mesh "
+                       f"axes {mesh_axes} (size {size}); change config.mesh.shape or config.mesh.rules.{logical}")
+    used.update(mesh_axes)
+    spec.append(mesh_axes[0] if len(mesh_axes) == 1 else (mesh_axes or None))
+  return PartitionSpec(*spec)
+
+
+def state_shardings(abstract_state: nnx.State, rules: Mapping, mesh: Mesh) -> dict:
+  """Pure-dict pytree of NamedShardings for an (abstract) nnx.State whose Variables carry `axes`."""
+  flat = []
+  for path, var in nnx.to_flat_state(abstract_state):
+    axes = var.get_metadata().get("axes")
+    shape = var.shape
+    if axes is None:
+      spec = PartitionSpec()
+    else:
+      spec = logical_to_spec(axes, rules, mesh, shape, "/".join(map(str, path)))
+    flat.append((path, NamedSharding(mesh, spec)))
+  return nnx.to_pure_dict(nnx.from_flat_state(flat))
+
+
+def batch_sharding(mesh: Mesh, rules: Mapping) -> NamedSharding:
+  """Leading (batch) dim split over the mesh axes the "batch" rule names."""
+  axes = tuple(a for a in rule_axes(rules.get("batch")) if mesh.shape[a] > 1)
+  return NamedSharding(mesh, PartitionSpec(axes or None))
+
+
+def batch_divisor(mesh: Mesh, rules: Mapping) -> int:
+  return int(np.prod([mesh.shape[a] for a in rule_axes(rules.get("batch"))]))

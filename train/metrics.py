@@ -1,0 +1,65 @@
+"""Where a run's numbers go: metrics.jsonl (source of truth), TensorBoard events, console.
+
+Only process 0 writes. On resume, records past the restored step are dropped from
+metrics.jsonl so the file reads as one uninterrupted run.
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+
+
+def _scalar(v):
+  v = np.asarray(v)
+  return v.item() if v.size == 1 else v.tolist()
+
+
+class MetricWriter:
+  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if enabled and tensorboard:
+      from tensorboardX import SummaryWriter
+
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def truncate_after(self, step: int) -> None:
+    """Drop records with step > `step` (left by a run that was killed after its last checkpoint)."""
+    if not (self.enabled and os.path.exists(self.path)):
+      return
+    with open(self.path) as f:
+      keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+    os.replace(tmp, self.path)
+
+  def write(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for k, v in record.items():
+        if k != "step" and isinstance(v, int | float) and math.isfinite(v):
+          self._tb.add_scalar(k, v, step)
+        elif isinstance(v, list) and v and all(isinstance(x, int | float) for x in v):
+          for i, x in enumerate(v):
+            self._tb.add_scalar(f"{k}/{i}", x, step)
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

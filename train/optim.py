@@ -1,0 +1,75 @@
+"""AdamW with warmup + cosine / WSD / constant schedules, clipping, decay mask and parameter groups.
+
+Groups come from parameter metadata: `optim_group="activation"` (learnable activation
+coefficients), `"no_decay"` (norms, gates, biases), else "default". 0/1-D parameters never decay.
+`config.optim.groups.<name>` sets a group's lr multiplier and weight decay.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+SCHEDULES = ("cosine", "wsd", "constant")
+
+
+def schedule(cfg, total_steps: int) -> optax.Schedule:
+  """lr(step): linear warmup to cfg.lr, then cosine / WSD / constant down to lr * min_lr_ratio."""
+  if cfg.schedule not in SCHEDULES:
+    raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+  warmup = min(cfg.warmup_steps, total_steps)
+  peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
+  rest = max(total_steps - warmup, 1)
+  if cfg.schedule == "cosine":
+    after = optax.cosine_decay_schedule(peak, rest, alpha=cfg.min_lr_ratio)
+  elif cfg.schedule == "wsd":  # warmup-stable-decay: hold the peak, then decay linearly at the end
+    decay = max(int(rest * cfg.decay_fraction), 1)
+    after = optax.join_schedules(
+      [optax.constant_schedule(peak), optax.linear_schedule(peak, floor, decay)], [rest - decay])
+  else:
+    after = optax.constant_schedule(peak)
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)), after], [warmup])
+
+
+def group_labels(params: nnx.State) -> dict:
+  """Pure-dict pytree of group names, one per parameter."""
+  flat = []
+  for path, var in nnx.to_flat_state(params):
+    group = var.get_metadata().get("optim_group") or ("no_decay" if len(var.shape) <= 1 else "default")
+    flat.append((path, group))
+  return nnx.to_pure_dict(nnx.from_flat_state(flat))
+
+
+def group_settings(cfg, groups: set[str]) -> dict[str, tuple[float, float]]:
+  """(lr multiplier, weight decay) for each group that occurs."""
+  out = {}
+  for g in groups:
+    if g == "default":
+      out[g] = (1.0, cfg.weight_decay)
+    elif g in cfg.groups:
+      out[g] = (cfg.groups[g].lr_mult, cfg.groups[g].weight_decay)
+    elif g == "no_decay":
+      out[g] = (1.0, 0.0)
+    else:
+      raise ValueError(f"parameters are tagged optim_group={g!r} but config.optim.groups has no {g!r}; "
+                       f"add config.optim.groups.{g} = dict(lr_mult=1.0, weight_decay=0.0)")
+  return out
+
+
+def make(cfg, params: nnx.State, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer for abstract or concrete `params` (an nnx.State of Params)."""
+  labels = group_labels(params)
+  settings = group_settings(cfg, set(jax.tree.leaves(labels)))
+  lr = schedule(cfg, total_steps)
+
+  def adamw(mult: float, wd: float) -> optax.GradientTransformation:
+    return optax.adamw(lambda step: lr(step) * mult, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd)
+
+  tx = optax.multi_transform({g: adamw(*s) for g, s in settings.items()}, labels)
+  if cfg.clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
+  return tx, lr
+
+
+def global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))

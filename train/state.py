@@ -1,0 +1,70 @@
+"""The train state as pure pytrees, created directly in its sharded layout.
+
+state = {"params", "opt_state", "rest" (non-parameter variables such as RNG counters),
+"step", "first_bad_step"}; the NNX graphdef stays outside, so the step is a pure function.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import models
+from train import mesh as mesh_lib
+
+
+@dataclasses.dataclass
+class Setup:
+  graphdef: Any
+  abstract_params: nnx.State  # with metadata (axes, optim_group)
+  shardings: dict  # same structure as the state
+  abstract_state: dict  # ShapeDtypeStructs carrying shardings, for restore
+
+
+def _split(model: nnx.Module):
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return graphdef, params, rest
+
+
+def plan(model_cfg, seed: int, mesh: Mesh, rules) -> tuple:
+  """Abstract model -> (graphdef, abstract params, param/rest shardings)."""
+  abstract_model = nnx.eval_shape(lambda: models.build(model_cfg, rngs=nnx.Rngs(seed)))
+  graphdef, abs_params, abs_rest = _split(abstract_model)
+  param_sh = mesh_lib.state_shardings(abs_params, rules, mesh)
+  rest_sh = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), nnx.to_pure_dict(abs_rest))
+  return graphdef, abs_params, param_sh, rest_sh
+
+
+def setup(model_cfg, seed: int, make_tx, mesh: Mesh, rules) -> tuple[Setup, optax.GradientTransformation, Any]:
+  """Plan the state layout; `make_tx(abstract_params) -> (tx, schedule)` builds the optimizer."""
+  graphdef, abs_params, param_sh, rest_sh = plan(model_cfg, seed, mesh, rules)
+  tx, lr = make_tx(abs_params)
+  abs_pure = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
+                          nnx.to_pure_dict(abs_params), param_sh)
+  opt_sh = jax.jit(tx.init).lower(abs_pure).compile().output_shardings
+  scalar = NamedSharding(mesh, PartitionSpec())
+  shardings = {"params": param_sh, "opt_state": opt_sh, "rest": rest_sh, "step": scalar, "first_bad_step": scalar}
+  abstract_state = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    jax.eval_shape(lambda: _fresh(model_cfg, seed, tx)), shardings)
+  return Setup(graphdef, abs_params, shardings, abstract_state), tx, lr
+
+
+def _fresh(model_cfg, seed: int, tx: optax.GradientTransformation) -> dict:
+  _, params, rest = _split(models.build(model_cfg, rngs=nnx.Rngs(seed)))
+  params = nnx.to_pure_dict(params)
+  return {"params": params, "opt_state": tx.init(params), "rest": nnx.to_pure_dict(rest),
+          "step": jnp.int32(0), "first_bad_step": jnp.int32(-1)}
+
+
+def init(model_cfg, seed: int, tx: optax.GradientTransformation, s: Setup) -> dict:
+  """A fresh state, each array created on its shards (no host-side full copy)."""
+  return jax.jit(lambda: _fresh(model_cfg, seed, tx), out_shardings=s.shardings)()
+
+
+def model_from(s: Setup, state: dict) -> nnx.Module:
+  return nnx.merge(s.graphdef, state["params"], state["rest"])

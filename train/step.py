@@ -1,0 +1,122 @@
+"""The jitted train and eval steps: pure functions of (state, batch).
+
+Loss = task loss (weighted over batch["weights"]) + every AuxLoss the layers sowed.
+Gradient accumulation scans over `grad_accum` strided micro-batches, normalising by the whole
+batch's weight so the update equals the one-big-batch update.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from layers.aux import AuxLoss, LayerMetric
+from train.optim import global_norm
+
+LOSSES = ("xent", "mse")
+
+
+def task_sums(outputs: jax.Array, batch: dict, loss: str, label_smoothing: float = 0.0) -> dict:
+  """Weighted sums: {"loss", "weight", "correct"}; loss in fp32.
+
+  xent: outputs [..., C] logits, targets [...] int (or [..., C] soft labels); mse: outputs and
+  targets [..., out]. weights [...] (0 masks a position out).
+  """
+  w = batch["weights"].astype(jnp.float32)
+  out = outputs.astype(jnp.float32)
+  targets = batch["targets"]
+  if loss == "xent":
+    n = out.shape[-1]
+    soft = targets if jnp.issubdtype(targets.dtype, jnp.floating) else jax.nn.one_hot(targets, n)
+    if label_smoothing:
+      soft = soft * (1 - label_smoothing) + label_smoothing / n
+    per = -jnp.sum(soft * jax.nn.log_softmax(out, axis=-1), axis=-1)
+    correct = (jnp.argmax(out, -1) == jnp.argmax(soft, -1)).astype(jnp.float32)
+  elif loss == "mse":
+    per = jnp.mean(jnp.square(out - targets.astype(jnp.float32)).reshape(*w.shape, -1), axis=-1)
+    correct = jnp.zeros_like(per)
+  else:
+    raise ValueError(f"train.loss must be one of {LOSSES}, got {loss!r}")
+  return {"loss": jnp.sum(w * per), "weight": jnp.sum(w), "correct": jnp.sum(w * correct)}
+
+
+def _by_name(state: nnx.State, reduce: Callable) -> dict[str, jax.Array]:
+  """Group sown values by their sow name (last path element) across layers."""
+  groups: dict[str, list] = {}
+  for path, var in nnx.to_flat_state(state):
+    values = var.get_value() if hasattr(var, "get_value") else var.value
+    values = values if isinstance(values, tuple) else (values,)
+    groups.setdefault(str(path[-1]), []).extend(jnp.asarray(v, jnp.float32) for v in values)
+  return {k: reduce(jnp.stack(v)) for k, v in groups.items()}
+
+
+def forward(graphdef, params, rest, inputs):
+  """Model outputs plus the aux losses (summed per name) and layer metrics (averaged per name)."""
+  model = nnx.merge(graphdef, params, rest)
+  outputs, aux, metrics = nnx.capture(model, AuxLoss, LayerMetric)(inputs)
+  _, _, new_rest = nnx.split(model, nnx.Param, ...)
+  return (outputs, _by_name(aux, lambda x: jnp.sum(x, axis=0)),
+          _by_name(metrics, lambda x: jnp.mean(x, axis=0)), nnx.to_pure_dict(new_rest))
+
+
+def _micro(batch: dict, n: int) -> dict:
+  """[B, ...] -> [n, B/n, ...] with strided rows, so each device keeps its share of every micro-batch."""
+  return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1), batch)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, lr: optax.Schedule, *, loss: str,
+                    grad_accum: int = 1, label_smoothing: float = 0.0):
+  def objective(params, rest, mb, total_weight):
+    outputs, aux, metrics, rest = forward(graphdef, params, rest, mb["inputs"])
+    sums = task_sums(outputs, mb, loss, label_smoothing)
+    aux_total = sum(aux.values(), jnp.float32(0.0)) / grad_accum
+    return sums["loss"] / total_weight + aux_total, (sums, aux, metrics, rest)
+
+  grad_fn = jax.grad(objective, has_aux=True)
+
+  def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
+    params = state["params"]
+    total_weight = jnp.maximum(jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)
+    if grad_accum == 1:
+      grads, (sums, aux, metrics, rest) = grad_fn(params, state["rest"], batch, total_weight)
+    else:
+      def body(carry, mb):
+        rest, acc = carry
+        g, (sums, aux, metrics, rest) = grad_fn(params, rest, mb, total_weight)
+        return (rest, jax.tree.map(jnp.add, acc, g)), (sums, aux, metrics)
+
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      (rest, grads), (sums, aux, metrics) = jax.lax.scan(body, (state["rest"], zeros), _micro(batch, grad_accum))
+      sums = jax.tree.map(lambda x: jnp.sum(x, 0), sums)
+      aux = jax.tree.map(lambda x: jnp.mean(x, 0), aux)
+      metrics = jax.tree.map(lambda x: jnp.mean(x, 0), metrics)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    params = optax.apply_updates(params, updates)
+    step = state["step"]
+    loss_value = sums["loss"] / total_weight
+    finite = jnp.isfinite(loss_value)
+    out = {
+      "loss": loss_value,
+      "accuracy": sums["correct"] / total_weight,
+      "grad_norm": global_norm(grads),
+      "lr": lr(step),
+      **{f"aux/{k}": v for k, v in aux.items()},
+      **{f"layers/{k}": v for k, v in metrics.items()},
+    }
+    new_state = {
+      "params": params, "opt_state": opt_state, "rest": rest, "step": step + 1,
+      "first_bad_step": jnp.where(~finite & (state["first_bad_step"] < 0), step + 1, state["first_bad_step"]),
+    }
+    return new_state, out
+
+  return train_step
+
+
+def make_eval_step(graphdef, *, loss: str):
+  def eval_step(state: dict, batch: dict) -> dict:
+    outputs, _, _, _ = forward(graphdef, state["params"], state["rest"], batch["inputs"])
+    return task_sums(outputs, batch, loss)
+
+  return eval_step
