@@ -1,0 +1,1 @@
+"""Mixture of experts: routers, dispatch (capacity / dropless), stacked experts, SMEAR, expert parallelism."""

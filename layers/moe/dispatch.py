@@ -1,0 +1,92 @@
+"""Moving tokens to experts and back: capacity buffers (with dropping) and dropless sorted groups.
+
+Capacity (GShard / Switch): each expert has C slots. Assignments take slots in priority order
+(all first choices before any second choice, then token order); an assignment that finds its
+expert full is dropped (its weight is zeroed, the residual stream carries the token on).
+Buffers are [E, C, D], so any expert function can be vmapped over experts.
+
+Dropless (MegaBlocks-style, in JAX): the N*k assignments are sorted by expert, giving E
+contiguous groups of sizes `group_sizes`; expert matmuls are one `jax.lax.ragged_dot` each.
+Nothing is dropped and no padding is computed.
+"""
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+def capacity(n_tokens: int, n_experts: int, top_k: int, factor: float) -> int:
+  """Slots per expert: ceil(factor * N * k / E), at least 1 and at most N (an expert sees a token once)."""
+  return max(1, min(n_tokens, math.ceil(factor * n_tokens * top_k / n_experts)))
+
+
+class Slots(NamedTuple):
+  position: jax.Array  # [N, k] int32 slot of each assignment in its expert's buffer
+  kept: jax.Array  # [N, k] bool, False where the expert was full
+
+
+def capacity_slots(experts: jax.Array, n_experts: int, capacity: int) -> Slots:
+  """Slot positions for assignments experts [N, k] in priority order (choice rank, then token)."""
+  n, k = experts.shape
+  by_rank = experts.T.reshape(-1)  # [k*N]: all first choices, then all second choices, ...
+  onehot = jax.nn.one_hot(by_rank, n_experts, dtype=jnp.int32)  # [k*N, E]
+  position = jnp.sum((jnp.cumsum(onehot, axis=0) - 1) * onehot, axis=-1)  # [k*N]
+  position = position.reshape(k, n).T
+  return Slots(position, position < capacity)
+
+
+def to_buffers(x: jax.Array, experts: jax.Array, slots: Slots, n_experts: int, capacity: int) -> jax.Array:
+  """Scatter tokens x [N, D] into expert buffers [E, C, D]; dropped assignments are left out."""
+  n, k = experts.shape
+  rows = jnp.broadcast_to(x[:, None, :], (n, k, x.shape[-1]))
+  position = jnp.where(slots.kept, slots.position, capacity)  # out of range -> dropped by the scatter
+  buffers = jnp.zeros((n_experts, capacity, x.shape[-1]), x.dtype)
+  return buffers.at[experts, position].set(rows, mode="drop")
+
+
+def from_buffers(y: jax.Array, experts: jax.Array, slots: Slots, weights: jax.Array) -> jax.Array:
+  """Combine expert outputs y [E, C, D] to tokens: sum_k w_k y[e_k, pos_k], dropped count 0.  -> [N, D]"""
+  position = jnp.where(slots.kept, slots.position, 0)
+  rows = y[experts, position]  # [N, k, D]
+  w = jnp.where(slots.kept, weights, 0.0).astype(y.dtype)
+  return jnp.einsum("nk,nkd->nd", w, rows)
+
+
+class Groups(NamedTuple):
+  order: jax.Array  # [N*k] int32: assignment index (n*k + j) at each sorted position
+  group_sizes: jax.Array  # [E] int32 assignments per expert
+  expert_of_row: jax.Array  # [N*k] int32 expert of each sorted row
+
+
+def sort_by_expert(experts: jax.Array, n_experts: int) -> Groups:
+  """Stable sort of the assignments experts [N, k] by expert id."""
+  flat = experts.reshape(-1)
+  order = jnp.argsort(flat, stable=True).astype(jnp.int32)
+  group_sizes = jnp.bincount(flat, length=n_experts).astype(jnp.int32)
+  return Groups(order, group_sizes, flat[order])
+
+
+def to_groups(x: jax.Array, groups: Groups, top_k: int) -> jax.Array:
+  """Rows of x [N, D] in expert-sorted order.  -> [N*k, D]"""
+  return x[groups.order // top_k]
+
+
+def from_groups(y: jax.Array, groups: Groups, weights: jax.Array) -> jax.Array:
+  """Undo the sort of y [N*k, D] and combine with weights [N, k].  -> [N, D]"""
+  n, k = weights.shape
+  unsorted = jnp.zeros_like(y).at[groups.order].set(y, unique_indices=True)
+  return jnp.einsum("nk,nkd->nd", weights.astype(y.dtype), unsorted.reshape(n, k, -1))
+
+
+def gather_tokens(x: jax.Array, tokens: jax.Array) -> jax.Array:
+  """Expert-choice buffers: x [N, D], tokens [E, C] -> [E, C, D]."""
+  return x[tokens]
+
+
+def scatter_tokens(y: jax.Array, tokens: jax.Array, weights: jax.Array, n_tokens: int) -> jax.Array:
+  """Expert-choice combine: out[n] = sum over (e, c) with tokens[e, c] = n of w[e, c] y[e, c].  -> [N, D]"""
+  contrib = y * weights[..., None].astype(y.dtype)
+  out = jnp.zeros((n_tokens, y.shape[-1]), y.dtype)
+  return out.at[tokens.reshape(-1)].add(contrib.reshape(-1, y.shape[-1]))

@@ -1,0 +1,102 @@
+"""E experts = one registered feed-forward, built E times with its parameters stacked on an "expert" axis.
+
+Any registered ffn works as an expert (GLU with any activation, MLP with PolyNorm, the GR-KAN
+feed-forward, ...): `grouped` vmaps it over capacity buffers [E, C, D]. MLP / GLU experts (the
+`layers.feedforward` classes) also run `ragged`: one `jax.lax.ragged_dot` per projection over
+expert-sorted rows, with no padding (dropless dispatch). A learnable activation inside such an
+expert keeps per-expert coefficients; each row uses its expert's.
+"""
+
+from typing import Any
+
+import jax
+from flax import nnx
+
+from layers import registry
+from layers.context import LayerContext
+from layers.feedforward import GLU, MLP
+
+
+def _prepend_expert_axis(module: nnx.Module) -> None:
+  for _, var in nnx.iter_graph(module):
+    if isinstance(var, nnx.Variable) and "axes" in var.get_metadata():
+      var.set_metadata(axes=("expert", *var.get_metadata()["axes"]))
+
+
+def build_stacked(kind: str, name: str, ctx: LayerContext, n: int, *, rngs: nnx.Rngs,
+                  **options) -> nnx.Module:
+  """The registered layer `name`, built n times with independent init; params stacked on a leading axis."""
+
+  @nnx.split_rngs(splits=n)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def make(r: nnx.Rngs):
+    return registry.build(kind, name, ctx, rngs=r, **options)
+
+  module = make(rngs.fork())
+  _prepend_expert_axis(module)
+  return module
+
+
+def split_stacked(module: nnx.Module) -> tuple[Any, Any, Any]:
+  """(graphdef, params, rest): the stacked Params and everything else (e.g. sow buffers), as pytrees."""
+  return nnx.split(module, nnx.Param, ...)
+
+
+def _apply_stacked(graphdef, params: Any, rest: Any, x: jax.Array) -> jax.Array:
+  """Apply the stacked module to x, one parameter slice per leading entry.  params [E, ...], x [E, ...]"""
+  return jax.vmap(lambda p, xe: nnx.merge(graphdef, p, rest)(xe))(params, x)
+
+
+def _per_row_activation(act: Any, h: jax.Array, expert_of_row: jax.Array) -> jax.Array:
+  """act(h) where row r uses expert expert_of_row[r]'s activation coefficients.  h [M, F]"""
+  if not isinstance(act, nnx.Module):
+    return act(h)
+  graphdef, params, rest = split_stacked(act)
+  rows = jax.tree.map(lambda p: p[expert_of_row], params)
+  return _apply_stacked(graphdef, rows, rest, h)
+
+
+class Experts(nnx.Module):
+  """n_experts copies of the feed-forward `expert_ffn` (registry name), stacked."""
+
+  def __init__(self, ctx: LayerContext, n_experts: int, expert_ffn: str, hidden: int, *, rngs: nnx.Rngs,
+               options: dict | None = None):
+    options = dict(options or {})
+    if hidden:
+      options["hidden"] = hidden
+    self.n_experts = n_experts
+    self.ffn = build_stacked("ffn", expert_ffn, ctx, n_experts, rngs=rngs, **options)
+    self.dtype = ctx.dtype
+
+  @property
+  def supports_ragged(self) -> bool:
+    return isinstance(self.ffn, MLP | GLU)
+
+  def split(self) -> tuple[Any, Any, Any]:
+    """(graphdef, params with leading expert axis, rest) for use inside jax transforms."""
+    return split_stacked(self.ffn)
+
+  def grouped(self, x: jax.Array) -> jax.Array:  # [E, C, D] -> [E, C, D]
+    return grouped_apply(*self.split(), x)
+
+  def ragged(self, x: jax.Array, group_sizes: jax.Array, expert_of_row: jax.Array) -> jax.Array:
+    """Rows x [M, D] sorted by expert, group_sizes [E] -> [M, D]."""
+    f = self.ffn
+    dt = self.dtype
+    x = x.astype(dt)
+
+    def proj(lin, h):
+      y = jax.lax.ragged_dot(h, lin.kernel[...].astype(dt), group_sizes)
+      if lin.bias is not None:
+        y = y + lin.bias[...].astype(dt)[expert_of_row]
+      return y
+
+    h = _per_row_activation(f.act, proj(f.gate if isinstance(f, GLU) else f.up, x), expert_of_row)
+    if isinstance(f, GLU):
+      h = h * proj(f.up, x)
+    return proj(f.down, h)
+
+
+def grouped_apply(graphdef, params: Any, rest: Any, x: jax.Array) -> jax.Array:
+  """Expert e applied to buffer x[e]: params [E, ...], x [E, C, D] -> [E, C, D]."""
+  return _apply_stacked(graphdef, params, rest, x).astype(x.dtype)

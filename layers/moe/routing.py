@@ -1,0 +1,115 @@
+"""Routers: which experts each token goes to, and with what weight.
+
+Token choice (Switch, GShard, Mixtral, DeepSeek): every token picks its top-k experts by score
+(softmax over experts, or independent sigmoids), optionally renormalising the k weights to sum to 1.
+Expert choice (Zhou et al. 2022): every expert picks its top-C tokens; balanced by construction,
+but a token's experts depend on the other tokens of the batch (not causal).
+Fixed random router (SMoE-Dropout): logits from a frozen random projection, never trained.
+All scores are computed in fp32.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from layers.core import make_param
+
+SCORES = ("softmax", "sigmoid")
+
+
+class TokenChoice(NamedTuple):
+  """Top-k assignment of N tokens to E experts."""
+
+  weights: jax.Array  # [N, k] fp32 combine weights
+  experts: jax.Array  # [N, k] int32 expert ids, distinct within a row
+  probs: jax.Array  # [N, E] fp32 per-token distribution over experts (for the balancing loss)
+
+
+class ExpertChoice(NamedTuple):
+  """Top-C assignment of tokens to each expert."""
+
+  weights: jax.Array  # [E, C] fp32 combine weights
+  tokens: jax.Array  # [E, C] int32 token ids chosen by each expert
+  probs: jax.Array  # [N, E] fp32 softmax over experts
+
+
+def expert_probs(logits: jax.Array, score: str) -> jax.Array:
+  """Per-token distribution over experts: softmax, or sigmoids normalised to sum to 1.  [N,E] -> [N,E]"""
+  logits = logits.astype(jnp.float32)
+  if score == "softmax":
+    return jax.nn.softmax(logits, axis=-1)
+  if score == "sigmoid":
+    s = jax.nn.sigmoid(logits)
+    return s / jnp.sum(s, axis=-1, keepdims=True)
+  raise ValueError(f"unknown router score {score!r}; choose from {SCORES}")
+
+
+def top_k_route(logits: jax.Array, top_k: int, *, score: str = "softmax",
+                renormalize: bool = False) -> TokenChoice:
+  """Token-choice routing. logits [N, E] -> weights, experts [N, k], probs [N, E].
+
+  softmax: weights are the softmax probabilities of the chosen experts (renormalised over the
+  k chosen if `renormalize`). sigmoid: weights are the raw sigmoid scores (DeepSeek-V3 style;
+  renormalised over the k chosen if `renormalize`).
+  """
+  logits = logits.astype(jnp.float32)
+  probs = expert_probs(logits, score)
+  scores = probs if score == "softmax" else jax.nn.sigmoid(logits)
+  weights, experts = jax.lax.top_k(scores, top_k)
+  if renormalize:
+    weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+  return TokenChoice(weights, experts.astype(jnp.int32), probs)
+
+
+def expert_choice_route(logits: jax.Array, capacity: int) -> ExpertChoice:
+  """Expert-choice routing: each expert takes the `capacity` tokens with the highest softmax score.
+
+  logits [N, E] -> weights, tokens [E, C].
+  """
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  weights, tokens = jax.lax.top_k(probs.T, capacity)
+  return ExpertChoice(weights, tokens.astype(jnp.int32), probs)
+
+
+def fixed_random_kernel(seed: int, d_model: int, n_experts: int) -> jax.Array:
+  """The frozen projection of the fixed random router: N(0, 1/d_model), a constant of `seed`.  [D, E]"""
+  return jax.random.normal(jax.random.key(seed), (d_model, n_experts), jnp.float32) * d_model**-0.5
+
+
+class Router(nnx.Module):
+  """Router logits = x @ W in fp32, plus multiplicative jitter noise in training (Switch).
+
+  kind "learned": W is a parameter [embed, expert]; kind "random": W is a constant of `seed`
+  (no parameter, no gradient). Jitter multiplies the input by U[1 - jitter, 1 + jitter] while
+  not `deterministic` (set by `model.train()` / `model.eval()`); it draws from the "jitter"
+  stream of the rngs (falling back to "default").
+  """
+
+  def __init__(self, d_model: int, n_experts: int, *, kind: str = "learned", jitter: float = 0.0,
+               seed: int = 0, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    if kind not in ("learned", "random"):
+      raise ValueError(f"unknown router kind {kind!r}; choose 'learned' or 'random'")
+    self.kind = kind
+    self.seed = seed
+    self.d_model, self.n_experts = d_model, n_experts
+    self.kernel = (
+      make_param(nnx.initializers.normal(stddev=d_model**-0.5), rngs.params(), (d_model, n_experts),
+                 param_dtype, ("embed", None))
+      if kind == "learned" else None
+    )
+    self.jitter = jitter
+    self.deterministic = False
+    self.rngs = rngs.fork() if jitter > 0 else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:  # [N, D] -> [N, E] fp32
+    x = x.astype(jnp.float32)
+    if self.jitter > 0 and not self.deterministic:
+      stream = self.rngs.jitter if "jitter" in self.rngs else self.rngs.default
+      x = x * jax.random.uniform(stream(), x.shape, jnp.float32, 1.0 - self.jitter, 1.0 + self.jitter)
+    if self.kernel is None:
+      kernel = fixed_random_kernel(self.seed, self.d_model, self.n_experts)
+    else:
+      kernel = self.kernel[...].astype(jnp.float32)
+    return x @ kernel
