@@ -35,6 +35,8 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "swiglu": "layers.feedforward:swiglu",
     "geglu": "layers.feedforward:geglu",
     "reglu": "layers.feedforward:reglu",
+    "moe": "layers.moe.moe:moe",
+    "smear": "layers.moe.smear:smear",
     "kan": "layers.kan.feedforward:kan_ffn",
     "fourier_kan": "layers.kan.feedforward:fourier_kan_ffn",
     "gr_kan": "layers.kan.gr_kan:gr_kan",
