@@ -51,6 +51,11 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "tanh": "layers.activations.fixed:tanh",
     "sigmoid": "layers.activations.fixed:sigmoid",
     "identity": "layers.activations.fixed:identity",
+    "rational": "layers.activations.rational:rational",
+    "group_rational": "layers.activations.group_rational:group_rational",
+    "polynorm": "layers.activations.polycom:polynorm",
+    "polyrelu": "layers.activations.polycom:polyrelu",
+    "swish_beta": "layers.activations.swish:swish_beta",
   },
   "norm": {
     "rmsnorm": "layers.norms:rmsnorm",

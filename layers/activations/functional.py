@@ -1,0 +1,155 @@
+"""Learnable activations as pure functions: rational (PAU), group rational (KAT), PolyCom, Swish-β.
+
+Every function evaluates in fp32 (fp64 for fp64 inputs) whatever the input dtype, polynomials by
+Horner's rule, and returns the input dtype. Coefficient order is ascending: numerator a_0..a_m, denominator
+b_1..b_n (version C: b_0..b_n).
+
+Rational denominators Q(x) (PAU and its "rational activations" successor):
+  A  (safe PAU, default)  Q = 1 + Σ_{j=1..n} |b_j| |x|^j
+  B                       Q = 1 + |Σ_{j=1..n} b_j x^j|
+  C                       Q = 0.1 + |Σ_{j=0..n} b_j x^j|
+  D                       B, numerator coefficients times U[1-noise, 1+noise] noise in training
+  N  (unsafe)             Q = 1 + Σ_{j=1..n} b_j x^j      (may vanish: only for comparison)
+"""
+
+import jax
+import jax.numpy as jnp
+
+VERSIONS = ("A", "B", "C", "D", "N")
+
+
+def check_version(version: str) -> None:
+  if version not in VERSIONS:
+    raise ValueError(f"unknown rational version {version!r}; versions are {VERSIONS}")
+
+
+def denominator_size(version: str, degree: int) -> int:
+  """Number of denominator coefficients for a degree-n denominator (version C also has b_0)."""
+  check_version(version)
+  return degree + 1 if version == "C" else degree
+
+
+def _f32(x: jax.Array) -> jnp.dtype:
+  """The evaluation dtype: at least fp32 (bf16 / fp16 inputs are upcast)."""
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def horner(coeffs: jax.Array, x: jax.Array) -> jax.Array:
+  """Σ_i coeffs[i] x^i; coeffs [k, *S] with S broadcasting against x (k >= 1)."""
+  acc = coeffs[-1]
+  if coeffs.shape[0] == 1:
+    return jnp.broadcast_to(acc, jnp.broadcast_shapes(acc.shape, x.shape))
+  for i in range(coeffs.shape[0] - 2, -1, -1):
+    acc = acc * x + coeffs[i]
+  return acc
+
+
+def _denominator(x: jax.Array, b: jax.Array, version: str) -> jax.Array:
+  """Q(x) in fp32 for the given version; b as `horner` expects ([n] or [n, *S])."""
+  if version == "A":
+    ax = jnp.abs(x)
+    return 1.0 + ax * horner(jnp.abs(b), ax)
+  if version in ("B", "D"):
+    return 1.0 + jnp.abs(x * horner(b, x))
+  if version == "C":
+    return 0.1 + jnp.abs(horner(b, x))
+  return 1.0 + x * horner(b, x)
+
+
+def _rational32(x: jax.Array, a: jax.Array, b: jax.Array, version: str, rng: jax.Array | None,
+                noise: float) -> jax.Array:
+  """P(x) / Q(x) with x, a, b already in the evaluation dtype; a [m+1, *S], b [n(+1), *S]."""
+  check_version(version)
+  if rng is not None:
+    if version != "D":
+      raise ValueError(f"numerator noise (rng) is only defined for version D, not {version!r}")
+    a = a * jax.random.uniform(rng, a.shape, a.dtype, 1.0 - noise, 1.0 + noise)
+  return horner(a, x) / _denominator(x, b, version)
+
+
+def rational(
+  x: jax.Array,
+  numerator: jax.Array,
+  denominator: jax.Array,
+  version: str = "A",
+  *,
+  rng: jax.Array | None = None,
+  noise: float = 0.1,
+) -> jax.Array:
+  """F(x) = P(x) / Q(x) elementwise; x [...], numerator [m+1], denominator [n] ([n+1] for C).
+
+  `rng` (version D only, training only) draws one U[1-noise, 1+noise] factor per numerator
+  coefficient per call; pass None at evaluation.
+  """
+  ct = _f32(x)
+  a, b = numerator.astype(ct), denominator.astype(ct)
+  return _rational32(x.astype(ct), a, b, version, rng, noise).astype(x.dtype)
+
+
+def _per_group(coeffs: jax.Array, groups: int, dtype: jnp.dtype) -> jax.Array:
+  """[k] (shared) or [G, k] -> [k, G, 1] / [k, 1, 1], broadcasting against x [..., G, D/G]."""
+  c = coeffs.astype(dtype)
+  if c.ndim == 1:
+    return c[:, None, None]
+  if c.shape[0] != groups:
+    raise ValueError(f"coefficients of shape {coeffs.shape} do not have {groups} groups")
+  return c.T[:, :, None]
+
+
+def group_rational(
+  x: jax.Array,
+  numerator: jax.Array,
+  denominator: jax.Array,
+  version: str = "A",
+  *,
+  rng: jax.Array | None = None,
+  noise: float = 0.1,
+) -> jax.Array:
+  """One rational per contiguous channel group (GR-KAN); channel c of the last axis uses group c // (D/G).
+
+  numerator [G, m+1] or [m+1] (shared by all groups), denominator [G, n] or [n] (shared); G comes
+  from whichever is 2-D (both shared = a plain `rational`). x [..., D] with D divisible by G.
+  """
+  two_d = [c.shape[0] for c in (numerator, denominator) if c.ndim == 2]
+  if not two_d:
+    return rational(x, numerator, denominator, version, rng=rng, noise=noise)
+  groups, d = two_d[0], x.shape[-1]
+  if d % groups:
+    raise ValueError(f"{d} channels cannot be split into {groups} equal groups")
+  ct = _f32(x)
+  xg = x.astype(ct).reshape(*x.shape[:-1], groups, d // groups)  # [..., G, D/G]
+  a, b = _per_group(numerator, groups, ct), _per_group(denominator, groups, ct)
+  y = _rational32(xg, a, b, version, rng, noise)
+  return y.reshape(x.shape).astype(x.dtype)
+
+
+def _unit_rms(u: jax.Array, eps: float) -> jax.Array:
+  """u / sqrt(mean(u², last axis) + eps)."""
+  return u * jax.lax.rsqrt(jnp.mean(jnp.square(u), axis=-1, keepdims=True) + eps)
+
+
+def polynorm(x: jax.Array, weight: jax.Array, bias: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """PolyNorm: w0 N(x³) + w1 N(x²) + w2 N(x) + b, N = RMS normalisation over the last axis.
+
+  x [..., F], weight [3], bias [1].
+  """
+  ct = _f32(x)
+  x32, w = x.astype(ct), weight.astype(ct)
+  x2 = x32 * x32
+  y = w[0] * _unit_rms(x2 * x32, eps) + w[1] * _unit_rms(x2, eps) + w[2] * _unit_rms(x32, eps)
+  return (y + bias.astype(ct)[0]).astype(x.dtype)
+
+
+def polyrelu(x: jax.Array, weight: jax.Array, bias: jax.Array) -> jax.Array:
+  """PolyReLU: w0 relu(x)³ + w1 relu(x)² + w2 relu(x) + b; weight [3], bias [1]."""
+  ct = _f32(x)
+  r = jax.nn.relu(x.astype(ct))
+  coeffs = jnp.concatenate([bias.astype(ct), weight.astype(ct)[::-1]])  # b, w2, w1, w0
+  return horner(coeffs, r).astype(x.dtype)
+
+
+def swish(x: jax.Array, beta: jax.Array) -> jax.Array:
+  """Swish x · σ(βx) with a learnable β (scalar or broadcasting against x)."""
+  ct = _f32(x)
+  x32 = x.astype(ct)
+  return (x32 * jax.nn.sigmoid(beta.astype(ct) * x32)).astype(x.dtype)

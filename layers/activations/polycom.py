@@ -1,0 +1,50 @@
+"""PolyCom activations (polynomial composition, for LLM feed-forwards): PolyNorm and PolyReLU.
+
+Four learnable scalars per layer, w = 1/3 each and b = 0 at init, tagged optim_group="activation".
+The paper places them in a non-gated FFN 3/2 as wide as the SwiGLU it replaces (equal parameters):
+ffn `mlp` with hidden = 3/2 · d_ff and activation polynorm / polyrelu.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from layers.activations import functional
+from layers.context import LayerContext
+from layers.core import make_param
+
+
+class _PolyCom(nnx.Module):
+  """weight [3] (orders 3, 2, 1) and bias [1]."""
+
+  def __init__(self, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.weight = make_param(nnx.initializers.constant(1.0 / 3.0), rngs.params(), (3,), param_dtype, (None,),
+                             optim_group="activation")
+    self.bias = make_param(nnx.initializers.zeros, rngs.params(), (1,), param_dtype, (None,),
+                           optim_group="activation")
+
+
+class PolyNorm(_PolyCom):
+  """w0 N(x³) + w1 N(x²) + w2 N(x) + b with N the RMS normalisation over the last axis."""
+
+  def __init__(self, *, eps: float = 1e-6, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    super().__init__(param_dtype=param_dtype, rngs=rngs)
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:  # [..., F] -> [..., F]
+    return functional.polynorm(x, self.weight[...], self.bias[...], self.eps)
+
+
+class PolyReLU(_PolyCom):
+  """w0 relu(x)³ + w1 relu(x)² + w2 relu(x) + b."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:  # [..., F] -> [..., F]
+    return functional.polyrelu(x, self.weight[...], self.bias[...])
+
+
+def polynorm(ctx: LayerContext, *, rngs: nnx.Rngs, eps: float = 1e-6) -> PolyNorm:
+  return PolyNorm(eps=eps, param_dtype=ctx.param_dtype, rngs=rngs)
+
+
+def polyrelu(ctx: LayerContext, *, rngs: nnx.Rngs) -> PolyReLU:
+  return PolyReLU(param_dtype=ctx.param_dtype, rngs=rngs)
