@@ -65,6 +65,17 @@ def test_sort_by_expert_groups():
   np.testing.assert_array_equal(g.order, [1, 2, 3, 0])
 
 
+def test_tile_layout_pads_groups_to_tiles():
+  g = dispatch.sort_by_expert(jnp.array([[2, 0], [0, 1], [0, 2]]), 4)  # sizes [3, 1, 2, 0]
+  tiles = dispatch.tile_layout(g, 2)
+  np.testing.assert_array_equal(tiles.destination, [0, 1, 2, 4, 6, 7])
+  np.testing.assert_array_equal(tiles.tile_expert[:4], [0, 0, 1, 2])
+  x = jnp.arange(6.0)[:, None]
+  w = jnp.arange(1.0, 5.0)[:, None, None]  # expert e multiplies by e + 1
+  y = dispatch.from_tiles(dispatch.tiled_matmul(dispatch.to_tiles(x, tiles), w, tiles), tiles)
+  np.testing.assert_allclose(y[:, 0], np.arange(6.0) * (np.asarray(g.expert_of_row) + 1))
+
+
 def test_loss_values_hand_computed():
   logits = np.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]], np.float32)
   p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
@@ -92,12 +103,14 @@ def _reference(layer, x2, weights, experts, kept):
 def test_dropless_matches_capacity_and_reference(expert_ffn, options):
   x = _x()
   x2 = x.reshape(-1, 8)
-  dropless = _build(expert_ffn=expert_ffn, expert_options=options)
+  dropless = _build(expert_ffn=expert_ffn, expert_options=options, grouped_matmul="tiled", tile_size=4)
+  ragged = _build(expert_ffn=expert_ffn, expert_options=options, grouped_matmul="ragged_dot")
   capacity = _build(expert_ffn=expert_ffn, expert_options=options, dispatch="capacity", capacity_factor=E / K)
   y_dl = dropless(x)
   y_cap, _, metrics = nnx.capture(capacity, AuxLoss, LayerMetric)(x)
   assert y_dl.shape == x.shape
   np.testing.assert_allclose(y_dl, y_cap, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ragged(x), y_cap, rtol=1e-5, atol=1e-6)
   assert float(metrics["moe_dropped_fraction"][0]) == 0.0
   r = top_k_route(dropless.router(x2), K)
   ref = _reference(dropless, x2, r.weights, r.experts, np.ones(r.experts.shape, bool))
@@ -113,7 +126,7 @@ def test_dropless_and_capacity_gradients_agree():
 
     return nnx.grad(loss, argnums=(0, 1))(layer, x)
 
-  g_dl = grads(_build())
+  g_dl = grads(_build(grouped_matmul="tiled", tile_size=4))
   g_cap = grads(_build(dispatch="capacity", capacity_factor=E / K))
   for a, b in zip(jax.tree.leaves(g_dl), jax.tree.leaves(g_cap)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -90,3 +90,44 @@ def scatter_tokens(y: jax.Array, tokens: jax.Array, weights: jax.Array, n_tokens
   contrib = y * weights[..., None].astype(y.dtype)
   out = jnp.zeros((n_tokens, y.shape[-1]), y.dtype)
   return out.at[tokens.reshape(-1)].add(contrib.reshape(-1, y.shape[-1]))
+
+
+class Tiles(NamedTuple):
+  """Expert-sorted rows padded so every tile of `tile` rows belongs to one expert (block-sparse layout)."""
+
+  destination: jax.Array  # [M] int32 padded row of each sorted row
+  tile_expert: jax.Array  # [n_tiles] int32 expert of each tile
+  tile: int
+
+
+def tile_layout(groups: Groups, tile: int) -> Tiles:
+  """Pad each expert group to a multiple of `tile` rows; n_tiles = ceil(M / tile) + E is a static bound."""
+  m = groups.expert_of_row.shape[0]
+  sizes = groups.group_sizes
+  padded = (sizes + tile - 1) // tile * tile
+  pad_start = jnp.cumsum(padded) - padded
+  start = jnp.cumsum(sizes) - sizes
+  e = groups.expert_of_row
+  destination = pad_start[e] + jnp.arange(m, dtype=jnp.int32) - start[e]
+  n_tiles = -(-m // tile) + sizes.shape[0]
+  tile_expert = jnp.searchsorted(jnp.cumsum(padded), jnp.arange(n_tiles) * tile, side="right")
+  tile_expert = jnp.minimum(tile_expert, sizes.shape[0] - 1).astype(jnp.int32)
+  return Tiles(destination.astype(jnp.int32), tile_expert, tile)
+
+
+def to_tiles(x: jax.Array, tiles: Tiles) -> jax.Array:
+  """Sorted rows x [M, D] -> padded rows [n_tiles * tile, D] (padding rows are zero)."""
+  out = jnp.zeros((tiles.tile_expert.shape[0] * tiles.tile, x.shape[-1]), x.dtype)
+  return out.at[tiles.destination].set(x, unique_indices=True)
+
+
+def from_tiles(y: jax.Array, tiles: Tiles) -> jax.Array:
+  """Padded rows [n_tiles * tile, D] -> sorted rows [M, D]."""
+  return y[tiles.destination]
+
+
+def tiled_matmul(x: jax.Array, w: jax.Array, tiles: Tiles) -> jax.Array:
+  """Block-diagonal grouped matmul: tile t of x times w[tile_expert[t]].  x [n_tiles*tile, I], w [E, I, O]"""
+  n_tiles = tiles.tile_expert.shape[0]
+  xt = x.reshape(n_tiles, tiles.tile, x.shape[-1])
+  return jnp.einsum("tmi,tio->tmo", xt, w[tiles.tile_expert]).reshape(n_tiles * tiles.tile, w.shape[-1])

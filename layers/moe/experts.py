@@ -2,19 +2,23 @@
 
 Any registered ffn works as an expert (GLU with any activation, MLP with PolyNorm, the GR-KAN
 feed-forward, ...): `grouped` vmaps it over capacity buffers [E, C, D]. MLP / GLU experts (the
-`layers.feedforward` classes) also run `ragged`: one `jax.lax.ragged_dot` per projection over
-expert-sorted rows, with no padding (dropless dispatch). A learnable activation inside such an
-expert keeps per-expert coefficients; each row uses its expert's.
+`layers.feedforward` classes) also run `ragged` over expert-sorted rows (dropless dispatch),
+either with `jax.lax.ragged_dot` or with a tiled block-diagonal matmul. A learnable activation
+inside such an expert keeps per-expert coefficients; each row uses its expert's.
 """
 
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from layers import registry
 from layers.context import LayerContext
 from layers.feedforward import GLU, MLP
+from layers.moe import dispatch
+
+GROUPED_MATMULS = ("ragged_dot", "tiled")
 
 
 def _prepend_expert_axis(module: nnx.Module) -> None:
@@ -79,22 +83,45 @@ class Experts(nnx.Module):
   def grouped(self, x: jax.Array) -> jax.Array:  # [E, C, D] -> [E, C, D]
     return grouped_apply(*self.split(), x)
 
-  def ragged(self, x: jax.Array, group_sizes: jax.Array, expert_of_row: jax.Array) -> jax.Array:
-    """Rows x [M, D] sorted by expert, group_sizes [E] -> [M, D]."""
+  def ragged(self, x: jax.Array, groups: dispatch.Groups, *, impl: str = "ragged_dot",
+             tile: int = 64) -> jax.Array:
+    """Expert-sorted rows x [M, D] -> [M, D], every row through its own expert (MLP / GLU experts).
+
+    impl "ragged_dot": one `jax.lax.ragged_dot` per projection (native grouped matmul on TPU / GPU).
+    impl "tiled": groups padded to multiples of `tile` rows, one batched matmul over tiles with each
+    tile's expert weights; at most E * tile padding rows. XLA:CPU lowers ragged_dot to a dense
+    masked matmul over all E experts, so this is the fast form there.
+    """
+    if impl == "ragged_dot":
+      def proj(lin, h):
+        return jax.lax.ragged_dot(h, lin.kernel[...].astype(self.dtype), groups.group_sizes)
+
+      return self._apply_rows(x, proj, groups.expert_of_row)
+    if impl == "tiled":
+      tiles = dispatch.tile_layout(groups, tile)
+
+      def proj(lin, h):
+        return dispatch.tiled_matmul(h, lin.kernel[...].astype(self.dtype), tiles)
+
+      rows = self._apply_rows(dispatch.to_tiles(x, tiles), proj, jnp.repeat(tiles.tile_expert, tile))
+      return dispatch.from_tiles(rows, tiles)
+    raise ValueError(f"unknown grouped matmul {impl!r}; choose from {GROUPED_MATMULS}")
+
+  def _apply_rows(self, x: jax.Array, proj, expert_of_row: jax.Array) -> jax.Array:
+    """The MLP / GLU expert on rows x [M, D], row r in expert expert_of_row[r]; proj does the matmuls."""
     f = self.ffn
     dt = self.dtype
-    x = x.astype(dt)
 
-    def proj(lin, h):
-      y = jax.lax.ragged_dot(h, lin.kernel[...].astype(dt), group_sizes)
+    def linear(lin, h):
+      y = proj(lin, h.astype(dt))
       if lin.bias is not None:
         y = y + lin.bias[...].astype(dt)[expert_of_row]
       return y
 
-    h = _per_row_activation(f.act, proj(f.gate if isinstance(f, GLU) else f.up, x), expert_of_row)
+    h = _per_row_activation(f.act, linear(f.gate if isinstance(f, GLU) else f.up, x), expert_of_row)
     if isinstance(f, GLU):
-      h = h * proj(f.up, x)
-    return proj(f.down, h)
+      h = h * linear(f.up, x)
+    return linear(f.down, h)
 
 
 def grouped_apply(graphdef, params: Any, rest: Any, x: jax.Array) -> jax.Array:

@@ -3,10 +3,11 @@
 y = shared(x) + sum over routed experts e of w_e(x) * expert_e(x)
 
 Routing: token choice (top-k of softmax / sigmoid scores) or expert choice; learned or fixed
-random router. Dispatch: "dropless" (sort + ragged_dot; any ffn falls back to buffers with
-capacity N, which cannot drop) or "capacity" (buffers of ceil(factor * N * k / E) slots,
-overflow dropped). Shared experts (DeepSeekMoE): n_shared experts' worth of always-on
-feed-forward, built as one ffn of width n_shared * expert_hidden.
+random router. Dispatch: "dropless" (sort by expert + grouped matmul, `ragged_dot` or tiled,
+for MLP / GLU experts; any other ffn falls back to buffers with capacity N, which cannot drop)
+or "capacity" (buffers of ceil(factor * N * k / E) slots, overflow dropped).
+Shared experts (DeepSeekMoE): n_shared experts' worth of always-on feed-forward, built as one
+ffn of width n_shared * expert_hidden.
 
 Expert parallelism switches on by itself for token choice when a mesh with an "expert" axis of
 size > 1 is set with `jax.set_mesh(mesh)` while the step is traced (option expert_parallel).
@@ -24,7 +25,7 @@ from layers.aux import AuxLoss, LayerMetric
 from layers.context import LayerContext
 from layers.moe import dispatch, losses
 from layers.moe.expert_parallel import active_mesh, expert_parallel_apply
-from layers.moe.experts import Experts
+from layers.moe.experts import GROUPED_MATMULS, Experts
 from layers.moe.routing import Router, expert_choice_route, top_k_route
 
 ROUTINGS = ("token_choice", "expert_choice")
@@ -36,7 +37,7 @@ class MoE(nnx.Module):
                expert_options: dict | None, n_shared: int, routing: str, router: str, score: str,
                renormalize: bool, jitter: float, dispatch: str, capacity_factor: float,
                load_balance_weight: float, z_loss_weight: float, expert_parallel: bool, seed: int,
-               rngs: nnx.Rngs):
+               grouped_matmul: str, tile_size: int, rngs: nnx.Rngs):
     if routing not in ROUTINGS:
       raise ValueError(f"unknown routing {routing!r}; choose from {ROUTINGS}")
     if dispatch not in DISPATCHES:
@@ -48,6 +49,11 @@ class MoE(nnx.Module):
     self.dispatch, self.capacity_factor = dispatch, capacity_factor
     self.load_balance_weight, self.z_loss_weight = load_balance_weight, z_loss_weight
     self.expert_parallel = expert_parallel
+    if grouped_matmul == "auto":
+      grouped_matmul = "tiled" if jax.default_backend() == "cpu" else "ragged_dot"
+    if grouped_matmul not in GROUPED_MATMULS:
+      raise ValueError(f"unknown grouped_matmul {grouped_matmul!r}; choose 'auto' or {GROUPED_MATMULS}")
+    self.grouped_matmul, self.tile_size = grouped_matmul, tile_size
     self.router = Router(ctx.d_model, n_experts, kind=router, jitter=jitter, seed=seed + ctx.layer_idx,
                          param_dtype=ctx.param_dtype, rngs=rngs)
     self.experts = Experts(ctx, n_experts, expert_ffn, expert_hidden, rngs=rngs, options=expert_options)
@@ -85,8 +91,8 @@ class MoE(nnx.Module):
                                       capacity_factor=None if dropless else self.capacity_factor)
     elif dropless and self.experts.supports_ragged:
       groups = dispatch.sort_by_expert(route.experts, self.n_experts)
-      rows = self.experts.ragged(dispatch.to_groups(x, groups, self.top_k), groups.group_sizes,
-                                 groups.expert_of_row)
+      rows = self.experts.ragged(dispatch.to_groups(x, groups, self.top_k), groups,
+                                 impl=self.grouped_matmul, tile=self.tile_size)
       y, kept = dispatch.from_groups(rows, groups, route.weights), jnp.ones(route.experts.shape, bool)
     else:
       n = x.shape[0]
@@ -113,14 +119,17 @@ def moe(ctx: LayerContext, *, rngs: nnx.Rngs, n_experts: int = 8, top_k: int = 2
         renormalize: bool = False, jitter: float = 0.0, dispatch: str = "dropless",
         capacity_factor: float = 1.25,
         load_balance_weight: float = 0.01, z_loss_weight: float = 1e-3, expert_parallel: bool = True,
-        seed: int = 0) -> MoE:
+        seed: int = 0, grouped_matmul: str = "auto", tile_size: int = 64) -> MoE:
   """Mixture of experts. expert_hidden defaults to ctx.d_ff // (top_k + n_shared): the active
   parameters then equal a dense ffn of width d_ff (fine-grained experts for top_k > 1).
   expert_options are passed to every expert's constructor (e.g. {"activation": "polynorm"} for
-  expert_ffn="mlp"). router "random" is the frozen SMoE-Dropout router (seeded by seed + layer)."""
+  expert_ffn="mlp"). router "random" is the frozen SMoE-Dropout router (seeded by seed + layer).
+  grouped_matmul (dropless): "ragged_dot", "tiled" (groups padded to tile_size rows), or "auto"
+  (tiled on CPU, where ragged_dot is a dense masked matmul over all experts; ragged_dot elsewhere)."""
   hidden = expert_hidden or max(1, ctx.d_ff // (top_k + n_shared))
   return MoE(ctx, n_experts=n_experts, top_k=top_k, expert_ffn=expert_ffn, expert_hidden=hidden,
              expert_options=expert_options, n_shared=n_shared, routing=routing, router=router, score=score,
              renormalize=renormalize, jitter=jitter, dispatch=dispatch, capacity_factor=capacity_factor,
              load_balance_weight=load_balance_weight, z_loss_weight=z_loss_weight,
-             expert_parallel=expert_parallel, seed=seed, rngs=rngs)
+             expert_parallel=expert_parallel, seed=seed, grouped_matmul=grouped_matmul, tile_size=tile_size,
+             rngs=rngs)
