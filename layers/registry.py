@@ -33,6 +33,7 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "delta_net": "layers.linear_attention.delta_net:delta_net",
     "gated_delta_net": "layers.linear_attention.delta_net:gated_delta_net",
     "mamba2": "layers.linear_attention.mamba2:mamba2",
+    "mom": "layers.moe.mom:mom",
     "karat": "layers.kan.karat:karat",
   },
   "ffn": {
