@@ -16,6 +16,7 @@ _SOURCES = {
   "mnist1d": "train.data.images:mnist1d_source",
   "digits": "train.data.images:digits_source",
   "tfds_images": "train.data.images:tfds_source",
+  "function_fit": "train.data.function_fit:source",
 }
 
 
