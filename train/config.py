@@ -95,7 +95,7 @@ def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
   """Set dotted `key` from its command-line text, keeping the field's type."""
   *parents, leaf = key.split(".")
   node = config
-  for i, part in enumerate(parents + [leaf]):
+  for i, part in enumerate([*parents, leaf]):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
       close = difflib.get_close_matches(key, flat_keys(config), n=3, cutoff=0.5)
       hint = f" Did you mean {', '.join(close)}?" if close else ""

@@ -2,16 +2,20 @@
 metrics and checkpoints in the workdir. Resumes automatically from the workdir's latest checkpoint.
 """
 
+import dataclasses
 import math
 import os
 import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
 
 from train import checkpoint, flops, metrics, optim, validate
 from train import config as config_lib
@@ -71,10 +75,6 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _global_batch(local: dict, sharding) -> dict:
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
-
-
 def _tokens_per_example(batch: dict) -> int:
   """Sequence length for token inputs; 1 (an example) for dense inputs such as images."""
   x = batch["inputs"]
@@ -87,13 +87,46 @@ def evaluate(eval_fn, state, cfg, batch_sharding, process_index: int, process_co
                       process_count=process_count)
   total = {"loss": 0.0, "weight": 0.0, "correct": 0.0}
   for _ in range(cfg.train.eval_steps):
-    sums = jax.device_get(eval_fn(state, _global_batch(next(it), batch_sharding)))
+    sums = jax.device_get(eval_fn(state, global_batch(next(it), batch_sharding)))
     total = {k: total[k] + float(sums[k]) for k in total}
   w = max(total["weight"], 1.0)
   out = {"eval_loss": total["loss"] / w}
   if cfg.train.loss == "xent":
     out["eval_accuracy"] = total["correct"] / w
   return out
+
+
+@dataclasses.dataclass
+class Program:
+  """Everything compiled for one config on one mesh: state layout, optimizer, jitted steps."""
+
+  mesh: Mesh
+  setup: state_lib.Setup
+  tx: optax.GradientTransformation
+  batch_sharding: NamedSharding
+  train_step: Callable  # (state, batch) -> (state, metrics); donates state
+  eval_step: Callable  # (state, batch) -> weighted sums
+  init_state: Callable  # () -> a fresh state, created sharded
+
+
+def build_program(config, mesh: Mesh) -> Program:
+  rules = config.mesh.rules.to_dict()
+  setup, tx, lr = state_lib.setup(config.model, config.seed,
+                                  lambda p: optim.make(config.optim, p, config.train.steps), mesh, rules)
+  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
+  train_step = jax.jit(
+    make_train_step(setup.graphdef, tx, lr, loss=config.train.loss, grad_accum=config.optim.grad_accum,
+                    label_smoothing=config.train.get("label_smoothing", 0.0)),
+    in_shardings=(setup.shardings, batch_sharding), out_shardings=(setup.shardings, None), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(setup.graphdef, loss=config.train.loss),
+                      in_shardings=(setup.shardings, batch_sharding))
+  init_state = state_lib.initializer(config.model, config.seed, tx, setup)
+  return Program(mesh, setup, tx, batch_sharding, train_step, eval_step, init_state)
+
+
+def global_batch(local: dict, sharding) -> dict:
+  """This process's numpy batch -> global arrays laid out by `sharding`."""
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
 
 
 def run(config, workdir: str) -> dict:
@@ -105,12 +138,10 @@ def run(config, workdir: str) -> dict:
   if is_main:
     config_lib.save(config, workdir)
 
-  mesh = mesh_lib.make_mesh(config.mesh.shape)
-  rules = config.mesh.rules.to_dict()
+  program = build_program(config, mesh_lib.make_mesh(config.mesh.shape))
+  setup, mesh = program.setup, program.mesh
+  batch_sharding, step_fn, eval_fn = program.batch_sharding, program.train_step, program.eval_step
   steps = config.train.steps
-  setup, tx, lr = state_lib.setup(config.model, config.seed,
-                                  lambda p: optim.make(config.optim, p, steps), mesh, rules)
-  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
   counts = param_counts(setup.abstract_params)
 
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=config.train.ckpt_every,
@@ -128,18 +159,11 @@ def run(config, workdir: str) -> dict:
       print(f"resumed from {workdir} at step {start}", file=sys.stderr)
   else:
     start = 0
-    state = state_lib.init(config.model, config.seed, tx, setup)
-
-  step_fn = jax.jit(
-    make_train_step(setup.graphdef, tx, lr, loss=config.train.loss, grad_accum=config.optim.grad_accum,
-                    label_smoothing=config.train.get("label_smoothing", 0.0)),
-    in_shardings=(setup.shardings, batch_sharding), out_shardings=(setup.shardings, None), donate_argnums=0)
-  eval_fn = jax.jit(make_eval_step(setup.graphdef, loss=config.train.loss),
-                    in_shardings=(setup.shardings, batch_sharding))
+    state = program.init_state()
 
   first = next(train_iter)
   tokens_per_step = _tokens_per_example(first) * config.data.batch_size
-  compiled = step_fn.lower(state, _global_batch(first, batch_sharding)).compile()
+  compiled = step_fn.lower(state, global_batch(first, batch_sharding)).compile()
   xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
   if config.model.kind == "lm":
     step_flops = flops.train_flops_per_step(config.model, setup.abstract_params,
@@ -175,7 +199,7 @@ def run(config, workdir: str) -> dict:
       for step in range(start, steps):
         if step > start:
           batch = next(train_iter)
-        state, m = step_fn(state, _global_batch(batch, batch_sharding))
+        state, m = step_fn(state, global_batch(batch, batch_sharding))
         done = step + 1
         if done % config.train.log_every == 0 or done == steps:
           m = jax.device_get(m)
@@ -209,7 +233,7 @@ def run(config, workdir: str) -> dict:
           break
     ckpt.wait()
     final = metrics.read(workdir) if is_main else []
-    final_record = final[-1] if final else (last or {})
+    final_record = final[-1] if final else {k: metrics.scalar(v) for k, v in (last or {}).items()}
     summary = {
       "workdir": workdir, "steps": int(jax.device_get(state["step"])),
       "loss": final_record.get("loss"), "accuracy": final_record.get("accuracy"),

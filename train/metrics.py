@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 
-def _scalar(v):
+def scalar(v):
   v = np.asarray(v)
   return v.item() if v.size == 1 else v.tolist()
 
@@ -40,7 +40,7 @@ class MetricWriter:
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
       return
-    record = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
+    record = {"step": int(step), **{k: scalar(v) for k, v in metrics.items()}}
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
     if self._tb is not None:

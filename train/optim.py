@@ -14,7 +14,10 @@ SCHEDULES = ("cosine", "wsd", "constant")
 
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:
-  """lr(step): linear warmup to cfg.lr, then cosine / WSD / constant down to lr * min_lr_ratio."""
+  """lr(step): linear warmup to cfg.lr, then cosine / WSD / constant down to lr * min_lr_ratio.
+
+  Warmup is lr * (step + 1) / warmup_steps, so the very first update already moves the parameters.
+  """
   if cfg.schedule not in SCHEDULES:
     raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
   warmup = min(cfg.warmup_steps, total_steps)
@@ -28,7 +31,10 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
       [optax.constant_schedule(peak), optax.linear_schedule(peak, floor, decay)], [rest - decay])
   else:
     after = optax.constant_schedule(peak)
-  return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)), after], [warmup])
+  if warmup == 0:
+    return after
+  ramp = optax.linear_schedule(peak / warmup, peak, max(warmup - 1, 1))
+  return optax.join_schedules([ramp, after], [warmup])
 
 
 def group_labels(params: nnx.State) -> dict:

@@ -45,8 +45,11 @@ def setup(model_cfg, seed: int, make_tx, mesh: Mesh, rules) -> tuple[Setup, opta
   tx, lr = make_tx(abs_params)
   abs_pure = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
                           nnx.to_pure_dict(abs_params), param_sh)
-  opt_sh = jax.jit(tx.init).lower(abs_pure).compile().output_shardings
   scalar = NamedSharding(mesh, PartitionSpec())
+  # Moments follow their parameters' layout; XLA's choice for scalars (step counts) may name a
+  # single device, so anything not laid out on the mesh is replicated over it.
+  opt_sh = jax.tree.map(lambda sh: sh if isinstance(sh, NamedSharding) and sh.mesh == mesh else scalar,
+                        jax.jit(tx.init).lower(abs_pure).compile().output_shardings)
   shardings = {"params": param_sh, "opt_state": opt_sh, "rest": rest_sh, "step": scalar, "first_bad_step": scalar}
   abstract_state = jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -61,9 +64,9 @@ def _fresh(model_cfg, seed: int, tx: optax.GradientTransformation) -> dict:
           "step": jnp.int32(0), "first_bad_step": jnp.int32(-1)}
 
 
-def init(model_cfg, seed: int, tx: optax.GradientTransformation, s: Setup) -> dict:
-  """A fresh state, each array created on its shards (no host-side full copy)."""
-  return jax.jit(lambda: _fresh(model_cfg, seed, tx), out_shardings=s.shardings)()
+def initializer(model_cfg, seed: int, tx: optax.GradientTransformation, s: Setup):
+  """A jitted () -> fresh state, each array created on its shards (no host-side full copy)."""
+  return jax.jit(lambda: _fresh(model_cfg, seed, tx), out_shardings=s.shardings)
 
 
 def model_from(s: Setup, state: dict) -> nnx.Module:
