@@ -3,7 +3,8 @@
 The coefficients start as a least-squares fit of a familiar activation (`init`, see
 `layers.activations.fit`) and are tagged optim_group="activation" so the optimizer can give
 them their own learning rate and no weight decay. Version D draws numerator noise from the
-"dropout" rng stream while training (`deterministic=False`, i.e. after `model.train()`).
+"dropout" rng stream while training: `deterministic=False`, switched by `model.train()` / `model.eval()`
+or `nnx.view(model, deterministic=...)` like Dropout.
 """
 
 import jax
@@ -58,6 +59,11 @@ class Rational(nnx.Module):
       self.rngs = rngs["dropout"].fork()
     else:
       self.rngs = nnx.data(None)
+
+  def set_view(self, deterministic: bool | None = None):
+    """`nnx.view(model, deterministic=True)` switches version D's noise off (like Dropout)."""
+    if deterministic is not None:
+      self.deterministic = deterministic
 
   def __call__(self, x: jax.Array) -> jax.Array:  # [..., F] -> [..., F]
     rng = self.rngs() if self.rngs is not None and not self.deterministic else None

@@ -1,0 +1,111 @@
+"""Forward+backward cost of learnable activations: in an FFN block, and on their own.
+
+    python -m benchmarks.activations                # d=1024, hidden 4d, 8192 tokens (the issue's setting)
+    python -m benchmarks.activations --quick        # d=256, 1024 tokens: a CPU smoke run
+    python -m benchmarks.activations --dtype bfloat16 --out runs/benchmarks/activations_gpu.json
+
+Every block is a registry feed-forward with hidden = 4d: `mlp` with the activation named in the
+row, `swiglu` for SwiGLU (three matrices, so 1.5x the matmul work of the others). A row is the
+median of `--repeats` timed runs of one jitted step (gradients of sum(output) w.r.t. all parameters
+and the input) after a warm-up run. "act only" times the same step for the activation alone on the
+[tokens, 4d] hidden tensor. Memory is XLA's compiled temp allocation of the block step (and the
+device's peak where the backend reports one). Ratios are to the GELU row.
+"""
+
+import argparse
+import json
+import pathlib
+import platform
+import statistics
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from layers import registry
+from layers.context import LayerContext
+
+# label: (ffn name, ffn options)
+BLOCKS = {
+  "gelu": ("mlp", {"activation": "gelu"}),
+  "swiglu": ("swiglu", {}),
+  "rational (A 5/4)": ("mlp", {"activation": "rational"}),
+  "group_rational (G=8)": ("mlp", {"activation": "group_rational", "activation_options": {"groups": 8}}),
+  "polynorm": ("mlp", {"activation": "polynorm"}),
+  "polyrelu": ("mlp", {"activation": "polyrelu"}),
+}
+
+
+def timed_step(fn, args: tuple, repeats: int) -> tuple[float, float]:
+  """(median ms, compiled temp MiB) of jit(grad(sum(fn(*args)))) w.r.t. every argument."""
+  step = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a).astype(jnp.float32)), argnums=tuple(range(len(args)))))
+  compiled = step.lower(*args).compile()
+  mem = compiled.memory_analysis()
+  temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
+  jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append((time.perf_counter() - t0) * 1e3)
+  return statistics.median(times), temp / 2**20
+
+
+def measure(label: str, ffn: str, options: dict, ctx: LayerContext, x: jax.Array, repeats: int) -> dict:
+  block = registry.build("ffn", ffn, ctx, rngs=nnx.Rngs(0), **options)
+  graphdef, params = nnx.split(block, nnx.Param)
+  n_params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+  block_ms, temp = timed_step(lambda p, x: nnx.merge(graphdef, p)(x), (params, x), repeats)
+  act = registry.build("activation", options.get("activation", "silu"), ctx.with_features(ctx.d_ff),
+                       rngs=nnx.Rngs(0), **options.get("activation_options", {}))
+  h = jax.random.normal(jax.random.key(1), (*x.shape[:-1], ctx.d_ff), x.dtype)
+  if isinstance(act, nnx.Module):
+    act_def, act_params = nnx.split(act, nnx.Param)
+    act_ms = timed_step(lambda p, h: nnx.merge(act_def, p)(h), (act_params, h), repeats)[0]
+  else:
+    act_ms = timed_step(act, (h,), repeats)[0]
+  return {"block": label, "params": n_params, "ms": block_ms, "act_ms": act_ms, "temp_mib": temp}
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--quick", action="store_true", help="d=256, 1024 tokens")
+  p.add_argument("--dtype", default="float32", help="compute dtype (parameters stay float32)")
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--out", default="runs/benchmarks/activations.json")
+  args = p.parse_args()
+  tokens, d = (1024, 256) if args.quick else (8192, 1024)
+  dtype = jnp.dtype(args.dtype)
+  ctx = LayerContext(d_model=d, d_ff=4 * d, dtype=dtype)
+  device = jax.devices()[0]
+  print(f"device: {device.device_kind} ({jax.default_backend()}, {jax.device_count()} devices), "
+        f"jax {jax.__version__}, flax {flax.__version__}, python {platform.python_version()}, "
+        f"dtype {dtype.name}, tokens {tokens}, d {d}, hidden {4 * d}, median of {args.repeats}")
+  x = jax.random.normal(jax.random.key(0), (tokens, d), dtype)
+  rows = [measure(label, ffn, options, ctx, x, args.repeats) for label, (ffn, options) in BLOCKS.items()]
+  base = rows[0]
+  print(f"{'block':<22} {'params':>11} {'ms(fwd+bwd)':>12} {'tokens/s':>11} {'temp MiB':>9} {'vs gelu':>8} "
+        f"{'act only ms':>12} {'vs gelu':>8}")
+  for r in rows:
+    r["tokens_per_s"] = tokens / (r["ms"] / 1e3)
+    r["ratio"] = r["ms"] / base["ms"]
+    r["act_ratio"] = r["act_ms"] / base["act_ms"]
+    print(f"{r['block']:<22} {r['params']:>11,} {r['ms']:>12.2f} {r['tokens_per_s']:>11,.0f} "
+          f"{r['temp_mib']:>9.1f} {r['ratio']:>7.2f}x {r['act_ms']:>12.2f} {r['act_ratio']:>7.2f}x")
+  stats = device.memory_stats() or {}
+  peak = stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps({
+    "device": device.device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
+    "flax": flax.__version__, "python": platform.python_version(), "dtype": dtype.name, "tokens": tokens,
+    "d_model": d, "hidden": 4 * d, "repeats": args.repeats, "peak_device_mib": peak, "rows": rows,
+  }, indent=2))
+  print(f"(device peak MiB: {peak}) -> {out}")
+
+
+if __name__ == "__main__":
+  main()
