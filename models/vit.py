@@ -42,7 +42,8 @@ def vit_model_config(preset: str = "deit_t", *, image_size=(224, 224), in_channe
   """`config.model` for a preset `deit_t|s|b` or `kat_t|s|b` (GELU MLP vs GR-KAN feed-forward).
 
   attention: "softmax", "karat" (Fourier-KArAt, blockwise) or "karat_universal"; all three are
-  bidirectional labels of the `karat` mixer (operator softmax / fourier_kan) in `model.options`.
+  defined in `model.options` as bidirectional labels of the `karat` mixer (operator softmax /
+  fourier_kan), so switching is a change of `model.blocks`.
   """
   family, _, size = preset.partition("_")
   if family not in FAMILY_FFN or size not in VIT_SIZES:
@@ -52,8 +53,8 @@ def vit_model_config(preset: str = "deit_t", *, image_size=(224, 224), in_channe
     raise ValueError(f"unknown ViT attention {attention!r}; known: {sorted(ATTENTION)}")
   s = VIT_SIZES[size]
   n_tokens = math.prod(d // patch_size for d in image_size) + 1
-  label = dict(layer="karat", max_len=n_tokens, **ATTENTION[attention])
-  options = ml_collections.ConfigDict({attention: label})
+  options = ml_collections.ConfigDict({name: dict(layer="karat", max_len=n_tokens, **opts)
+                                       for name, opts in ATTENTION.items()})
   return ml_collections.ConfigDict(dict(
     kind="vit", d_model=s["d_model"], n_heads=s["n_heads"], n_kv_heads=0, head_dim=0, d_ff=s["d_ff"],
     activation="gelu", norm="layernorm", blocks=f"({attention}, {FAMILY_FFN[family]}) * {s['n_layers']}",
