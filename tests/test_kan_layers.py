@@ -137,3 +137,30 @@ def test_karat_operator_matches_dense_definition_and_max_len():
                              atol=1e-5)
   with pytest.raises(ValueError, match="max_len"):
     layer(jnp.zeros((1, 13, 32)))
+
+
+def _shard_state(state, mesh):
+  """Put each variable on `mesh` by its logical axes (mlp / heads -> tensor, others replicated)."""
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  def spec(var):
+    axes = var.get_metadata().get("axes", (None,) * var.ndim)
+    return PartitionSpec(*["tensor" if a in ("mlp", "heads") else None for a in axes])
+
+  flat = nnx.to_flat_state(state)
+  return nnx.from_flat_state([(path, jax.device_put(var[...], NamedSharding(mesh, spec(var)))) for path, var in flat])
+
+
+@pytest.mark.parametrize("kind,name,options", [("ffn", "kan", {"hidden": 16}), ("mixer", "karat", {"max_len": 8})])
+def test_sharded_equals_unsharded(kind, name, options):
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  layer = registry.build(kind, name, CTX, rngs=nnx.Rngs(0), **options)
+  graphdef, state = nnx.split(layer)
+  x = jax.random.normal(jax.random.key(8), (4, 8, 32))
+  fn = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+  mesh = jax.make_mesh((4, 2), ("data", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  xs = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
+  sharded = _shard_state(state, mesh)
+  assert any(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(sharded))
+  np.testing.assert_allclose(fn(sharded, xs), fn(state, x), rtol=1e-5, atol=1e-5)
