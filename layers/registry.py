@@ -63,6 +63,7 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "polynorm": "layers.activations.polycom:polynorm",
     "polyrelu": "layers.activations.polycom:polyrelu",
     "swish_beta": "layers.activations.swish:swish_beta",
+    "leaky_relu": "layers.activations.fixed:leaky_relu",
   },
   "norm": {
     "rmsnorm": "layers.norms:rmsnorm",

@@ -22,6 +22,7 @@ def _fixed(fn):
 
 
 relu = _fixed(jax.nn.relu)
+leaky_relu = _fixed(jax.nn.leaky_relu)  # negative slope 0.01, as PAU compares against
 gelu = _fixed(lambda x: jax.nn.gelu(x, approximate=False))
 gelu_tanh = _fixed(lambda x: jax.nn.gelu(x, approximate=True))
 silu = _fixed(jax.nn.silu)
