@@ -47,8 +47,8 @@ def bench(name: str, steps: int, warmup: int) -> dict:
     if i >= warmup:
       times.append(time.perf_counter() - t)
   dt = statistics.median(times)
-  step_flops = flops.train_flops_per_step(c.model, program.setup.abstract_params, tokens_per_example=seq_len,
-                                          batch_size=c.data.batch_size, seq_len=seq_len)
+  step_flops = flops.train_flops_per_step(program.setup.abstract_model, seq_len=seq_len,
+                                          batch_size=c.data.batch_size)
   peak, source = flops.peak_flops()
   params = sum(int(v.size) for v in jax.tree.leaves(program.setup.abstract_params))
   return {"model": name, "params": params, "seq_len": seq_len, "batch": c.data.batch_size,

@@ -74,5 +74,9 @@ class Embed(nnx.Module):
   def __call__(self, tokens: jax.Array) -> jax.Array:  # [B, T] int -> [B, T, D]
     return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
 
+  def flops_per_token(self, seq_len: int) -> float:
+    """A lookup costs no FLOPs; a tied output projection is counted by the model that uses it."""
+    return 0.0
+
   def attend(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, V]
     return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)

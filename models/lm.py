@@ -98,6 +98,10 @@ class LM(nnx.Module):
       cfg.d_model, cfg.vocab_size, axes=("embed", "vocab"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.remat = cfg.get("remat", False)
 
+  def extra_flops_per_token(self, seq_len: int) -> float:
+    """The tied output projection (the embedding table is otherwise only looked up)."""
+    return 2.0 * self.embed.embedding.size if self.unembed is None else 0.0
+
   def _logits(self, x: jax.Array) -> jax.Array:
     x = self.final_norm(x)
     logits = self.embed.attend(x) if self.unembed is None else self.unembed(x)

@@ -91,18 +91,24 @@ def _parse_value(text: str, current: Any) -> Any:
     return text
 
 
-def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
-  """Set dotted `key` from its command-line text, keeping the field's type."""
+def _locate(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
+  """(parent section, leaf name) of dotted `key`; a ConfigError naming close matches if absent."""
   *parents, leaf = key.split(".")
   node = config
   for i, part in enumerate([*parents, leaf]):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
       close = difflib.get_close_matches(key, flat_keys(config), n=3, cutoff=0.5)
       hint = f" Did you mean {', '.join(close)}?" if close else ""
-      where = ".".join(([*parents, leaf])[:i]) or "the config"
+      where = ".".join([*parents, leaf][:i]) or "the config"
       raise ConfigError(f"unknown config key {key!r} ({part!r} is not in {where}).{hint}")
     if i < len(parents):
       node = node[part]
+  return node, leaf
+
+
+def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+  """Set dotted `key` from its command-line text, keeping the field's type."""
+  node, leaf = _locate(config, key)
   current = node[leaf]
   if isinstance(current, ml_collections.ConfigDict):
     raise ConfigError(f"config key {key!r} is a section; override one of its fields, e.g. {key}.<field>=...")
@@ -113,6 +119,16 @@ def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config key {key!r} expects {type(current).__name__} (now {current!r}); "
                       f"cannot use {text!r}: {e}") from None
+
+
+def set_value(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """Set dotted `key` to a Python value (a dict replaces a whole section), keeping leaf types."""
+  node, leaf = _locate(config, key)
+  try:
+    with node.unlocked():
+      node[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config key {key!r} (now {node[leaf]!r}) cannot be set to {value!r}: {e}") from None
 
 
 def apply_overrides(config: ml_collections.ConfigDict, args: list[str]) -> None:

@@ -1,9 +1,7 @@
-"""Analytic training FLOPs and the peak FLOP/s that MFU divides by.
+"""Analytic training FLOPs per step and the peak FLOP/s that MFU divides by.
 
-Training FLOPs = 3 x forward (backward costs two forwards). Forward per token:
-2 x (parameters used in matmuls) + token-mixing work of each mixer that has it
-(causal softmax attention: 2 * 2 * n_heads * head_dim * T_eff with T_eff = (T + 1) / 2, or the
-window). Embedding lookups are free; a tied embedding is counted once, as the output matmul.
+Training FLOPs = 3 x forward (backward costs two forwards); the forward count per token comes
+from the layers themselves (`layers.flops`): matmul weights plus each layer's own extra work.
 """
 
 import time
@@ -11,6 +9,8 @@ import time
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from layers.flops import forward_flops_per_token
 
 # Dense bf16 peak FLOP/s per device by `device_kind` (vendor datasheets).
 PEAK_FLOPS = {
@@ -53,35 +53,6 @@ def peak_flops(devices=None) -> tuple[float, str]:
   return float("nan"), f"unknown device kind {kind!r}; add it to train.flops.PEAK_FLOPS"
 
 
-def matmul_params(params: nnx.State, *, lookup_tables: tuple[tuple, ...] = ()) -> int:
-  """Parameters used as matmul weights (>= 2-D), except pure lookup tables (paths given)."""
-  return sum(int(var.size) for path, var in nnx.to_flat_state(params)
-             if len(var.shape) >= 2 and tuple(path) not in lookup_tables)
-
-
-def mixing_flops_per_token(model_cfg, seq_len: int) -> float:
-  """Forward token-mixing FLOPs per token of the softmax-attention layers of an LM."""
-  from models.block_pattern import parse
-  from models.lm import resolve
-
-  per_token = 0.0
-  n_heads = model_cfg.n_heads
-  head_dim = model_cfg.head_dim or model_cfg.d_model // n_heads
-  for mixer, _ in parse(model_cfg.blocks):
-    layer, opts = resolve(mixer, model_cfg.get("options"))
-    if layer == "attention":
-      window = opts.get("window")
-      t_eff = (seq_len + 1) / 2 if not window else min(window, (seq_len + 1) / 2)
-      per_token += 2 * 2 * n_heads * head_dim * t_eff  # QK^T and AV
-  return per_token
-
-
-def train_flops_per_step(model_cfg, params: nnx.State, *, tokens_per_example: int, batch_size: int,
-                         seq_len: int = 0) -> float:
-  """3 x forward FLOPs for one optimizer step of `batch_size` examples."""
-  lm = model_cfg.kind == "lm"
-  lookups = (("embed", "embedding"),) if lm and not model_cfg.tie_embeddings else ()
-  forward = 2.0 * matmul_params(params, lookup_tables=lookups) * tokens_per_example
-  if lm:
-    forward += mixing_flops_per_token(model_cfg, seq_len) * tokens_per_example
-  return 3.0 * forward * batch_size
+def train_flops_per_step(model: nnx.Module, *, seq_len: int, batch_size: int) -> float:
+  """3 x forward FLOPs of one optimizer step over `batch_size` sequences of `seq_len` tokens."""
+  return 3.0 * forward_flops_per_token(model, seq_len) * seq_len * batch_size

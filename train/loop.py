@@ -3,6 +3,7 @@ metrics and checkpoints in the workdir. Resumes automatically from the workdir's
 """
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -23,6 +24,15 @@ from train import mesh as mesh_lib
 from train import state as state_lib
 from train.data import pipeline
 from train.step import make_eval_step, make_train_step
+
+SUMMARY = "summary.json"  # written when a run completes; sweeps skip runs that have it
+
+
+def write_json_atomic(path: str, obj) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, default=str)
+  os.replace(tmp, path)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -160,16 +170,16 @@ def run(config, workdir: str) -> dict:
   else:
     start = 0
     state = program.init_state()
+    writer.truncate_after(0)  # a run killed before its first checkpoint starts over
 
   first = next(train_iter)
   tokens_per_step = _tokens_per_example(first) * config.data.batch_size
   compiled = step_fn.lower(state, global_batch(first, batch_sharding)).compile()
   xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
   if config.model.kind == "lm":
-    step_flops = flops.train_flops_per_step(config.model, setup.abstract_params,
-                                            tokens_per_example=_tokens_per_example(first),
-                                            batch_size=config.data.batch_size, seq_len=config.data.seq_len)
-  else:
+    step_flops = flops.train_flops_per_step(setup.abstract_model, seq_len=_tokens_per_example(first),
+                                            batch_size=config.data.batch_size)
+  else:  # image / MLP models: XLA's count (conv and patch weights are reused across positions)
     step_flops = xla_flops * mesh.size  # per-device cost analysis of the SPMD program
   peak, peak_source = flops.peak_flops()
   static = {**counts, "flops_per_step": step_flops, "xla_flops_per_step_per_device": xla_flops}
@@ -241,6 +251,8 @@ def run(config, workdir: str) -> dict:
       "tokens_per_sec": statistics.median(rates) if rates else final_record.get("tokens_per_sec"),
       "mfu_peak_source": peak_source, **counts,
     }
+    if is_main and summary["steps"] == steps:
+      write_json_atomic(os.path.join(workdir, SUMMARY), summary)
   finally:
     if progress is not None:
       progress.close()

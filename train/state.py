@@ -20,6 +20,7 @@ from train import mesh as mesh_lib
 @dataclasses.dataclass
 class Setup:
   graphdef: Any
+  abstract_model: nnx.Module  # shapes only (nnx.eval_shape), for analytic FLOPs
   abstract_params: nnx.State  # with metadata (axes, optim_group)
   shardings: dict  # same structure as the state
   abstract_state: dict  # ShapeDtypeStructs carrying shardings, for restore
@@ -31,17 +32,17 @@ def _split(model: nnx.Module):
 
 
 def plan(model_cfg, seed: int, mesh: Mesh, rules) -> tuple:
-  """Abstract model -> (graphdef, abstract params, param/rest shardings)."""
+  """(abstract model, graphdef, abstract params, param shardings, rest shardings)."""
   abstract_model = nnx.eval_shape(lambda: models.build(model_cfg, rngs=nnx.Rngs(seed)))
   graphdef, abs_params, abs_rest = _split(abstract_model)
   param_sh = mesh_lib.state_shardings(abs_params, rules, mesh)
   rest_sh = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), nnx.to_pure_dict(abs_rest))
-  return graphdef, abs_params, param_sh, rest_sh
+  return abstract_model, graphdef, abs_params, param_sh, rest_sh
 
 
 def setup(model_cfg, seed: int, make_tx, mesh: Mesh, rules) -> tuple[Setup, optax.GradientTransformation, Any]:
   """Plan the state layout; `make_tx(abstract_params) -> (tx, schedule)` builds the optimizer."""
-  graphdef, abs_params, param_sh, rest_sh = plan(model_cfg, seed, mesh, rules)
+  abstract_model, graphdef, abs_params, param_sh, rest_sh = plan(model_cfg, seed, mesh, rules)
   tx, lr = make_tx(abs_params)
   abs_pure = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
                           nnx.to_pure_dict(abs_params), param_sh)
@@ -54,7 +55,7 @@ def setup(model_cfg, seed: int, make_tx, mesh: Mesh, rules) -> tuple[Setup, opta
   abstract_state = jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
     jax.eval_shape(lambda: _fresh(model_cfg, seed, tx)), shardings)
-  return Setup(graphdef, abs_params, shardings, abstract_state), tx, lr
+  return Setup(graphdef, abstract_model, abs_params, shardings, abstract_state), tx, lr
 
 
 def _fresh(model_cfg, seed: int, tx: optax.GradientTransformation) -> dict:

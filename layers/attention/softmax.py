@@ -12,6 +12,7 @@ from flax import nnx
 from layers.attention.rope import apply_rope
 from layers.context import LayerContext
 from layers.core import Linear
+from layers.flops import causal_context
 
 
 class Attention(nnx.Module):
@@ -47,6 +48,10 @@ class Attention(nnx.Module):
     o = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=window,
                                      implementation=self.implementation)
     return self.o(o.reshape(B, T, -1))
+
+  def extra_flops_per_token(self, seq_len: int) -> float:
+    """QK^T and AV over the causal (or windowed) context: 2 matmuls x 2 FLOPs per MAC."""
+    return 4.0 * self.n_heads * self.head_dim * causal_context(seq_len, self.window)
 
   def init_cache(self, batch_size: int, max_len: int) -> dict:
     shape = (batch_size, max_len, self.n_kv_heads, self.head_dim)

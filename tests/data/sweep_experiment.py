@@ -1,0 +1,20 @@
+"""A tiny experiment for the sweep tests: MQAR, 2 layers, a few steps."""
+
+from experiments import common
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, steps=4)
+  c = common.lm_config("tiny")
+  common.mqar_data(c, vocab_size=64, num_pairs=4, seq_len=24)
+  c.data.update(dict(train_examples=256, eval_examples=32, batch_size=8))
+  c.model.update(dict(d_model=32, n_heads=2, d_ff=64))
+  c.train.update(dict(steps=arg.steps, log_every=1, eval_every=arg.steps, eval_steps=1, ckpt_every=2,
+                      progress=False, tensorboard=False))
+  return c
+
+
+def sweep(add):
+  for ffn in ("swiglu", "mlp"):
+    for seed in (0, 1):
+      add(**{"model.blocks": f"(attention, {ffn}) * 2", "seed": seed})

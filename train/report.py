@@ -1,0 +1,279 @@
+"""python -m train.report RUNS_DIR [--out DIR]: one table and the plots of a set of runs.
+
+Collects every run (a directory with config.json and metrics.jsonl) under RUNS_DIR, finds the
+config keys that differ between runs (the swept keys), and writes:
+  runs.csv              one row per run: swept values, final losses/accuracies, params, FLOPs
+  stdout                a markdown table grouped by the swept keys (mean ± std over seeds)
+  loss_vs_step.png      training (and eval) loss curves per run
+  loss_vs_flops.png     the same against cumulative training FLOPs
+  scaling.png           final loss vs compute per variant with a fitted L(C) = E + A C^-alpha
+  isoflop.png           loss vs parameters at (nearly) fixed compute, when the sweep has that
+  mqar_accuracy.png     MQAR answer accuracy vs model width per variant, for MQAR runs
+Variants are the swept keys with non-numeric values (e.g. model.blocks); numeric swept keys
+(sizes, lrs) are the points along a variant's curve; `seed` is averaged over.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from train import metrics as metrics_lib
+from train.scaling import fit_power_law
+
+IGNORED_PREFIXES = ("distributed.", "train.progress", "train.tensorboard", "data.data_dir")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict) and v:
+      out.update(flatten(v, key + "."))
+    else:
+      out[key] = json.dumps(v) if isinstance(v, list | dict) else v
+  return out
+
+
+def collect(root: str) -> list[dict]:
+  """Every run directory under root: {"run", "config" (flat), "records"}."""
+  runs = []
+  for dirpath, _, files in os.walk(root):
+    if "config.json" in files and "metrics.jsonl" in files:
+      with open(os.path.join(dirpath, "config.json")) as f:
+        config = flatten(json.load(f))
+      records = metrics_lib.read(dirpath)
+      if records:
+        runs.append({"run": os.path.relpath(dirpath, root), "config": config, "records": records})
+  return sorted(runs, key=lambda r: r["run"])
+
+
+def swept_keys(runs: list[dict]) -> list[str]:
+  keys = sorted({k for r in runs for k in r["config"]})
+  return [k for k in keys if not k.startswith(IGNORED_PREFIXES)
+          and len({json.dumps(r["config"].get(k), sort_keys=True) for r in runs}) > 1]
+
+
+def _last(records: list[dict], key: str):
+  for r in reversed(records):
+    if key in r and r[key] is not None:
+      return r[key]
+  return None
+
+
+def summarize(run: dict, keys: list[str]) -> dict:
+  rec = run["records"]
+  steps = rec[-1]["step"]
+  flops_per_step = _last(rec, "flops_per_step")
+  return {
+    "run": run["run"], **{k: run["config"].get(k) for k in keys}, "steps": steps,
+    "loss": _last(rec, "loss"), "eval_loss": _last(rec, "eval_loss"),
+    "accuracy": _last(rec, "accuracy"), "eval_accuracy": _last(rec, "eval_accuracy"),
+    "params": _last(rec, "params"), "params_non_embedding": _last(rec, "params_non_embedding"),
+    "flops": flops_per_step * steps if flops_per_step else None,
+    "tokens_per_sec": _last(rec, "tokens_per_sec"),
+  }
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def split_keys(rows: list[dict], keys: list[str]) -> tuple[list[str], list[str]]:
+  """(variant keys: non-numeric swept keys, scale keys: numeric ones), seed excluded from both."""
+  keys = [k for k in keys if k.split(".")[-1] != "seed"]
+  variant = [k for k in keys if not all(_is_number(r[k]) for r in rows)]
+  return variant, [k for k in keys if k not in variant]
+
+
+def variant_label(row: dict, variant: list[str]) -> str:
+  return ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in variant) or "all runs"
+
+
+def _fmt(v) -> str:
+  if v is None:
+    return "-"
+  if isinstance(v, float):
+    return f"{v:.4g}"
+  return str(v)
+
+
+def grouped_markdown(rows: list[dict], keys: list[str]) -> str:
+  group_keys = [k for k in keys if k.split(".")[-1] != "seed"]
+  groups: dict[tuple, list[dict]] = defaultdict(list)
+  for r in rows:
+    groups[tuple(json.dumps(r[k]) for k in group_keys)].append(r)
+  cols = ["loss", "eval_loss", "accuracy", "eval_accuracy", "params", "flops", "tokens_per_sec"]
+  header = [k.split(".")[-1] for k in group_keys] + ["n"] + cols
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for members in groups.values():
+    cells = [_fmt(members[0][k]) for k in group_keys] + [str(len(members))]
+    for c in cols:
+      vals = [m[c] for m in members if m[c] is not None]
+      if not vals:
+        cells.append("-")
+      elif len(vals) > 1 and c in ("loss", "eval_loss", "accuracy", "eval_accuracy"):
+        cells.append(f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}")
+      else:
+        cells.append(_fmt(statistics.mean(vals)))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _save(fig, path: str) -> str:
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def plot_curves(runs: list[dict], rows: list[dict], variant: list[str], out: str) -> list[str]:
+  paths = []
+  for x_key, name, xlabel in (("step", "loss_vs_step.png", "step"),
+                              ("flops", "loss_vs_flops.png", "training FLOPs")):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run, row in zip(runs, rows):
+      rec = run["records"]
+      fps = _last(rec, "flops_per_step") or math.nan
+      xs = [r["step"] * (fps if x_key == "flops" else 1) for r in rec]
+      ax.plot(xs, [r["loss"] for r in rec], label=f"{variant_label(row, variant)} [{run['run']}]", lw=1)
+      ev = [(r["step"] * (fps if x_key == "flops" else 1), r["eval_loss"]) for r in rec if "eval_loss" in r]
+      if ev:
+        ax.scatter(*zip(*ev), s=12)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("loss (lines: train, dots: eval)")
+    if x_key == "flops":
+      ax.set_xscale("log")
+    ax.set_title(f"loss vs {xlabel}")
+    ax.legend(fontsize=6, loc="upper right")
+    paths.append(_save(fig, os.path.join(out, name)))
+  return paths
+
+
+def final_loss(row: dict):
+  return row["eval_loss"] if row["eval_loss"] is not None else row["loss"]
+
+
+def plot_scaling(rows: list[dict], variant: list[str], out: str) -> tuple[str, list[str]]:
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  notes = []
+  by_variant: dict[str, list[dict]] = defaultdict(list)
+  for r in rows:
+    if r["flops"] and final_loss(r) is not None:
+      by_variant[variant_label(r, variant)].append(r)
+  for label, members in by_variant.items():
+    cs = [m["flops"] for m in members]
+    ls = [final_loss(m) for m in members]
+    pts = ax.scatter(cs, ls, s=18, label=label)
+    try:
+      fit = fit_power_law(cs, ls)
+    except ValueError as e:
+      notes.append(f"{label}: no power-law fit: {e}")
+      continue
+    grid = [min(cs) * (max(cs) / min(cs)) ** (i / 50) for i in range(51)]
+    ax.plot(grid, fit(grid), color=pts.get_facecolor()[0], lw=1, label=fit.label())
+    notes.append(f"{label}: {fit.label()} (E = {fit.E:.3g} ± {fit.E_err:.2g}, n = {fit.n})")
+  ax.set_xscale("log")
+  ax.set_xlabel("training compute C (FLOPs)")
+  ax.set_ylabel("final loss (eval where measured)")
+  ax.set_title("loss vs compute, fitted L(C) = E + A·C^-α")
+  ax.legend(fontsize=6)
+  return _save(fig, os.path.join(out, "scaling.png")), notes
+
+
+def plot_isoflop(rows: list[dict], variant: list[str], out: str) -> str | None:
+  """Loss vs params within compute buckets (0.1 decade) that hold >= 3 sizes."""
+  buckets: dict[tuple, list[dict]] = defaultdict(list)
+  for r in rows:
+    if r["flops"] and r["params"] and final_loss(r) is not None:
+      buckets[(variant_label(r, variant), round(math.log10(r["flops"]), 1))].append(r)
+  curves = {k: v for k, v in buckets.items() if len({m["params"] for m in v}) >= 3}
+  if not curves:
+    return None
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for (label, decade), members in sorted(curves.items()):
+    members = sorted(members, key=lambda m: m["params"])
+    ax.plot([m["params"] for m in members], [final_loss(m) for m in members], marker="o",
+            label=f"{label}, C≈1e{decade}")
+  ax.set_xscale("log")
+  ax.set_xlabel("parameters")
+  ax.set_ylabel("final loss")
+  ax.set_title("isoFLOP curves")
+  ax.legend(fontsize=6)
+  return _save(fig, os.path.join(out, "isoflop.png"))
+
+
+def plot_mqar(runs: list[dict], rows: list[dict], variant: list[str], out: str) -> str | None:
+  points: dict[str, list[tuple]] = defaultdict(list)
+  for run, row in zip(runs, rows):
+    acc = row["eval_accuracy"] if row["eval_accuracy"] is not None else row["accuracy"]
+    if run["config"].get("data.name") == "mqar" and acc is not None:
+      label = variant_label(row, [k for k in variant if k != "model.d_model"])
+      points[label].append((run["config"].get("model.d_model"), acc))
+  if not points:
+    return None
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for label, pts in sorted(points.items()):
+    pts = sorted(pts)
+    ax.plot(*zip(*pts), marker="o", label=label)
+  ax.set_xscale("log", base=2)
+  ax.set_ylim(-0.02, 1.02)
+  ax.set_xlabel("model width d_model")
+  ax.set_ylabel("MQAR answer accuracy")
+  ax.set_title("MQAR accuracy vs model width")
+  ax.legend(fontsize=6)
+  return _save(fig, os.path.join(out, "mqar_accuracy.png"))
+
+
+def report(root: str, out: str | None = None) -> dict:
+  """Write runs.csv and the plots; returns {"markdown", "csv", "plots", "notes", "rows"}."""
+  runs = collect(root)
+  if not runs:
+    raise ValueError(f"no runs (directories with config.json and metrics.jsonl) under {root}")
+  out = out or root
+  os.makedirs(out, exist_ok=True)
+  keys = swept_keys(runs)
+  rows = [summarize(r, keys) for r in runs]
+  variant, _ = split_keys(rows, keys)
+  csv_path = os.path.join(out, "runs.csv")
+  with open(csv_path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  plots = plot_curves(runs, rows, variant, out)
+  scaling, notes = plot_scaling(rows, variant, out)
+  plots.append(scaling)
+  plots += [p for p in (plot_isoflop(rows, variant, out), plot_mqar(runs, rows, variant, out)) if p]
+  return {"markdown": grouped_markdown(rows, keys), "csv": csv_path, "plots": plots, "notes": notes,
+          "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m train.report", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("runs_dir")
+  parser.add_argument("--out", default=None, help="where to write runs.csv and plots (default RUNS_DIR)")
+  args = parser.parse_args(argv)
+  try:
+    result = report(args.runs_dir, args.out)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(result["markdown"])
+  for note in result["notes"]:
+    print(note)
+  print(f"\nwrote {result['csv']} and {', '.join(result['plots'])}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
