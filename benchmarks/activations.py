@@ -7,7 +7,8 @@
 Every block is a registry feed-forward with hidden = 4d: `mlp` with the activation named in the
 row, `swiglu` for SwiGLU (three matrices, so 1.5x the matmul work of the others). A row is the
 median of `--repeats` timed runs of one jitted step (gradients of sum(output) w.r.t. all parameters
-and the input) after a warm-up run. "act only" times the same step for the activation alone on the
+and the input) after a warm-up run; the rows' runs are interleaved (round robin), so a machine
+shared with other jobs slows every row alike. "act only" times the same step for the activation alone on the
 [tokens, 4d] hidden tensor. Memory is XLA's compiled temp allocation of the block step (and the
 device's peak where the backend reports one). Ratios are to the GELU row.
 """
@@ -39,35 +40,46 @@ BLOCKS = {
 }
 
 
-def timed_step(fn, args: tuple, repeats: int) -> tuple[float, float]:
-  """(median ms, compiled temp MiB) of jit(grad(sum(fn(*args)))) w.r.t. every argument."""
+def compiled_step(fn, args: tuple) -> tuple:
+  """(compiled jit(grad(sum(fn(*args)))) w.r.t. every argument, its args, compiled temp MiB)."""
   step = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a).astype(jnp.float32)), argnums=tuple(range(len(args)))))
   compiled = step.lower(*args).compile()
   mem = compiled.memory_analysis()
   temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
-  jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append((time.perf_counter() - t0) * 1e3)
-  return statistics.median(times), temp / 2**20
+  jax.block_until_ready(compiled(*args))  # warm-up
+  return compiled, args, temp / 2**20
 
 
-def measure(label: str, ffn: str, options: dict, ctx: LayerContext, x: jax.Array, repeats: int) -> dict:
+def build(label: str, ffn: str, options: dict, ctx: LayerContext, x: jax.Array) -> dict:
+  """The compiled block step and activation-only step of one row."""
   block = registry.build("ffn", ffn, ctx, rngs=nnx.Rngs(0), **options)
   graphdef, params = nnx.split(block, nnx.Param)
   n_params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
-  block_ms, temp = timed_step(lambda p, x: nnx.merge(graphdef, p)(x), (params, x), repeats)
+  block_step = compiled_step(lambda p, x: nnx.merge(graphdef, p)(x), (params, x))
   act = registry.build("activation", options.get("activation", "silu"), ctx.with_features(ctx.d_ff),
                        rngs=nnx.Rngs(0), **options.get("activation_options", {}))
   h = jax.random.normal(jax.random.key(1), (*x.shape[:-1], ctx.d_ff), x.dtype)
   if isinstance(act, nnx.Module):
     act_def, act_params = nnx.split(act, nnx.Param)
-    act_ms = timed_step(lambda p, h: nnx.merge(act_def, p)(h), (act_params, h), repeats)[0]
+    act_step = compiled_step(lambda p, h: nnx.merge(act_def, p)(h), (act_params, h))
   else:
-    act_ms = timed_step(act, (h,), repeats)[0]
-  return {"block": label, "params": n_params, "ms": block_ms, "act_ms": act_ms, "temp_mib": temp}
+    act_step = compiled_step(act, (h,))
+  return {"block": label, "params": n_params, "temp_mib": block_step[2], "steps": (block_step, act_step)}
+
+
+def time_all(rows: list[dict], repeats: int) -> None:
+  """Median ms of each row's steps, interleaving the rows so that load drift hits all of them alike."""
+  times = {(i, j): [] for i in range(len(rows)) for j in range(2)}
+  for _ in range(repeats):
+    for i, row in enumerate(rows):
+      for j, (compiled, args, _) in enumerate(row["steps"]):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times[i, j].append((time.perf_counter() - t0) * 1e3)
+  for i, row in enumerate(rows):
+    del row["steps"]
+    row["ms"], row["act_ms"] = (statistics.median(times[i, j]) for j in range(2))
+    row["ms_all"], row["act_ms_all"] = times[i, 0], times[i, 1]
 
 
 def main() -> None:
@@ -85,7 +97,8 @@ def main() -> None:
         f"jax {jax.__version__}, flax {flax.__version__}, python {platform.python_version()}, "
         f"dtype {dtype.name}, tokens {tokens}, d {d}, hidden {4 * d}, median of {args.repeats}")
   x = jax.random.normal(jax.random.key(0), (tokens, d), dtype)
-  rows = [measure(label, ffn, options, ctx, x, args.repeats) for label, (ffn, options) in BLOCKS.items()]
+  rows = [build(label, ffn, options, ctx, x) for label, (ffn, options) in BLOCKS.items()]
+  time_all(rows, args.repeats)
   base = rows[0]
   print(f"{'block':<22} {'params':>11} {'ms(fwd+bwd)':>12} {'tokens/s':>11} {'temp MiB':>9} {'vs gelu':>8} "
         f"{'act only ms':>12} {'vs gelu':>8}")

@@ -69,7 +69,8 @@ def test_fused_backward_matches_autodiff(version):
   x = jnp.asarray(rng.normal(size=(3, 5, 16)) * 2, jnp.float32)
   n_den = F.denominator_size(version, 4)
   cases = [(rng.normal(size=(6,)), rng.normal(size=(n_den,)) * 0.5, x),
-           (rng.normal(size=(6, 4, 1)), rng.normal(size=(n_den, 4, 1)) * 0.5, x.reshape(3, 5, 4, 4))]
+           (rng.normal(size=(6, 4, 1)), rng.normal(size=(n_den, 4, 1)) * 0.5, x.reshape(3, 5, 4, 4)),
+           (rng.normal(size=(6, 1, 1)), rng.normal(size=(n_den, 4, 1)) * 0.5, x.reshape(3, 5, 4, 4))]
   for a, b, xs in cases:
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
     g = jnp.asarray(rng.normal(size=xs.shape), jnp.float32)

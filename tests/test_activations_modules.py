@@ -115,3 +115,22 @@ def test_polycom_ffn_matches_swiglu_parameters():
     ffn = registry.build("ffn", "mlp", ctx, rngs=nnx.Rngs(0), hidden=48, activation=act)
     assert count(ffn) == count(swiglu) + 4
     assert ffn(jnp.ones((2, 3, 16))).shape == (2, 3, 16)
+
+
+@pytest.mark.parametrize("activation, options", [("group_rational", {"groups": 4}), ("polynorm", {})])
+def test_sharded_ffn_equals_unsharded(activation, options):
+  """Hidden features split over the tensor axis: groups and PolyNorm's feature RMS must not notice."""
+  from experiments.common import DEFAULT_RULES
+  from train import mesh as mesh_lib
+
+  ctx = LayerContext(d_model=16, d_ff=32)
+  ffn = registry.build("ffn", "mlp", ctx, rngs=nnx.Rngs(0), activation=activation, activation_options=options)
+  graphdef, params = nnx.split(ffn, nnx.Param)
+  mesh = mesh_lib.make_mesh({"data": 2, "tensor": 4})
+  shardings = mesh_lib.state_shardings(params, DEFAULT_RULES, mesh)
+  sharded = jax.device_put(nnx.to_pure_dict(params), shardings)
+  assert any(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(sharded))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3, 16)), jnp.float32)
+  fn = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
+  xs = jax.device_put(x, mesh_lib.batch_sharding(mesh, DEFAULT_RULES))
+  np.testing.assert_allclose(fn(sharded, xs), fn(nnx.to_pure_dict(params), x), rtol=1e-5, atol=1e-5)

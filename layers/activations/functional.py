@@ -47,7 +47,7 @@ def horner(coeffs: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def _horner_with_derivative(coeffs: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(Σ_i c_i x^i, Σ_i i c_i x^(i-1)) in one pass; coeffs [k, *S], k >= 2."""
+  """(Σ_i c_i x^i, Σ_i i c_i x^(i-1)) in one pass; coeffs [k, *S], k >= 1."""
   p, dp = coeffs[-1] * jnp.ones_like(x), jnp.zeros_like(x)
   for i in range(coeffs.shape[0] - 2, -1, -1):
     dp = dp * x + p
