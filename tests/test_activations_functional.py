@@ -158,3 +158,14 @@ def test_group_sharing_equals_tiled_coefficients():
     F.group_rational(jnp.ones((2, 30)), a, b)
   with pytest.raises(ValueError, match="unknown rational version"):
     F.rational(x, a[0], b[0], "E")
+
+
+@pytest.mark.parametrize("version", ["A", "B", "C", "N"])
+def test_zero_denominator_can_learn(version):
+  """Identity init (b = 0, exact) must not freeze the denominator: d|b|/db and d|S|/dS are +1 at 0."""
+  x = jnp.linspace(-1.0, 2.5, 16)
+  a = jnp.zeros(6).at[1].set(1.0)
+  b = jnp.zeros(F.denominator_size(version, 4)).at[0].set(0.9 if version == "C" else 0.0)
+  np.testing.assert_allclose(F.rational(x, a, b, version), x, rtol=1e-6)
+  grad_b = jax.grad(lambda b: jnp.sum(F.rational(x, a, b, version) ** 2))(b)
+  assert np.all(np.isfinite(grad_b)) and np.count_nonzero(grad_b) >= 3

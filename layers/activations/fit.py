@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from layers.activations.functional import VERSIONS, check_version
+from layers.activations.functional import VERSIONS, check_version, denominator_size
 
 _erf = np.vectorize(math.erf)
 
@@ -168,6 +168,13 @@ def preset(name: str, version: str = "A", numerator_degree: int = 5, denominator
   """The init preset `name` (a key of TARGETS) fitted for this version and degrees (cached)."""
   if name not in TARGETS:
     raise ValueError(f"unknown rational init preset {name!r}; presets are {sorted(TARGETS)}")
+  if name == "identity":  # exact: P = x, Q = 1 (version C: 0.1 + |0.9|), not a fit's near-zero noise
+    numerator = np.zeros(numerator_degree + 1)
+    numerator[1] = 1.0
+    denominator = np.zeros(denominator_size(version, denominator_degree))
+    if version == "C":
+      denominator[0] = 0.9
+    return Fit(numerator, denominator, version, 0.0, 0.0)
   # Version D is version B plus training noise: same deterministic function, same fit.
   fit = _cached_preset(name, "B" if version == "D" else version, numerator_degree, denominator_degree)
   return dataclasses.replace(fit, version=version)

@@ -125,7 +125,7 @@ def _rational_bwd(version, residuals, g):
     u, start = x, 0 if version == "C" else 1
     coeffs = b if version == "C" else jnp.concatenate([jnp.zeros_like(b[:1]), b])
     s, ds = _horner_with_derivative(coeffs, x)
-    elem_sign = jnp.sign(s)
+    elem_sign = jnp.where(s >= 0, 1.0, -1.0)  # d|S|/dS, +1 at S = 0 so an all-zero denominator can learn
     q, dq = (0.1 if version == "C" else 1.0) + jnp.abs(s), elem_sign * ds
   inv_q = 1.0 / q
   f = p * inv_q
