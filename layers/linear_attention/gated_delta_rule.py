@@ -46,6 +46,38 @@ def _recurrent(q, k, v, g, beta, s0):
   return op_utils.scan_time(step, s0, (q, k, v, g, beta))
 
 
+@jax.custom_vjp
+def unit_lower_inverse(a: jax.Array) -> jax.Array:
+  """(I + A)⁻¹ for strictly lower-triangular A [..., C, C], by forward substitution over rows.
+
+  Row i of the inverse is e_i − A[i, :] (I + A)⁻¹ (rows < i already known). A loop of matmuls,
+  not lax.linalg.triangular_solve: on CPU that LAPACK call can deadlock when XLA runs two of them at
+  once on a small thread pool. The backward pass is closed form, so the loop stores nothing.
+  """
+  size = a.shape[-1]
+  eye = jnp.eye(size, dtype=a.dtype)
+
+  def row(i, inv):
+    new = eye[i] - jnp.einsum("...j,...jk->...k", a[..., i, :], inv)
+    return inv.at[..., i, :].set(new)
+
+  return jax.lax.fori_loop(0, size, row, jnp.zeros_like(a))
+
+
+def _inverse_fwd(a):
+  inv = unit_lower_inverse(a)
+  return inv, inv
+
+
+def _inverse_bwd(inv, grad):
+  # d(M⁻¹) = −M⁻¹ dM M⁻¹  =>  dL/dA = −M⁻ᵀ (dL/dM⁻¹) M⁻ᵀ, restricted to the strictly lower part.
+  inv_t = jnp.swapaxes(inv, -1, -2)
+  return (jnp.tril(-(inv_t @ grad @ inv_t), -1),)
+
+
+unit_lower_inverse.defvjp(_inverse_fwd, _inverse_bwd)
+
+
 def chunk_delta(
   q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None, beta: jax.Array, s0: jax.Array, size: int
 ) -> tuple[jax.Array, jax.Array]:
@@ -80,10 +112,9 @@ def chunk_delta(
     chunk_decay = jnp.exp(last[..., 0])  # [B, H, N]
 
   a = bc[..., None] * jnp.einsum("bhnck,bhnsk->bhncs", kc, kc) * decay_strict  # A [B, H, N, C, C]
-  eye = jnp.eye(size, dtype=a.dtype)
-  rhs = bc[..., None] * jnp.concatenate([vc, k_in], axis=-1)  # [diag(β) V | diag(β exp(b)) K]
-  uw = jax.lax.linalg.triangular_solve(a + eye, rhs, left_side=True, lower=True, unit_diagonal=True)
-  u, w = uw[..., : vc.shape[-1]], uw[..., vc.shape[-1]:]
+  inv = unit_lower_inverse(a)  # (I + A)⁻¹
+  u = jnp.einsum("bhncs,bhnsv->bhncv", inv, bc[..., None] * vc)  # (I + A)⁻¹ diag(β) V
+  w = jnp.einsum("bhncs,bhnsk->bhnck", inv, bc[..., None] * k_in)  # (I + A)⁻¹ diag(β exp(b)) K
 
   def step(s, x):  # s [B, H, K, V]
     u_n, w_n, k_n, d_n = x
