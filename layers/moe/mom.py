@@ -42,11 +42,12 @@ def _a_log_init(key, shape, dtype):
 
 class MixtureOfMemories(nnx.Module):
   def __init__(self, ctx: LayerContext, *, n_memories: int, top_k: int, load_balance_weight: float,
-               chunk_size: int, rngs: nnx.Rngs):
+               mode: str, chunk_size: int, rngs: nnx.Rngs):
     d, h, dk = ctx.d_model, ctx.n_heads, ctx.head_dim
     m = n_memories
     self.n_memories, self.top_k, self.n_heads, self.head_dim = m, top_k, h, dk
-    self.load_balance_weight, self.chunk_size, self.dtype = load_balance_weight, chunk_size, ctx.dtype
+    self.load_balance_weight, self.dtype = load_balance_weight, ctx.dtype
+    self.mode, self.chunk_size = mode, chunk_size
     kw = dict(dtype=ctx.dtype, param_dtype=ctx.param_dtype, rngs=rngs)
     self.router = make_param(nnx.initializers.normal(stddev=d**-0.5), rngs.params(), (d, m), ctx.param_dtype,
                              ("embed", None))
@@ -92,7 +93,7 @@ class MixtureOfMemories(nnx.Module):
     return self.o_proj(o), state
 
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
-    return self._mix(x, None, "chunk")[0]
+    return self._mix(x, None, self.mode)[0]
 
   def init_cache(self, batch_size: int, max_len: int) -> jax.Array:
     del max_len
@@ -105,7 +106,8 @@ class MixtureOfMemories(nnx.Module):
 
 
 def mom(ctx: LayerContext, *, rngs: nnx.Rngs, n_memories: int = 4, top_k: int = 2,
-        load_balance_weight: float = 0.01, chunk_size: int = 64) -> MixtureOfMemories:
-  """Mixture-of-Memories over gated-delta-rule memories (heads = ctx.n_heads, K = V = ctx.head_dim)."""
+        load_balance_weight: float = 0.01, mode: str = "chunk", chunk_size: int = 64) -> MixtureOfMemories:
+  """Mixture-of-Memories over gated-delta-rule memories (heads = ctx.n_heads, K = V = ctx.head_dim).
+  mode is the gated_delta_rule form of the full-sequence pass ("chunk", "recurrent", "parallel")."""
   return MixtureOfMemories(ctx, n_memories=n_memories, top_k=top_k, load_balance_weight=load_balance_weight,
-                           chunk_size=chunk_size, rngs=rngs)
+                           mode=mode, chunk_size=chunk_size, rngs=rngs)
