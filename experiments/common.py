@@ -73,7 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
     name="text", seq_len=256, batch_size=16, eval_split="validation", train_split="train",
-    data_dir="", shuffle_buffer=0,
+    data_dir="",
+    augment=ml_collections.ConfigDict(dict(crop_padding=0, flip=False, mixup_alpha=0.0, cutmix_alpha=0.0,
+                                           num_classes=0)),
   ))
 
   c.optim = ml_collections.ConfigDict(dict(
@@ -85,7 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.train = ml_collections.ConfigDict(dict(
-    steps=1000, loss="xent", log_every=10, eval_every=200, eval_steps=8,
+    steps=1000, loss="xent", label_smoothing=0.0, log_every=10, eval_every=200, eval_steps=8,
     ckpt_every=200, keep_ckpts=3, async_ckpt=True, progress=True, tensorboard=True,
   ))
 

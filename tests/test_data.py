@@ -115,3 +115,59 @@ def test_missing_tfds_dataset_is_a_clear_error(tmp_path):
   c.data_dir = str(tmp_path)
   with pytest.raises(ValueError, match=r"(?s)tiny_shakespeare.*data_dir=.*tfds build"):
     pipeline.build(c, split="train", seed=0, train=True, batch_size=2)
+
+
+def test_crop_flip_and_mixing_augmentations():
+  from train.data.augment import crop_flip, mix_batch
+
+  rng = np.random.default_rng(0)
+  img = np.arange(4 * 4 * 1, dtype=np.float32).reshape(4, 4, 1) + 1
+  flips = [crop_flip({"inputs": img}, np.random.default_rng(s), padding=0, flip=True)["inputs"] for s in range(20)]
+  assert any(np.array_equal(f, img[:, ::-1]) for f in flips) and any(np.array_equal(f, img) for f in flips)
+  cropped = crop_flip({"inputs": img}, rng, padding=2, flip=False)["inputs"]
+  assert cropped.shape == img.shape and set(np.unique(cropped)) <= set(np.unique(img)) | {0.0}
+  batch = {"inputs": rng.normal(size=(8, 6, 6, 3)).astype(np.float32), "targets": np.arange(8) % 4,
+           "weights": np.ones(8, np.float32)}
+  for kw in (dict(mixup_alpha=0.4, cutmix_alpha=0.0), dict(mixup_alpha=0.0, cutmix_alpha=1.0)):
+    out = mix_batch(batch, np.random.default_rng(1), num_classes=4, **kw)
+    assert out["targets"].shape == (8, 4) and np.allclose(out["targets"].sum(-1), 1.0)
+    lam = out["targets"][np.arange(8), batch["targets"]].max()  # own-label weight (partner may share it)
+    assert 0.0 <= out["targets"].min() and lam <= 1.0
+    if kw["cutmix_alpha"]:  # each pixel comes from the example or its partner, never a blend
+      own = np.isclose(out["inputs"], batch["inputs"]).all(-1)
+      assert 0 < own.mean() <= 1
+
+
+def test_augmented_pipeline_resumes_exactly(tmp_path):
+  import json
+
+  c = tiny_lm().data
+  c.name, c.data_dir = "digits", str(tmp_path)
+  c.augment.update(dict(crop_padding=1, flip=True, mixup_alpha=0.2, num_classes=10))
+  it = pipeline.build(c, split="train", seed=0, train=True, batch_size=8)
+  next(it)
+  state = json.loads(json.dumps(it.get_state()))
+  want = next(it)
+  again = pipeline.build(c, split="train", seed=0, train=True, batch_size=8)
+  again.set_state(state)
+  got = next(again)
+  np.testing.assert_array_equal(got["inputs"], want["inputs"])
+  np.testing.assert_array_equal(got["targets"], want["targets"])
+  assert want["targets"].shape == (8, 10)
+  ev = next(pipeline.build(c, split="validation", seed=0, train=False, batch_size=8))
+  assert ev["targets"].shape == (8,)  # no augmentation at eval
+
+
+def test_label_smoothing_and_soft_targets_in_loss():
+  import jax.numpy as jnp
+
+  from train.step import task_sums
+
+  logits = jnp.array([[2.0, 0.0, -1.0]])
+  hard = {"targets": jnp.array([0]), "weights": jnp.ones(1)}
+  soft = {"targets": jnp.array([[0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3]]), "weights": jnp.ones(1)}
+  a = task_sums(logits, hard, "xent", label_smoothing=0.1)["loss"]
+  b = task_sums(logits, soft, "xent")["loss"]
+  logp = logits - jnp.log(jnp.sum(jnp.exp(logits)))
+  np.testing.assert_allclose(a, -(soft["targets"] * logp).sum(), rtol=1e-6)
+  np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -1,4 +1,5 @@
-"""The one input pipeline: source -> process shard -> shuffle (seeded) -> repeat -> [pack] -> batch.
+"""The one input pipeline: source -> process shard -> shuffle (seeded) -> repeat -> [augment] -> [pack]
+-> batch -> [mixup / cutmix].
 
 Order is a pure function of (seed, step), and the iterator's position is a small JSON-able
 state saved in every checkpoint, so a resumed run sees exactly the batches it would have.
@@ -10,6 +11,7 @@ import grain
 import numpy as np
 
 from train.data import registry
+from train.data.augment import batch_transform, example_transform
 from train.data.documents import Documents
 
 
@@ -36,9 +38,16 @@ def build(cfg, *, split: str, seed: int, train: bool, batch_size: int, process_i
     raise ValueError(f"data split {split!r} of {cfg.name!r} has {len(ds)} records, fewer than "
                      f"{process_count} processes")
   ds = ds[process_index::process_count]
+  augment = cfg.get("augment") if train else None
   if train:
     ds = ds.shuffle(seed=seed)
-  it = ds.repeat(None).to_iter_dataset()
+  ds = ds.repeat(None)
+  if (per_example := example_transform(augment)) is not None:
+    ds = ds.random_map(per_example, seed=seed + 1)
+  it = ds.to_iter_dataset()
   if isinstance(src, Documents):
     it = pack(it, src.seq_len)
-  return iter(it.batch(batch_size, drop_remainder=True))
+  it = it.batch(batch_size, drop_remainder=True)
+  if (per_batch := batch_transform(augment)) is not None:
+    it = it.random_map(per_batch, seed=seed + 2 + process_index)
+  return iter(it)
