@@ -6,7 +6,7 @@ config keys that differ between runs (the swept keys), and writes:
   stdout                a markdown table grouped by the swept keys (mean ± std over seeds)
   loss_vs_step.png      training (and eval) loss curves per run
   loss_vs_flops.png     the same against cumulative training FLOPs
-  scaling.png           final loss vs compute per variant with a fitted L(C) = E + A C^-alpha
+  scaling.png           eval loss vs compute per variant, L(C) = E + A C^-alpha fitted to its frontier
   isoflop.png           loss vs parameters at (nearly) fixed compute, when the sweep has that
   mqar_accuracy.png     MQAR answer accuracy vs model width per variant, for MQAR runs
 Variants are the swept keys with non-numeric values (e.g. model.blocks); numeric swept keys
@@ -163,29 +163,51 @@ def final_loss(row: dict):
   return row["eval_loss"] if row["eval_loss"] is not None else row["loss"]
 
 
-def plot_scaling(rows: list[dict], variant: list[str], out: str) -> tuple[str, list[str]]:
+def compute_points(run: dict) -> list[tuple[float, float]]:
+  """(training FLOPs so far, eval loss) at each eval of a run; its final train loss if it never evaluated."""
+  rec = run["records"]
+  fps = _last(rec, "flops_per_step")
+  if not fps:
+    return []
+  evals = [(r["step"] * fps, r["eval_loss"]) for r in rec if r.get("eval_loss") is not None]
+  return evals or [(rec[-1]["step"] * fps, rec[-1]["loss"])]
+
+
+def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+  """The compute-efficient frontier: points no cheaper point beats (Kaplan et al.'s envelope)."""
+  out, best = [], math.inf
+  for c, loss in sorted(points):
+    if loss < best:
+      out.append((c, loss))
+      best = loss
+  return out
+
+
+def plot_scaling(runs: list[dict], rows: list[dict], variant: list[str], out: str) -> tuple[str, list[str]]:
+  """Eval loss vs compute per variant (all runs, all evals) and L(C) fitted to its frontier."""
   fig, ax = plt.subplots(figsize=(7, 4.5))
   notes = []
-  by_variant: dict[str, list[dict]] = defaultdict(list)
-  for r in rows:
-    if r["flops"] and final_loss(r) is not None:
-      by_variant[variant_label(r, variant)].append(r)
-  for label, members in by_variant.items():
-    cs = [m["flops"] for m in members]
-    ls = [final_loss(m) for m in members]
-    pts = ax.scatter(cs, ls, s=18, label=label)
+  by_variant: dict[str, list[tuple[float, float]]] = defaultdict(list)
+  for run, row in zip(runs, rows):
+    by_variant[variant_label(row, variant)].extend(compute_points(run))
+  for label, points in by_variant.items():
+    if not points:
+      continue
+    pts = ax.scatter(*zip(*points), s=10, alpha=0.5, label=label)
+    edge = frontier(points)
     try:
-      fit = fit_power_law(cs, ls)
+      fit = fit_power_law(*zip(*edge))
     except ValueError as e:
       notes.append(f"{label}: no power-law fit: {e}")
       continue
-    grid = [min(cs) * (max(cs) / min(cs)) ** (i / 50) for i in range(51)]
-    ax.plot(grid, fit(grid), color=pts.get_facecolor()[0], lw=1, label=fit.label())
-    notes.append(f"{label}: {fit.label()} (E = {fit.E:.3g} ± {fit.E_err:.2g}, n = {fit.n})")
+    cs = [c for c, _ in edge]
+    grid = [cs[0] * (cs[-1] / cs[0]) ** (i / 50) for i in range(51)]
+    ax.plot(grid, fit(grid), color=pts.get_facecolor()[0], lw=1.2, label=fit.label())
+    notes.append(f"{label}: {fit.label()} (E = {fit.E:.3g} ± {fit.E_err:.2g}, {fit.n} frontier points)")
   ax.set_xscale("log")
   ax.set_xlabel("training compute C (FLOPs)")
-  ax.set_ylabel("final loss (eval where measured)")
-  ax.set_title("loss vs compute, fitted L(C) = E + A·C^-α")
+  ax.set_ylabel("eval loss (train loss for runs without eval)")
+  ax.set_title("loss vs compute; lines: L(C) = E + A·C^-α fitted to each variant's frontier")
   ax.legend(fontsize=6)
   return _save(fig, os.path.join(out, "scaling.png")), notes
 
@@ -250,7 +272,7 @@ def report(root: str, out: str | None = None) -> dict:
     writer.writeheader()
     writer.writerows(rows)
   plots = plot_curves(runs, rows, variant, out)
-  scaling, notes = plot_scaling(rows, variant, out)
+  scaling, notes = plot_scaling(runs, rows, variant, out)
   plots.append(scaling)
   plots += [p for p in (plot_isoflop(rows, variant, out), plot_mqar(runs, rows, variant, out)) if p]
   return {"markdown": grouped_markdown(rows, keys), "csv": csv_path, "plots": plots, "notes": notes,

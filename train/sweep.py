@@ -1,17 +1,19 @@
 """Run an experiment's grid: python -m train.sweep --config experiments/FILE.py[:ARG] [options].
 
-The experiment file's `sweep(add)` calls `add(**{"dotted.key": value, ...})` once per run (layer
-types x sizes x seeds x lrs ...). Each run gets its own workdir, named from its overrides, under
---root (default runs/<file>[-<arg>]). Finished runs (summary.json present) are skipped;
-interrupted ones resume from their checkpoints. --parallel N runs N local processes;
---emit slurm|tpu-vm|shell writes one launch command per run instead, so scaling past one
-machine is JAX's own multi-host runtime (jax.distributed), not anything home-made.
+The experiment file's `sweep(add)` (or `sweep(add, arg)`, given the ARG after the colon) calls
+`add(**{"dotted.key": value, ...})` once per run (layer types x sizes x seeds x lrs ...).
+Each run gets its own workdir, named from its overrides, under --root (default
+runs/<file>[-<arg>]). Finished runs (summary.json present) are skipped; interrupted ones resume
+from their checkpoints. --parallel N runs N local processes; --emit slurm|tpu-vm|shell writes one
+launch command per run instead, so scaling past one machine is JAX's own multi-host runtime
+(jax.distributed), not anything home-made.
 """
 
 import argparse
 import concurrent.futures
 import dataclasses
 import hashlib
+import inspect
 import os
 import re
 import shlex
@@ -66,7 +68,14 @@ def expand(spec: str, root: str | None = None) -> list[Run]:
     raise config_lib.ConfigError(f"{config_lib.split_spec(spec)[0]} defines no sweep(add); nothing to run")
   root = root or default_root(spec)
   grid: list[dict] = []
-  module.sweep(lambda **overrides: grid.append(overrides))
+
+  def add(**overrides) -> None:
+    grid.append(overrides)
+
+  if len(inspect.signature(module.sweep).parameters) >= 2:  # sweep(add, arg): the grid depends on ARG
+    module.sweep(add, config_lib.split_spec(spec)[1])
+  else:
+    module.sweep(add)
   runs, seen = [], set()
   for overrides in grid:
     resolve(spec, overrides)  # fail now, before anything runs, on a bad key or value
