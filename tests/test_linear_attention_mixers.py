@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from layers import registry
 from layers.context import LayerContext
@@ -226,3 +227,21 @@ def test_decay_gate_init_and_sign():
   g, dt_x = gate(jnp.full((1, 3, 512), 5.0))
   assert g.dtype == jnp.float32 and np.all(np.asarray(g) < 0)
   np.testing.assert_allclose(g, -a * np.asarray(dt_x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["gated_delta_net", "mamba2"])
+def test_sharded_equals_unsharded(name):
+  """Heads over a 2-way tensor axis, batch over a 2-way data axis: same output as one device."""
+  mesh = jax.make_mesh((2, 2), ("data", "tensor"), axis_types=(AxisType.Auto,) * 2, devices=jax.devices()[:4])
+  rules = {"heads": "tensor"}
+
+  def put(v: nnx.Variable) -> nnx.Variable:
+    spec = PartitionSpec(*(rules.get(a) if a else None for a in v.get_metadata()["axes"]))
+    return v.replace(jax.device_put(v[...], NamedSharding(mesh, spec)))
+
+  graphdef, params = nnx.split(_build(name))
+  params = jax.tree.map(put, params, is_leaf=lambda v: isinstance(v, nnx.Variable))
+  x = jax.device_put(_x(), NamedSharding(mesh, PartitionSpec("data")))
+  y = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))(params, x)
+  assert y.sharding.spec[0] == "data"
+  assert _rel(y, _fp32_run(name)["full"]) < 1e-5

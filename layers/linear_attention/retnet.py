@@ -45,6 +45,8 @@ class RetNet(RecurrentMixer):
       positions = pos + jnp.arange(x.shape[1], dtype=jnp.int32)  # [T]
       q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
     g = jnp.broadcast_to(jnp.asarray(retention_log_decay(self.n_heads)), q.shape[:3])  # [B, T, H]
+    # The barrier keeps XLA from constant-folding the op's cumsums of this constant (slow compiles).
+    g = jax.lax.optimization_barrier(g)
     o, state = self._recur(simple_gla, q, k, v, g, cache=cache, mode=mode)
     gate = split_heads(self.g_proj(x), self.n_heads)
     y = self.o_proj(self.norm(o, gate).reshape(*x.shape[:-1], -1))
