@@ -89,7 +89,7 @@ def test_coefficients_get_gradients():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32)), jnp.float32)
   for name, (options, _) in LEARNABLE.items():
     act = registry.build("activation", name, CTX, rngs=nnx.Rngs(0), **options)
-    grads = nnx.grad(lambda m: jnp.sum(jnp.sin(m(x))))(act)
+    grads = nnx.jit(nnx.grad(lambda m: jnp.sum(jnp.sin(m(x)))))(act)
     for path, g in nnx.to_flat_state(grads):
       assert np.all(np.isfinite(g[...])) and np.any(g[...] != 0), (name, path)
 
@@ -114,7 +114,6 @@ def test_polycom_ffn_matches_swiglu_parameters():
   for act in ("polynorm", "polyrelu"):
     ffn = registry.build("ffn", "mlp", ctx, rngs=nnx.Rngs(0), hidden=48, activation=act)
     assert count(ffn) == count(swiglu) + 4
-    assert ffn(jnp.ones((2, 3, 16))).shape == (2, 3, 16)
 
 
 @pytest.mark.parametrize("activation, options", [("group_rational", {"groups": 4}), ("polynorm", {})])

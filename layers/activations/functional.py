@@ -165,7 +165,9 @@ def rational(
   """F(x) = P(x) / Q(x) elementwise; x [...], numerator [m+1], denominator [n] ([n+1] for C).
 
   `rng` (version D only, training only) draws one U[1-noise, 1+noise] factor per numerator
-  coefficient per call; pass None at evaluation.
+  coefficient per call; pass None at evaluation. Differentiable in reverse mode (grad, vjp, and
+  forward-over-reverse); the backward is hand-written (`_rational_fused`), so plain `jax.jvp`
+  through it is not supported.
   """
   ct = _f32(x)
   a, b = numerator.astype(ct), denominator.astype(ct)
