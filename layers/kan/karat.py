@@ -54,7 +54,9 @@ class FourierKAOperator(nnx.Module):
 
     self.coeffs = make_param(per_head_init, rngs.params(), (n_heads, 2, max_len, grid_size, rank),
                              param_dtype, ("heads", None, None, None, None))
-    proj_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=1, out_axis=2)
+    # Var[A_ij] = 1 / max_len, so sum_j A_ij v_j starts with about the variance of v (as softmax's average).
+    proj_init = nnx.initializers.variance_scaling(1.0 / max_len, "fan_in", "truncated_normal", in_axis=1,
+                                                  out_axis=2)
     self.proj = make_param(proj_init, rngs.params(), (n_heads, rank, max_len), param_dtype,
                            ("heads", None, None))
 
