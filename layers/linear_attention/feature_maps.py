@@ -2,7 +2,7 @@
 
 Fixed maps: identity, elu+1 (Katharopoulos et al.), relu. Hedgehog (Zhang et al., ICLR 2024): a
 learnable per-head linear map followed by softmax over features of [xW, -xW], which doubles the feature
-dimension; W starts at the identity.
+dimension; W starts at the identity and is not weight-decayed (decay would pull it towards a uniform map).
 """
 
 from collections.abc import Callable
@@ -38,7 +38,7 @@ class FeatureMap(nnx.Module):
     eye = jnp.broadcast_to(jnp.eye(head_dim), (n_heads, head_dim, head_dim))
     self.weight = (
       make_param(lambda key, shape, dtype: eye.astype(dtype), rngs.params(), (n_heads, head_dim, head_dim),
-                 param_dtype, ("heads", None, None))
+                 param_dtype, ("heads", None, None), optim_group="no_decay")
       if name == "hedgehog"
       else None
     )
