@@ -200,6 +200,10 @@ def plot_scaling(runs: list[dict], rows: list[dict], variant: list[str], out: st
     except ValueError as e:
       notes.append(f"{label}: no power-law fit: {e}")
       continue
+    if not fit.constrained:
+      notes.append(f"{label}: power-law fit not constrained by these points ({fit.label()}); "
+                   "add sizes or steps to the sweep")
+      continue
     cs = [c for c, _ in edge]
     grid = [cs[0] * (cs[-1] / cs[0]) ** (i / 50) for i in range(51)]
     ax.plot(grid, fit(grid), color=pts.get_facecolor()[0], lw=1.2, label=fit.label())

@@ -20,6 +20,11 @@ class PowerLaw:
   def __call__(self, c):
     return self.E + self.A * np.asarray(c, np.float64) ** (-self.alpha)
 
+  @property
+  def constrained(self) -> bool:
+    """False when the data do not pin the exponent down (its error exceeds its value)."""
+    return bool(np.isfinite(self.alpha_err) and self.alpha_err < self.alpha)
+
   def label(self) -> str:
     return f"L = {self.E:.3g} + {self.A:.3g}·C^-{self.alpha:.3f} (α = {self.alpha:.3f} ± {self.alpha_err:.3f})"
 
@@ -48,10 +53,10 @@ def fit_power_law(compute, loss) -> PowerLaw:
   spread = max(float(y.max() - y.min()), 1e-6)
   best = None
   for alpha0 in (0.05, 0.2, 0.5, 1.0):
-    p0 = (float(y.min()) - 0.1 * spread, np.log(spread), alpha0)
-    try:
-      p, cov = curve_fit(f, x, y, p0=p0, maxfev=20000)
-    except RuntimeError:
+    p0 = (max(float(y.min()) - 0.1 * spread, 0.0), np.log(spread), alpha0)
+    try:  # E >= 0 (a loss floor) and alpha >= 0 (loss falls with compute)
+      p, cov = curve_fit(f, x, y, p0=p0, bounds=([0.0, -np.inf, 0.0], [np.inf, np.inf, np.inf]), maxfev=20000)
+    except (RuntimeError, ValueError):
       continue
     err = float(np.sum((f(x, *p) - y) ** 2))
     if best is None or err < best[0]:
