@@ -28,7 +28,8 @@ CIFAR_STEPS = 100 * 50_000 // 512
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, attention="karat", size="t", data="", local=False, grid_size=3, rank=12)
+  arg = common.parse_arg(arg, attention="karat", size="t", data="", local=False, grid_size=3, rank=12,
+                         smooth_init=False)
   if arg.attention not in ATTENTION:
     raise ValueError(f"attention must be one of {sorted(ATTENTION)}, got {arg.attention!r}")
   c = common.base_config()
@@ -52,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                 weight_decay=0.05, b2=0.999))
     steps, eval_steps = CIFAR_STEPS, 19
   for label in ("karat", "karat_universal"):
-    c.model.options[label].update(dict(grid_size=arg.grid_size, rank=arg.rank))
+    c.model.options[label].update(dict(grid_size=arg.grid_size, rank=arg.rank, smooth_init=arg.smooth_init))
   c.train.update(dict(loss="xent", steps=steps, log_every=max(steps // 60, 1), eval_every=max(steps // 6, 1),
                       eval_steps=eval_steps, ckpt_every=max(steps // 6, 1)))
   c.train.label_smoothing = 0.1
