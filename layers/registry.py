@@ -50,6 +50,7 @@ _ENTRIES: dict[str, dict[str, str]] = {
   },
   "activation": {
     "relu": "layers.activations.fixed:relu",
+    "leaky_relu": "layers.activations.fixed:leaky_relu",
     "gelu": "layers.activations.fixed:gelu",
     "gelu_tanh": "layers.activations.fixed:gelu_tanh",
     "silu": "layers.activations.fixed:silu",
@@ -63,7 +64,6 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "polynorm": "layers.activations.polycom:polynorm",
     "polyrelu": "layers.activations.polycom:polyrelu",
     "swish_beta": "layers.activations.swish:swish_beta",
-    "leaky_relu": "layers.activations.fixed:leaky_relu",
   },
   "norm": {
     "rmsnorm": "layers.norms:rmsnorm",
