@@ -58,8 +58,8 @@ def test_rational_gradients(version):
     a = jnp.asarray(GOLDEN["rational/numerator"])
     b = jnp.asarray(GOLDEN[f"rational/{DEN[version]}"])
     # Reverse mode only: the fused backward is a custom_vjp (order 2 also differentiates that backward).
-    check_grads(jax.jit(lambda x, a, b: F.rational(x, a, b, version)), (x, a, b), order=2, modes=("rev",),
-                eps=1e-6)
+    check_grads(jax.jit(lambda x, a, b: F.rational(x, a, b, version)), (x, a, b), order=2 if version == "A" else 1,
+                modes=("rev",), eps=1e-6)
 
 
 @pytest.mark.parametrize("version", ["A", "B", "C", "N"])
