@@ -1,0 +1,45 @@
+"""The linear-attention experiment files: every variant builds a config the training loop accepts."""
+
+import pytest
+
+from experiments import delta_net, gated_delta_net, gla, hybrid, mqar_study
+from models.block_pattern import parse
+from train import config as config_lib
+from train import validate
+
+SPECS = (
+  [f"experiments/gla.py:{size}mixer={m}" for m in gla.MIXERS for size in ("local,", "", "size=1.3b,")]
+  + [f"experiments/delta_net.py:{size}variant={v}" for v in delta_net.VARIANTS for size in ("local,", "size=1.3b,")]
+  + [f"experiments/gated_delta_net.py:{size}variant={v}" for v in gated_delta_net.VARIANTS
+     for size in ("local,", "size=1.3b,")]
+  + [f"experiments/hybrid.py:local,task=mqar,ratio={r}" for r in (0, 1, 3)]
+  + [f"experiments/hybrid.py:ratio={r}" for r in (0, 3, 6)]
+  + [f"experiments/mqar_study.py:local,mixer={m},width=32,pairs=32" for m in mqar_study.MIXERS]
+  + [f"experiments/mqar_study.py:mixer={m},width=512,pairs=128" for m in mqar_study.MIXERS]
+)
+
+
+def test_every_variant_validates():
+  for spec in SPECS:
+    validate.validate(config_lib.load(spec), num_devices=1)
+
+
+def test_hybrid_patterns_place_attention_as_described():
+  mixers = [m for m, _ in parse(hybrid.pattern("gated_delta_net", 3, 24))]
+  assert len(mixers) == 24 and mixers.count("attention") == 6 and mixers[3::4] == ["attention"] * 6
+  mixers = [m for m, _ in parse(hybrid.pattern("gla", 6, 24))]
+  assert len(mixers) == 24 and mixers.count("attention") == 3 and mixers[-1] == "attention"
+  assert "attention" not in hybrid.pattern("gla", 0, 24)
+  with pytest.raises(ValueError, match="needs at least"):
+    hybrid.pattern("gla", 6, 4)
+  mixers = [m for m, _ in parse(delta_net.pattern("global_hybrid", 24))]
+  assert [i for i, m in enumerate(mixers) if m == "attention"] == [1, 12]
+
+
+def test_paper_shapes():
+  c = gla.get_config("size=340m")
+  assert (c.model.d_model, c.model.n_heads, len(parse(c.model.blocks))) == (1024, 4, 24)
+  c = gated_delta_net.get_config("size=340m")
+  assert (c.model.d_model, c.model.n_heads, c.model.head_dim, len(parse(c.model.blocks))) == (1024, 6, 256, 21)
+  c = gated_delta_net.get_config("local")
+  assert c.model.head_dim == 0 and c.model.d_model == 64  # local runs drop the paper's head shape
