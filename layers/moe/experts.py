@@ -84,7 +84,7 @@ class Experts(nnx.Module):
     return grouped_apply(*self.split(), x)
 
   def ragged(self, x: jax.Array, groups: dispatch.Groups, *, impl: str = "ragged_dot",
-             tile: int = 64) -> jax.Array:
+             tile: int = 128) -> jax.Array:
     """Expert-sorted rows x [M, D] -> [M, D], every row through its own expert (MLP / GLU experts).
 
     impl "ragged_dot": one `jax.lax.ragged_dot` per projection (native grouped matmul on TPU / GPU).

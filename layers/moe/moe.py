@@ -119,7 +119,7 @@ def moe(ctx: LayerContext, *, rngs: nnx.Rngs, n_experts: int = 8, top_k: int = 2
         renormalize: bool = False, jitter: float = 0.0, dispatch: str = "dropless",
         capacity_factor: float = 1.25,
         load_balance_weight: float = 0.01, z_loss_weight: float = 1e-3, expert_parallel: bool = True,
-        seed: int = 0, grouped_matmul: str = "auto", tile_size: int = 64) -> MoE:
+        seed: int = 0, grouped_matmul: str = "auto", tile_size: int = 128) -> MoE:
   """Mixture of experts. expert_hidden defaults to ctx.d_ff // (top_k + n_shared): the active
   parameters then equal a dense ffn of width d_ff (fine-grained experts for top_k > 1).
   expert_options are passed to every expert's constructor (e.g. {"activation": "polynorm"} for
