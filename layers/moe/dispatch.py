@@ -6,8 +6,9 @@ expert full is dropped (its weight is zeroed, the residual stream carries the to
 Buffers are [E, C, D], so any expert function can be vmapped over experts.
 
 Dropless (MegaBlocks-style, in JAX): the N*k assignments are sorted by expert, giving E
-contiguous groups of sizes `group_sizes`; expert matmuls are one `jax.lax.ragged_dot` each.
-Nothing is dropped and no padding is computed.
+contiguous groups of sizes `group_sizes`; expert matmuls are one `jax.lax.ragged_dot` each, or
+(tiles) each group is padded to a multiple of a tile and every tile is one dense matmul with its
+expert's weights (block-diagonal, at most E * tile padding rows). Nothing is dropped.
 """
 
 import math

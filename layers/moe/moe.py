@@ -10,7 +10,8 @@ Shared experts (DeepSeekMoE): n_shared experts' worth of always-on feed-forward,
 ffn of width n_shared * expert_hidden.
 
 Expert parallelism switches on by itself for token choice when a mesh with an "expert" axis of
-size > 1 is set with `jax.set_mesh(mesh)` while the step is traced (option expert_parallel).
+size > 1 is set with `jax.set_mesh(mesh)` while the step is traced (option expert_parallel);
+expert choice always runs under XLA's automatic sharding.
 
 Side outputs: AuxLoss "moe_load_balance" (Switch), "moe_z_loss" (ST-MoE), each already times its
 weight; LayerMetric "moe_expert_load" [E], "moe_dropped_fraction", "moe_router_entropy".
@@ -109,7 +110,7 @@ class MoE(nnx.Module):
     route = expert_choice_route(logits, cap)
     y = self.experts.grouped(dispatch.gather_tokens(x, route.tokens))
     counts = jnp.bincount(route.tokens.reshape(-1), length=n)
-    self.sow(LayerMetric, "moe_expert_load", jnp.full((self.n_experts,), 1.0 / self.n_experts))
+    self.sow(LayerMetric, "moe_expert_load", jnp.full((self.n_experts,), 1.0 / self.n_experts, jnp.float32))
     return dispatch.scatter_tokens(y, route.tokens, route.weights, n), route.probs, jnp.mean(counts == 0)
 
 
