@@ -83,6 +83,7 @@ def _fit(model, x, y, steps: int, lr: float):
 def scaling_study(function: str, grids, widths, steps: int, workdir: str) -> dict:
   """Test RMSE vs parameters: a KAN through grid extension, and MLPs of growing width."""
   import matplotlib
+  import matplotlib.ticker
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -119,6 +120,7 @@ def scaling_study(function: str, grids, widths, steps: int, workdir: str) -> dic
     alpha = -np.polyfit(np.log(p), np.log(e), 1)[0]
     results["alpha_" + name.split()[0].lower()] = float(alpha)
     ax.loglog(p, e, "o-", label=f"{name}: alpha={alpha:.2f}")
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   ax.set(xlabel="parameters", ylabel="test RMSE", title=f"{function}: RMSE ~ params^-alpha")
   ax.legend()
   os.makedirs(workdir, exist_ok=True)
