@@ -141,3 +141,22 @@ def test_indivisible_parameter_sharding_names_the_parameter():
   mesh = mesh_lib.make_mesh(dict(data=1, tensor=8))
   with pytest.raises(ValueError, match=r"parameter w dim 1 .*'mlp', size 12.*not divisible"):
     mesh_lib.logical_to_spec(("embed", "mlp"), {"mlp": "tensor"}, mesh, (4, 12), "w")
+
+
+def test_eval_forward_switches_off_training_noise():
+  from layers import registry
+  from layers.context import LayerContext
+  from train.step import forward
+
+  act = registry.build("activation", "rational", LayerContext(d_model=4), rngs=nnx.Rngs(0), version="D")
+  graphdef, params, rest = nnx.split(act, nnx.Param, ...)
+  params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+  x = jnp.linspace(-2.0, 2.0, 8)
+  train_out, _, _, new_rest = forward(graphdef, params, rest, x)
+  train_again, _, _, _ = forward(graphdef, params, new_rest, x)
+  assert not np.allclose(train_out, train_again)  # fresh numerator noise each training step
+  eval_a = forward(graphdef, params, rest, x, deterministic=True)[0]
+  eval_b = forward(graphdef, params, new_rest, x, deterministic=True)[0]
+  np.testing.assert_array_equal(eval_a, eval_b)
+  clean = registry.build("activation", "rational", LayerContext(d_model=4), rngs=nnx.Rngs(0), version="B")
+  np.testing.assert_allclose(eval_a, clean(x), rtol=1e-6)  # D without noise is B

@@ -52,9 +52,15 @@ def _by_name(state: nnx.State, reduce: Callable) -> dict[str, jax.Array]:
   return {k: reduce(jnp.stack(v)) for k, v in groups.items()}
 
 
-def forward(graphdef, params, rest, inputs):
-  """Model outputs plus the aux losses (summed per name) and layer metrics (averaged per name)."""
+def forward(graphdef, params, rest, inputs, *, deterministic: bool = False):
+  """Model outputs plus the aux losses (summed per name) and layer metrics (averaged per name).
+
+  deterministic=True (evaluation) switches off training-only noise (dropout, rational version D,
+  router jitter) in every layer that has a `deterministic` view.
+  """
   model = nnx.merge(graphdef, params, rest)
+  if deterministic:
+    model = nnx.view(model, deterministic=True, raise_if_not_found=False)
   outputs, aux, metrics = nnx.capture(model, AuxLoss, LayerMetric)(inputs)
   _, _, new_rest = nnx.split(model, nnx.Param, ...)
   return (outputs, _by_name(aux, lambda x: jnp.sum(x, axis=0)),
@@ -116,7 +122,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr: optax.Schedu
 
 def make_eval_step(graphdef, *, loss: str):
   def eval_step(state: dict, batch: dict) -> dict:
-    outputs, _, _, _ = forward(graphdef, state["params"], state["rest"], batch["inputs"])
+    outputs, _, _, _ = forward(graphdef, state["params"], state["rest"], batch["inputs"], deterministic=True)
     return task_sums(outputs, batch, loss)
 
   return eval_step
