@@ -120,6 +120,8 @@ class Program:
 
 
 def build_program(config, mesh: Mesh) -> Program:
+  """Jitted steps for `config` on `mesh`. Trace and call them under `jax.set_mesh(program.mesh)` so
+  layers that shard explicitly (expert parallelism's shard_map) see the mesh."""
   rules = config.mesh.rules.to_dict()
   setup, tx, lr = state_lib.setup(config.model, config.seed,
                                   lambda p: optim.make(config.optim, p, config.train.steps), mesh, rules)
@@ -143,12 +145,16 @@ def run(config, workdir: str) -> dict:
   """Train `config` in `workdir` (resuming if it holds a checkpoint); returns the final summary."""
   maybe_initialize_distributed(config.distributed)
   validate.validate(config)
+  if jax.process_index() == 0:
+    config_lib.save(config, workdir)
+  mesh = mesh_lib.make_mesh(config.mesh.shape)
+  with jax.set_mesh(mesh):
+    return _train(config, workdir, build_program(config, mesh))
+
+
+def _train(config, workdir: str, program: Program) -> dict:
   process_index, process_count = jax.process_index(), jax.process_count()
   is_main = process_index == 0
-  if is_main:
-    config_lib.save(config, workdir)
-
-  program = build_program(config, mesh_lib.make_mesh(config.mesh.shape))
   setup, mesh = program.setup, program.mesh
   batch_sharding, step_fn, eval_fn = program.batch_sharding, program.train_step, program.eval_step
   steps = config.train.steps
