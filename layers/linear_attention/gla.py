@@ -9,7 +9,7 @@ from layers.linear_attention import op_utils
 
 # Secondary chunk length: decays inside a sub-chunk are applied elementwise ([c, c, K]), between
 # sub-chunks through matmuls with exponents relative to the sub-chunk start (always <= 0).
-SUB_CHUNK = 16
+SUB_CHUNK = 8
 
 
 def gla(

@@ -1,0 +1,137 @@
+"""Forward+backward wall time and peak memory of the linear-attention ops vs causal softmax attention.
+
+Every op in chunk and recurrent mode, and jax.nn.dot_product_attention (causal), for T in 512..16384
+at a fixed number of tokens B*T, H=4 heads, K=V=64, float32, on the default device. Time is the
+median of several runs after a warm-up (wall clock; "cpu ms" is the process CPU time, summed over
+threads, which is the steadier number on a shared host); memory is XLA's compiled estimate
+(temp + argument + output).
+
+  python -m benchmarks.linear_attention [--quick] [--out runs/benchmarks/linear_attention.json]
+"""
+
+import argparse
+import json
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from layers import linear_attention as la
+
+H, DK, DV = 4, 64, 64
+OPS = ("linear_attn", "simple_gla", "gla", "delta_rule", "gated_delta_rule")
+
+
+def _inputs(op: str, b: int, t: int, key: jax.Array) -> tuple[jax.Array, ...]:
+  """Random q, k, v (+ gates / beta) in the ranges the mixer layers produce."""
+  kq, kk, kv, kg, kb = jax.random.split(key, 5)
+  q = jax.random.normal(kq, (b, t, H, DK))
+  k = jax.random.normal(kk, (b, t, H, DK))
+  v = jax.random.normal(kv, (b, t, H, DV))
+  if op in ("delta_rule", "gated_delta_rule"):
+    q, k = (x / jnp.linalg.norm(x, axis=-1, keepdims=True) for x in (q, k))
+  g = jax.nn.log_sigmoid(jax.random.normal(kg, (b, t, H)) + 3.0)
+  gk = jax.nn.log_sigmoid(jax.random.normal(kg, (b, t, H, DK))) / 16
+  beta = jax.nn.sigmoid(jax.random.normal(kb, (b, t, H)))
+  extra = {"linear_attn": (), "simple_gla": (g,), "gla": (gk,), "delta_rule": (beta,),
+           "gated_delta_rule": (g, beta), "softmax": ()}[op]
+  return (q, k, v, *extra)
+
+
+def _loss_fn(op: str, mode: str) -> Callable[..., jax.Array]:
+  if op == "softmax":
+    return lambda q, k, v: jnp.sum(jax.nn.dot_product_attention(q, k, v, is_causal=True))
+  fn = getattr(la, op)
+
+  def loss(*args):
+    o, _ = fn(*args, mode=mode)
+    return jnp.sum(o)
+
+  return loss
+
+
+def measure(op: str, mode: str, b: int, t: int, repeats: int, max_bytes: float) -> dict:
+  """Median fwd+bwd seconds and compiled memory of grad(sum(o)) w.r.t. every input.
+
+  A program whose compiled estimate exceeds max_bytes is not run (seconds = NaN): on a shared CPU
+  host the T x T softmax scores at T = 16384 would take most of the memory.
+  """
+  args = _inputs(op, b, t, jax.random.key(0))
+  loss = _loss_fn(op, mode)
+  step = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))))
+  compiled = step.lower(*args).compile()
+  mem = compiled.memory_analysis()
+  peak = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+  row = {"op": op, "mode": mode, "T": t, "B": b, "peak_bytes": int(peak)}
+  if peak > max_bytes:
+    nan = float("nan")
+    return {**row, "seconds": nan, "cpu_seconds": nan, "tokens_per_s": nan, "skipped": "memory"}
+  jax.block_until_ready(compiled(*args))
+  times, cpu_times = [], []
+  for _ in range(repeats):
+    start, cpu_start = time.perf_counter(), time.process_time()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - start)
+    cpu_times.append(time.process_time() - cpu_start)
+  sec = statistics.median(times)
+  return {**row, "seconds": sec, "cpu_seconds": statistics.median(cpu_times), "tokens_per_s": b * t / sec}
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--quick", action="store_true", help="T in {512, 4096}, 4096 tokens, 2 repeats")
+  parser.add_argument("--lengths", default=None, help="comma-separated T values (default 512..16384)")
+  parser.add_argument("--tokens", type=int, default=None, help="B*T per step (default 16384; quick 4096)")
+  parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 5)")
+  parser.add_argument("--ops", default=",".join((*OPS, "softmax")))
+  parser.add_argument("--modes", default="chunk,recurrent")
+  parser.add_argument("--max-gib", type=float, default=6.0, help="skip programs needing more memory")
+  parser.add_argument("--out", default="runs/benchmarks/linear_attention.json")
+  args = parser.parse_args(argv)
+  lengths = (512, 4096) if args.quick else (512, 1024, 2048, 4096, 8192, 16384)
+  if args.lengths:
+    lengths = tuple(int(t) for t in args.lengths.split(","))
+  tokens = args.tokens or (4096 if args.quick else 16384)
+  repeats = args.repeats or (2 if args.quick else 5)
+
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}, {jax.device_count()} devices)  "
+        f"jax {jax.__version__}  flax {flax.__version__}  numpy {np.__version__}  "
+        f"python {platform.python_version()}")
+  print(f"fwd+bwd of sum(o) w.r.t. all inputs; B*T={tokens}, H={H}, K=V={DK}, float32, "
+        f"median of {repeats} after warm-up\n")
+  print(f"{'op':18} {'mode':10} {'T':>6} {'B':>4} {'ms(fwd+bwd)':>12} {'cpu ms':>9} {'tokens/s':>11} {'peak MiB':>9} "
+        f"{'vs softmax':>10}")
+  rows = []
+  softmax_sec = {}
+  for t in lengths:
+    b = max(tokens // t, 1)
+    for op in sorted(args.ops.split(","), key=lambda name: name != "softmax"):  # softmax first
+      for mode in ("causal",) if op == "softmax" else args.modes.split(","):
+        row = measure(op, mode, b, t, repeats, args.max_gib * 2**30)
+        if op == "softmax":
+          softmax_sec[t] = row["seconds"]
+        ratio = row["seconds"] / softmax_sec[t] if t in softmax_sec else float("nan")
+        row["vs_softmax"] = ratio
+        rows.append(row)
+        print(f"{op:18} {mode:10} {t:6d} {b:4d} {row['seconds'] * 1e3:12.1f} {row['cpu_seconds'] * 1e3:9.0f} "
+              f"{row['tokens_per_s']:11.0f} {row['peak_bytes'] / 2**20:9.1f} {ratio:9.2f}x", flush=True)
+
+  print("\nNaN time: not run, compiled memory estimate above --max-gib.")
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  meta = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
+          "flax": flax.__version__, "tokens": tokens, "heads": H, "dk": DK, "dv": DV, "repeats": repeats}
+  clean = [{key: (None if isinstance(val, float) and val != val else val) for key, val in row.items()}
+           for row in rows]  # NaN -> null: valid JSON
+  out.write_text(json.dumps({"meta": meta, "rows": clean}, indent=1))
+  print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+  main()
