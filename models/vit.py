@@ -29,10 +29,10 @@ VIT_SIZES = {
   "b": dict(d_model=768, n_layers=12, n_heads=12, d_ff=3072),
 }
 FAMILY_FFN = {"deit": "mlp", "kat": "gr_kan"}
-ATTENTION = {
-  "softmax": dict(operator="softmax"),
-  "karat": dict(operator="fourier_kan", mode="blockwise"),
-  "karat_universal": dict(operator="fourier_kan", mode="universal"),
+ATTENTION = {  # label -> registry layer and its options (bidirectional)
+  "softmax": dict(layer="attention", causal=False, rope_theta=None),
+  "karat": dict(layer="karat", operator="fourier_kan", mode="blockwise"),
+  "karat_universal": dict(layer="karat", operator="fourier_kan", mode="universal"),
 }
 
 
@@ -41,9 +41,9 @@ def vit_model_config(preset: str = "deit_t", *, image_size=(224, 224), in_channe
                      attention: str = "softmax") -> ml_collections.ConfigDict:
   """`config.model` for a preset `deit_t|s|b` or `kat_t|s|b` (GELU MLP vs GR-KAN feed-forward).
 
-  attention: "softmax", "karat" (Fourier-KArAt, blockwise) or "karat_universal"; all three are
-  defined in `model.options` as bidirectional labels of the `karat` mixer (operator softmax /
-  fourier_kan), so switching is a change of `model.blocks`.
+  attention: "softmax" (bidirectional softmax attention, no RoPE: the ViT adds position
+  embeddings), "karat" (Fourier-KArAt, blockwise) or "karat_universal"; all three are labels in
+  `model.options`, so switching is a change of `model.blocks`.
   """
   family, _, size = preset.partition("_")
   if family not in FAMILY_FFN or size not in VIT_SIZES:
@@ -53,8 +53,9 @@ def vit_model_config(preset: str = "deit_t", *, image_size=(224, 224), in_channe
     raise ValueError(f"unknown ViT attention {attention!r}; known: {sorted(ATTENTION)}")
   s = VIT_SIZES[size]
   n_tokens = math.prod(d // patch_size for d in image_size) + 1
-  options = ml_collections.ConfigDict({name: dict(layer="karat", max_len=n_tokens, **opts)
-                                       for name, opts in ATTENTION.items()})
+  options = ml_collections.ConfigDict({
+    name: {**opts, **({"max_len": n_tokens} if opts["layer"] == "karat" else {})}
+    for name, opts in ATTENTION.items()})
   return ml_collections.ConfigDict(dict(
     kind="vit", d_model=s["d_model"], n_heads=s["n_heads"], n_kv_heads=0, head_dim=0, d_ff=s["d_ff"],
     activation="gelu", norm="layernorm", blocks=f"({attention}, {FAMILY_FFN[family]}) * {s['n_layers']}",

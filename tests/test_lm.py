@@ -134,3 +134,19 @@ def test_norms_compute_in_fp32():
 def test_registry_unknown_name_suggests():
   with pytest.raises(ValueError, match=r"Did you mean.*swiglu"):
     registry.lookup("ffn", "swigl")
+
+
+def test_bidirectional_attention_sees_the_future():
+  from layers.context import LayerContext
+
+  ctx = LayerContext(d_model=16, n_heads=2, n_kv_heads=2)
+  attn = registry.build("mixer", "attention", ctx, rngs=nnx.Rngs(0), causal=False, rope_theta=None)
+  x = jax.random.normal(jax.random.key(4), (1, 6, 16))
+  y, y2 = attn(x), attn(x.at[:, 5].set(3.0))
+  assert not np.allclose(y[:, :5], y2[:, :5])  # earlier outputs depend on the last token
+  q, k, v = (attn.q(x).reshape(1, 6, 2, 8), attn.k(x).reshape(1, 6, 2, 8), attn.v(x).reshape(1, 6, 2, 8))
+  w = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8), axis=-1)
+  ref = attn.o(jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(1, 6, 16))
+  np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="sliding window needs causal"):
+    registry.build("mixer", "attention", ctx, rngs=nnx.Rngs(0), causal=False, window=2)

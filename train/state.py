@@ -36,7 +36,7 @@ def plan(model_cfg, seed: int, mesh: Mesh, rules) -> tuple:
   abstract_model = nnx.eval_shape(lambda: models.build(model_cfg, rngs=nnx.Rngs(seed)))
   graphdef, abs_params, abs_rest = _split(abstract_model)
   param_sh = mesh_lib.state_shardings(abs_params, rules, mesh)
-  rest_sh = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), nnx.to_pure_dict(abs_rest))
+  rest_sh = mesh_lib.state_shardings(abs_rest, rules, mesh)  # by `axes` where given (e.g. KAN grids)
   return abstract_model, graphdef, abs_params, param_sh, rest_sh
 
 

@@ -1,4 +1,5 @@
-"""Causal softmax attention: MHA / GQA, RoPE, optional sliding window, KV-cache decoding.
+"""Softmax attention: MHA / GQA, RoPE, optional sliding window, KV-cache decoding; causal by default
+(causal=False for encoders such as the ViT).
 
 The full-sequence path is `jax.nn.dot_product_attention` (XLA, or cuDNN flash attention on GPU
 when `implementation="cudnn"`). Decoding keeps a [B, max_len, n_kv_heads, head_dim] cache and
@@ -17,13 +18,15 @@ from layers.flops import causal_context
 
 class Attention(nnx.Module):
   def __init__(self, ctx: LayerContext, *, window: int | None, rope_theta: float | None,
-               use_bias: bool, implementation: str | None, rngs: nnx.Rngs):
+               use_bias: bool, implementation: str | None, causal: bool, rngs: nnx.Rngs):
+    if not causal and window is not None:
+      raise ValueError("a sliding window needs causal=True")
     if ctx.n_heads % ctx.n_kv_heads:
       raise ValueError(f"n_heads={ctx.n_heads} must be a multiple of n_kv_heads={ctx.n_kv_heads} (GQA)")
     if rope_theta is not None and ctx.head_dim % 2:
       raise ValueError(f"RoPE needs an even head_dim, got {ctx.head_dim}")
     self.n_heads, self.n_kv_heads, self.head_dim = ctx.n_heads, ctx.n_kv_heads, ctx.head_dim
-    self.window, self.rope_theta, self.implementation = window, rope_theta, implementation
+    self.window, self.rope_theta, self.implementation, self.causal = window, rope_theta, implementation, causal
     self.dtype = ctx.dtype
     kw = dict(use_bias=use_bias, dtype=ctx.dtype, param_dtype=ctx.param_dtype, rngs=rngs)
     self.q = Linear(ctx.d_model, ctx.n_heads * ctx.head_dim, axes=("embed", "heads"), **kw)
@@ -45,13 +48,14 @@ class Attention(nnx.Module):
     B, T, _ = x.shape
     q, k, v = self._qkv(x, jnp.arange(T))
     window = None if self.window is None else (self.window - 1, 0)
-    o = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=window,
+    o = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, local_window_size=window,
                                      implementation=self.implementation)
     return self.o(o.reshape(B, T, -1))
 
   def extra_flops_per_token(self, seq_len: int) -> float:
-    """QK^T and AV over the causal (or windowed) context: 2 matmuls x 2 FLOPs per MAC."""
-    return 4.0 * self.n_heads * self.head_dim * causal_context(seq_len, self.window)
+    """QK^T and AV over the causal (or windowed, or full) context: 2 matmuls x 2 FLOPs per MAC."""
+    context = causal_context(seq_len, self.window) if self.causal else seq_len
+    return 4.0 * self.n_heads * self.head_dim * context
 
   def init_cache(self, batch_size: int, max_len: int) -> dict:
     shape = (batch_size, max_len, self.n_kv_heads, self.head_dim)
@@ -59,6 +63,8 @@ class Attention(nnx.Module):
 
   def decode(self, x: jax.Array, cache: dict, pos: jax.Array) -> tuple[jax.Array, dict]:
     """One token x [B, 1, D] at position pos, attending to cached positions <= pos."""
+    if not self.causal:
+      raise NotImplementedError("token-by-token decoding needs causal attention")
     B = x.shape[0]
     q, k, v = self._qkv(x, pos[None])
     cache = {
@@ -75,7 +81,8 @@ class Attention(nnx.Module):
 
 def attention(ctx: LayerContext, *, rngs: nnx.Rngs, window: int | None = None,
               rope_theta: float | None = 10000.0, use_bias: bool = False,
-              implementation: str | None = None) -> Attention:
-  """Causal softmax attention; window=W attends to the last W positions (itself included)."""
+              implementation: str | None = None, causal: bool = True) -> Attention:
+  """Softmax attention; window=W attends to the last W positions (itself included); rope_theta=None
+  turns RoPE off (e.g. with learned position embeddings)."""
   return Attention(ctx, window=window, rope_theta=rope_theta, use_bias=use_bias,
-                   implementation=implementation, rngs=rngs)
+                   implementation=implementation, causal=causal, rngs=rngs)
