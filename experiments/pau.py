@@ -24,16 +24,11 @@ import argparse
 import json
 import math
 import pathlib
-import statistics
 
-import matplotlib
 import ml_collections
 
 from experiments import common
 from models.mlp import convnet_model_config, mlp_model_config
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 # label: (registered activation, rational version or "")
 ACTIVATIONS = {
@@ -83,77 +78,25 @@ def sweep(add) -> None:
              "seed": seed})
 
 
-def label_of(config: dict) -> str:
-  """The ACTIVATIONS label of a saved run config."""
-  model = config["model"]
-  version = model["options"].get("rational", {}).get("version", "A")
-  return next(k for k, (n, v) in ACTIVATIONS.items() if n == model["activation"] and v in ("", version))
-
-
-def collect(root: str | pathlib.Path, label_fn) -> dict[str, list[dict]]:
-  """{label: [{seed, summary, metrics}]} of the finished runs (summary.json present) under root."""
-  from train import metrics
-
-  runs: dict[str, list[dict]] = {}
-  for summary_path in sorted(pathlib.Path(root).glob("*/summary.json")):
-    workdir = summary_path.parent
-    config = json.loads((workdir / "config.json").read_text())
-    runs.setdefault(label_fn(config), []).append({
-      "workdir": str(workdir), "seed": config["seed"], "summary": json.loads(summary_path.read_text()),
-      "metrics": metrics.read(str(workdir))})
-  return runs
-
-
-def results_table(runs: dict[str, list[dict]], key: str, *, scale: float = 1.0, fmt: str = ".2f") -> list[dict]:
-  """One row per label: mean ± std of the final `key` over seeds."""
-  rows = []
-  for label, group in runs.items():
-    values = [r["summary"][key] * scale for r in group if r["summary"].get(key) is not None]
-    if not values:
-      continue
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    rows.append({"label": label, "mean": statistics.mean(values), "std": std, "n": len(values),
-                 "text": f"{statistics.mean(values):{fmt}} ± {std:{fmt}}"})
-  return rows
-
-
-def plot_curves(runs: dict[str, list[dict]], key: str, path: pathlib.Path) -> None:
-  """`key` vs step, one colour per label, one line per seed."""
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for i, (label, group) in enumerate(runs.items()):
-    for j, run in enumerate(group):
-      points = [(m["step"], m[key]) for m in run["metrics"] if key in m]
-      if points:
-        ax.plot(*zip(*points), color=f"C{i % 10}", alpha=0.8, lw=1.0, label=label if j == 0 else None)
-  ax.set_xlabel("step")
-  ax.set_ylabel(key)
-  ax.set_yscale("log")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
 def main() -> None:
   from layers.activations import plot
+  from train import report
 
   parser = argparse.ArgumentParser(description="PAU comparison report: table, loss curves, learned shapes.")
   parser.add_argument("--root", default="runs/pau-local", help="the sweep root (python -m train.sweep --root)")
   args = parser.parse_args()
   root = pathlib.Path(args.root)
-  runs = collect(root, label_of)
-  if not runs:
-    raise SystemExit(f"no finished runs (summary.json) under {root}")
-  rows = sorted(results_table(runs, "eval_accuracy", scale=100.0), key=lambda r: -r["mean"])
-  print(f"{'activation':<12} {'test accuracy %':>18} {'seeds':>6}")
-  for r in rows:
-    print(f"{r['label']:<12} {r['text']:>18} {r['n']:>6}")
-  plot_curves(runs, "loss", root / "loss_curves.png")
-  for label, group in runs.items():
-    if label.startswith("pau"):
-      plot.plot_run(group[0]["workdir"], root / f"activations_{label}.png")
-  (root / "results.json").write_text(json.dumps(rows, indent=2))
-  print(f"-> {root / 'results.json'}, {root / 'loss_curves.png'}, {root}/activations_pau_*.png")
+  try:
+    result = report.report(str(root))
+  except ValueError as e:
+    raise SystemExit(str(e)) from None
+  print(result["markdown"])  # eval_accuracy per activation (and rational version), mean ± std over seeds
+  for run in sorted(root.glob("*/config.json")):
+    model = json.loads(run.read_text())["model"]
+    if model["activation"] == "rational" and (run.parent / "checkpoints").is_dir():
+      version = model["options"]["rational"]["version"]
+      plot.plot_run(str(run.parent), root / f"activations_pau_{version.lower()}.png")
+  print(f"-> {result['csv']}, {', '.join(result['plots'])}, {root}/activations_pau_*.png")
 
 
 if __name__ == "__main__":

@@ -23,10 +23,8 @@ Expect (paper): PolyNorm experts ~0.02 lower validation loss than SwiGLU experts
 """
 
 import argparse
-import pathlib
 
 from experiments import common
-from experiments.pau import collect, plot_curves, results_table
 
 VARIANTS = ("swiglu", "polyrelu", "polynorm")
 SEEDS = (0,)
@@ -75,25 +73,18 @@ def sweep(add) -> None:
       add(**{"model.options.ffn": ffn_options(variant, 192), "seed": seed})
 
 
-def label_of(config: dict) -> str:
-  ffn = config["model"]["options"]["ffn"]
-  return ffn.get("activation", ffn["layer"])
-
-
 def main() -> None:
+  from train import report
+
   parser = argparse.ArgumentParser(description="PolyCom comparison report: table and loss curves.")
   parser.add_argument("--root", default="runs/polycom-local", help="the sweep root (python -m train.sweep --root)")
   args = parser.parse_args()
-  root = pathlib.Path(args.root)
-  runs = collect(root, label_of)
-  if not runs:
-    raise SystemExit(f"no finished runs (summary.json) under {root}")
-  rows = results_table(runs, "eval_loss", fmt=".4f")
-  print(f"{'ffn':<10} {'params':>10} {'eval loss':>18} {'seeds':>6}")
-  for r in sorted(rows, key=lambda r: r["mean"]):
-    print(f"{r['label']:<10} {runs[r['label']][0]['summary'].get('params', 0):>10,} {r['text']:>18} {r['n']:>6}")
-  plot_curves(runs, "loss", root / "loss_curves.png")
-  print(f"-> {root / 'loss_curves.png'}")
+  try:
+    result = report.report(args.root)
+  except ValueError as e:
+    raise SystemExit(str(e)) from None
+  print(result["markdown"])
+  print(f"-> {result['csv']}, {', '.join(result['plots'])}")
 
 
 if __name__ == "__main__":
