@@ -26,5 +26,5 @@ def group_rational(ctx: LayerContext, *, rngs: nnx.Rngs, groups: int = 8, shared
     raise ValueError(f"{ctx.features} channels cannot be split into {groups} equal groups")
   return Rational(version=version, numerator_degree=numerator_degree, denominator_degree=denominator_degree,
                   init=init, groups=groups, share_numerator=shared == "numerator",
-                  share_denominator=shared == "denominator", noise=noise, param_dtype=ctx.param_dtype,
-                  rngs=rngs)
+                  share_denominator=shared == "denominator", noise=noise, features=ctx.features,
+                  param_dtype=ctx.param_dtype, rngs=rngs)

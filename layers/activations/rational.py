@@ -43,10 +43,12 @@ class Rational(nnx.Module):
     share_numerator: bool = True,
     share_denominator: bool = True,
     noise: float = 0.1,
+    features: int = 0,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
     fit = preset(init, version, numerator_degree, denominator_degree)
+    self.features = features  # width it acts on, for FLOP accounting
     self.numerator = _coefficients(fit.numerator, groups, share_numerator or groups == 1, param_dtype, rngs)
     self.denominator = _coefficients(fit.denominator, groups, share_denominator or groups == 1, param_dtype,
                                      rngs)
@@ -65,6 +67,11 @@ class Rational(nnx.Module):
     if deterministic is not None:
       self.deterministic = deterministic
 
+  def flops_per_token(self, seq_len: int) -> float:
+    """Horner on numerator (2m) and denominator (2n), |x|, 1 + ..., the division: per feature."""
+    m, n = self.numerator.shape[-1] - 1, self.denominator.shape[-1]
+    return float(self.features * (2 * (m + n) + 3))
+
   def __call__(self, x: jax.Array) -> jax.Array:  # [..., F] -> [..., F]
     rng = self.rngs() if self.rngs is not None and not self.deterministic else None
     return functional.group_rational(x, self.numerator[...], self.denominator[...], self.version, rng=rng,
@@ -76,4 +83,4 @@ def rational(ctx: LayerContext, *, rngs: nnx.Rngs, version: str = "A", numerator
   """PAU: one rational for the whole layer (version A = safe PAU)."""
   functional.check_version(version)
   return Rational(version=version, numerator_degree=numerator_degree, denominator_degree=denominator_degree,
-                  init=init, noise=noise, param_dtype=ctx.param_dtype, rngs=rngs)
+                  init=init, noise=noise, features=ctx.features, param_dtype=ctx.param_dtype, rngs=rngs)

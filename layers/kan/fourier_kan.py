@@ -47,6 +47,11 @@ class FourierKAN(nnx.Module):
                  if use_bias else None)
     self.dtype = dtype
 
+  def extra_flops_per_token(self, seq_len: int) -> float:
+    """cos and sin of m x for m = 1..G per input (one FLOP each); the contraction is the coeffs."""
+    _, n_in, grid, _ = self.coeffs.shape
+    return float(2 * n_in * grid)
+
   def __call__(self, x: jax.Array) -> jax.Array:  # [..., in] -> [..., out]
     bias = None if self.bias is None else self.bias[...]
     return functional.fourier_kan(x.astype(self.dtype), self.coeffs[...], bias)

@@ -59,6 +59,12 @@ class KANLinear(nnx.Module):
   def grid_size(self) -> int:
     return self.grid[...].shape[-1] - 2 * self.order - 1
 
+  def extra_flops_per_token(self, seq_len: int) -> float:
+    """Cox-de Boor bases (about 6 FLOPs per basis per order) and silu, per input channel; the two
+    matmuls are counted from the kernels."""
+    n_in, n_knots = self.grid.shape
+    return float(n_in * (6 * self.order * (n_knots - 1) + 4))
+
   def __call__(self, x: jax.Array) -> jax.Array:  # [..., in] -> [..., out]
     x = x.astype(self.dtype)
     y = functional.kan_linear(x, self.base_kernel[...], self.spline_kernel[...], self.grid[...], self.order)

@@ -20,6 +20,7 @@ from flax import nnx
 
 from layers.context import LayerContext
 from layers.core import Linear, make_param
+from layers.flops import causal_context, forward_flops_per_token
 from layers.kan.fourier_kan import fourier_kan_init
 from layers.kan.functional import fourier_features
 
@@ -80,6 +81,17 @@ class KArAt(nnx.Module):
     self.operator = (FourierKAOperator(ctx.n_heads, max_len, rank=rank, grid_size=grid_size,
                                        smooth_init=smooth_init, param_dtype=ctx.param_dtype, rngs=rngs)
                      if operator == "fourier_kan" else None)
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Projections, QK^T and AV over the (causal) context, and the operator on each score row:
+    Fourier-KAN S -> r (2 x 2 S G r) then r -> S (2 r S), or a softmax (~5 S)."""
+    ctx = causal_context(seq_len) if self.causal else seq_len
+    total = forward_flops_per_token(self.qkv, seq_len) + forward_flops_per_token(self.o, seq_len)
+    total += 4.0 * self.n_heads * self.head_dim * ctx
+    if self.operator is None:
+      return total + 5.0 * self.n_heads * ctx
+    _, _, _, grid, rank = self.operator.coeffs.shape
+    return total + self.n_heads * (4.0 * seq_len * grid * rank + 2.0 * rank * seq_len)
 
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
     B, T, _ = x.shape

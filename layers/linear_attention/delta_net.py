@@ -23,6 +23,7 @@ from layers.linear_attention.recurrent_mixer import Cache, RecurrentMixer, l2_no
 
 class DeltaNet(RecurrentMixer):
   conv_names = ("q_conv", "k_conv", "v_conv")
+  recurrence = "delta"
 
   def __init__(self, ctx: LayerContext, *, gated: bool, expand_k: float, expand_v: float, conv_size: int,
                use_gate: bool, allow_neg_eigval: bool, norm_eps: float, mode: str, chunk_size: int,

@@ -12,6 +12,7 @@ from flax import nnx
 
 from layers.context import LayerContext
 from layers.core import Linear
+from layers.linear_attention.flops import recurrence_flops_per_token
 from layers.linear_attention.short_conv import ShortConv
 
 Cache = dict  # {"state": [B, H, K, V] fp32, "conv": {name: [B, W-1, C]}}
@@ -36,6 +37,7 @@ class RecurrentMixer(nnx.Module):
   mode: str
   chunk_size: int
   conv_names: tuple[str, ...] = ()  # attributes holding a ShortConv, cached for decoding
+  recurrence: str = "linear"  # "linear" (gated linear attention family) or "delta" (delta rules), for FLOPs
 
   def mix(self, x: jax.Array, cache: Cache | None, mode: str,
           pos: jax.Array) -> tuple[jax.Array, Cache | None]:  # [B, T, D] -> [B, T, D], cache
@@ -43,6 +45,11 @@ class RecurrentMixer(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
     return self.mix(x, None, self.mode, jnp.zeros((), jnp.int32))[0]
+
+  def extra_flops_per_token(self, seq_len: int) -> float:
+    """The recurrence in its chunk form; projections and convs are counted from their weights."""
+    chunk = min(self.chunk_size, seq_len)
+    return self.n_heads * recurrence_flops_per_token(self.recurrence, chunk, self.state_k, self.state_v)
 
   def init_cache(self, batch_size: int, max_len: int) -> Cache:
     """Zero fp32 state [B, H, K, V] and conv buffers; the state size does not grow with max_len."""

@@ -24,6 +24,7 @@ from flax import nnx
 from layers import registry
 from layers.aux import AuxLoss, LayerMetric
 from layers.context import LayerContext
+from layers.flops import forward_flops_per_token
 from layers.moe import dispatch, losses
 from layers.moe.expert_parallel import active_mesh, expert_parallel_apply
 from layers.moe.experts import GROUPED_MATMULS, Experts
@@ -60,6 +61,13 @@ class MoE(nnx.Module):
     self.experts = Experts(ctx, n_experts, expert_ffn, expert_hidden, rngs=rngs, options=expert_options)
     shared_options = {**(expert_options or {}), "hidden": n_shared * expert_hidden}
     self.shared = registry.build("ffn", expert_ffn, ctx, rngs=rngs, **shared_options) if n_shared else None
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Active work only: the router, top_k of the E experts (their stacked weights count E times),
+    and the shared experts."""
+    routed = self.top_k / self.n_experts * forward_flops_per_token(self.experts, seq_len)
+    shared = forward_flops_per_token(self.shared, seq_len) if self.shared is not None else 0.0
+    return forward_flops_per_token(self.router, seq_len) + routed + shared
 
   def __call__(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., D]
     shape = x.shape

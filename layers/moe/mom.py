@@ -20,6 +20,7 @@ from layers.aux import AuxLoss, LayerMetric
 from layers.context import LayerContext
 from layers.core import Linear, make_param
 from layers.linear_attention import gated_delta_rule
+from layers.linear_attention.flops import recurrence_flops_per_token
 from layers.moe import losses
 from layers.moe.routing import top_k_route
 from layers.norms import rms_norm
@@ -91,6 +92,11 @@ class MixtureOfMemories(nnx.Module):
     o = jnp.sum(o.reshape(b, t, m, h, dk).astype(jnp.float32) * w, axis=2)  # [B, T, H, V]
     o = rms_norm(o, self.norm_scale[...]).astype(self.dtype).reshape(b, t, h * dk)
     return self.o_proj(o), state
+
+  def extra_flops_per_token(self, seq_len: int) -> float:
+    """The gated delta rule over all M memories (unchosen ones run with g = beta = 0)."""
+    chunk = min(self.chunk_size, seq_len)
+    return self.n_memories * self.n_heads * recurrence_flops_per_token("delta", chunk, self.head_dim, self.head_dim)
 
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
     return self._mix(x, None, self.mode)[0]

@@ -19,6 +19,7 @@ from flax import nnx
 from layers.aux import LayerMetric
 from layers.context import LayerContext
 from layers.feedforward import GLU
+from layers.flops import forward_flops_per_token
 from layers.moe import losses
 from layers.moe.experts import Experts, split_stacked
 from layers.moe.routing import Router
@@ -51,12 +52,21 @@ class SMEAR(nnx.Module):
                expert_options: dict | None, granularity: str, rngs: nnx.Rngs):
     if granularity not in GRANULARITIES:
       raise ValueError(f"unknown granularity {granularity!r}; choose from {GRANULARITIES}")
-    self.granularity = granularity
+    self.granularity, self.n_experts = granularity, n_experts
     self.router = Router(ctx.d_model, n_experts, param_dtype=ctx.param_dtype, rngs=rngs)
     self.experts = Experts(ctx, n_experts, expert_ffn, expert_hidden, rngs=rngs, options=expert_options)
     if granularity == "token" and not self.experts.supports_ragged:
       raise ValueError(f"SMEAR granularity 'token' needs MLP/GLU experts; got {expert_ffn!r} "
                        "(use granularity='sequence')")
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """"token": every expert's projections per token (merged exactly, E x one expert);
+    "sequence": one merged expert per token plus the merge, once per sequence."""
+    experts = forward_flops_per_token(self.experts, seq_len)
+    router = forward_flops_per_token(self.router, seq_len)
+    if self.granularity == "token":
+      return router + experts
+    return router + experts / self.n_experts + experts / seq_len
 
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D] ("sequence"); [..., D] ("token")
     if self.granularity == "sequence":
