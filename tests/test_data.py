@@ -94,6 +94,7 @@ def test_validation_split_is_held_out(text_cfg):
   from train.data.local_text_builder import LocalText
 
   builder = LocalText(corpus="stdlib", max_files=text_cfg.max_files, data_dir=text_cfg.data_dir)
+  builder.download_and_prepare()
   train_paths = {r["path"] for r in builder.as_data_source(split="train")}
   val_paths = {r["path"] for r in builder.as_data_source(split="validation")}
   assert train_paths and not (train_paths & val_paths)

@@ -1,5 +1,8 @@
 """Byte-level text from local files (default: Python's standard library), via the LocalText TFDS builder."""
 
+import fcntl
+import os
+
 import grain
 import jax
 from jax.experimental import multihost_utils
@@ -9,12 +12,24 @@ from train.data.local_text_builder import LocalText, default_data_dir
 from train.data.tokenizer import get_tokenizer
 
 
+def prepare(builder: LocalText, data_dir: str) -> None:
+  """Build the ArrayRecord files once; a file lock keeps parallel runs (sweeps) from racing."""
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, ".local_text.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      builder.download_and_prepare()
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def source(cfg, *, split: str, seed: int) -> Documents:
   del seed  # order is decided by the pipeline
+  data_dir = cfg.data_dir or default_data_dir()
   builder = LocalText(corpus=cfg.get("corpus", "stdlib"), pattern=cfg.get("pattern", "*.py"),
-                      max_files=cfg.get("max_files", 0), data_dir=cfg.data_dir or default_data_dir())
+                      max_files=cfg.get("max_files", 0), data_dir=data_dir)
   if jax.process_index() == 0:
-    builder.download_and_prepare()
+    prepare(builder, data_dir)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("ablax_local_text_prepared")
   docs = grain.MapDataset.source(builder.as_data_source(split=split))
