@@ -1,9 +1,12 @@
-"""8 fake CPU devices for sharding tests; must run before JAX touches a backend."""
+"""8 fake CPU devices for sharding tests; must run before JAX touches a backend.
+
+Tests run on the CPU unless JAX_PLATFORMS says otherwise (e.g. JAX_PLATFORMS=cuda to run the op
+tests on a GPU; the sharding tests need the 8 CPU devices).
+"""
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "")
-os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 
