@@ -179,3 +179,18 @@ def test_loop_enables_expert_parallelism_under_its_mesh():
   assert np.isfinite(float(m["loss"])) and "aux/moe_load_balance" in m
   expert_specs = [sh.spec for sh in jax.tree.leaves(p.setup.shardings["params"]) if "expert" in str(sh.spec)]
   assert expert_specs  # expert weights live on the expert axis
+
+
+def test_bf16_compute_keeps_fp32_params_and_optimizer_state():
+  c = tiny_lm(batch_size=8)
+  c.model.dtype = "bfloat16"
+  c.mesh.shape.update(dict(data=8))
+  p = build_program(c, mesh_lib.make_mesh(c.mesh.shape))
+  state, m = p.train_step(p.init_state(), global_batch(_batch(c)[0], p.batch_sharding))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state["params"]))
+  assert all(x.dtype in (jnp.float32, jnp.int32) for x in jax.tree.leaves(state["opt_state"]))
+  assert m["loss"].dtype == jnp.float32 and np.isfinite(float(m["loss"]))
+  model = state_lib.model_from(p.setup, state)
+  logits = model(jnp.zeros((1, 4), jnp.int32))
+  assert logits.dtype == jnp.float32  # computed in bf16, returned as fp32 logits
+  assert model.blocks[0].mixer.q(jnp.ones((1, 32))).dtype == jnp.bfloat16
