@@ -77,6 +77,19 @@ def _check_kind(kind: str) -> None:
     raise ValueError(f"unknown layer kind {kind!r}; kinds are {KINDS}")
 
 
+def import_named(table: dict[str, str], name: str, what: str) -> Any:
+  """Import `table[name]` ("module:attr"); a ValueError with close matches if `name` is unknown.
+
+  The one lazy name -> import-path lookup behind the layer, model and data-source registries.
+  """
+  if name not in table:
+    close = difflib.get_close_matches(name, table, n=3)
+    hint = f" Did you mean {close}?" if close else ""
+    raise ValueError(f"unknown {what} {name!r}.{hint} Registered {what}s: {sorted(table)}")
+  module, attr = table[name].split(":")
+  return getattr(importlib.import_module(module), attr)
+
+
 def names(kind: str) -> list[str]:
   _check_kind(kind)
   return sorted(_ENTRIES[kind])
@@ -85,12 +98,7 @@ def names(kind: str) -> list[str]:
 def lookup(kind: str, name: str) -> Callable[..., Any]:
   """The constructor registered as `name`; a clear error with close matches otherwise."""
   _check_kind(kind)
-  if name not in _ENTRIES[kind]:
-    close = difflib.get_close_matches(name, _ENTRIES[kind], n=3)
-    hint = f" Did you mean {close}?" if close else ""
-    raise ValueError(f"unknown {kind} {name!r}.{hint} Registered {kind}s: {names(kind)}")
-  module, attr = _ENTRIES[kind][name].split(":")
-  return getattr(importlib.import_module(module), attr)
+  return import_named(_ENTRIES[kind], name, kind)
 
 
 def check_options(kind: str, name: str, options: dict[str, Any]) -> None:

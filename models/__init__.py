@@ -4,10 +4,9 @@ Constructor contract: `ctor(cfg, *, rngs) -> nnx.Module`, cfg the `config.model`
 the module maps `batch["inputs"]` to logits (classification / LM) or predictions (regression).
 """
 
-import difflib
-import importlib
-
 from flax import nnx
+
+from layers.registry import import_named
 
 _MODELS = {
   "lm": "models.lm:LM",
@@ -22,12 +21,7 @@ def names() -> list[str]:
 
 
 def lookup(kind: str):
-  if kind not in _MODELS:
-    close = difflib.get_close_matches(kind, _MODELS, n=3)
-    raise ValueError(f"unknown model kind {kind!r}" + (f"; did you mean {close}?" if close else "")
-                     + f" Known: {names()}")
-  module, attr = _MODELS[kind].split(":")
-  return getattr(importlib.import_module(module), attr)
+  return import_named(_MODELS, kind, "model kind")
 
 
 def build(cfg, *, rngs: nnx.Rngs) -> nnx.Module:

@@ -6,8 +6,7 @@ and deterministic; the shared pipeline (train/data/pipeline.py) shards, shuffles
 cfg is the `config.data` ConfigDict.
 """
 
-import difflib
-import importlib
+from layers.registry import import_named
 
 _SOURCES = {
   "mqar": "train.data.mqar:source",
@@ -25,9 +24,4 @@ def names() -> list[str]:
 
 
 def lookup(name: str):
-  if name not in _SOURCES:
-    close = difflib.get_close_matches(name, _SOURCES, n=3)
-    raise ValueError(f"unknown data source {name!r}" + (f"; did you mean {close}?" if close else "")
-                     + f" Known: {names()}")
-  module, attr = _SOURCES[name].split(":")
-  return getattr(importlib.import_module(module), attr)
+  return import_named(_SOURCES, name, "data source")
