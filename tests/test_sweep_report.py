@@ -123,3 +123,23 @@ def test_analytic_flops_match_xla_cost_analysis_on_baseline_lm():
   xla = p.train_step.lower(p.init_state(), global_batch(batch, p.batch_sharding)).compile().cost_analysis()["flops"]
   analytic = flops.train_flops_per_step(p.setup.abstract_model, seq_len=128, batch_size=8)
   assert analytic == pytest.approx(xla, rel=0.10)
+
+
+def test_isoflop_curves_and_mqar_plot_from_synthetic_runs(tmp_path):
+  # Three compute budgets x three sizes: at fixed C the loss is U-shaped in params (isoFLOP).
+  for budget in (1e12, 1e13, 1e14):
+    for params in (1e5, 1e6, 1e7):
+      steps = 10
+      loss = 2.0 + (np.log10(params) - np.log10(budget) / 2 + 1) ** 2 * 0.1
+      cfg = {"model": {"blocks": "(gla, swiglu) * 2", "d_model": int(params ** 0.5)}, "data": {"name": "mqar"}}
+      d = tmp_path / f"c{budget:.0e}-p{params:.0e}"
+      d.mkdir()
+      (d / "config.json").write_text(json.dumps(cfg))
+      with open(d / "metrics.jsonl", "w") as f:
+        for step in range(1, steps + 1):
+          f.write(json.dumps({"step": step, "loss": loss, "flops_per_step": budget / steps, "params": params,
+                              "eval_accuracy": 0.5}) + "\n")
+  result = report.report(str(tmp_path))
+  names = {os.path.basename(p) for p in result["plots"]}
+  assert {"isoflop.png", "mqar_accuracy.png", "scaling.png"} <= names
+  assert all(os.path.getsize(p) > 1000 for p in result["plots"])
