@@ -10,9 +10,12 @@ All of it, with the results tables and plots (a few minutes on 2 CPU cores):
 One run through the shared CLI, or one task's grid through the sweep runner:
   python -m train --config experiments/quickstart.py:text --workdir runs/qs-text --config.model.d_model=64
   python -m train.sweep --config experiments/quickstart.py:mqar --root runs/quickstart/mqar
-Expect (measured on 2 CPU cores, see the README): text loss falls from ln(256) = 5.5 to about
-2.5-3 nats/byte in 150 steps, wider models lower; on MQAR the mixers separate by recall (softmax
-attention and Gated DeltaNet above GLA at equal width), the Zoology picture at toy scale.
+Expect (measured from a clean clone on 2 CPU cores: 5 min including the install): text eval loss
+falls from ln(256) = 5.5 to 2.7-2.95 nats/byte in 150 steps, the wider (d=64) model of each mixer
+lower (Gated DeltaNet 2.68, GLA 2.71, attention 2.82; d=32: 2.87-2.95; GELU 2.91 vs rational 2.87
+MLP). MQAR after 250 steps is early training: softmax attention already answers 14% of queries,
+GLA and Gated DeltaNet 3-4% (chance 1.6%); full recall needs thousands of steps
+(experiments/mqar_study.py). Runs are deterministic: a rerun reproduces these numbers exactly.
 """
 
 import argparse
