@@ -85,6 +85,18 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def decode_state_bytes(model: nnx.Module, seq_len: int) -> int | None:
+  """Bytes of the decoding state (KV caches, recurrent states, conv buffers) for one sequence of
+  seq_len tokens; None for models that cannot decode."""
+  if not hasattr(model, "init_cache"):
+    return None
+  try:
+    cache = jax.eval_shape(lambda: model.init_cache(1, seq_len))
+  except NotImplementedError:
+    return None
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+
+
 def _tokens_per_example(batch: dict) -> int:
   """Sequence length for token inputs; 1 (an example) for dense inputs such as images."""
   x = batch["inputs"]
@@ -189,6 +201,9 @@ def _train(config, workdir: str, program: Program) -> dict:
     step_flops = xla_flops * mesh.size  # per-device cost analysis of the SPMD program
   peak, peak_source = flops.peak_flops()
   static = {**counts, "flops_per_step": step_flops, "xla_flops_per_step_per_device": xla_flops}
+  state_bytes = decode_state_bytes(setup.abstract_model, _tokens_per_example(first))
+  if state_bytes is not None:
+    static["decode_state_bytes"] = state_bytes
 
   progress = None
   if is_main and config.train.progress:

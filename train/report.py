@@ -8,7 +8,7 @@ config keys that differ between runs (the swept keys), and writes:
   loss_vs_flops.png     the same against cumulative training FLOPs
   scaling.png           eval loss vs compute per variant, L(C) = E + A C^-alpha fitted to its frontier
   isoflop.png           loss vs parameters at (nearly) fixed compute, when the sweep has that
-  mqar_accuracy.png     MQAR answer accuracy vs model width per variant, for MQAR runs
+  mqar_accuracy.png     MQAR answer accuracy vs decoding-state size (or width) per variant
 Variants are the swept keys with non-numeric values (e.g. model.blocks); numeric swept keys
 (sizes, lrs) are the points along a variant's curve; `seed` is averaged over.
 """
@@ -80,7 +80,7 @@ def summarize(run: dict, keys: list[str]) -> dict:
     "accuracy": _last(rec, "accuracy"), "eval_accuracy": _last(rec, "eval_accuracy"),
     "params": _last(rec, "params"), "params_non_embedding": _last(rec, "params_non_embedding"),
     "flops": flops_per_step * steps if flops_per_step else None,
-    "tokens_per_sec": _last(rec, "tokens_per_sec"),
+    "tokens_per_sec": _last(rec, "tokens_per_sec"), "decode_state_bytes": _last(rec, "decode_state_bytes"),
   }
 
 
@@ -239,12 +239,16 @@ def plot_isoflop(rows: list[dict], variant: list[str], out: str) -> str | None:
 
 
 def plot_mqar(runs: list[dict], rows: list[dict], variant: list[str], out: str) -> str | None:
+  """Answer accuracy vs decoding-state size (KV cache or recurrent state, bytes per sequence) per
+  variant; vs model width for runs that did not log a state size."""
+  by_state = all(row["decode_state_bytes"] for row in rows)
   points: dict[str, list[tuple]] = defaultdict(list)
   for run, row in zip(runs, rows):
     acc = row["eval_accuracy"] if row["eval_accuracy"] is not None else row["accuracy"]
     if run["config"].get("data.name") == "mqar" and acc is not None:
       label = variant_label(row, [k for k in variant if k != "model.d_model"])
-      points[label].append((run["config"].get("model.d_model"), acc))
+      x = row["decode_state_bytes"] if by_state else run["config"].get("model.d_model")
+      points[label].append((x, acc))
   if not points:
     return None
   fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -253,9 +257,10 @@ def plot_mqar(runs: list[dict], rows: list[dict], variant: list[str], out: str) 
     ax.plot(*zip(*pts), marker="o", label=label)
   ax.set_xscale("log", base=2)
   ax.set_ylim(-0.02, 1.02)
-  ax.set_xlabel("model width d_model")
+  xlabel = "decoding state per sequence (bytes)" if by_state else "model width d_model"
+  ax.set_xlabel(xlabel)
   ax.set_ylabel("MQAR answer accuracy")
-  ax.set_title("MQAR accuracy vs model width")
+  ax.set_title(f"MQAR accuracy vs {xlabel.split(' (')[0]}")
   ax.legend(fontsize=6)
   return _save(fig, os.path.join(out, "mqar_accuracy.png"))
 
