@@ -5,16 +5,19 @@ answer accuracy on held-out sequences, for every mixer x model width x number of
 Softmax attention is the reference; the recurrent mixers must squeeze all pairs into a fixed state
 (H x K x V per layer), so their accuracy falls as pairs grow and rises with width.
 
-Paper-like scale (GPU / TPU; vocab 8192, 512 tokens, up to 128 pairs, widths 64..512):
-  python -m experiments.mqar_study --scale paper --workdir gs://bucket/mqar
-One cell through the shared CLI:
-  python -m train --config experiments/mqar_study.py:local,mixer=gla,width=64,pairs=16 --workdir runs/mqar/x
-Local grid (2 CPU cores; minutes per run, so pick a slice):
-  python -m experiments.mqar_study --workdir runs/mqar_study --widths 64,128 --pairs 8 --steps 2000
+Paper-like scale (GPU / TPU; vocab 8192, 512 tokens, up to 128 pairs, widths 64..512), as cluster
+launch scripts, then the table from the finished runs:
+  python -m train.sweep --config experiments/mqar_study.py --emit slurm
+  python -m experiments.mqar_study --scale paper
+One cell through the shared CLI (e.g. with more steps):
+  python -m train --config experiments/mqar_study.py:local,mixer=gla,width=64,pairs=16 --workdir runs/mqar/x \\
+    --config.train.steps=3000
+Local grid (2 CPU cores; 54 runs of minutes each): python -m experiments.mqar_study --parallel 2
 Recall emerges late: at 300 steps (d=64, 16 pairs) even attention is near chance (measured 0.05), so
 give local runs a few thousand steps before reading the table.
-Writes <workdir>/mqar_study.json, a markdown table and <workdir>/mqar_study.png (accuracy vs width,
-one panel per number of pairs). Expect (Zoology, Gated DeltaNet paper): attention ~1.0 everywhere;
+Runs the grid with train.sweep (finished runs are skipped), then writes <root>/mqar_study.json, a
+markdown table and <root>/mqar_study.png (accuracy vs width, one panel per number of pairs) next to
+train.report's table and plots. Expect (Zoology, Gated DeltaNet paper): attention ~1.0 everywhere;
 delta-rule mixers (DeltaNet, Gated DeltaNet) next; GLA and RetNet below them; plain linear attention
 weakest at small width / many pairs.
 """
@@ -50,13 +53,20 @@ def get_config(arg: str | None = None):
   return c
 
 
-def sweep(add):
-  s = SCALES["local"]
+def sweep(add, arg: str | None = None):
+  """Every mixer x width x number of pairs, at the scale the ARG names (":local" or the paper's)."""
+  s = SCALES["local" if "local" in (arg or "") else "paper"]
   for mixer in MIXERS:
     for width in s["widths"]:
       for pairs in s["pairs"]:
         add(**{"model.blocks": common.blocks(mixer, "swiglu", 2), "model.d_model": width,
                "model.d_ff": 2 * width, "data.num_pairs": pairs})
+
+
+def study_rows(report_rows: list[dict]) -> list[dict]:
+  """train.report rows -> {mixer, width, pairs, eval_accuracy} (the mixer read off the block pattern)."""
+  return [{"mixer": r["model.blocks"].split(",")[0].strip("( "), "width": r["model.d_model"],
+           "pairs": r["data.num_pairs"], "eval_accuracy": r["eval_accuracy"]} for r in report_rows]
 
 
 def table(rows: list[dict], widths, pairs) -> str:
@@ -96,44 +106,26 @@ def plot(rows: list[dict], widths, pairs, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description="Train the MQAR grid and write a table + plot.")
-  parser.add_argument("--workdir", default="runs/mqar_study")
+  parser = argparse.ArgumentParser(description="Run the MQAR grid (train.sweep), then write its table + plot.")
   parser.add_argument("--scale", choices=sorted(SCALES), default="local")
-  parser.add_argument("--mixers", default=",".join(MIXERS))
-  parser.add_argument("--widths", default=None, help="comma-separated; default from --scale")
-  parser.add_argument("--pairs", default=None, help="comma-separated; default from --scale")
-  parser.add_argument("--steps", type=int, default=None, help="override train steps per run")
+  parser.add_argument("--root", default=None, help="sweep root (default runs/mqar_study[-local])")
+  parser.add_argument("--parallel", type=int, default=1)
   args = parser.parse_args(argv)
-  from train import loop
+  from train import report
+  from train import sweep as sweep_lib
 
+  spec = "experiments/mqar_study.py" + (":local" if args.scale == "local" else "")
+  root = args.root or sweep_lib.default_root(spec)
+  if sweep_lib.main(["--config", spec, "--root", root, "--parallel", str(args.parallel)]):
+    raise SystemExit(f"some MQAR runs failed; see {root}/*/log.txt")
+  rows = study_rows(report.report(root)["rows"])
   s = SCALES[args.scale]
-  widths = [int(w) for w in args.widths.split(",")] if args.widths else list(s["widths"])
-  pairs = [int(p) for p in args.pairs.split(",")] if args.pairs else list(s["pairs"])
-  rows = []
-  for mixer in args.mixers.split(","):
-    for p in pairs:
-      for w in widths:
-        local = ",local" if args.scale == "local" else ""
-        config = get_config(f"mixer={mixer},width={w},pairs={p}{local}")
-        if args.steps:
-          config.train.update(dict(steps=args.steps, eval_every=args.steps, ckpt_every=args.steps))
-        config.lock()
-        summary = loop.run(config, os.path.join(args.workdir, f"{mixer}-d{w}-p{p}"))
-        rows.append({"mixer": mixer, "width": w, "pairs": p, "eval_accuracy": summary["eval_accuracy"],
-                     "eval_loss": summary["eval_loss"], "params": summary["params"],
-                     "tokens_per_sec": summary["tokens_per_sec"]})
-        print(f"{mixer:16} d={w:4d} pairs={p:3d}  eval_accuracy={summary['eval_accuracy']:.3f}", flush=True)
-        write(rows, widths, pairs, args.workdir)  # after every run, so a partial grid is kept
-  print("\n" + table(rows, widths, pairs) + f"\n\nwrote {args.workdir}/mqar_study.{{json,md,png}}")
-
-
-def write(rows: list[dict], widths, pairs, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "mqar_study.json"), "w") as f:
+  with open(os.path.join(root, "mqar_study.json"), "w") as f:
     json.dump(rows, f, indent=1)
-  with open(os.path.join(workdir, "mqar_study.md"), "w") as f:
-    f.write(table(rows, widths, pairs) + "\n")
-  plot(rows, widths, pairs, os.path.join(workdir, "mqar_study.png"))
+  with open(os.path.join(root, "mqar_study.md"), "w") as f:
+    f.write(table(rows, s["widths"], s["pairs"]) + "\n")
+  plot(rows, s["widths"], s["pairs"], os.path.join(root, "mqar_study.png"))
+  print("\n" + table(rows, s["widths"], s["pairs"]) + f"\n\nwrote {root}/mqar_study.{{json,md,png}} and the report")
 
 
 if __name__ == "__main__":

@@ -43,3 +43,13 @@ def test_paper_shapes():
   assert (c.model.d_model, c.model.n_heads, c.model.head_dim, len(parse(c.model.blocks))) == (1024, 6, 256, 21)
   c = gated_delta_net.get_config("local")
   assert c.model.head_dim == 0 and c.model.d_model == 64  # local runs drop the paper's head shape
+
+
+def test_mqar_study_table_reads_report_rows():
+  rows = mqar_study.study_rows([
+    {"model.blocks": "(gla, swiglu) * 2", "model.d_model": 32, "data.num_pairs": 8, "eval_accuracy": 0.5},
+    {"model.blocks": "(attention, swiglu) * 2", "model.d_model": 64, "data.num_pairs": 8, "eval_accuracy": 0.9},
+  ])
+  assert rows[0] == {"mixer": "gla", "width": 32, "pairs": 8, "eval_accuracy": 0.5}
+  lines = mqar_study.table(rows, (32, 64), (8,)).splitlines()
+  assert lines[2] == "gla | 8 | 0.500 | -" and lines[3] == "attention | 8 | - | 0.900"
