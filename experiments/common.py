@@ -89,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
     steps=1000, loss="xent", label_smoothing=0.0, log_every=10, eval_every=200, eval_steps=8,
     ckpt_every=200, keep_ckpts=3, async_ckpt=True, progress=True, tensorboard=True,
+    grid_update_every=0, grid_update_until=0,
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(

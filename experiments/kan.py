@@ -52,6 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   steps = 300 if arg.local else arg.steps
   c.train.update(dict(loss="mse", steps=steps, log_every=max(steps // 30, 1), eval_steps=5,
                       eval_every=max(steps // 3, 1), ckpt_every=max(steps // 3, 1)))
+  if arg.layer == "kan":  # KAN's data-driven grids: refit the knots to the inputs early in training
+    c.train.update(dict(grid_update_every=max(steps // 10, 1), grid_update_until=steps // 2))
   return c
 
 

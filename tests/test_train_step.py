@@ -194,3 +194,31 @@ def test_bf16_compute_keeps_fp32_params_and_optimizer_state():
   logits = model(jnp.zeros((1, 4), jnp.int32))
   assert logits.dtype == jnp.float32  # computed in bf16, returned as fp32 logits
   assert model.blocks[0].mixer.q(jnp.ones((1, 32))).dtype == jnp.bfloat16
+
+
+def test_kan_grid_update_in_the_shared_loop(tmp_path):
+  from train import config as config_lib
+  from train import loop
+
+  c = config_lib.load("experiments/kan.py:local")
+  config_lib.apply_overrides(c, ["--config.train.grid_update_every=2", "--config.train.steps=4",
+                                 "--config.train.progress=false", "--config.mesh.shape.data=8",
+                                 "--config.data.batch_size=200"])
+  p = build_program(c, mesh_lib.make_mesh(c.mesh.shape))
+  state = p.init_state()
+  batch = global_batch(_batch(c)[0], p.batch_sharding)
+  state, _ = p.train_step(state, batch)
+  before = jax.device_get(state)
+  predict = jax.jit(lambda s, x: state_lib.model_from(p.setup, s)(x))
+  y_before = predict(state, batch["inputs"])
+  state = p.grid_update(state, batch)
+  after = jax.device_get(state)
+  grids = [(a, b) for a, b in zip(jax.tree.leaves(before["rest"]), jax.tree.leaves(after["rest"]))]
+  assert grids and all(not np.allclose(a, b) for a, b in grids)  # knots moved to the data
+  np.testing.assert_allclose(predict(state, batch["inputs"]), y_before, atol=0.05)  # function kept
+  summary = loop.run(c, str(tmp_path))  # the loop calls it every 2 steps
+  assert summary["steps"] == 4 and np.isfinite(summary["eval_loss"])
+  lm = tiny_lm()
+  lm.train.grid_update_every = 2
+  with pytest.raises(config_lib.ConfigError, match="grid_update_every.*no update_grid"):
+    build_program(lm, mesh_lib.make_mesh(c.mesh.shape))

@@ -129,6 +129,7 @@ class Program:
   train_step: Callable  # (state, batch) -> (state, metrics); donates state
   eval_step: Callable  # (state, batch) -> weighted sums
   init_state: Callable  # () -> a fresh state, created sharded
+  grid_update: Callable | None  # (state, batch) -> state with KAN grids refit to batch["inputs"]
 
 
 def build_program(config, mesh: Mesh) -> Program:
@@ -145,7 +146,28 @@ def build_program(config, mesh: Mesh) -> Program:
   eval_step = jax.jit(make_eval_step(setup.graphdef, loss=config.train.loss),
                       in_shardings=(setup.shardings, batch_sharding))
   init_state = state_lib.initializer(config.model, config.seed, tx, setup)
-  return Program(mesh, setup, tx, batch_sharding, train_step, eval_step, init_state)
+  grid_update = None
+  if config.train.get("grid_update_every", 0):
+    if not hasattr(setup.abstract_model, "update_grid"):
+      raise config_lib.ConfigError(f"train.grid_update_every is set but model kind {config.model.kind!r} has "
+                                   "no update_grid (KAN layers); set it to 0")
+    grid_update = jax.jit(make_grid_update(setup.graphdef), in_shardings=(setup.shardings, batch_sharding),
+                          out_shardings=setup.shardings, donate_argnums=0)
+  return Program(mesh, setup, tx, batch_sharding, train_step, eval_step, init_state, grid_update)
+
+
+def make_grid_update(graphdef):
+  """(state, batch) -> state whose KAN grids are refit to the batch's inputs, the represented
+  functions kept by a least-squares refit of the spline coefficients (same shapes: the optimizer
+  state carries over)."""
+
+  def grid_update(state: dict, batch: dict) -> dict:
+    model = nnx.merge(graphdef, state["params"], state["rest"])
+    model.update_grid(batch["inputs"])
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    return {**state, "params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest)}
+
+  return grid_update
 
 
 def global_batch(local: dict, sharding) -> dict:
@@ -232,6 +254,9 @@ def _train(config, workdir: str, program: Program) -> dict:
           batch = next(train_iter)
         state, m = step_fn(state, global_batch(batch, batch_sharding))
         done = step + 1
+        if program.grid_update is not None and done % config.train.grid_update_every == 0 and (
+            not config.train.grid_update_until or done <= config.train.grid_update_until):
+          state = program.grid_update(state, global_batch(batch, batch_sharding))
         if done % config.train.log_every == 0 or done == steps:
           m = jax.device_get(m)
           now = time.perf_counter()
