@@ -220,5 +220,5 @@ def test_kan_grid_update_in_the_shared_loop(tmp_path):
   assert summary["steps"] == 4 and np.isfinite(summary["eval_loss"])
   lm = tiny_lm()
   lm.train.grid_update_every = 2
-  with pytest.raises(config_lib.ConfigError, match="grid_update_every.*no update_grid"):
+  with pytest.raises(config_lib.ConfigError, match=r"grid_update_every.*no update_grid"):
     build_program(lm, mesh_lib.make_mesh(c.mesh.shape))
