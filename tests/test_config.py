@@ -42,12 +42,20 @@ def test_overrides_keep_types_and_accept_space_form():
   ("optim.schedule", "linear", r"optim.schedule='linear'"),
   ("data.batch_size", "6", r"data.batch_size=6 must be divisible"),
   ("mesh.shape.tensor", "3", r"config.mesh.shape"),
+  ("model.vocab_size", "32", r"model.vocab_size=32 < data.vocab_size=64"),
 ])
 def test_validation_errors(key, value, match):
   c = tiny_lm()
   c.lock()
   config_lib.apply_overrides(c, [f"--config.{key}={value}"])
   with pytest.raises(ConfigError, match=match):
+    validate(c)
+
+
+def test_text_vocab_must_hold_bytes():
+  c = tiny_lm("text")
+  c.model.vocab_size = 200
+  with pytest.raises(ConfigError, match=r"model.vocab_size=200 is smaller than the tokenizer's vocabulary \(256\)"):
     validate(c)
 
 

@@ -9,7 +9,6 @@ import math
 from collections.abc import Mapping, Sequence
 
 import jax
-import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -88,6 +87,3 @@ def batch_sharding(mesh: Mesh, rules: Mapping) -> NamedSharding:
   axes = tuple(a for a in rule_axes(rules.get("batch")) if mesh.shape[a] > 1)
   return NamedSharding(mesh, PartitionSpec(axes or None))
 
-
-def batch_divisor(mesh: Mesh, rules: Mapping) -> int:
-  return int(np.prod([mesh.shape[a] for a in rule_axes(rules.get("batch"))]))

@@ -8,7 +8,9 @@ import models
 from models import lm
 from train import mesh as mesh_lib
 from train.config import ConfigError
+from train.data import documents
 from train.data import registry as data_registry
+from train.data.tokenizer import get_tokenizer
 from train.optim import SCHEDULES
 from train.step import LOSSES
 
@@ -16,6 +18,19 @@ from train.step import LOSSES
 def _require(ok: bool, msg: str) -> None:
   if not ok:
     raise ConfigError(msg)
+
+
+def check_vocab(config) -> None:
+  """The LM's vocabulary must hold every token id the data can produce."""
+  d, vocab = config.data, config.model.vocab_size
+  if d.name == "mqar":
+    _require(vocab >= d.vocab_size, f"model.vocab_size={vocab} < data.vocab_size={d.vocab_size} (MQAR token "
+                                    f"ids); set model.vocab_size={d.vocab_size}")
+  elif d.name in ("text", "tfds_text"):
+    try:
+      documents.check_vocab(vocab, get_tokenizer(d.get("spm_model", "")))
+    except (ValueError, OSError) as e:
+      raise ConfigError(str(e)) from None
 
 
 def validate(config, *, num_devices: int | None = None, process_count: int | None = None) -> None:
@@ -30,6 +45,8 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
     raise ConfigError(str(e)) from None
 
   o, t, d = config.optim, config.train, config.data
+  if config.model.kind == "lm":
+    check_vocab(config)
   _require(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r}; choose one of {SCHEDULES}")
   _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
   _require(o.grad_accum >= 1, f"optim.grad_accum must be >= 1, got {o.grad_accum}")
