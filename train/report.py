@@ -145,10 +145,10 @@ def plot_curves(runs: list[dict], rows: list[dict], variant: list[str], out: str
       rec = run["records"]
       fps = _last(rec, "flops_per_step") or math.nan
       xs = [r["step"] * (fps if x_key == "flops" else 1) for r in rec]
-      ax.plot(xs, [r["loss"] for r in rec], label=f"{variant_label(row, variant)} [{run['run']}]", lw=1)
+      (line,) = ax.plot(xs, [r["loss"] for r in rec], label=f"{variant_label(row, variant)} [{run['run']}]", lw=1)
       ev = [(r["step"] * (fps if x_key == "flops" else 1), r["eval_loss"]) for r in rec if "eval_loss" in r]
       if ev:
-        ax.scatter(*zip(*ev), s=12)
+        ax.scatter(*zip(*ev), s=12, color=line.get_color())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("loss (lines: train, dots: eval)")
     if x_key == "flops":
