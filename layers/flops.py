@@ -1,4 +1,4 @@
-"""Analytic forward FLOPs per token of a module tree (training = 3 x forward).
+"""Analytic forward FLOPs per token of a module tree (training = 3 x forward), and active parameters.
 
 Default: every >= 2-D parameter is a matmul weight used once per token (2 FLOPs per weight).
 A module refines this with one of two hooks:
@@ -34,6 +34,20 @@ def forward_flops_per_token(module: nnx.Module, seq_len: int) -> float:
         total += 2.0 * child.size
     elif isinstance(child, nnx.Module):
       total += forward_flops_per_token(child, seq_len)
+  return total
+
+
+def active_params(module: nnx.Module) -> float:
+  """Parameters a token actually uses (all of them, except where a module says otherwise through
+  an `active_params()` hook: an MoE counts its router, top_k of its experts and its shared ones)."""
+  if hasattr(module, "active_params"):
+    return float(module.active_params())
+  total = 0.0
+  for child in _children(module):
+    if isinstance(child, nnx.Param):
+      total += child.size
+    elif isinstance(child, nnx.Module):
+      total += active_params(child)
   return total
 
 

@@ -46,6 +46,17 @@ def test_moe_counts_only_active_experts():
   assert shared == pytest.approx(3 * 2 * 3 * CTX.d_model * (CTX.d_ff // 3) + router)
 
 
+def test_moe_active_parameters():
+  from layers.flops import active_params
+
+  def params(name, **options):
+    return active_params(nnx.eval_shape(lambda: registry.build("ffn", name, CTX, rngs=nnx.Rngs(0), **options)))
+
+  dense = params("swiglu")
+  assert dense == 3 * CTX.d_model * CTX.d_ff
+  assert params("moe", n_experts=8, top_k=2) == pytest.approx(dense + CTX.d_model * 8)
+
+
 def test_rational_activation_adds_its_horner_work():
   mlp_gelu = _flops("ffn", "mlp", activation="gelu")
   mlp_rational = _flops("ffn", "mlp", activation="rational")

@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from layers.flops import active_params
 from train import checkpoint, flops, metrics, optim, validate
 from train import config as config_lib
 from train import mesh as mesh_lib
@@ -53,14 +54,16 @@ def maybe_initialize_distributed(cfg) -> None:
   jax.distributed.initialize(**kwargs)
 
 
-def param_counts(abstract_params: nnx.State) -> dict[str, int]:
-  """Total parameters and those outside embedding / unembedding tables (any dim named "vocab")."""
+def param_counts(setup: state_lib.Setup) -> dict[str, int]:
+  """Total parameters, those outside embedding / unembedding tables (any dim named "vocab"), and
+  those a token actually uses (MoE: active experts only)."""
   total = embedding = 0
-  for _, var in nnx.to_flat_state(abstract_params):
+  for _, var in nnx.to_flat_state(setup.abstract_params):
     total += int(var.size)
     if "vocab" in (var.get_metadata().get("axes") or ()):
       embedding += int(var.size)
-  return {"params": total, "params_non_embedding": total - embedding}
+  return {"params": total, "params_non_embedding": total - embedding,
+          "params_active": round(active_params(setup.abstract_model))}
 
 
 class _Preemption:
@@ -192,7 +195,7 @@ def _train(config, workdir: str, program: Program) -> dict:
   setup, mesh = program.setup, program.mesh
   batch_sharding, step_fn, eval_fn = program.batch_sharding, program.train_step, program.eval_step
   steps = config.train.steps
-  counts = param_counts(setup.abstract_params)
+  counts = param_counts(setup)
 
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=config.train.ckpt_every,
                                  keep=config.train.keep_ckpts, async_save=config.train.async_ckpt)

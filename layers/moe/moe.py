@@ -24,7 +24,7 @@ from flax import nnx
 from layers import registry
 from layers.aux import AuxLoss, LayerMetric
 from layers.context import LayerContext
-from layers.flops import forward_flops_per_token
+from layers.flops import active_params, forward_flops_per_token
 from layers.moe import dispatch, losses
 from layers.moe.expert_parallel import active_mesh, expert_parallel_apply
 from layers.moe.experts import GROUPED_MATMULS, Experts
@@ -68,6 +68,10 @@ class MoE(nnx.Module):
     routed = self.top_k / self.n_experts * forward_flops_per_token(self.experts, seq_len)
     shared = forward_flops_per_token(self.shared, seq_len) if self.shared is not None else 0.0
     return forward_flops_per_token(self.router, seq_len) + routed + shared
+
+  def active_params(self) -> float:
+    routed = self.top_k / self.n_experts * active_params(self.experts)
+    return active_params(self.router) + routed + (active_params(self.shared) if self.shared is not None else 0.0)
 
   def __call__(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., D]
     shape = x.shape
