@@ -106,13 +106,13 @@ def _tokens_per_example(batch: dict) -> int:
   return int(x.shape[1]) if np.issubdtype(x.dtype, np.integer) and x.ndim >= 2 else 1
 
 
-def evaluate(eval_fn, state, cfg, batch_sharding, process_index: int, process_count: int) -> dict:
-  it = pipeline.build(cfg.data, split=cfg.data.eval_split, seed=cfg.seed, train=False,
-                      batch_size=cfg.data.batch_size // process_count, process_index=process_index,
-                      process_count=process_count)
+def evaluate(eval_fn, state, cfg, eval_iter, eval_start: dict, batch_sharding) -> dict:
+  """Weighted loss / accuracy over the first eval_steps batches of the eval split (the same batches
+  every time: the iterator is rewound to `eval_start`)."""
+  eval_iter.set_state(eval_start)
   total = {"loss": 0.0, "weight": 0.0, "correct": 0.0}
   for _ in range(cfg.train.eval_steps):
-    sums = jax.device_get(eval_fn(state, global_batch(next(it), batch_sharding)))
+    sums = jax.device_get(eval_fn(state, global_batch(next(eval_iter), batch_sharding)))
     total = {k: total[k] + float(sums[k]) for k in total}
   w = max(total["weight"], 1.0)
   out = {"eval_loss": total["loss"] / w}
@@ -203,6 +203,10 @@ def _train(config, workdir: str, program: Program) -> dict:
   train_iter = pipeline.build(config.data, split=config.data.train_split, seed=config.seed, train=True,
                               batch_size=config.data.batch_size // process_count,
                               process_index=process_index, process_count=process_count)
+  eval_iter = pipeline.build(config.data, split=config.data.eval_split, seed=config.seed, train=False,
+                             batch_size=config.data.batch_size // process_count, process_index=process_index,
+                             process_count=process_count)
+  eval_start = eval_iter.get_state()
   start = ckpt.latest_step()
   if start is not None:
     state, data_state, _ = ckpt.restore(start, setup.abstract_state)
@@ -276,7 +280,7 @@ def _train(config, workdir: str, program: Program) -> dict:
             rates.append(record["tokens_per_sec"])
           last = record
           if done % config.train.eval_every == 0 or done == steps:
-            record.update(evaluate(eval_fn, state, config, batch_sharding, process_index, process_count))
+            record.update(evaluate(eval_fn, state, config, eval_iter, eval_start, batch_sharding))
           writer.write(done, record)
           if progress is not None:
             progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
