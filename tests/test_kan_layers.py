@@ -125,6 +125,27 @@ def test_karat_causal_ignores_future():
   assert not np.allclose(y[:, 6:], y2[:, 6:])
 
 
+@pytest.mark.parametrize("operator", ["fourier_kan", "softmax"])
+def test_karat_decode_equals_causal_forward(operator):
+  """Token-by-token decoding with a KV cache (cache shorter than max_len) reproduces the causal forward."""
+  layer = _karat(causal=True, operator=operator)
+  x = jax.random.normal(jax.random.key(9), (2, 9, 32))
+
+  def decode_all(m, x):
+    def step(cache, xt_pos):
+      y, cache = m.decode(xt_pos[0][:, None], cache, xt_pos[1])
+      return cache, y[:, 0]
+    _, ys = jax.lax.scan(step, m.init_cache(x.shape[0], 10), (jnp.moveaxis(x, 1, 0), jnp.arange(x.shape[1])))
+    return jnp.moveaxis(ys, 0, 1)
+
+  np.testing.assert_allclose(nnx.jit(decode_all)(layer, x), nnx.jit(lambda m, x: m(x))(layer, x), rtol=1e-5,
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="max_len"):
+    layer.init_cache(1, 13)
+  with pytest.raises(NotImplementedError, match="causal"):
+    _karat().decode(x[:, :1], layer.init_cache(2, 4), jnp.int32(0))
+
+
 def test_karat_operator_matches_dense_definition_and_max_len():
   layer = _karat()
   op = layer.operator

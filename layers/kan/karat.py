@@ -10,7 +10,8 @@ phi: R^T -> R^r (r = 12) and a linear map W: R^r -> R^T, and the result weights 
 Parameters cover `max_len` key positions; a shorter sequence uses the first T. "blockwise" mode
 gives every layer its own operator; "universal" shares one operator across all layers (call
 `tie_universal_operators(model)` once after building the model). `operator="softmax"` is the
-baseline with the same projections. `causal=True` drops keys j > i from phi's input and A's output.
+baseline with the same projections. `causal=True` drops keys j > i from phi's input and A's output
+(and allows KV-cache decoding, `init_cache` / `decode`).
 The operator materialises [B, H, T, 2, T, G] (about 2G times the score matrix): KArAt's known cost.
 """
 
@@ -93,19 +94,45 @@ class KArAt(nnx.Module):
     _, _, _, grid, rank = self.operator.coeffs.shape
     return total + self.n_heads * (4.0 * seq_len * grid * rank + 2.0 * rank * seq_len)
 
-  def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
+  def _qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:  # [B, T, D] -> 3 x [B, T, H, K]
     B, T, _ = x.shape
-    if T > self.max_len:
-      raise ValueError(f"sequence length {T} exceeds KArAt max_len={self.max_len}")
-    q, k, v = jnp.split(self.qkv(x).reshape(B, T, 3 * self.n_heads, self.head_dim), 3, axis=2)  # [B, T, H, K]
+    return tuple(jnp.split(self.qkv(x).reshape(B, T, 3 * self.n_heads, self.head_dim), 3, axis=2))
+
+  def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """q [B, T, H, K], k / v [B, S, H, K], mask [T, S] or None -> projected output [B, T, D]."""
+    B, T = q.shape[:2]
     scores = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * self.head_dim**-0.5
-    mask = jnp.tril(jnp.ones((T, T), bool)) if self.causal else None
     if self.operator is None:
       weights = jax.nn.softmax(scores if mask is None else jnp.where(mask, scores, -jnp.inf), axis=-1)
     else:
       weights = self.operator(scores, mask)
     o = jnp.einsum("bhts,bshk->bthk", weights.astype(self.dtype), v)
     return self.o(o.reshape(B, T, -1))
+
+  def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
+    T = x.shape[1]
+    if T > self.max_len:
+      raise ValueError(f"sequence length {T} exceeds KArAt max_len={self.max_len}")
+    q, k, v = self._qkv(x)
+    return self._attend(q, k, v, jnp.tril(jnp.ones((T, T), bool)) if self.causal else None)
+
+  def init_cache(self, batch_size: int, max_len: int) -> dict:
+    """A KV cache of max_len positions: [B, max_len, H, K] keys and values."""
+    if max_len > self.max_len:
+      raise ValueError(f"decoding {max_len} positions exceeds KArAt max_len={self.max_len}; raise max_len")
+    shape = (batch_size, max_len, self.n_heads, self.head_dim)
+    return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
+
+  def decode(self, x: jax.Array, cache: dict, pos: jax.Array) -> tuple[jax.Array, dict]:
+    """One token x [B, 1, D] at position pos; the operator sees the cached keys <= pos, as in the
+    causal forward (its per-key-position parameters are indexed by absolute position)."""
+    if not self.causal:
+      raise NotImplementedError("token-by-token decoding needs a causal KArAt (causal=True)")
+    q, k, v = self._qkv(x)
+    cache = {name: jax.lax.dynamic_update_slice_in_dim(cache[name], new.astype(cache[name].dtype), pos, axis=1)
+             for name, new in (("k", k), ("v", v))}
+    visible = (jnp.arange(cache["k"].shape[1]) <= pos)[None, :]  # [1, S]
+    return self._attend(q, cache["k"], cache["v"], visible), cache
 
 
 def tie_universal_operators(model: nnx.Module) -> None:
