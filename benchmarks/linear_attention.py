@@ -6,6 +6,10 @@ median of several runs after a warm-up (wall clock; "cpu ms" is the process CPU 
 threads, which is the steadier number on a shared host); memory is XLA's compiled estimate
 (temp + argument + output).
 
+The "matmul floor" row times, at each T, only the twelve batched [64 x 64] @ [64 x 64] products that
+chunk-mode linear_attn's forward (4) and backward (8) cannot avoid (chunk 64, outputs written): no
+chunked form can beat it on this device, so recurrent / floor bounds the chunk-vs-recurrent speedup.
+
   python -m benchmarks.linear_attention [--quick] [--out runs/benchmarks/linear_attention.json]
 """
 
@@ -56,15 +60,25 @@ def _loss_fn(op: str, mode: str) -> Callable[..., jax.Array]:
   return loss
 
 
+def _floor_fn(b: int, t: int) -> tuple[Callable[..., tuple[jax.Array, ...]], tuple[jax.Array, ...]]:
+  """The twelve batched chunk-size-64 matmuls of chunk linear_attn fwd+bwd, and random operands."""
+  shape = (b, H, t // 64, 64, 64)  # [B, H, N, C, K]
+  xs = tuple(jax.random.normal(key, shape) for key in jax.random.split(jax.random.key(1), 12))
+  return lambda *xs: tuple(jnp.einsum("bhnij,bhnjk->bhnik", xs[i], xs[(i + 1) % 12]) for i in range(12)), xs
+
+
 def measure(op: str, mode: str, b: int, t: int, repeats: int, max_bytes: float) -> dict:
   """Median fwd+bwd seconds and compiled memory of grad(sum(o)) w.r.t. every input.
 
   A program whose compiled estimate exceeds max_bytes is not run (seconds = NaN): on a shared CPU
   host the T x T softmax scores at T = 16384 would take most of the memory.
   """
-  args = _inputs(op, b, t, jax.random.key(0))
-  loss = _loss_fn(op, mode)
-  step = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))))
+  if op == "floor":
+    fn, args = _floor_fn(b, t)
+    step = jax.jit(fn)
+  else:
+    args = _inputs(op, b, t, jax.random.key(0))
+    step = jax.jit(jax.value_and_grad(_loss_fn(op, mode), argnums=tuple(range(len(args)))))
   compiled = step.lower(*args).compile()
   mem = compiled.memory_analysis()
   peak = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
@@ -89,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--lengths", default=None, help="comma-separated T values (default 512..16384)")
   parser.add_argument("--tokens", type=int, default=None, help="B*T per step (default 16384; quick 4096)")
   parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 5)")
-  parser.add_argument("--ops", default=",".join((*OPS, "softmax")))
+  parser.add_argument("--ops", default=",".join((*OPS, "softmax", "floor")),
+                      help="ops to time; 'floor' is the matmul floor row")
   parser.add_argument("--modes", default="chunk,recurrent")
   parser.add_argument("--max-gib", type=float, default=6.0, help="skip programs needing more memory")
   parser.add_argument("--out", default="runs/benchmarks/linear_attention.json")
@@ -112,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
   for t in lengths:
     b = max(tokens // t, 1)
     for op in sorted(args.ops.split(","), key=lambda name: name != "softmax"):  # softmax first
-      for mode in ("causal",) if op == "softmax" else args.modes.split(","):
+      for mode in {"softmax": ("causal",), "floor": ("12 dots",)}.get(op, args.modes.split(",")):
         row = measure(op, mode, b, t, repeats, args.max_gib * 2**30)
         if op == "softmax":
           softmax_sec[t] = row["seconds"]
