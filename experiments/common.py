@@ -86,10 +86,15 @@ def base_config() -> ml_collections.ConfigDict:
     }),
   ))
 
+  # KAN grids (B-spline KAN layers only): grid_update_every N refits the knots to the step's inputs every
+  # N steps (until step grid_update_until, 0 = always; shapes unchanged). grid_extend ((step, G), ...)
+  # extends every KAN grid to G intervals after that step's update (coarse -> fine, function kept by
+  # least squares): the run is logged and evaluated on the old grid at that step, then continues with
+  # the new shapes and a fresh optimizer state (new Adam moments, lr schedule not rewound).
   c.train = ml_collections.ConfigDict(dict(
     steps=1000, loss="xent", label_smoothing=0.0, log_every=10, eval_every=200, eval_steps=8,
     ckpt_every=200, keep_ckpts=3, async_ckpt=True, progress=True, tensorboard=True,
-    grid_update_every=0, grid_update_until=0,
+    grid_update_every=0, grid_update_until=0, grid_extend=(),
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(

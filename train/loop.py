@@ -159,18 +159,48 @@ def build_program(config, mesh: Mesh) -> Program:
   return Program(mesh, setup, tx, batch_sharding, train_step, eval_step, init_state, grid_update)
 
 
-def make_grid_update(graphdef):
+def make_grid_update(graphdef, grid_size: int | None = None, tx: optax.GradientTransformation | None = None):
   """(state, batch) -> state whose KAN grids are refit to the batch's inputs, the represented
-  functions kept by a least-squares refit of the spline coefficients (same shapes: the optimizer
-  state carries over)."""
+  functions kept by a least-squares refit of the spline coefficients.
+
+  grid_size None (grid update): same shapes, the optimizer state carries over. A larger grid_size
+  (grid extension): the spline kernels grow, so the optimizer state is restarted by `tx`, the
+  optimizer built for the new shapes (fresh Adam moments, lr schedule continued at the state's step).
+  """
 
   def grid_update(state: dict, batch: dict) -> dict:
     model = nnx.merge(graphdef, state["params"], state["rest"])
-    model.update_grid(batch["inputs"])
+    model.update_grid(batch["inputs"], grid_size)
     _, params, rest = nnx.split(model, nnx.Param, ...)
-    return {**state, "params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest)}
+    new = {**state, "params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest)}
+    if grid_size is not None:
+      new["opt_state"] = optim.restart(tx, new["params"], state["step"])
+    return new
 
   return grid_update
+
+
+def config_at(config, step: int):
+  """`config` with model.grid_size set to the KAN grid in force after `step` steps: the size of the
+  last train.grid_extend entry (at, size) with at <= step, else the initial one. A pure function of
+  the schedule, so a resumed run builds the extended shapes before restoring into them."""
+  sizes = [size for at, size in config.train.get("grid_extend", ()) if at <= step]
+  if not sizes:
+    return config
+  config = config.copy_and_resolve_references()
+  config.model.grid_size = sizes[-1]
+  return config
+
+
+def extend_grid(program: Program, config, state: dict, batch: dict) -> tuple[Program, dict]:
+  """Grid extension to config.model.grid_size: the program built for the new shapes, and `state`
+  (laid out for `program`) moved onto it with every KAN layer's grid refit to batch["inputs"]
+  (a global batch laid out by program.batch_sharding)."""
+  new = build_program(config, program.mesh)
+  extend = jax.jit(make_grid_update(program.setup.graphdef, config.model.grid_size, new.tx),
+                   in_shardings=(program.setup.shardings, program.batch_sharding),
+                   out_shardings=new.setup.shardings)
+  return new, extend(state, batch)
 
 
 def global_batch(local: dict, sharding) -> dict:
@@ -186,16 +216,34 @@ def run(config, workdir: str) -> dict:
     config_lib.save(config, workdir)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   with jax.set_mesh(mesh):
-    return _train(config, workdir, build_program(config, mesh))
+    return _train(config, workdir, mesh)
 
 
-def _train(config, workdir: str, program: Program) -> dict:
+def step_statistics(program: Program, config, first: dict) -> dict:
+  """Logged with every record: parameter counts, FLOPs per step (analytic for LMs, XLA's count of
+  the compiled step otherwise), the decoding-state size, and the KAN grid size when it is scheduled."""
+  compiled = program.train_step.lower(program.setup.abstract_state,
+                                      global_batch(first, program.batch_sharding)).compile()
+  xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+  if config.model.kind == "lm":
+    step_flops = flops.train_flops_per_step(program.setup.abstract_model, seq_len=_tokens_per_example(first),
+                                            batch_size=config.data.batch_size)
+  else:  # image / MLP models: XLA's count (conv and patch weights are reused across positions)
+    step_flops = xla_flops * program.mesh.size  # per-device cost analysis of the SPMD program
+  out = {**param_counts(program.setup), "flops_per_step": step_flops, "xla_flops_per_step_per_device": xla_flops}
+  state_bytes = decode_state_bytes(program.setup.abstract_model, _tokens_per_example(first))
+  if state_bytes is not None:
+    out["decode_state_bytes"] = state_bytes
+  if config.train.get("grid_extend"):
+    out["grid_size"] = config.model.grid_size
+  return out
+
+
+def _train(config, workdir: str, mesh: Mesh) -> dict:
   process_index, process_count = jax.process_index(), jax.process_count()
   is_main = process_index == 0
-  setup, mesh = program.setup, program.mesh
-  batch_sharding, step_fn, eval_fn = program.batch_sharding, program.train_step, program.eval_step
   steps = config.train.steps
-  counts = param_counts(setup)
+  extensions = {at for at, _ in config.train.get("grid_extend", ())}
 
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=config.train.ckpt_every,
                                  keep=config.train.keep_ckpts, async_save=config.train.async_ckpt)
@@ -208,8 +256,9 @@ def _train(config, workdir: str, program: Program) -> dict:
                              process_count=process_count)
   eval_start = eval_iter.get_state()
   start = ckpt.latest_step()
+  program = build_program(config_at(config, start or 0), mesh)  # the shapes in force at the restored step
   if start is not None:
-    state, data_state, _ = ckpt.restore(start, setup.abstract_state)
+    state, data_state, _ = ckpt.restore(start, program.setup.abstract_state)
     train_iter.set_state(data_state)
     writer.truncate_after(start)
     if is_main:
@@ -221,18 +270,8 @@ def _train(config, workdir: str, program: Program) -> dict:
 
   first = next(train_iter)
   tokens_per_step = _tokens_per_example(first) * config.data.batch_size
-  compiled = step_fn.lower(state, global_batch(first, batch_sharding)).compile()
-  xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
-  if config.model.kind == "lm":
-    step_flops = flops.train_flops_per_step(setup.abstract_model, seq_len=_tokens_per_example(first),
-                                            batch_size=config.data.batch_size)
-  else:  # image / MLP models: XLA's count (conv and patch weights are reused across positions)
-    step_flops = xla_flops * mesh.size  # per-device cost analysis of the SPMD program
+  static = step_statistics(program, config_at(config, start), first)
   peak, peak_source = flops.peak_flops()
-  static = {**counts, "flops_per_step": step_flops, "xla_flops_per_step_per_device": xla_flops}
-  state_bytes = decode_state_bytes(setup.abstract_model, _tokens_per_example(first))
-  if state_bytes is not None:
-    static["decode_state_bytes"] = state_bytes
 
   progress = None
   if is_main and config.train.progress:
@@ -250,7 +289,7 @@ def _train(config, workdir: str, program: Program) -> dict:
                           f"(step {ckpt.latest_step()}) is kept in {workdir}/checkpoints")
     ckpt.save(step, state, train_iter.get_state(), {"config": config.to_dict()}, force=force)
 
-  rates, last = [], None
+  rates, last, timed = [], None, False  # timed: the interval since the last record holds no compilation
   summary: dict = {}
   batch = first
   try:
@@ -259,12 +298,14 @@ def _train(config, workdir: str, program: Program) -> dict:
       for step in range(start, steps):
         if step > start:
           batch = next(train_iter)
-        state, m = step_fn(state, global_batch(batch, batch_sharding))
+        gbatch = global_batch(batch, program.batch_sharding)
+        state, m = program.train_step(state, gbatch)
         done = step + 1
-        if program.grid_update is not None and done % config.train.grid_update_every == 0 and (
+        extend = done in extensions  # after this step's update, logged and evaluated on the old grid first
+        if not extend and program.grid_update is not None and done % config.train.grid_update_every == 0 and (
             not config.train.grid_update_until or done <= config.train.grid_update_until):
-          state = program.grid_update(state, global_batch(batch, batch_sharding))
-        if done % config.train.log_every == 0 or done == steps:
+          state = program.grid_update(state, gbatch)
+        if done % config.train.log_every == 0 or done == steps or extend:
           m = jax.device_get(m)
           now = time.perf_counter()
           dt = (now - last_time) / (done - last_step)
@@ -275,15 +316,18 @@ def _train(config, workdir: str, program: Program) -> dict:
                                 f"(step {ckpt.latest_step()}) is kept in {workdir}/checkpoints")
           record = {**m, "step_time": dt, "tokens_per_sec": tokens_per_step / dt,
                     "examples_per_sec": config.data.batch_size / dt,
-                    "mfu": step_flops / dt / peak, **static}
-          if last is not None:  # the first interval includes compilation
+                    "mfu": static["flops_per_step"] / dt / peak, **static}
+          if timed:
             rates.append(record["tokens_per_sec"])
-          last = record
-          if done % config.train.eval_every == 0 or done == steps:
-            record.update(evaluate(eval_fn, state, config, eval_iter, eval_start, batch_sharding))
+          last, timed = record, True
+          if done % config.train.eval_every == 0 or done == steps or extend:
+            record.update(evaluate(program.eval_step, state, config, eval_iter, eval_start, program.batch_sharding))
           writer.write(done, record)
           if progress is not None:
             progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+        if extend:  # refits the knots too, so no grid update at this step
+          program, state = extend_grid(program, config_at(config, done), state, gbatch)
+          static, timed = step_statistics(program, config_at(config, done), first), False
         if progress is not None:
           progress.update(1)
         save(done, force=done == steps)
@@ -302,7 +346,7 @@ def _train(config, workdir: str, program: Program) -> dict:
       "loss": final_record.get("loss"), "accuracy": final_record.get("accuracy"),
       "eval_loss": final_record.get("eval_loss"), "eval_accuracy": final_record.get("eval_accuracy"),
       "tokens_per_sec": statistics.median(rates) if rates else final_record.get("tokens_per_sec"),
-      "mfu_peak_source": peak_source, **counts,
+      "mfu_peak_source": peak_source, **param_counts(program.setup),
     }
     if is_main and summary["steps"] == steps:
       write_json_atomic(os.path.join(workdir, SUMMARY), summary)

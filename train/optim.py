@@ -79,3 +79,19 @@ def make(cfg, params: nnx.State, total_steps: int) -> tuple[optax.GradientTransf
 
 def global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def restart(tx: optax.GradientTransformation, params, step: jax.Array) -> optax.OptState:
+  """A new optimizer state for `params` whose lr schedules continue at `step`.
+
+  For parameters whose shapes changed (KAN grid extension): fresh Adam moments and bias correction,
+  i.e. a new optimizer per grid as pykan and the KAN paper use, without rewinding warmup or decay.
+  """
+  def continue_at_step(s):
+    return s._replace(count=jnp.asarray(step, s.count.dtype)) if _is_schedule(s) else s
+
+  return jax.tree.map(continue_at_step, tx.init(params), is_leaf=_is_schedule)
+
+
+def _is_schedule(s) -> bool:
+  return isinstance(s, optax.ScaleByScheduleState)

@@ -1,5 +1,6 @@
 """Config checks that run before anything is built or compiled, each naming the key and the fix."""
 
+import itertools
 import math
 
 import jax
@@ -33,6 +34,26 @@ def check_vocab(config) -> None:
       raise ConfigError(str(e)) from None
 
 
+def check_grid_extend(config) -> None:
+  """train.grid_extend = ((step, grid_size), ...): steps increasing inside (0, train.steps), grid sizes
+  increasing above model.grid_size, on a model with B-spline KAN layers (the only ones with knots)."""
+  schedule, t, m = config.train.get("grid_extend", ()), config.train, config.model
+  if not schedule:
+    return
+  example = "e.g. train.grid_extend=((300, 10), (600, 20)) extends the grid to 10 after step 300, to 20 after 600"
+  _require(hasattr(models.lookup(m.kind), "update_grid") and m.get("layer") == "kan",
+           f"train.grid_extend is set but model kind {m.kind!r} (layer {m.get('layer')!r}) has no B-spline KAN "
+           "layers to extend; use model.kind='mlp' with model.layer='kan', or set train.grid_extend=()")
+  _require(all(isinstance(p, list | tuple) and len(p) == 2 and all(type(v) is int for v in p) for p in schedule),
+           f"train.grid_extend={schedule!r} must be (step, grid_size) pairs of ints; {example}")
+  at, sizes = [p[0] for p in schedule], [p[1] for p in schedule]
+  _require(all(0 < s < t.steps for s in at) and all(a < b for a, b in itertools.pairwise(at)),
+           f"train.grid_extend steps {at} must increase strictly and lie inside (0, train.steps={t.steps}); {example}")
+  _require(sizes[0] > m.grid_size and all(a < b for a, b in itertools.pairwise(sizes)),
+           f"train.grid_extend grid sizes {sizes} must increase strictly from above model.grid_size={m.grid_size} "
+           f"(grid extension goes coarse -> fine); {example}")
+
+
 def validate(config, *, num_devices: int | None = None, process_count: int | None = None) -> None:
   num_devices = num_devices or jax.device_count()
   process_count = process_count or jax.process_count()
@@ -58,6 +79,7 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   _require(t.steps > 0, f"train.steps must be > 0, got {t.steps}")
   for key in ("log_every", "eval_every", "ckpt_every"):
     _require(t[key] > 0, f"train.{key} must be > 0, got {t[key]}")
+  check_grid_extend(config)
 
   try:
     mesh_shape = dict(zip(mesh_lib.AXES, mesh_lib.mesh_shape(config.mesh.shape, num_devices)))
