@@ -125,6 +125,15 @@ def adamw(lr: float = 3e-4, *, warmup: int = 1000, schedule: str = "cosine", cli
   return dict(lr=lr, warmup_steps=warmup, schedule=schedule, clip_norm=clip, weight_decay=weight_decay, b2=b2)
 
 
+def deit_augment(*, num_classes: int, image_size: int) -> dict:
+  """DeiT's augmentations as far as train/data/augment.py provides them, to `config.data.augment.update(...)`
+  with: mixup 0.8 and cutmix 1.0 (one of the two per batch, DeiT's switch probability 0.5), a random crop
+  zero-padded by 1/8 of the side (CIFAR's usual 4 px at 32) and horizontal flips. Label smoothing 0.1 is
+  `train.label_smoothing`. Not available: RandomResizedCrop, RandAugment, random erasing, repeated augmentation.
+  """
+  return dict(crop_padding=image_size // 8, flip=True, mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=num_classes)
+
+
 def text_data(c: ml_collections.ConfigDict, *, corpus: str = "stdlib", seq_len: int = 256) -> None:
   """Byte-level text from the project's local-files TFDS builder (default: Python's stdlib sources)."""
   c.data.update(dict(name="text", seq_len=seq_len, corpus=corpus, max_files=0))

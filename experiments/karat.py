@@ -6,8 +6,9 @@ by all layers ("universal"); everything else is the same ViT.
 
 CIFAR-10 scale (TFDS cifar10 prepared under data_dir; GPU/TPU), ViT-T (d=192, 12 layers, 3 heads) on
 32x32 images with 4x4 patches (65 tokens), a DeiT-style recipe (AdamW lr 1e-3 at batch 512, wd 0.05,
-cosine, 10 warm-up epochs, 100 epochs, label smoothing 0.1; the paper's exact CIFAR schedule is not
-reproduced here):
+cosine, 10 warm-up epochs, 100 epochs, label smoothing 0.1, mixup 0.8 / cutmix 1.0, random crop with
+4 px padding + horizontal flip, `common.deit_augment`; the paper's exact CIFAR schedule is not
+reproduced here; local runs use no augmentation):
   python -m train --config experiments/karat.py:attention=karat --workdir runs/karat_cifar10
   python -m train --config experiments/karat.py:attention=softmax --workdir runs/vit_cifar10
   (size=s for ViT-S, data=cifar100 for CIFAR-100)
@@ -49,6 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                n_classes=100 if data == "cifar100" else 10, attention=arg.attention)
     c.data.update(dict(name="tfds_images", tfds_name=data, batch_size=512, train_split="train",
                        eval_split="test"))
+    c.data.augment.update(common.deit_augment(num_classes=c.model.n_classes, image_size=32))
     c.optim.update(common.adamw(lr=1e-3, warmup=10 * CIFAR_STEPS // 100, schedule="cosine", clip=1.0,
                                 weight_decay=0.05, b2=0.999))
     steps, eval_steps = CIFAR_STEPS, 19

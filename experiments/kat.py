@@ -3,8 +3,10 @@
 KAT replaces every ViT MLP by GR-KAN: group rational (identity init) -> Linear -> group rational
 (swish init) -> Linear, 8 groups, variance-preserving init. Same shapes as DeiT-T/S/B.
 
-Paper scale (ImageNet-1K prepared for TFDS under data_dir; GPU/TPU), KAT's recipe: AdamW lr 1e-3 at
-batch 1024, wd 0.05, cosine, 5 warm-up epochs, 300 epochs, label smoothing 0.1:
+Paper scale (ImageNet-1K prepared for TFDS under data_dir; GPU/TPU), KAT's recipe (DeiT's): AdamW lr 1e-3
+at batch 1024, wd 0.05, cosine, 5 warm-up epochs, 300 epochs, label smoothing 0.1, mixup 0.8 / cutmix 1.0,
+random crop (28 px zero padding) + horizontal flip (`common.deit_augment`; DeiT's RandomResizedCrop,
+RandAugment and random erasing are not implemented):
   python -m train --config experiments/kat.py:model=kat_s --workdir runs/kat_s
   python -m train --config experiments/kat.py:model=deit_s --workdir runs/deit_s
 Local (2 CPU cores, a few minutes; a 4-layer d=64 ViT on MNIST-1D, or data=digits):
@@ -15,7 +17,7 @@ init), `shared=none|numerator|denominator` (which rational coefficients the grou
   python -m train.sweep --config experiments/kat.py:local
 Expect (paper, ImageNet top-1, from scratch): KAT-T/S/B 74.6 / 81.2 / 82.3 vs DeiT-T/S/B
 72.2 / 79.8 / 81.8. Locally both reach well above chance (10%) on MNIST-1D; KAT costs ~2x the
-MLP's step time on CPU (python -m benchmarks.kan). Mixup/cutmix/random-crop are not applied here.
+MLP's step time on CPU (python -m benchmarks.kan). Local runs use no augmentation (label smoothing only).
 """
 
 import ml_collections
@@ -43,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        eval_split="validation"))
     c.optim.update(common.adamw(lr=1e-3, warmup=5 * IMAGENET_STEPS // 300, schedule="cosine", clip=0.0,
                                 weight_decay=0.05, b2=0.999))
+    c.data.augment.update(common.deit_augment(num_classes=1000, image_size=224))
     c.model.dtype = "bfloat16"
     steps, eval_steps = IMAGENET_STEPS, 49
   c.model.options.gr_kan = ml_collections.ConfigDict(dict(init_std=arg.init_std, shared=arg.shared))

@@ -1,4 +1,5 @@
-"""KAN-family experiment configs validate and build; the function-fitting source is fixed and correct."""
+"""KAN-family experiment configs validate and build (full-scale ViT recipes with DeiT's augmentations); the
+function-fitting source is fixed and correct."""
 
 import jax
 import numpy as np
@@ -7,7 +8,7 @@ from flax import nnx
 
 import models
 from experiments import kan, karat, kat
-from train.data import function_fit, registry
+from train.data import augment, function_fit, registry
 from train.validate import validate
 
 
@@ -22,6 +23,29 @@ def test_configs_validate_and_build(module, arg):
   validate(config, num_devices=1, process_count=1)
   model = nnx.eval_shape(lambda: models.build(config.model, rngs=nnx.Rngs(0)))
   assert sum(np.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param))) > 0
+
+
+@pytest.mark.parametrize("module,arg,classes,padding", [
+  (kat, "model=kat_s", 1000, 28), (kat, "model=deit_t", 1000, 28), (karat, "attention=karat", 10, 4),
+  (karat, "attention=softmax,data=cifar100", 100, 4),
+])
+def test_full_scale_vit_recipes_use_deit_augmentations(module, arg, classes, padding):
+  """ImageNet / CIFAR configs: mixup 0.8, cutmix 1.0, label smoothing 0.1, padded random crop + flip,
+  soft targets over the model's classes; the pipeline's transforms build from them and apply."""
+  config = module.get_config(arg)
+  config.lock()
+  validate(config, num_devices=1, process_count=1)
+  aug = config.data.augment
+  assert (aug.mixup_alpha, aug.cutmix_alpha, aug.flip, aug.crop_padding) == (0.8, 1.0, True, padding)
+  assert aug.num_classes == config.model.n_classes == classes and config.train.label_smoothing == 0.1
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(4, 2 * padding, 2 * padding, 3)).astype(np.float32)
+  example = augment.example_transform(aug)({"inputs": images[0]}, rng)
+  batch = augment.batch_transform(aug)({"inputs": images, "targets": np.arange(4) % classes}, rng)
+  assert example["inputs"].shape == images[0].shape and batch["targets"].shape == (4, classes)
+  np.testing.assert_allclose(batch["targets"].sum(-1), 1.0, rtol=1e-6)
+  local = module.get_config("local").data.augment  # CPU variants stay unaugmented
+  assert augment.example_transform(local) is None and augment.batch_transform(local) is None
 
 
 def test_function_fit_source():
