@@ -1,5 +1,8 @@
 """KAN-family experiment configs validate and build (full-scale ViT recipes with DeiT's augmentations); the
-function-fitting source is fixed and correct."""
+function-fitting source is fixed and correct; the KAN scaling study's runs validate and its reader turns
+metrics into RMSE vs parameters."""
+
+import json
 
 import jax
 import numpy as np
@@ -8,6 +11,8 @@ from flax import nnx
 
 import models
 from experiments import kan, karat, kat
+from train import config as config_lib
+from train import sweep
 from train.data import augment, function_fit, registry
 from train.validate import validate
 
@@ -62,3 +67,33 @@ def test_function_fit_source():
   np.testing.assert_array_equal(train[3]["inputs"], again[3]["inputs"])  # fixed set, whatever the seed
   xb, yb = function_fit.function_arrays("bessel", 8, 0)
   assert xb.shape == (8, 1) and np.all(np.abs(yb) <= 1.0)
+
+
+def test_scaling_study_sweep_validates_and_reads_rmse_vs_params(tmp_path):
+  """The study's runs all validate; its reader takes the KAN's last eval per grid (parameter count)
+  and each MLP's final eval, and fits the exponents."""
+  runs = sweep.expand("experiments/kan.py:local", str(tmp_path))
+  assert [r.overrides["model.layer"] for r in runs] == ["kan", "linear", "linear", "linear"]
+  for r in runs:
+    validate(sweep.resolve("experiments/kan.py:local", r.overrides), num_devices=1, process_count=1)
+  assert kan.get_config("local").train.grid_extend == ((300, 5), (600, 10))
+
+  def write(name, config, records):
+    config_lib.save(config, str(tmp_path / name))
+    (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+  rmse = {21: 1e-1, 27: 1e-1 * (27 / 21) ** -3, 42: 1e-1 * 2.0**-3}  # KAN: RMSE ~ params^-3
+  write("kan", kan.get_config("local"), [
+    {"step": 150, "loss": 1.0, "params": 21, "eval_loss": 1.0},  # superseded by the eval at 300
+    {"step": 300, "loss": 1.0, "params": 21, "eval_loss": rmse[21] ** 2},
+    {"step": 400, "loss": 1.0, "params": 27},
+    {"step": 600, "loss": 1.0, "params": 27, "eval_loss": rmse[27] ** 2},
+    {"step": 900, "loss": 1.0, "params": 42, "eval_loss": rmse[42] ** 2}])
+  for width, params in ((4, 37), (8, 105), (16, 337)):
+    write(f"mlp{width}", kan.get_config(f"local,layer=linear,width={width}"),
+          [{"step": 900, "loss": 1.0, "params": params, "eval_loss": (params / 37.0) ** -1}])
+  results = kan.study(str(tmp_path))
+  assert [r["params"] for r in results["kan"]] == [21, 27, 42] and len(results["mlp"]) == 3
+  assert [r["test_rmse"] for r in results["kan"]] == pytest.approx(list(rmse.values()))
+  assert results["alpha_kan"] == pytest.approx(3.0) and results["alpha_mlp"] == pytest.approx(0.5)
+  assert (tmp_path / "rmse_vs_params.png").exists() and (tmp_path / "rmse_vs_params.json").exists()

@@ -200,7 +200,7 @@ def test_kan_grid_update_in_the_shared_loop(tmp_path):
   from train import config as config_lib
   from train import loop
 
-  c = config_lib.load("experiments/kan.py:local")
+  c = config_lib.load("experiments/kan.py:local,grid=5")
   config_lib.apply_overrides(c, ["--config.train.grid_update_every=2", "--config.train.steps=4",
                                  "--config.train.progress=false", "--config.mesh.shape.data=8",
                                  "--config.data.batch_size=200"])
