@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
     name="text", seq_len=256, batch_size=16, eval_split="validation", train_split="train",
-    data_dir="",
+    data_dir="", read_threads=-1,  # -1: 0 (read in the loop's thread) for in-memory sources, else 16
     augment=ml_collections.ConfigDict(dict(crop_padding=0, flip=False, mixup_alpha=0.0, cutmix_alpha=0.0,
                                            num_classes=0)),
   ))

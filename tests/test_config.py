@@ -43,6 +43,7 @@ def test_overrides_keep_types_and_accept_space_form():
   ("data.batch_size", "6", r"data.batch_size=6 must be divisible"),
   ("mesh.shape.tensor", "3", r"config.mesh.shape"),
   ("model.vocab_size", "32", r"model.vocab_size=32 < data.vocab_size=64"),
+  ("data.read_threads", "-2", r"data.read_threads must be -1 \(auto\)"),
 ])
 def test_validation_errors(key, value, match):
   c = tiny_lm()

@@ -159,6 +159,22 @@ def test_augmented_pipeline_resumes_exactly(tmp_path):
   assert ev["targets"].shape == (8,)  # no augmentation at eval
 
 
+def test_read_threads_change_speed_not_batches(tmp_path):
+  """In-memory sources default to reading in the loop's thread; a thread pool gives the same batches."""
+  c = tiny_lm().data
+  c.name, c.data_dir = "digits", str(tmp_path)
+  c.augment.update(dict(crop_padding=1, flip=True))
+  assert pipeline.read_options(c).num_threads == 0
+  batches = {}
+  for threads in (0, 2):
+    c.read_threads = threads
+    it = pipeline.build(c, split="train", seed=1, train=True, batch_size=8)
+    batches[threads] = [next(it)["inputs"] for _ in range(3)]
+  for a, b in zip(batches[0], batches[2]):
+    np.testing.assert_array_equal(a, b)
+  assert pipeline.read_options(tiny_lm("text").data).num_threads == 16
+
+
 def test_label_smoothing_and_soft_targets_in_loss():
   import jax.numpy as jnp
 

@@ -80,6 +80,9 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   for key in ("log_every", "eval_every", "ckpt_every"):
     _require(t[key] > 0, f"train.{key} must be > 0, got {t[key]}")
   check_grid_extend(config)
+  _require(d.get("read_threads", -1) >= -1,
+           f"data.read_threads must be -1 (auto), 0 (read in the loop's thread) or a thread count, got "
+           f"{d.get('read_threads')}")
 
   try:
     mesh_shape = dict(zip(mesh_lib.AXES, mesh_lib.mesh_shape(config.mesh.shape, num_devices)))

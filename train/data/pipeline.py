@@ -26,6 +26,15 @@ def pack(ds: grain.IterDataset, seq_len: int) -> grain.IterDataset:
   return packed.map(to_example)
 
 
+def read_options(cfg) -> grain.ReadOptions:
+  """data.read_threads threads read (and augment) examples ahead; -1 picks 0 for in-memory sources
+  (read in the iterating thread) and grain's default pool of 16 for file-backed ones."""
+  threads = cfg.get("read_threads", -1)
+  if threads < 0:
+    threads = 0 if cfg.name in registry.IN_MEMORY else 16
+  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=500 if threads else 0)
+
+
 def build(cfg, *, split: str, seed: int, train: bool, batch_size: int, process_index: int = 0,
           process_count: int = 1) -> grain.DatasetIterator:
   """An infinite iterator of numpy batches {"inputs", "targets", "weights"} for this process.
@@ -44,7 +53,7 @@ def build(cfg, *, split: str, seed: int, train: bool, batch_size: int, process_i
   ds = ds.repeat(None)
   if (per_example := example_transform(augment)) is not None:
     ds = ds.random_map(per_example, seed=seed + 1)
-  it = ds.to_iter_dataset()
+  it = ds.to_iter_dataset(read_options(cfg))
   if isinstance(src, Documents):
     it = pack(it, src.seq_len)
   it = it.batch(batch_size, drop_remainder=True)
