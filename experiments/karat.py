@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                n_classes=100 if data == "cifar100" else 10, attention=arg.attention)
     c.data.update(dict(name="tfds_images", tfds_name=data, batch_size=512, train_split="train",
                        eval_split="test"))
-    c.data.augment.update(common.deit_augment(num_classes=c.model.n_classes, image_size=32))
+    c.data.augment.update(common.deit_augment(num_classes=c.model.n_classes, image_size=32, resized_crop=False))
     c.optim.update(common.adamw(lr=1e-3, warmup=10 * CIFAR_STEPS // 100, schedule="cosine", clip=1.0,
                                 weight_decay=0.05, b2=0.999))
     steps, eval_steps = CIFAR_STEPS, 19

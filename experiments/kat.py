@@ -5,8 +5,8 @@ KAT replaces every ViT MLP by GR-KAN: group rational (identity init) -> Linear -
 
 Paper scale (ImageNet-1K prepared for TFDS under data_dir; GPU/TPU), KAT's recipe (DeiT's): AdamW lr 1e-3
 at batch 1024, wd 0.05, cosine, 5 warm-up epochs, 300 epochs, label smoothing 0.1, mixup 0.8 / cutmix 1.0,
-random crop (28 px zero padding) + horizontal flip (`common.deit_augment`; DeiT's RandomResizedCrop,
-RandAugment and random erasing are not implemented):
+RandomResizedCrop to 224 (evaluation: resize to 256, centre 224) + horizontal flip (`common.deit_augment`;
+DeiT's RandAugment and random erasing are not implemented):
   python -m train --config experiments/kat.py:model=kat_s --workdir runs/kat_s
   python -m train --config experiments/kat.py:model=deit_s --workdir runs/deit_s
 Local (2 CPU cores, a few minutes; a 4-layer d=64 ViT on MNIST-1D, or data=digits):
@@ -42,10 +42,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     c.model = vit_model_config(arg.model, image_size=(224, 224), in_channels=3, patch_size=16, n_classes=1000)
     c.data.update(dict(name="tfds_images", tfds_name="imagenet2012", batch_size=1024, train_split="train",
-                       eval_split="validation"))
+                       eval_split="validation", image_size=224))
     c.optim.update(common.adamw(lr=1e-3, warmup=5 * IMAGENET_STEPS // 300, schedule="cosine", clip=0.0,
                                 weight_decay=0.05, b2=0.999))
-    c.data.augment.update(common.deit_augment(num_classes=1000, image_size=224))
+    c.data.augment.update(common.deit_augment(num_classes=1000, image_size=224, resized_crop=True))
     c.model.dtype = "bfloat16"
     steps, eval_steps = IMAGENET_STEPS, 49
   c.model.options.gr_kan = ml_collections.ConfigDict(dict(init_std=arg.init_std, shared=arg.shared))

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from tests.foundation_configs import tiny_lm
+from train.config import ConfigError
 from train.data import pipeline
 from train.data.mqar import MQAR
+from train.validate import validate
 
 
 def _mqar(**kw):
@@ -173,6 +175,53 @@ def test_read_threads_change_speed_not_batches(tmp_path):
   for a, b in zip(batches[0], batches[2]):
     np.testing.assert_array_equal(a, b)
   assert pipeline.read_options(tiny_lm("text").data).num_threads == 16
+
+
+def test_resize_center_crop_and_random_resized_crop():
+  from train.data import augment
+
+  h, w = 300, 450
+  ramp = np.broadcast_to(np.arange(w, dtype=np.float32)[None, :, None], (h, w, 2))  # value = column
+  view = augment.resize_center_crop(ramp, 224)  # shorter side -> 256 (x 256/300), centre 224
+  assert view.shape == (224, 224, 2)
+  np.testing.assert_allclose(view.mean(), (w - 1) / 2, atol=0.5)  # centred: symmetric around the middle
+  np.testing.assert_allclose(np.ptp(view[0, :, 0]), 224 * 300 / 256, rtol=0.02)  # 224 px span 262 columns
+  rng = np.random.default_rng(0)
+  crops = [augment.random_resized_crop(ramp, rng, 32) for _ in range(8)]
+  assert all(c.shape == (32, 32, 2) and c.min() >= 0 and c.max() <= w - 1 for c in crops)
+  assert len({round(float(c.mean()), 3) for c in crops}) == 8  # a different crop each time
+  again = augment.random_resized_crop(ramp, np.random.default_rng(0), 32)
+  np.testing.assert_array_equal(again, crops[0])
+  thin = np.random.default_rng(1).normal(size=(10, 1000, 1)).astype(np.float32)  # no crop fits: centre 10 x 13
+  np.testing.assert_allclose(augment.random_resized_crop(thin, rng, 16), augment.resize(thin[:, 493:506], 16, 16))
+
+
+def test_tfds_images_of_any_size_become_batches(monkeypatch):
+  """ImageNet-like records (uint8 images of varying size): eval is resized + centre-cropped, training
+  uses the random-resized crop; both batch to [B, S, S, 3]. The TFDS reader is replaced by a list."""
+  from train.data import images
+
+  rng = np.random.default_rng(0)
+  records = [{"image": rng.integers(0, 256, size=(int(h), int(w), 3), dtype=np.uint8), "label": i % 5}
+             for i, (h, w) in enumerate(rng.integers(20, 60, size=(12, 2)))]
+  monkeypatch.setattr(images, "load_data_source", lambda name, split, data_dir: records)
+  c = tiny_lm().data
+  c.update(dict(name="tfds_images", data_dir="/unused", image_size=16))
+  c.tfds_name = "imagenet2012"
+  ev = next(pipeline.build(c, split="validation", seed=0, train=False, batch_size=4))
+  assert ev["inputs"].shape == (4, 16, 16, 3) and ev["targets"].tolist() == [0, 1, 2, 3]
+  c.augment.update(dict(random_resized_crop=16, flip=True))
+  tr = next(pipeline.build(c, split="train", seed=0, train=True, batch_size=4))
+  assert tr["inputs"].shape == (4, 16, 16, 3) and np.isfinite(tr["inputs"]).all()
+
+
+def test_random_resized_crop_needs_matching_image_size():
+  c = tiny_lm()
+  c.data.augment.random_resized_crop = 64
+  with pytest.raises(ConfigError, match=r"random_resized_crop=64 needs data.image_size=64"):
+    validate(c)
+  c.data.image_size = 64
+  validate(c)
 
 
 def test_label_smoothing_and_soft_targets_in_loss():

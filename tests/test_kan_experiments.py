@@ -30,24 +30,27 @@ def test_configs_validate_and_build(module, arg):
   assert sum(np.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param))) > 0
 
 
-@pytest.mark.parametrize("module,arg,classes,padding", [
-  (kat, "model=kat_s", 1000, 28), (kat, "model=deit_t", 1000, 28), (karat, "attention=karat", 10, 4),
-  (karat, "attention=softmax,data=cifar100", 100, 4),
+@pytest.mark.parametrize("module,arg,classes,crop,padding,side", [
+  (kat, "model=kat_s", 1000, 224, 0, 224), (kat, "model=deit_t", 1000, 224, 0, 224),
+  (karat, "attention=karat", 10, 0, 4, 32), (karat, "attention=softmax,data=cifar100", 100, 0, 4, 32),
 ])
-def test_full_scale_vit_recipes_use_deit_augmentations(module, arg, classes, padding):
-  """ImageNet / CIFAR configs: mixup 0.8, cutmix 1.0, label smoothing 0.1, padded random crop + flip,
-  soft targets over the model's classes; the pipeline's transforms build from them and apply."""
+def test_full_scale_vit_recipes_use_deit_augmentations(module, arg, classes, crop, padding, side):
+  """ImageNet / CIFAR configs: mixup 0.8, cutmix 1.0, label smoothing 0.1, flips, random-resized crop
+  (ImageNet, from images of any size) or padded random crop (CIFAR), soft targets over the model's
+  classes; the pipeline's transforms build from them and apply."""
   config = module.get_config(arg)
   config.lock()
   validate(config, num_devices=1, process_count=1)
   aug = config.data.augment
-  assert (aug.mixup_alpha, aug.cutmix_alpha, aug.flip, aug.crop_padding) == (0.8, 1.0, True, padding)
+  assert (aug.mixup_alpha, aug.cutmix_alpha, aug.flip) == (0.8, 1.0, True)
+  assert (aug.random_resized_crop, aug.crop_padding, config.data.image_size) == (crop, padding, crop)
   assert aug.num_classes == config.model.n_classes == classes and config.train.label_smoothing == 0.1
   rng = np.random.default_rng(0)
-  images = rng.normal(size=(4, 2 * padding, 2 * padding, 3)).astype(np.float32)
-  example = augment.example_transform(aug)({"inputs": images[0]}, rng)
+  stored = (300, 450) if crop else (side, side)  # ImageNet images come in any size
+  example = augment.example_transform(aug)({"inputs": rng.normal(size=(*stored, 3)).astype(np.float32)}, rng)
+  images = rng.normal(size=(4, side, side, 3)).astype(np.float32)
   batch = augment.batch_transform(aug)({"inputs": images, "targets": np.arange(4) % classes}, rng)
-  assert example["inputs"].shape == images[0].shape and batch["targets"].shape == (4, classes)
+  assert example["inputs"].shape == (side, side, 3) and batch["targets"].shape == (4, classes)
   np.testing.assert_allclose(batch["targets"].sum(-1), 1.0, rtol=1e-6)
   local = module.get_config("local").data.augment  # CPU variants stay unaugmented
   assert augment.example_transform(local) is None and augment.batch_transform(local) is None

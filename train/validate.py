@@ -80,6 +80,10 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   for key in ("log_every", "eval_every", "ckpt_every"):
     _require(t[key] > 0, f"train.{key} must be > 0, got {t[key]}")
   check_grid_extend(config)
+  crop = d.get("augment", {}).get("random_resized_crop", 0)
+  _require(not crop or crop == d.get("image_size", 0),
+           f"data.augment.random_resized_crop={crop} needs data.image_size={crop} (the side every image is "
+           f"brought to), got {d.get('image_size', 0)}")
   _require(d.get("read_threads", -1) >= -1,
            f"data.read_threads must be -1 (auto), 0 (read in the loop's thread) or a thread count, got "
            f"{d.get('read_threads')}")

@@ -1,17 +1,62 @@
-"""Training-time image augmentations: random crop (zero-padded) and horizontal flip per example,
-mixup / cutmix per batch (soft targets). Seeded through grain, so a resumed run sees the same
-augmented batches. Label smoothing lives in the loss (`train.label_smoothing`).
+"""Training-time image augmentations: random-resized crop, random crop (zero-padded) and horizontal
+flip per example, mixup / cutmix per batch (soft targets). Seeded through grain, so a resumed run
+sees the same augmented batches. Label smoothing lives in the loss (`train.label_smoothing`).
 
-Config (`data.augment`): crop_padding (pixels, 0 = off), flip (bool), mixup_alpha, cutmix_alpha
-(0 = off; with both set, each batch uses one of them at random), num_classes (for soft targets).
+Config (`data.augment`): random_resized_crop (output side in pixels, 0 = off: Inception / DeiT crop
+of 8-100% of the area at aspect 3/4..4/3, resized), crop_padding (pixels, 0 = off), flip (bool),
+mixup_alpha, cutmix_alpha (0 = off; with both set, each batch uses one of them at random),
+num_classes (for soft targets).
 """
 
+import math
+
 import numpy as np
+from PIL import Image
+
+RRC_SCALE = (0.08, 1.0)  # area fraction of the crop
+RRC_RATIO = (3 / 4, 4 / 3)  # aspect ratio w / h, sampled log-uniformly
 
 
-def crop_flip(example: dict, rng: np.random.Generator, *, padding: int, flip: bool) -> dict:
-  """inputs [H, W, C]: pad by `padding` and crop back at a random offset; flip left-right w.p. 1/2."""
+def resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Bilinear (antialiased when shrinking) resize of x [H, W, C] float32 to [height, width, C]."""
+  channels = [np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c], np.float32), mode="F")
+                         .resize((width, height), Image.Resampling.BILINEAR)) for c in range(x.shape[-1])]
+  return np.stack(channels, axis=-1)
+
+
+def resize_center_crop(x: np.ndarray, size: int, crop_fraction: float = 0.875) -> np.ndarray:
+  """Evaluation view: shorter side resized to size / crop_fraction (256 for 224), centre size x size."""
+  h, w = x.shape[:2]
+  short = round(size / crop_fraction)
+  x = resize(x, max(short, round(h * short / w)), max(short, round(w * short / h)))
+  i, j = (x.shape[0] - size) // 2, (x.shape[1] - size) // 2
+  return x[i:i + size, j:j + size]
+
+
+def random_resized_crop(x: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+  """Inception-style crop of x [H, W, C]: area RRC_SCALE, aspect RRC_RATIO (10 tries, then the
+  largest centred crop within the ratio range), resized to [size, size, C]."""
+  h, w = x.shape[:2]
+  log_ratio = np.log(RRC_RATIO)
+  for _ in range(10):
+    area = h * w * rng.uniform(*RRC_SCALE)
+    ratio = math.exp(rng.uniform(*log_ratio))
+    cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+    if 0 < cw <= w and 0 < ch <= h:
+      i, j = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+      return resize(x[i:i + ch, j:j + cw], size, size)
+  ratio = np.clip(w / h, *RRC_RATIO)
+  cw, ch = (w, round(w / ratio)) if w / h <= ratio else (round(h * ratio), h)
+  i, j = (h - ch) // 2, (w - cw) // 2
+  return resize(x[i:i + ch, j:j + cw], size, size)
+
+
+def crop_flip(example: dict, rng: np.random.Generator, *, padding: int, flip: bool, resized_crop: int = 0) -> dict:
+  """inputs [H, W, C]: random-resized crop to resized_crop x resized_crop (if > 0); pad by `padding`
+  and crop back at a random offset; flip left-right w.p. 1/2."""
   x = example["inputs"]
+  if resized_crop:
+    x = random_resized_crop(x, rng, resized_crop)
   if padding:
     h, w = x.shape[:2]
     padded = np.pad(x, ((padding, padding), (padding, padding), (0, 0)))
@@ -46,10 +91,11 @@ def mix_batch(batch: dict, rng: np.random.Generator, *, mixup_alpha: float, cutm
 
 def example_transform(cfg):
   """(example, rng) -> example for grain's random_map, or None when nothing is configured."""
-  if not cfg or not (cfg.get("crop_padding", 0) or cfg.get("flip", False)):
+  kw = dict(resized_crop=int(cfg.get("random_resized_crop", 0)) if cfg else 0,
+            padding=int(cfg.get("crop_padding", 0)) if cfg else 0, flip=bool(cfg.get("flip", False)) if cfg else False)
+  if not any(kw.values()):
     return None
-  padding, flip = int(cfg.get("crop_padding", 0)), bool(cfg.get("flip", False))
-  return lambda ex, rng: crop_flip(ex, rng, padding=padding, flip=flip)
+  return lambda ex, rng: crop_flip(ex, rng, **kw)
 
 
 def batch_transform(cfg):

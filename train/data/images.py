@@ -9,6 +9,7 @@ import os
 import grain
 import numpy as np
 
+from train.data.augment import resize_center_crop
 from train.data.local_text_builder import default_data_dir
 from train.data.tfds_text import load_data_source
 
@@ -77,14 +78,26 @@ _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def tfds_source(cfg, *, split: str, seed: int) -> grain.MapDataset:
-  """A TFDS image dataset by name (prepared as ArrayRecord under data_dir), standardised."""
+  """A TFDS image dataset by name (prepared as ArrayRecord under data_dir), standardised.
+
+  data.image_size = S > 0 brings images of any size to S x S: the shorter side resized to S / 0.875
+  and the centre S x S kept, except for training with data.augment.random_resized_crop, which crops
+  from the full image (ImageNet's recipe). 0 keeps the stored size (CIFAR, MNIST).
+  """
   del seed
   name = cfg.tfds_name
   ds = grain.MapDataset.source(load_data_source(name, split, cfg.data_dir or default_data_dir()))
   mean, std = (np.asarray(v, np.float32) for v in _MEAN_STD.get(name.split(":")[0], _IMAGENET))
+  size = int(cfg.get("image_size", 0))
+  resized_crop = _is_train(cfg, split) and cfg.get("augment") and cfg.augment.get("random_resized_crop", 0)
+  if resized_crop and resized_crop != size:
+    raise ValueError(f"data.augment.random_resized_crop={resized_crop} must equal data.image_size={size} "
+                     "(the model's input side)")
 
   def to_example(record) -> dict[str, np.ndarray]:
     image = (np.asarray(record["image"], np.float32) / 255.0 - mean) / std
+    if size and not resized_crop:
+      image = resize_center_crop(image, size)
     return {"inputs": image, "targets": np.int32(record["label"]), "weights": np.float32(1.0)}
 
   return ds.map(to_example)
