@@ -75,8 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
     name="text", seq_len=256, batch_size=16, eval_split="validation", train_split="train",
     data_dir="", read_threads=-1,  # -1: 0 (read in the loop's thread) for in-memory sources, else 16
     image_size=0,  # tfds_images: bring images to image_size x image_size (0: as stored)
-    augment=ml_collections.ConfigDict(dict(random_resized_crop=0, crop_padding=0, flip=False, mixup_alpha=0.0,
-                                           cutmix_alpha=0.0, num_classes=0)),
+    augment=ml_collections.ConfigDict(dict(random_resized_crop=0, crop_padding=0, flip=False, erase_prob=0.0,
+                                           mixup_alpha=0.0, cutmix_alpha=0.0, num_classes=0)),
   ))
 
   c.optim = ml_collections.ConfigDict(dict(
@@ -129,13 +129,13 @@ def adamw(lr: float = 3e-4, *, warmup: int = 1000, schedule: str = "cosine", cli
 def deit_augment(*, num_classes: int, image_size: int, resized_crop: bool) -> dict:
   """DeiT's augmentations as far as train/data/augment.py provides them, to `config.data.augment.update(...)`
   with: mixup 0.8 and cutmix 1.0 (one of the two per batch, DeiT's switch probability 0.5), horizontal
-  flips, and either the random-resized crop to image_size (ImageNet: set data.image_size too) or, for
-  small stored images (CIFAR), a random crop zero-padded by 1/8 of the side (the usual 4 px at 32).
-  Label smoothing 0.1 is `train.label_smoothing`. Not available: RandAugment, random erasing, repeated
-  augmentation.
+  flips, random erasing with probability 0.25, and either the random-resized crop to image_size
+  (ImageNet: set data.image_size too) or, for small stored images (CIFAR), a random crop zero-padded
+  by 1/8 of the side (the usual 4 px at 32). Label smoothing 0.1 is `train.label_smoothing`.
+  Not available: RandAugment, repeated augmentation.
   """
   crop = dict(random_resized_crop=image_size) if resized_crop else dict(crop_padding=image_size // 8)
-  return dict(flip=True, mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=num_classes, **crop)
+  return dict(flip=True, erase_prob=0.25, mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=num_classes, **crop)
 
 
 def text_data(c: ml_collections.ConfigDict, *, corpus: str = "stdlib", seq_len: int = 256) -> None:

@@ -7,7 +7,7 @@ by all layers ("universal"); everything else is the same ViT.
 CIFAR-10 scale (TFDS cifar10 prepared under data_dir; GPU/TPU), ViT-T (d=192, 12 layers, 3 heads) on
 32x32 images with 4x4 patches (65 tokens), a DeiT-style recipe (AdamW lr 1e-3 at batch 512, wd 0.05,
 cosine, 10 warm-up epochs, 100 epochs, label smoothing 0.1, mixup 0.8 / cutmix 1.0, random crop with
-4 px padding + horizontal flip, `common.deit_augment`; the paper's exact CIFAR schedule is not
+4 px padding, horizontal flip, random erasing 0.25, `common.deit_augment`; the paper's exact CIFAR schedule is not
 reproduced here; local runs use no augmentation):
   python -m train --config experiments/karat.py:attention=karat --workdir runs/karat_cifar10
   python -m train --config experiments/karat.py:attention=softmax --workdir runs/vit_cifar10

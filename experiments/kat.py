@@ -5,8 +5,8 @@ KAT replaces every ViT MLP by GR-KAN: group rational (identity init) -> Linear -
 
 Paper scale (ImageNet-1K prepared for TFDS under data_dir; GPU/TPU), KAT's recipe (DeiT's): AdamW lr 1e-3
 at batch 1024, wd 0.05, cosine, 5 warm-up epochs, 300 epochs, label smoothing 0.1, mixup 0.8 / cutmix 1.0,
-RandomResizedCrop to 224 (evaluation: resize to 256, centre 224) + horizontal flip (`common.deit_augment`;
-DeiT's RandAugment and random erasing are not implemented):
+RandomResizedCrop to 224 (evaluation: resize to 256, centre 224), horizontal flip, random erasing 0.25
+(`common.deit_augment`; DeiT's RandAugment is not implemented):
   python -m train --config experiments/kat.py:model=kat_s --workdir runs/kat_s
   python -m train --config experiments/kat.py:model=deit_s --workdir runs/deit_s
 Local (2 CPU cores, a few minutes; a 4-layer d=64 ViT on MNIST-1D, or data=digits):

@@ -120,15 +120,24 @@ def test_missing_tfds_dataset_is_a_clear_error(tmp_path):
     pipeline.build(c, split="train", seed=0, train=True, batch_size=2)
 
 
-def test_crop_flip_and_mixing_augmentations():
-  from train.data.augment import crop_flip, mix_batch
+def test_crop_flip_erase_and_mixing_augmentations():
+  from train.data.augment import augment_example, mix_batch, random_erase
 
   rng = np.random.default_rng(0)
   img = np.arange(4 * 4 * 1, dtype=np.float32).reshape(4, 4, 1) + 1
-  flips = [crop_flip({"inputs": img}, np.random.default_rng(s), padding=0, flip=True)["inputs"] for s in range(20)]
+  flips = [augment_example({"inputs": img}, np.random.default_rng(s), padding=0, flip=True)["inputs"]
+           for s in range(20)]
   assert any(np.array_equal(f, img[:, ::-1]) for f in flips) and any(np.array_equal(f, img) for f in flips)
-  cropped = crop_flip({"inputs": img}, rng, padding=2, flip=False)["inputs"]
+  cropped = augment_example({"inputs": img}, rng, padding=2, flip=False)["inputs"]
   assert cropped.shape == img.shape and set(np.unique(cropped)) <= set(np.unique(img)) | {0.0}
+  big = np.full((40, 40, 3), 7.0, np.float32)
+  erased = [random_erase(big, np.random.default_rng(s)) != 7.0 for s in range(20)]  # the box is noise
+  fractions = [e.all(-1).mean() for e in erased]
+  assert all(0.02 * 0.8 <= f <= 1 / 3 * 1.2 for f in fractions) and len(set(fractions)) > 5
+  assert all(np.array_equal(e.any(-1), e.all(-1)) for e in erased)  # whole pixels, every channel
+  kept = [augment_example({"inputs": big}, np.random.default_rng(s), padding=0, flip=False, erase_prob=0.25)
+          for s in range(40)]
+  assert 0 < sum(not np.array_equal(k["inputs"], big) for k in kept) < 25  # about a quarter erased
   batch = {"inputs": rng.normal(size=(8, 6, 6, 3)).astype(np.float32), "targets": np.arange(8) % 4,
            "weights": np.ones(8, np.float32)}
   for kw in (dict(mixup_alpha=0.4, cutmix_alpha=0.0), dict(mixup_alpha=0.0, cutmix_alpha=1.0)):

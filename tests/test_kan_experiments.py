@@ -42,7 +42,7 @@ def test_full_scale_vit_recipes_use_deit_augmentations(module, arg, classes, cro
   config.lock()
   validate(config, num_devices=1, process_count=1)
   aug = config.data.augment
-  assert (aug.mixup_alpha, aug.cutmix_alpha, aug.flip) == (0.8, 1.0, True)
+  assert (aug.mixup_alpha, aug.cutmix_alpha, aug.flip, aug.erase_prob) == (0.8, 1.0, True, 0.25)
   assert (aug.random_resized_crop, aug.crop_padding, config.data.image_size) == (crop, padding, crop)
   assert aug.num_classes == config.model.n_classes == classes and config.train.label_smoothing == 0.1
   rng = np.random.default_rng(0)

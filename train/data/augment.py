@@ -1,11 +1,13 @@
-"""Training-time image augmentations: random-resized crop, random crop (zero-padded) and horizontal
-flip per example, mixup / cutmix per batch (soft targets). Seeded through grain, so a resumed run
-sees the same augmented batches. Label smoothing lives in the loss (`train.label_smoothing`).
+"""Training-time image augmentations: random-resized crop, random crop (zero-padded), horizontal
+flip and random erasing per example, mixup / cutmix per batch (soft targets). Seeded through grain,
+so a resumed run sees the same augmented batches. Label smoothing lives in the loss
+(`train.label_smoothing`).
 
 Config (`data.augment`): random_resized_crop (output side in pixels, 0 = off: Inception / DeiT crop
 of 8-100% of the area at aspect 3/4..4/3, resized), crop_padding (pixels, 0 = off), flip (bool),
-mixup_alpha, cutmix_alpha (0 = off; with both set, each batch uses one of them at random),
-num_classes (for soft targets).
+erase_prob (random erasing as DeiT / timm: with this probability one box of 2-33% of the area, aspect
+0.3..3.3, is filled with N(0, 1) noise in the standardised image; 0 = off), mixup_alpha, cutmix_alpha
+(0 = off; with both set, each batch uses one of them at random), num_classes (for soft targets).
 """
 
 import math
@@ -15,6 +17,8 @@ from PIL import Image
 
 RRC_SCALE = (0.08, 1.0)  # area fraction of the crop
 RRC_RATIO = (3 / 4, 4 / 3)  # aspect ratio w / h, sampled log-uniformly
+ERASE_SCALE = (0.02, 1 / 3)  # random erasing: area fraction of the box
+ERASE_RATIO = (0.3, 1 / 0.3)  # and its aspect ratio, sampled log-uniformly
 
 
 def resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -51,9 +55,26 @@ def random_resized_crop(x: np.ndarray, rng: np.random.Generator, size: int) -> n
   return resize(x[i:i + ch, j:j + cw], size, size)
 
 
-def crop_flip(example: dict, rng: np.random.Generator, *, padding: int, flip: bool, resized_crop: int = 0) -> dict:
+def random_erase(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """x [H, W, C] with one random box (ERASE_SCALE of the area, ERASE_RATIO aspect; 10 tries) replaced
+  by standard-normal noise; unchanged if no box fits."""
+  h, w = x.shape[:2]
+  for _ in range(10):
+    area = h * w * rng.uniform(*ERASE_SCALE)
+    ratio = math.exp(rng.uniform(*np.log(ERASE_RATIO)))
+    eh, ew = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+    if 0 < eh < h and 0 < ew < w:
+      i, j = rng.integers(0, h - eh + 1), rng.integers(0, w - ew + 1)
+      x = x.copy()
+      x[i:i + eh, j:j + ew] = rng.standard_normal((eh, ew, x.shape[2])).astype(x.dtype)
+      return x
+  return x
+
+
+def augment_example(example: dict, rng: np.random.Generator, *, padding: int, flip: bool, resized_crop: int = 0,
+                    erase_prob: float = 0.0) -> dict:
   """inputs [H, W, C]: random-resized crop to resized_crop x resized_crop (if > 0); pad by `padding`
-  and crop back at a random offset; flip left-right w.p. 1/2."""
+  and crop back at a random offset; flip left-right w.p. 1/2; random erasing w.p. erase_prob."""
   x = example["inputs"]
   if resized_crop:
     x = random_resized_crop(x, rng, resized_crop)
@@ -64,6 +85,8 @@ def crop_flip(example: dict, rng: np.random.Generator, *, padding: int, flip: bo
     x = padded[i:i + h, j:j + w]
   if flip and rng.random() < 0.5:
     x = x[:, ::-1]
+  if erase_prob and rng.random() < erase_prob:
+    x = random_erase(x, rng)
   return {**example, "inputs": np.ascontiguousarray(x)}
 
 
@@ -91,11 +114,12 @@ def mix_batch(batch: dict, rng: np.random.Generator, *, mixup_alpha: float, cutm
 
 def example_transform(cfg):
   """(example, rng) -> example for grain's random_map, or None when nothing is configured."""
-  kw = dict(resized_crop=int(cfg.get("random_resized_crop", 0)) if cfg else 0,
-            padding=int(cfg.get("crop_padding", 0)) if cfg else 0, flip=bool(cfg.get("flip", False)) if cfg else False)
+  cfg = cfg or {}
+  kw = dict(resized_crop=int(cfg.get("random_resized_crop", 0)), padding=int(cfg.get("crop_padding", 0)),
+            flip=bool(cfg.get("flip", False)), erase_prob=float(cfg.get("erase_prob", 0.0)))
   if not any(kw.values()):
     return None
-  return lambda ex, rng: crop_flip(ex, rng, **kw)
+  return lambda ex, rng: augment_example(ex, rng, **kw)
 
 
 def batch_transform(cfg):
