@@ -10,11 +10,14 @@ launch scripts, then the table from the finished runs:
   python -m train.sweep --config experiments/mqar_study.py --emit slurm
   python -m experiments.mqar_study --scale paper
 One cell through the shared CLI (e.g. with more steps):
-  python -m train --config experiments/mqar_study.py:local,mixer=gla,width=64,pairs=16 --workdir runs/mqar/x \\
+  python -m train --config experiments/mqar_study.py:local,mixer=gla,width=64,pairs=8 --workdir runs/mqar/x \\
     --config.train.steps=3000
-Local grid (2 CPU cores; 54 runs of minutes each): python -m experiments.mqar_study --parallel 2
-Recall emerges late: at 300 steps (d=64, 16 pairs) even attention is near chance (measured 0.05), so
-give local runs a few thousand steps before reading the table.
+Local grid (2 CPU cores; 54 runs of about a minute each; vocab 32, 32 tokens, 2..8 pairs, 2000 steps):
+  python -m experiments.mqar_study --parallel 2
+Measured locally (width 64, 4 pairs; answer accuracy at steps 1000 / 2000): DeltaNet 1.00 / 1.00,
+Gated DeltaNet 0.94 / 1.00, RetNet 0.58 / 0.57, GLA 0.46 / 0.55, linear attention 0.54 / 0.54, softmax
+attention 0.34 / 0.44 (attention's induction mechanism forms late at this scale: an independent minimal
+JAX transformer on the same data learns at the same rate).
 Runs the grid with train.sweep (finished runs are skipped), then writes <root>/mqar_study.json, a
 markdown table and <root>/mqar_study.png (accuracy vs width, one panel per number of pairs) next to
 train.report's table and plots. Expect (Zoology, Gated DeltaNet paper): attention ~1.0 everywhere;
@@ -30,7 +33,7 @@ from experiments import common
 
 MIXERS = ("attention", "linear_attention", "retnet", "gla", "delta_net", "gated_delta_net")
 SCALES = {  # vocab, seq_len, train steps, batch, default widths and pair counts
-  "local": dict(vocab_size=256, seq_len=128, steps=400, batch_size=32, widths=(32, 64, 128), pairs=(8, 16, 32)),
+  "local": dict(vocab_size=32, seq_len=32, steps=2000, batch_size=32, widths=(32, 64, 128), pairs=(2, 4, 8)),
   "paper": dict(vocab_size=8192, seq_len=512, steps=20000, batch_size=256, widths=(64, 128, 256, 512),
                 pairs=(32, 64, 128)),
 }
@@ -46,7 +49,7 @@ def get_config(arg: str | None = None):
   c.model.update(dict(d_model=arg.width, n_heads=arg.heads, d_ff=2 * arg.width))
   c.model.blocks = common.blocks(arg.mixer, "swiglu", 2)
   c.data.batch_size = s["batch_size"]
-  c.optim.update(common.adamw(lr=3e-3 if arg.local else 1e-3, warmup=s["steps"] // 10, weight_decay=0.0))
+  c.optim.update(common.adamw(lr=1e-3, warmup=s["steps"] // 10, weight_decay=0.0))
   n_eval = 4 if arg.local else 16
   c.train.update(dict(steps=s["steps"], log_every=20, eval_every=s["steps"], eval_steps=n_eval,
                       ckpt_every=s["steps"], progress=False, tensorboard=False))

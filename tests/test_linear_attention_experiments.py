@@ -14,7 +14,7 @@ SPECS = (
      for size in ("local,", "size=1.3b,")]
   + [f"experiments/hybrid.py:local,task=mqar,ratio={r}" for r in (0, 1, 3)]
   + [f"experiments/hybrid.py:ratio={r}" for r in (0, 3, 6)]
-  + [f"experiments/mqar_study.py:local,mixer={m},width=32,pairs=32" for m in mqar_study.MIXERS]
+  + [f"experiments/mqar_study.py:local,mixer={m},width=32,pairs=8" for m in mqar_study.MIXERS]
   + [f"experiments/mqar_study.py:mixer={m},width=512,pairs=128" for m in mqar_study.MIXERS]
 )
 
