@@ -27,12 +27,12 @@ KINDS = ("mixer", "ffn", "activation", "norm")
 _ENTRIES: dict[str, dict[str, str]] = {
   "mixer": {
     "attention": "layers.attention.softmax:attention",
-    "linear_attention": "layers.linear_attention.linear_attention_layer:linear_attention",
-    "retnet": "layers.linear_attention.retnet:retnet",
-    "gla": "layers.linear_attention.gla_layer:gla_mixer",
-    "delta_net": "layers.linear_attention.delta_net:delta_net",
-    "gated_delta_net": "layers.linear_attention.delta_net:gated_delta_net",
-    "mamba2": "layers.linear_attention.mamba2:mamba2",
+    "linear_attention": "layers.linear_attention.mixers.linear_attention:linear_attention",
+    "retnet": "layers.linear_attention.mixers.retnet:retnet",
+    "gla": "layers.linear_attention.mixers.gla:gla_mixer",
+    "delta_net": "layers.linear_attention.mixers.delta_net:delta_net",
+    "gated_delta_net": "layers.linear_attention.mixers.delta_net:gated_delta_net",
+    "mamba2": "layers.linear_attention.mixers.mamba2:mamba2",
     "mom": "layers.moe.mom:mom",
     "karat": "layers.kan.karat:karat",
   },

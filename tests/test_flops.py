@@ -10,7 +10,7 @@ from flax import nnx
 from layers import registry
 from layers.context import LayerContext
 from layers.flops import causal_context, forward_flops_per_token
-from layers.linear_attention.flops import recurrence_flops_per_token
+from layers.linear_attention.ops.cost import recurrence_flops_per_token
 
 CTX = LayerContext(d_model=32, n_heads=2, n_kv_heads=2, d_ff=64)
 T = 64

@@ -11,8 +11,8 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from layers import registry
 from layers.context import LayerContext
-from layers.linear_attention import decay_gate, feature_maps, short_conv
-from layers.linear_attention.retnet import retention_log_decay
+from layers.linear_attention.mixers import decay_gate, feature_maps, short_conv
+from layers.linear_attention.mixers.retnet import retention_log_decay
 
 B, T, D = 2, 21, 32  # T spans 3 chunks of 8 with padding, so the chunk path really chunks
 CHUNK = 8

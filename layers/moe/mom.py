@@ -20,7 +20,7 @@ from layers.aux import AuxLoss, LayerMetric
 from layers.context import LayerContext
 from layers.core import Linear, make_param
 from layers.linear_attention import gated_delta_rule
-from layers.linear_attention.flops import recurrence_flops_per_token
+from layers.linear_attention.ops.cost import recurrence_flops_per_token
 from layers.moe import losses
 from layers.moe.routing import top_k_route
 from layers.norms import rms_norm

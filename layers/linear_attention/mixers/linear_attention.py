@@ -10,10 +10,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from layers.context import LayerContext
-from layers.linear_attention.feature_maps import FeatureMap
-from layers.linear_attention.head_norm import HeadNorm
-from layers.linear_attention.linear_attn import linear_attn
-from layers.linear_attention.recurrent_mixer import Cache, RecurrentMixer, split_heads
+from layers.linear_attention.mixers.feature_maps import FeatureMap
+from layers.linear_attention.mixers.head_norm import HeadNorm
+from layers.linear_attention.mixers.recurrent_mixer import Cache, RecurrentMixer, split_heads
+from layers.linear_attention.ops import linear_attn
 
 
 class LinearAttention(RecurrentMixer):

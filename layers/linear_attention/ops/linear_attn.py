@@ -3,8 +3,8 @@
 import jax
 import jax.numpy as jnp
 
-from layers.linear_attention import op_utils
-from layers.linear_attention.simple_gla import chunk_scalar_gate
+from layers.linear_attention.ops import common
+from layers.linear_attention.ops.chunk_forms import chunk_scalar_gate
 
 
 def linear_attn(
@@ -26,7 +26,7 @@ def linear_attn(
   output_final_state). mode: "recurrent" (scan, the specification), "chunk" (the scalar-gate
   chunk form of simple_gla without gates), "parallel" (one chunk over the whole sequence).
   """
-  return op_utils.run(_recurrent, _chunk, q, k, v, (), scale=scale, initial_state=initial_state,
+  return common.run(_recurrent, _chunk, q, k, v, (), scale=scale, initial_state=initial_state,
                       output_final_state=output_final_state, mode=mode, chunk_size=chunk_size)
 
 
@@ -36,7 +36,7 @@ def _recurrent(q, k, v, s0):
     s = s + k_t[..., :, None] * v_t[..., None, :]
     return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
 
-  return op_utils.scan_time(step, s0, (q, k, v))
+  return common.scan_time(step, s0, (q, k, v))
 
 
 def _chunk(q, k, v, s0, size):

@@ -2,7 +2,7 @@
 
 DeltaNet:        S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T
 Gated DeltaNet:  S_t = a_t S_{t-1} + beta_t k_t (v_t - a_t S_{t-1}^T k_t)^T,  log a_t = g_t
-                 g_t = -exp(A_log) softplus(W_a x_t + dt_bias)   (layers.linear_attention.decay_gate)
+                 g_t = -exp(A_log) softplus(W_a x_t + dt_bias)   (layers.linear_attention.mixers.decay_gate)
 Both: q, k, v pass a short causal depthwise conv + SiLU; q, k are L2-normalised per head (so the
 delta-rule update is a contraction); beta = sigmoid(W_b x) (x2 with allow_neg_eigval, so the state
 transition I - beta k k^T may have negative eigenvalues); per-head RMSNorm on the readout, gated by
@@ -14,11 +14,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from layers.context import LayerContext
-from layers.linear_attention.decay_gate import DecayGate
-from layers.linear_attention.delta_rule import delta_rule
-from layers.linear_attention.gated_delta_rule import gated_delta_rule
-from layers.linear_attention.head_norm import HeadNorm
-from layers.linear_attention.recurrent_mixer import Cache, RecurrentMixer, l2_normalize, split_heads
+from layers.linear_attention.mixers.decay_gate import DecayGate
+from layers.linear_attention.mixers.head_norm import HeadNorm
+from layers.linear_attention.mixers.recurrent_mixer import Cache, RecurrentMixer, l2_normalize, split_heads
+from layers.linear_attention.ops import delta_rule, gated_delta_rule
 
 
 class DeltaNet(RecurrentMixer):

@@ -12,9 +12,9 @@ from flax import nnx
 
 from layers.attention.rope import apply_rope
 from layers.context import LayerContext
-from layers.linear_attention.head_norm import HeadNorm
-from layers.linear_attention.recurrent_mixer import Cache, RecurrentMixer, split_heads
-from layers.linear_attention.simple_gla import simple_gla
+from layers.linear_attention.mixers.head_norm import HeadNorm
+from layers.linear_attention.mixers.recurrent_mixer import Cache, RecurrentMixer, split_heads
+from layers.linear_attention.ops import simple_gla
 
 
 def retention_log_decay(n_heads: int) -> np.ndarray:

@@ -13,9 +13,9 @@ from flax import nnx
 
 from layers.context import LayerContext
 from layers.core import make_param
-from layers.linear_attention.decay_gate import DecayGate
-from layers.linear_attention.recurrent_mixer import Cache, RecurrentMixer, split_heads
-from layers.linear_attention.simple_gla import simple_gla
+from layers.linear_attention.mixers.decay_gate import DecayGate
+from layers.linear_attention.mixers.recurrent_mixer import Cache, RecurrentMixer, split_heads
+from layers.linear_attention.ops import simple_gla
 from layers.norms import RMSNorm
 
 

@@ -1,49 +1,42 @@
-"""Gated delta rule (Gated DeltaNet): S_t = exp(g_t) S_{t-1} + β_t k_t (v_t − exp(g_t) S_{t-1}ᵀ k_t)ᵀ."""
+"""Chunkwise-parallel forms shared by several ops (the fast forms; each op's `_recurrent` is its spec).
+
+chunk_scalar_gate: scalar log decay per step (simple_gla; linear_attn without gates).
+chunk_delta:       the WY/UT form of the delta rule (gated_delta_rule; delta_rule without gates).
+"""
 
 import jax
 import jax.numpy as jnp
 
-from layers.linear_attention import op_utils
+from layers.linear_attention.ops import common
 
 
-def gated_delta_rule(
-  q: jax.Array,
-  k: jax.Array,
-  v: jax.Array,
-  g: jax.Array,
-  beta: jax.Array,
-  *,
-  scale: float | None = None,
-  initial_state: jax.Array | None = None,
-  output_final_state: bool = False,
-  mode: str = "chunk",
-  chunk_size: int = 64,
-) -> tuple[jax.Array, jax.Array | None]:
-  """Delta-rule state update with a scalar log decay g_t <= 0 per head and step.
+def chunk_scalar_gate(
+  q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None, s0: jax.Array, size: int
+) -> tuple[jax.Array, jax.Array]:
+  """Chunkwise form for a scalar log gate per step (g None: no decay, plain linear attention).
 
-  S_t = exp(g_t) S_{t-1} + β_t k_t (v_t − exp(g_t) S_{t-1}ᵀ k_t)ᵀ,  o_t = S_tᵀ (scale q_t).
-  q, k [B, T, H, K] (L2-normalise them first: the caller's job); v [B, T, H, V];
-  g, beta [B, T, H]; initial_state [B, H, K, V].
-  Returns o [B, T, H, V] in q's dtype and the final state [B, H, K, V] in fp32 (None unless
-  output_final_state). mode: "recurrent" (scan, the specification), "chunk" (WY/UT transform with
-  a triangular solve per chunk, the fast form), "parallel" (one chunk over the whole sequence).
+  q, k [B, T, H, K], v [B, T, H, V], g [B, T, H] fp32 with T a multiple of `size`.
+  Within a chunk, b_t = g_1 + ... + g_t (local cumsum, <= 0 and decreasing) and
+    o_t     = exp(b_t) q_t S_n + sum_{s<=t} exp(b_t - b_s) (q_t . k_s) v_s
+    S_{n+1} = exp(b_C) S_n + sum_s exp(b_C - b_s) k_s v_sᵀ
+  Every exponent is <= 0, so nothing overflows whatever the decay.
   """
-  b, t, h, _ = q.shape
-  op_utils.check_shape("g", g, (b, t, h))
-  op_utils.check_shape("beta", beta, (b, t, h))
-  return op_utils.run(_recurrent, chunk_delta, q, k, v, (g, beta), scale=scale, initial_state=initial_state,
-                      output_final_state=output_final_state, mode=mode, chunk_size=chunk_size)
-
-
-def _recurrent(q, k, v, g, beta, s0):
-  def step(s, x):  # s [B, H, K, V]
-    q_t, k_t, v_t, g_t, b_t = x
-    s = jnp.exp(g_t)[..., None, None] * s
-    delta = b_t[..., None] * (v_t - jnp.einsum("bhkv,bhk->bhv", s, k_t))
-    s = s + k_t[..., :, None] * delta[..., None, :]
-    return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
-
-  return op_utils.scan_time(step, s0, (q, k, v, g, beta))
+  qc, kc, vc = (common.to_chunks(x, size) for x in (q, k, v))  # [B, H, N, C, K|V]
+  causal = jnp.tril(jnp.ones((size, size), bool))
+  if g is None:
+    decay_qk, q_in, k_out, chunk_decay = causal.astype(q.dtype), qc, kc, None
+  else:
+    cum = jnp.cumsum(common.to_chunks(g, size), axis=-1)  # [B, H, N, C]
+    last = cum[..., -1:]  # [B, H, N, 1]
+    decay_qk = common.masked_exp(cum[..., :, None] - cum[..., None, :], causal)  # [B, H, N, C, C]
+    q_in = qc * jnp.exp(cum)[..., None]
+    k_out = kc * jnp.exp(last - cum)[..., None]
+    chunk_decay = jnp.exp(last)  # [B, H, N, 1]
+  update = jnp.einsum("bhnck,bhncv->bhnkv", k_out, vc)  # sum_s exp(b_C - b_s) k_s v_sᵀ
+  starts, final = common.scan_chunk_states(s0, chunk_decay, update)
+  scores = jnp.einsum("bhnck,bhnsk->bhncs", qc, kc) * decay_qk  # masked, decayed q_t . k_s
+  o = jnp.einsum("bhncs,bhnsv->bhncv", scores, vc) + jnp.einsum("bhnck,bhnkv->bhncv", q_in, starts)
+  return common.from_chunks(o), final
 
 
 @jax.custom_vjp
@@ -93,19 +86,19 @@ def chunk_delta(
     S_{n+1} = exp(b_C) S_n + sum_s exp(b_C − b_s) k_s δ_sᵀ
   and only δ = U − W S_n and the state update run sequentially over chunks.
   """
-  qc, kc, vc = (op_utils.to_chunks(x, size) for x in (q, k, v))  # [B, H, N, C, K|V]
-  bc = op_utils.to_chunks(beta, size)  # [B, H, N, C]
+  qc, kc, vc = (common.to_chunks(x, size) for x in (q, k, v))  # [B, H, N, C, K|V]
+  bc = common.to_chunks(beta, size)  # [B, H, N, C]
   strict = jnp.tril(jnp.ones((size, size), bool), -1)
   causal = jnp.tril(jnp.ones((size, size), bool))
   if g is None:
     decay_strict, decay_causal = strict.astype(q.dtype), causal.astype(q.dtype)
     k_in, k_out, q_in, chunk_decay = kc, kc, qc, jnp.ones(bc.shape[:3], q.dtype)
   else:
-    cum = jnp.cumsum(op_utils.to_chunks(g, size), axis=-1)  # [B, H, N, C]
+    cum = jnp.cumsum(common.to_chunks(g, size), axis=-1)  # [B, H, N, C]
     last = cum[..., -1:]
     diff = cum[..., :, None] - cum[..., None, :]
-    decay_strict = op_utils.masked_exp(diff, strict)  # [B, H, N, C, C]
-    decay_causal = op_utils.masked_exp(diff, causal)
+    decay_strict = common.masked_exp(diff, strict)  # [B, H, N, C, C]
+    decay_causal = common.masked_exp(diff, causal)
     k_in = kc * jnp.exp(cum)[..., None]  # exp(b_t) k_t
     k_out = kc * jnp.exp(last - cum)[..., None]  # exp(b_C − b_s) k_s
     q_in = qc * jnp.exp(cum)[..., None]
@@ -127,4 +120,4 @@ def chunk_delta(
   starts, delta = jnp.moveaxis(starts, 0, 2), jnp.moveaxis(delta, 0, 2)  # [B, H, N, K, V], [B, H, N, C, V]
   scores = jnp.einsum("bhnck,bhnsk->bhncs", qc, kc) * decay_causal
   o = jnp.einsum("bhncs,bhnsv->bhncv", scores, delta) + jnp.einsum("bhnck,bhnkv->bhncv", q_in, starts)
-  return op_utils.from_chunks(o), final
+  return common.from_chunks(o), final

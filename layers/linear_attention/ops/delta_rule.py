@@ -3,8 +3,8 @@
 import jax
 import jax.numpy as jnp
 
-from layers.linear_attention import op_utils
-from layers.linear_attention.gated_delta_rule import chunk_delta
+from layers.linear_attention.ops import common
+from layers.linear_attention.ops.chunk_forms import chunk_delta
 
 
 def delta_rule(
@@ -29,8 +29,8 @@ def delta_rule(
   of gated_delta_rule without decay), "parallel" (one chunk over the whole sequence).
   """
   b, t, h, _ = q.shape
-  op_utils.check_shape("beta", beta, (b, t, h))
-  return op_utils.run(_recurrent, _chunk, q, k, v, (beta,), scale=scale, initial_state=initial_state,
+  common.check_shape("beta", beta, (b, t, h))
+  return common.run(_recurrent, _chunk, q, k, v, (beta,), scale=scale, initial_state=initial_state,
                       output_final_state=output_final_state, mode=mode, chunk_size=chunk_size)
 
 
@@ -41,7 +41,7 @@ def _recurrent(q, k, v, beta, s0):
     s = s + k_t[..., :, None] * delta[..., None, :]
     return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
 
-  return op_utils.scan_time(step, s0, (q, k, v, beta))
+  return common.scan_time(step, s0, (q, k, v, beta))
 
 
 def _chunk(q, k, v, beta, s0, size):

@@ -5,7 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from layers.linear_attention import op_utils
+from layers.linear_attention.ops import common
 
 # Secondary chunk length: decays inside a sub-chunk are applied elementwise ([c, c, K]), between
 # sub-chunks through matmuls with exponents relative to the sub-chunk start (always <= 0).
@@ -32,8 +32,8 @@ def gla(
   output_final_state). mode: "recurrent" (scan, the specification), "chunk" (chunkwise matmuls
   with secondary chunking, the fast form), "parallel" (one chunk over the whole sequence).
   """
-  op_utils.check_shape("gk", gk, k.shape)
-  return op_utils.run(_recurrent, _chunk, q, k, v, (gk,), scale=scale, initial_state=initial_state,
+  common.check_shape("gk", gk, k.shape)
+  return common.run(_recurrent, _chunk, q, k, v, (gk,), scale=scale, initial_state=initial_state,
                       output_final_state=output_final_state, mode=mode, chunk_size=chunk_size)
 
 
@@ -43,7 +43,7 @@ def _recurrent(q, k, v, gk, s0):
     s = jnp.exp(g_t)[..., None] * s + k_t[..., :, None] * v_t[..., None, :]
     return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
 
-  return op_utils.scan_time(step, s0, (q, k, v, gk))
+  return common.scan_time(step, s0, (q, k, v, gk))
 
 
 def _chunk(q, k, v, gk, s0, size):
@@ -56,12 +56,12 @@ def _chunk(q, k, v, gk, s0, size):
   """
   c = math.gcd(size, SUB_CHUNK)
   ns = size // c
-  qc, kc, vc = (op_utils.to_chunks(x, size) for x in (q, k, v))  # [B, H, N, C, K|V]
-  cum = jnp.cumsum(op_utils.to_chunks(gk, size), axis=-2)  # b [B, H, N, C, K]
+  qc, kc, vc = (common.to_chunks(x, size) for x in (q, k, v))  # [B, H, N, C, K|V]
+  cum = jnp.cumsum(common.to_chunks(gk, size), axis=-2)  # b [B, H, N, C, K]
   last = cum[..., -1, :]  # b_C [B, H, N, K]
 
   update = jnp.einsum("bhnck,bhncv->bhnkv", kc * jnp.exp(last[..., None, :] - cum), vc)
-  starts, final = op_utils.scan_chunk_states(s0, jnp.exp(last), update)
+  starts, final = common.scan_chunk_states(s0, jnp.exp(last), update)
   o = jnp.einsum("bhnck,bhnkv->bhncv", qc * jnp.exp(cum), starts)
 
   q_s, k_s, cum_s = (x.reshape(*x.shape[:3], ns, c, x.shape[-1]) for x in (qc, kc, cum))  # [B,H,N,ns,c,K]
@@ -69,14 +69,14 @@ def _chunk(q, k, v, gk, s0, size):
   ref = jnp.concatenate([jnp.zeros_like(cum_s[..., :1, 0, :]), cum_s[..., :-1, -1, :]], axis=-2)
   q_ref = q_s * jnp.exp(cum_s - ref[..., None, :])  # q_t exp(b_t - b_r)
   before = jnp.arange(size)[None, :] < (jnp.arange(ns) * c)[:, None]  # s before sub-chunk i [ns, C]
-  k_ref = kc[..., None, :, :] * op_utils.masked_exp(  # k_s exp(b_r - b_s) [B, H, N, ns, C, K]
+  k_ref = kc[..., None, :, :] * common.masked_exp(  # k_s exp(b_r - b_s) [B, H, N, ns, C, K]
     ref[..., :, None, :] - cum[..., None, :, :], before[:, :, None])
   between = jnp.einsum("bhnitk,bhnisk->bhnits", q_ref, k_ref)  # [B, H, N, ns, c, C]
   causal = jnp.tril(jnp.ones((c, c), bool))[:, :, None]
   inside = jnp.einsum(  # [B, H, N, ns, c, c]
     "bhnitk,bhnisk,bhnitsk->bhnits", q_s, k_s,
-    op_utils.masked_exp(cum_s[..., :, None, :] - cum_s[..., None, :, :], causal))
+    common.masked_exp(cum_s[..., :, None, :] - cum_s[..., None, :, :], causal))
   scores = between.reshape(*between.shape[:3], size, size) + jnp.einsum(
     "bhnits,ij->bhnitjs", inside, jnp.eye(ns, dtype=inside.dtype)).reshape(*between.shape[:3], size, size)
   o = o + jnp.einsum("bhncs,bhnsv->bhncv", scores, vc)
-  return op_utils.from_chunks(o), final
+  return common.from_chunks(o), final

@@ -12,8 +12,8 @@ from flax import nnx
 
 from layers.context import LayerContext
 from layers.core import Linear
-from layers.linear_attention.flops import recurrence_flops_per_token
-from layers.linear_attention.short_conv import ShortConv
+from layers.linear_attention.mixers.short_conv import ShortConv
+from layers.linear_attention.ops.cost import recurrence_flops_per_token
 
 Cache = dict  # {"state": [B, H, K, V] fp32, "conv": {name: [B, W-1, C]}}
 

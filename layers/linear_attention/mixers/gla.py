@@ -10,9 +10,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from layers.context import LayerContext
-from layers.linear_attention.gla import gla
-from layers.linear_attention.head_norm import HeadNorm
-from layers.linear_attention.recurrent_mixer import Cache, RecurrentMixer, split_heads
+from layers.linear_attention.mixers.head_norm import HeadNorm
+from layers.linear_attention.mixers.recurrent_mixer import Cache, RecurrentMixer, split_heads
+from layers.linear_attention.ops import gla
 
 
 class GLA(RecurrentMixer):

@@ -1,0 +1,47 @@
+"""Gated delta rule (Gated DeltaNet): S_t = exp(g_t) S_{t-1} + β_t k_t (v_t − exp(g_t) S_{t-1}ᵀ k_t)ᵀ."""
+
+import jax
+import jax.numpy as jnp
+
+from layers.linear_attention.ops import common
+from layers.linear_attention.ops.chunk_forms import chunk_delta
+
+
+def gated_delta_rule(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  g: jax.Array,
+  beta: jax.Array,
+  *,
+  scale: float | None = None,
+  initial_state: jax.Array | None = None,
+  output_final_state: bool = False,
+  mode: str = "chunk",
+  chunk_size: int = 64,
+) -> tuple[jax.Array, jax.Array | None]:
+  """Delta-rule state update with a scalar log decay g_t <= 0 per head and step.
+
+  S_t = exp(g_t) S_{t-1} + β_t k_t (v_t − exp(g_t) S_{t-1}ᵀ k_t)ᵀ,  o_t = S_tᵀ (scale q_t).
+  q, k [B, T, H, K] (L2-normalise them first: the caller's job); v [B, T, H, V];
+  g, beta [B, T, H]; initial_state [B, H, K, V].
+  Returns o [B, T, H, V] in q's dtype and the final state [B, H, K, V] in fp32 (None unless
+  output_final_state). mode: "recurrent" (scan, the specification), "chunk" (WY/UT transform with
+  a triangular solve per chunk, the fast form), "parallel" (one chunk over the whole sequence).
+  """
+  b, t, h, _ = q.shape
+  common.check_shape("g", g, (b, t, h))
+  common.check_shape("beta", beta, (b, t, h))
+  return common.run(_recurrent, chunk_delta, q, k, v, (g, beta), scale=scale, initial_state=initial_state,
+                      output_final_state=output_final_state, mode=mode, chunk_size=chunk_size)
+
+
+def _recurrent(q, k, v, g, beta, s0):
+  def step(s, x):  # s [B, H, K, V]
+    q_t, k_t, v_t, g_t, b_t = x
+    s = jnp.exp(g_t)[..., None, None] * s
+    delta = b_t[..., None] * (v_t - jnp.einsum("bhkv,bhk->bhv", s, k_t))
+    s = s + k_t[..., :, None] * delta[..., None, :]
+    return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
+
+  return common.scan_time(step, s0, (q, k, v, g, beta))

@@ -1,0 +1,42 @@
+"""Scalar-gated linear attention (RetNet / Mamba-2 style decay): S_t = exp(g_t) S_{t-1} + k_t v_tᵀ."""
+
+import jax
+import jax.numpy as jnp
+
+from layers.linear_attention.ops import common
+from layers.linear_attention.ops.chunk_forms import chunk_scalar_gate
+
+
+def simple_gla(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  g: jax.Array,
+  *,
+  scale: float | None = None,
+  initial_state: jax.Array | None = None,
+  output_final_state: bool = False,
+  mode: str = "chunk",
+  chunk_size: int = 64,
+) -> tuple[jax.Array, jax.Array | None]:
+  """Linear attention with one log decay g_t <= 0 per head and step.
+
+  S_t = exp(g_t) S_{t-1} + k_t v_tᵀ,  o_t = S_tᵀ (scale q_t),  S_0 = initial_state (zeros if None).
+  q, k [B, T, H, K]; v [B, T, H, V]; g [B, T, H]; initial_state [B, H, K, V].
+  Returns o [B, T, H, V] in q's dtype and the final state [B, H, K, V] in fp32 (None unless
+  output_final_state). mode: "recurrent" (scan over steps, the specification), "chunk"
+  (chunkwise-parallel matmuls, the fast form), "parallel" (one chunk over the whole sequence).
+  """
+  b, t, h, _ = q.shape
+  common.check_shape("g", g, (b, t, h))
+  return common.run(_recurrent, chunk_scalar_gate, q, k, v, (g,), scale=scale, initial_state=initial_state,
+                      output_final_state=output_final_state, mode=mode, chunk_size=chunk_size)
+
+
+def _recurrent(q, k, v, g, s0):
+  def step(s, x):  # s [B, H, K, V]
+    q_t, k_t, v_t, g_t = x
+    s = jnp.exp(g_t)[..., None, None] * s + k_t[..., :, None] * v_t[..., None, :]
+    return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
+
+  return common.scan_time(step, s0, (q, k, v, g))
