@@ -3,6 +3,7 @@ on them (`mixers/`). The public names here are the ops."""
 
 from layers.linear_attention.ops import (
   delta_rule,
+  gated_delta_product,
   gated_delta_rule,
   gla,
   kda,
@@ -12,6 +13,7 @@ from layers.linear_attention.ops import (
 
 __all__ = [
   "delta_rule",
+  "gated_delta_product",
   "gated_delta_rule",
   "gla",
   "kda",
