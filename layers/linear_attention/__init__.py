@@ -3,6 +3,7 @@ on them (`mixers/`). The public names here are the ops."""
 
 from layers.linear_attention.ops import (
   delta_rule,
+  dplr_delta_rule,
   gated_delta_product,
   gated_delta_rule,
   gla,
@@ -13,6 +14,7 @@ from layers.linear_attention.ops import (
 
 __all__ = [
   "delta_rule",
+  "dplr_delta_rule",
   "gated_delta_product",
   "gated_delta_rule",
   "gla",
