@@ -30,7 +30,7 @@ def check_segment_ids(segment_ids: jax.Array, shape: tuple[int, int]) -> None:
 def document_starts(segment_ids: jax.Array) -> jax.Array:
   """[B, T] int -> [B, T] bool: True where a token's id differs from the previous token's (never at t = 0)."""
   change = segment_ids[:, 1:] != segment_ids[:, :-1]  # [B, T-1]
-  return jnp.concatenate([jnp.zeros_like(change[:, :1]), change], axis=1)
+  return jnp.concatenate([jnp.zeros((segment_ids.shape[0], 1), bool), change], axis=1)  # also for T = 1
 
 
 def document_index(segment_ids: jax.Array) -> jax.Array:
