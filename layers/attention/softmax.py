@@ -1,11 +1,12 @@
 """Softmax attention: MHA / GQA, RoPE, optional sliding window, KV-cache decoding; causal by default
 (causal=False for encoders such as the ViT).
 
-The full-sequence path is `jax.nn.dot_product_attention` (XLA, or cuDNN flash attention on GPU
-when `implementation="cudnn"`). Packed rows: a token attends only within its document
-(`segment_ids`) and RoPE uses its position in the document (`positions`, derived from segment_ids
-when not given). Decoding keeps a KV cache (layers.attention.kv_cache) and masks slots outside the
-causal (and sliding) window and outside the token's document.
+The full-sequence path is `layers.attention.softmax_attention` (XLA everywhere, cuDNN flash attention
+on GPU with implementation="cudnn", splash attention on TPU; its docstring says how one is chosen).
+Packed rows: a token attends only within its document (`segment_ids`) and RoPE uses its position in
+the document (`positions`, derived from segment_ids when not given). Decoding keeps a KV cache
+(layers.attention.kv_cache) and masks slots outside the causal (and sliding) window and outside the
+token's document.
 """
 
 import jax
@@ -14,6 +15,7 @@ from flax import nnx
 from layers import segments
 from layers.attention import kv_cache
 from layers.attention.rope import apply_rope
+from layers.attention.softmax_attention import softmax_attention
 from layers.context import LayerContext
 from layers.core import Linear
 from layers.flops import causal_context
@@ -51,14 +53,8 @@ class Attention(nnx.Module):
                positions: jax.Array | None = None) -> jax.Array:  # [B, T, D] -> [B, T, D]
     B, T, _ = x.shape
     q, k, v = self._qkv(x, segments.forward_positions(T, segment_ids, positions))
-    window = None if self.window is None else (self.window - 1, 0)
-    mask = None
-    if segment_ids is not None:
-      segments.check_segment_ids(segment_ids, (B, T))
-      doc = segments.document_index(segment_ids)
-      mask = (doc[:, :, None] == doc[:, None, :])[:, None]  # [B, 1, T, T]
-    o = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal, local_window_size=window,
-                                     implementation=self.implementation)
+    o = softmax_attention(q, k, v, causal=self.causal, window=self.window, segment_ids=segment_ids,
+                          implementation=self.implementation)
     return self.o(o.reshape(B, T, -1))
 
   def extra_flops_per_token(self, seq_len: int) -> float:
