@@ -246,3 +246,11 @@ def test_label_smoothing_and_soft_targets_in_loss():
   logp = logits - jnp.log(jnp.sum(jnp.exp(logits)))
   np.testing.assert_allclose(a, -(soft["targets"] * logp).sum(), rtol=1e-6)
   np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_docstring_corpus_documents():
+  from train.data.local_text_builder import docstrings
+
+  source = b'"""Module."""\ndef f():\n  """Eff."""\nclass C:\n  """See."""\n  def g(self):\n    return 1\n'
+  assert docstrings(source) == [b"Module.", b"Eff.", b"See."]  # g has none
+  assert docstrings(b"def broken(:\n") == []
