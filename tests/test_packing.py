@@ -2,12 +2,15 @@
 the leaky baseline (document_masking off) equals plain concat-then-split, iterator state, config checks."""
 
 import json
+import signal
 
 import grain
 import numpy as np
 import pytest
 
 from tests.foundation_configs import tiny_lm
+from train import checkpoint, loop, metrics
+from train import config as config_lib
 from train.config import ConfigError
 from train.data import pipeline
 from train.data.packing import pack
@@ -81,15 +84,20 @@ def test_first_fit_state_resumes_mid_round():
 
 
 @pytest.fixture(scope="module")
-def text_cfg(tmp_path_factory):
-  """Byte-level text from 60 short files (1 to 300 bytes), so rows of 64 bytes hold several documents."""
+def short_docs(tmp_path_factory):
+  """tiny_lm on byte-level text from 60 short files (1 to 300 bytes): rows of 64 bytes hold several documents."""
   corpus = tmp_path_factory.mktemp("corpus")
   for i in range(60):
     (corpus / f"doc{i:02d}.txt").write_text("".join(chr(97 + (i + j) % 26) for j in range(1 + i * 37 % 300)))
   c = tiny_lm("text")
   c.data.update(dict(data_dir=str(tmp_path_factory.mktemp("tfds")), corpus=str(corpus), seq_len=64))
   c.data.pattern = "*.txt"
-  return c.data
+  return c
+
+
+@pytest.fixture(scope="module")
+def text_cfg(short_docs):
+  return short_docs.data
 
 
 def _stacked(cfg, n: int = 4) -> dict:
@@ -129,3 +137,73 @@ def test_unknown_packing_is_a_config_error():
   c.data.packing = "best_fit"
   with pytest.raises(ConfigError, match=r"data.packing='best_fit'; choose one of \('concat', 'first_fit'\)"):
     validate(c)
+
+
+# --- the LM on packed rows ---------------------------------------------------------------------------------
+
+# Documents no longer than a row (13 tokens = seq_len + 1 fills one), of 1 to 13 tokens; first_fit over 3 rows.
+LM_DOCS = [np.random.default_rng(i).integers(1, 64, n).astype(np.int32) for i, n in
+           enumerate([5, 1, 13, 3, 7, 2, 9, 4, 6])]
+
+
+def test_lm_loss_on_packed_rows_is_the_token_weighted_mean_of_documents_alone():
+  """attention, Gated DeltaNet and sliding-window attention in one LM: the eval step's loss on packed rows ==
+  the loss of each document run alone (its own row from position 0), token-weighted; without the segment
+  fields (the leaky view) it differs."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from models.lm import LM
+  from train.step import make_eval_step
+
+  cfg = tiny_lm().model
+  cfg.blocks = "(attention, swiglu) + (gated_delta_net, swiglu) + (swa, mlp)"
+  model = LM(cfg, rngs=nnx.Rngs(0))
+  docs = grain.MapDataset.source([{"tokens": d} for d in LM_DOCS]).to_iter_dataset()
+  rows = list(pack(docs, 12, packing="first_fit", masking=True, rows=3))
+  batch = {k: jnp.stack([r[k] for r in rows]) for k in rows[0]}
+  assert batch["inputs"].shape == (len(rows), 12) and (batch["segment_ids"].max(1) > 1).any()  # shared rows
+
+  alone = np.zeros((len(LM_DOCS), 12), np.int32)  # each document in a row of its own, right-padded (causal)
+  for i, d in enumerate(LM_DOCS):
+    alone[i, :len(d) - 1] = d[:-1]
+  logp = jax.nn.log_softmax(model(jnp.asarray(alone)), axis=-1)
+  nll = [-sum(float(logp[i, t, d[t + 1]]) for t in range(len(d) - 1)) for i, d in enumerate(LM_DOCS)]
+  n_targets = sum(len(d) - 1 for d in LM_DOCS)
+
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  state = {"params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest)}
+  eval_step = jax.jit(make_eval_step(graphdef, loss="xent"))
+  sums = eval_step(state, batch)
+  assert float(sums["weight"]) == n_targets
+  np.testing.assert_allclose(float(sums["loss"]) / n_targets, sum(nll) / n_targets, rtol=2e-5)
+  leaky = eval_step(state, {k: v for k, v in batch.items() if k not in ("segment_ids", "positions")})
+  assert abs(float(leaky["loss"]) - sum(nll)) / sum(nll) > 1e-3
+
+
+def test_first_fit_masked_text_run_resumes_bit_exactly_after_a_kill(short_docs, tmp_path, capsys):
+  from tests.test_train_run import _launch, _wait_for_step
+
+  c = short_docs.copy_and_resolve_references()
+  c.data.packing = "first_fit"
+  c.train.update(dict(steps=8, ckpt_every=2, eval_every=4))
+  loop.run(c, str(tmp_path / "whole"))
+  config_lib.save(c, str(tmp_path / "cfg"))
+  workdir = tmp_path / "killed"
+  proc = _launch(tmp_path / "cfg" / "config.json", workdir, delay=0.3)
+  _wait_for_step(workdir, 5, proc, checkpoint=True)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), every=2, keep=3)
+  step = ckpt.latest_step()
+  assert 2 <= step < 8
+  data_state = json.dumps(ckpt.restore(step, loop.build_program(c, loop.mesh_lib.make_mesh(c.mesh.shape))
+                                       .setup.abstract_state)[1])
+  ckpt.close()
+  assert '"next_row"' in data_state and '"next_index_in_buffer"' in data_state  # the packer's and splitter's
+  loop.run(c, str(workdir))
+  assert "resumed from" in capsys.readouterr().err
+  a = [(r["step"], r["loss"], r.get("eval_loss")) for r in metrics.read(tmp_path / "whole")]
+  b = [(r["step"], r["loss"], r.get("eval_loss")) for r in metrics.read(workdir)]
+  assert a == b and len(a) == 8
