@@ -148,8 +148,8 @@ LM_DOCS = [np.random.default_rng(i).integers(1, 64, n).astype(np.int32) for i, n
 
 def test_lm_loss_on_packed_rows_is_the_token_weighted_mean_of_documents_alone():
   """attention, Gated DeltaNet and sliding-window attention in one LM: the eval step's loss on packed rows ==
-  the loss of each document run alone (its own row from position 0), token-weighted; without the segment
-  fields (the leaky view) it differs."""
+  the loss of each document run alone (its own row from position 0), token-weighted; the rows seen as single
+  sequences (the leaky view) score differently."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -168,18 +168,19 @@ def test_lm_loss_on_packed_rows_is_the_token_weighted_mean_of_documents_alone():
   alone = np.zeros((len(LM_DOCS), 12), np.int32)  # each document in a row of its own, right-padded (causal)
   for i, d in enumerate(LM_DOCS):
     alone[i, :len(d) - 1] = d[:-1]
-  logp = jax.nn.log_softmax(model(jnp.asarray(alone)), axis=-1)
+  # one forward for the documents alone and the packed rows seen as single sequences (the leaky view)
+  logp = jax.nn.log_softmax(nnx.jit(lambda m, x: m(x))(model, jnp.concatenate([alone, batch["inputs"]])), -1)
   nll = [-sum(float(logp[i, t, d[t + 1]]) for t in range(len(d) - 1)) for i, d in enumerate(LM_DOCS)]
   n_targets = sum(len(d) - 1 for d in LM_DOCS)
+  leaky_logp = np.take_along_axis(np.asarray(logp[len(LM_DOCS):]), np.asarray(batch["targets"])[..., None], -1)
+  leaky = -float(np.sum(leaky_logp[..., 0] * np.asarray(batch["weights"])))
 
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   state = {"params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest)}
-  eval_step = jax.jit(make_eval_step(graphdef, loss="xent"))
-  sums = eval_step(state, batch)
+  sums = jax.jit(make_eval_step(graphdef, loss="xent"))(state, batch)
   assert float(sums["weight"]) == n_targets
   np.testing.assert_allclose(float(sums["loss"]) / n_targets, sum(nll) / n_targets, rtol=2e-5)
-  leaky = eval_step(state, {k: v for k, v in batch.items() if k not in ("segment_ids", "positions")})
-  assert abs(float(leaky["loss"]) - sum(nll)) / sum(nll) > 1e-3
+  assert abs(leaky - sum(nll)) / sum(nll) > 2e-4  # 10x the tolerance: the test sees a leak (random init: small)
 
 
 def test_first_fit_masked_text_run_resumes_bit_exactly_after_a_kill(short_docs, tmp_path, capsys):
@@ -187,6 +188,7 @@ def test_first_fit_masked_text_run_resumes_bit_exactly_after_a_kill(short_docs, 
 
   c = short_docs.copy_and_resolve_references()
   c.data.packing = "first_fit"
+  c.model.blocks = "(attention, swiglu)"  # one layer: less to compile
   c.train.update(dict(steps=8, ckpt_every=2, eval_every=4))
   loop.run(c, str(tmp_path / "whole"))
   config_lib.save(c, str(tmp_path / "cfg"))
@@ -195,13 +197,10 @@ def test_first_fit_masked_text_run_resumes_bit_exactly_after_a_kill(short_docs, 
   _wait_for_step(workdir, 5, proc, checkpoint=True)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), every=2, keep=3)
-  step = ckpt.latest_step()
+  step = checkpoint.Checkpointer(str(workdir / "checkpoints"), every=2, keep=3).latest_step()
   assert 2 <= step < 8
-  data_state = json.dumps(ckpt.restore(step, loop.build_program(c, loop.mesh_lib.make_mesh(c.mesh.shape))
-                                       .setup.abstract_state)[1])
-  ckpt.close()
-  assert '"next_row"' in data_state and '"next_index_in_buffer"' in data_state  # the packer's and splitter's
+  data_state = (workdir / "checkpoints" / str(step) / "data" / "process_0-of-1.json").read_text()
+  assert "next_row" in data_state and "next_index_in_buffer" in data_state  # the packer's and splitter's state
   loop.run(c, str(workdir))
   assert "resumed from" in capsys.readouterr().err
   a = [(r["step"], r["loss"], r.get("eval_loss")) for r in metrics.read(tmp_path / "whole")]
