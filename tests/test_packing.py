@@ -189,7 +189,7 @@ def test_first_fit_masked_text_run_resumes_bit_exactly_after_a_kill(short_docs, 
   c = short_docs.copy_and_resolve_references()
   c.data.packing = "first_fit"
   c.model.blocks = "(attention, swiglu)"  # one layer: less to compile
-  c.train.update(dict(steps=8, ckpt_every=2, eval_every=4))
+  c.train.update(dict(steps=8, ckpt_every=2, eval_every=8, tensorboard=False))  # one eval, at the end
   loop.run(c, str(tmp_path / "whole"))
   config_lib.save(c, str(tmp_path / "cfg"))
   workdir = tmp_path / "killed"
