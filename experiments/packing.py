@@ -10,17 +10,28 @@ padding excluded), once with each document alone ("alone") and once with the lea
 ("leaky context").
 
 Local (2 CPU cores; the standard library's docstrings as documents, median 69 bytes, rows of 128 bytes,
-~1.3 documents per row; 2 mixers x 2 maskings x 2 seeds, 300 steps each):
+~1.3 documents per row; 2 mixers x 2 maskings x 2 seeds, 300 steps of 16 rows each, d=64, 2 layers):
   python -m experiments.packing --parallel 2
 One run through the shared CLI:
   python -m train --config experiments/packing.py:local,mixer=attention,masking=false --workdir runs/packing/x
 Paper-like scale (GPU / TPU; C4 prepared as ArrayRecord under data.data_dir, bytes unless data.spm_model
-names a SentencePiece model; 125M, 2048 tokens, 256 rows, 10k steps, 3 seeds):
+names a SentencePiece model; 125M shapes, 2048 tokens, 256 rows, 10k steps, 3 seeds -- our choice, no paper
+fixes it):
   python -m train.sweep --config experiments/packing.py --emit slurm
   python -m experiments.packing --scale paper
-Writes <root>/packing.json (per-run scores) and a markdown table (mean ± std over seeds).
-Measured (local): see the table at the end of this docstring once run; expect masking to matter more for
-attention, which reads the leaked context directly, than for Gated DeltaNet, whose decayed state forgets it.
+Writes <root>/packing.json (per-run scores) and packing.md (the tables below).
+
+Measured locally (the command above, seeds 0 and 1; eval loss in nats per byte on the same held-out
+targets, 16 batches of 16 x 128, each document alone; mean ± std over seeds; 26 min wall on 2 CPU cores
+shared with other jobs):
+  trained masked:  attention 2.7230 ± 0.0693   Gated DeltaNet 2.5316 ± 0.0020
+  trained leaky:   attention 2.7428 ± 0.0639   Gated DeltaNet 2.5375 ± 0.0022
+  leaky - masked, paired by seed:  attention +0.0199 ± 0.0055   Gated DeltaNet +0.0059 ± 0.0042
+  attention - Gated DeltaNet:  0.1913 ± 0.0713 trained masked, 0.2053 ± 0.0616 trained leaky
+Training across documents costs attention about three times what it costs Gated DeltaNet here, so the
+leaky baseline widens the attention-vs-linear gap by ~0.014 (at 300 steps attention's seed spread, 0.07,
+is still larger than that). Scored with the leaky row context instead of alone, every run is within
+0.005 of its score alone.
 """
 
 import argparse

@@ -206,3 +206,23 @@ def test_first_fit_masked_text_run_resumes_bit_exactly_after_a_kill(short_docs, 
   a = [(r["step"], r["loss"], r.get("eval_loss")) for r in metrics.read(tmp_path / "whole")]
   b = [(r["step"], r["loss"], r.get("eval_loss")) for r in metrics.read(workdir)]
   assert a == b and len(a) == 8
+
+
+def test_packing_experiment_grid_configs_and_table(tmp_path):
+  from experiments import packing as study
+  from train import sweep
+
+  for spec in ("experiments/packing.py:local,mixer=attention,masking=false", "experiments/packing.py"):
+    c = config_lib.load(spec)
+    validate(c, num_devices=1)
+    assert c.data.packing == "first_fit"
+  runs = sweep.expand("experiments/packing.py:local", str(tmp_path))
+  assert len(runs) == 8 and {(r.overrides["data.document_masking"], r.overrides["seed"]) for r in runs} == {
+    (True, 0), (True, 1), (False, 0), (False, 1)}
+  rows = [dict(mixer=m, masking=k, seed=s, alone=a + s, leaky_context=a + s + 0.5)
+          for (m, k, a) in [("attention", True, 1.0), ("attention", False, 1.3), ("gated_delta_net", True, 1.1),
+                            ("gated_delta_net", False, 1.2)] for s in (0, 1)]
+  lines = study.table(rows).splitlines()
+  assert lines[2] == "masked | attention | 1.5000 ± 0.7071 | 2.0000 ± 0.7071"
+  assert "attention - gated_delta_net, trained leaky | 0.1000 ± 0.0000" in lines
+  assert "attention: trained leaky - trained masked | 0.3000 ± 0.0000" in lines
