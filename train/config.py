@@ -91,7 +91,7 @@ def _parse_value(text: str, current: Any) -> Any:
     return text
 
 
-def _locate(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
+def locate(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
   """(parent section, leaf name) of dotted `key`; a ConfigError naming close matches if absent."""
   *parents, leaf = key.split(".")
   node = config
@@ -108,7 +108,7 @@ def _locate(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections
 
 def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
   """Set dotted `key` from its command-line text, keeping the field's type."""
-  node, leaf = _locate(config, key)
+  node, leaf = locate(config, key)
   current = node[leaf]
   if isinstance(current, ml_collections.ConfigDict):
     raise ConfigError(f"config key {key!r} is a section; override one of its fields, e.g. {key}.<field>=...")
@@ -123,7 +123,7 @@ def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
 
 def set_value(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
   """Set dotted `key` to a Python value (a dict replaces a whole section), keeping leaf types."""
-  node, leaf = _locate(config, key)
+  node, leaf = locate(config, key)
   try:
     with node.unlocked():
       node[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value

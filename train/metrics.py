@@ -1,7 +1,8 @@
 """Where a run's numbers go: metrics.jsonl (source of truth), TensorBoard events, console.
 
 Only process 0 writes. On resume, records past the restored step are dropped from
-metrics.jsonl so the file reads as one uninterrupted run.
+metrics.jsonl so the file reads as one uninterrupted run. A torn last line (a writer killed
+mid-append) is skipped by readers and dropped on resume; a bad line anywhere else is an error.
 """
 
 import json
@@ -27,11 +28,11 @@ class MetricWriter:
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def truncate_after(self, step: int) -> None:
-    """Drop records with step > `step` (left by a run that was killed after its last checkpoint)."""
+    """Drop records with step > `step` (left by a run that was killed after its last checkpoint) and a
+    torn last line."""
     if not (self.enabled and os.path.exists(self.path)):
       return
-    with open(self.path) as f:
-      keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    keep = [json.dumps(r) + "\n" for r in _parse(self.path) if r.get("step", 0) <= step]
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       f.writelines(keep)
@@ -57,9 +58,21 @@ class MetricWriter:
       self._tb.close()
 
 
+def _parse(path: str) -> list[dict]:
+  """The records of a metrics.jsonl file; a last line that is not JSON (torn by a kill) is skipped."""
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1:
+        break
+      raise ValueError(f"{path} line {i + 1} is not JSON ({e}); only a torn last line is skipped") from None
+  return records
+
+
 def read(workdir: str) -> list[dict]:
   path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return _parse(path) if os.path.exists(path) else []
