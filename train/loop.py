@@ -5,7 +5,6 @@ metrics and checkpoints in the workdir. Resumes automatically from the workdir's
 import contextlib
 import dataclasses
 import json
-import os
 import signal
 import statistics
 import sys
@@ -15,11 +14,12 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from layers.flops import active_params
-from train import checkpoint, config_changes, flops, lock, metrics, optim, validate
+from train import checkpoint, config_changes, flops, lock, metrics, optim, paths, validate
 from train import config as config_lib
 from train import mesh as mesh_lib
 from train import state as state_lib
@@ -27,13 +27,6 @@ from train.data import pipeline
 from train.step import make_eval_step, make_train_step
 
 SUMMARY = "summary.json"  # written when a run completes; sweeps skip runs that have it
-
-
-def write_json_atomic(path: str, obj) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(tmp, path)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -219,8 +212,8 @@ def run(config, workdir: str, *, resume_with_changes: Sequence[str] = ()) -> dic
   validate.validate(config)
   config_changes.check_names(config, resume_with_changes)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
-  with lock.WorkdirLock(workdir, enabled=jax.process_index() == 0), jax.set_mesh(mesh):
-    return _train(config, workdir, mesh, list(resume_with_changes))
+  with lock.hold(workdir), jax.set_mesh(mesh):
+    return _train(config, paths.path(workdir), mesh, list(resume_with_changes))
 
 
 def step_statistics(program: Program, config, first: dict) -> dict:
@@ -243,12 +236,12 @@ def step_statistics(program: Program, config, first: dict) -> dict:
   return out
 
 
-def _nonfinite(bad: int, ckpt: checkpoint.Checkpointer, workdir: str) -> NonFiniteLoss:
+def _nonfinite(bad: int, ckpt: checkpoint.Checkpointer, workdir: epath.Path) -> NonFiniteLoss:
   return NonFiniteLoss(f"the loss, gradients or parameters became NaN/inf at step {bad}; stopped, the last good "
                        f"checkpoint (step {ckpt.latest_step()}) is kept in {workdir}/checkpoints")
 
 
-def _restore(config, workdir: str, mesh: Mesh, ckpt: checkpoint.Checkpointer, accept: list[str]):
+def _restore(config, workdir: epath.Path, mesh: Mesh, ckpt: checkpoint.Checkpointer, accept: list[str]):
   """(step, program, state, data iterator state, accepted config changes) from the newest checkpoint that
   restores and verifies under the accepted config; None if the workdir has no checkpoint."""
   programs = {}
@@ -272,7 +265,7 @@ def _restore(config, workdir: str, mesh: Mesh, ckpt: checkpoint.Checkpointer, ac
   return step, program_at(step), state, data_state, changes(step, meta)
 
 
-def _train(config, workdir: str, mesh: Mesh, accept: list[str]) -> dict:
+def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
   process_index, process_count = jax.process_index(), jax.process_count()
   is_main = process_index == 0
   steps = config.train.steps
@@ -289,7 +282,7 @@ def _train(config, workdir: str, mesh: Mesh, accept: list[str]) -> dict:
     except (ValueError, FileNotFoundError) as e:  # the data sources' own checks of config.data
       raise config_lib.ConfigError(f"data: {e}") from None
     eval_start = eval_iter.get_state()
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=config.train.ckpt_every,
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every=config.train.ckpt_every,
                                    keep=config.train.keep_ckpts, async_save=config.train.async_ckpt)
     cleanup.callback(ckpt.close)
     restored = _restore(config, workdir, mesh, ckpt, accept)
@@ -321,7 +314,7 @@ def _train(config, workdir: str, mesh: Mesh, accept: list[str]) -> dict:
     if is_main and config.train.progress:
       from tqdm import tqdm
 
-      progress = tqdm(total=steps, initial=start, desc=os.path.basename(os.path.normpath(workdir)),
+      progress = tqdm(total=steps, initial=start, desc=workdir.name,
                       dynamic_ncols=True, file=sys.stderr)
       cleanup.callback(progress.close)
 
@@ -331,7 +324,8 @@ def _train(config, workdir: str, mesh: Mesh, accept: list[str]) -> dict:
       bad = int(jax.device_get(state["first_bad_step"]))
       if bad >= 0:
         raise _nonfinite(bad, ckpt, workdir)
-      ckpt.save(step, state, train_iter.get_state(), {"config": config.to_dict()}, force=force)
+      if ckpt.save(step, state, train_iter.get_state(), {"config": config.to_dict()}, force=force):
+        writer.flush()  # a remote metrics.jsonl holds every record up to the checkpoint
 
     rates, last, timed = [], None, False  # timed: the interval since the last record holds no compilation
     batch = first
@@ -381,12 +375,12 @@ def _train(config, workdir: str, mesh: Mesh, accept: list[str]) -> dict:
     final = metrics.read(workdir) if is_main else []
     final_record = final[-1] if final else {k: metrics.scalar(v) for k, v in (last or {}).items()}
     summary = {
-      "workdir": workdir, "steps": int(jax.device_get(state["step"])),
+      "workdir": str(workdir), "steps": int(jax.device_get(state["step"])),
       "loss": final_record.get("loss"), "accuracy": final_record.get("accuracy"),
       "eval_loss": final_record.get("eval_loss"), "eval_accuracy": final_record.get("eval_accuracy"),
       "tokens_per_sec": statistics.median(rates) if rates else final_record.get("tokens_per_sec"),
       "mfu_peak_source": peak_source, **param_counts(program.setup),
     }
     if is_main and summary["steps"] == steps:
-      write_json_atomic(os.path.join(workdir, SUMMARY), summary)
+      paths.write_atomic(workdir / SUMMARY, json.dumps(summary, indent=2, default=str))
   return summary
