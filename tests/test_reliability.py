@@ -495,3 +495,45 @@ def test_run_kill_resume_sweep_and_report_on_gcs(gcs, base, tmp_path, capsys, mo
   assert "runs.csv" in capsys.readouterr().out
   assert epath.Path(root, "runs.csv").read_text().count("\n") == 2
   assert epath.Path(root, "loss_vs_step.png").stat().length > 1000
+
+
+# --- preemption across processes -------------------------------------------------------------------------------------
+
+def _two_processes(config_path, workdir, delay: float = 0.0) -> list:
+  port = _free_port()
+  return [_launch(config_path, workdir, "--config.distributed.initialize=true",
+                  f"--config.distributed.coordinator_address=localhost:{port}", "--config.distributed.num_processes=2",
+                  f"--config.distributed.process_id={i}", delay=delay, devices=1) for i in range(2)]
+
+
+def _finish(procs) -> list[str]:
+  errs = [p.communicate(timeout=400)[1] for p in procs]
+  for p, err in zip(procs, errs):
+    assert p.returncode == 0, err[-3000:]
+  return errs
+
+
+def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path):
+  """jax.distributed on localhost, one CPU device per process; only process 1 gets SIGTERM. Both stop at the
+  step JAX's preemption service agrees on and save it together, and the resumed run equals an uninterrupted one."""
+  c = _config(steps=6)
+  c.train.ckpt_every = 100  # no interval checkpoint: the only one before the end is the preemption's
+  config_lib.save(c, str(tmp_path / "cfg"))
+  cfg = tmp_path / "cfg" / "config.json"
+  _finish(_two_processes(cfg, tmp_path / "uninterrupted"))
+
+  workdir = tmp_path / "preempted"
+  procs = _two_processes(cfg, workdir, delay=1.0)
+  _wait_for_step(workdir, 2, procs[0])
+  procs[1].send_signal(signal.SIGTERM)
+  errs = _finish(procs)
+  saved = int(re.search(r"SIGTERM: saved a checkpoint at step (\d+);", errs[0]).group(1))
+  assert 2 <= saved < 6
+  assert _committed_checkpoints(workdir) == [saved]
+  data = sorted(f for f in os.listdir(workdir / "checkpoints" / str(saved) / "data") if f.startswith("process_"))
+  assert data == ["process_0-of-2.json", "process_1-of-2.json"]  # both processes saved this step
+
+  errs = _finish(_two_processes(cfg, workdir))
+  assert f"resumed from {workdir} at step {saved}" in errs[0]
+  assert [(r["step"], r["loss"]) for r in metrics.read(workdir)] == [
+    (r["step"], r["loss"]) for r in metrics.read(tmp_path / "uninterrupted")]

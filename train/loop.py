@@ -16,6 +16,7 @@ import numpy as np
 import optax
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from layers.flops import active_params
@@ -60,21 +61,31 @@ def param_counts(setup: state_lib.Setup) -> dict[str, int]:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps."""
+  """SIGTERM -> save and stop after a step, the same step on every process.
+
+  One process: a signal handler sets a flag. Several (jax.distributed): JAX's preemption service, which
+  installs its own SIGTERM handler, agrees with the other processes on the step to stop at (the largest
+  step any of them has reached, plus one), so `requested(step)` must be called by every process at every
+  step.
+  """
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self._flag, self._previous = False, None
+    self._synced = jax.distributed.is_initialized()
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: leave signals alone
-      self._previous = None
+    if not self._synced:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        self._previous = None
     return self
 
   def _handle(self, signum, frame):
-    self.requested = True
+    self._flag = True
+
+  def requested(self, step: int) -> bool:
+    return multihost_utils.reached_preemption_sync_point(step) if self._synced else self._flag
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -365,7 +376,7 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
       if progress is not None:
         progress.update(1)
       save(done, force=done == steps)
-      if preemption.requested:
+      if preemption.requested(done):
         save(done, force=True)  # a no-op when this step was just saved
         ckpt.wait()
         if is_main:
