@@ -444,6 +444,15 @@ def gcs(tmp_path_factory):
   proc.wait()
 
 
+def test_gcs_lock_create_is_exclusive(gcs, monkeypatch):
+  """Two runs that both saw no lock: the object is created only if absent, so the second create fails."""
+  lock = lock_lib.workdir_lock(f"{gcs}/race")
+  lock.path.write_text(json.dumps({"host": "other", "pid": 7, "started": "now", "heartbeat": time.time()}))
+  monkeypatch.setattr(type(lock.path), "exists", lambda self: False)  # it appeared after this run looked
+  with pytest.raises(lock_lib.WorkdirBusy, match="was locked by another run just now"):
+    lock.acquire()
+
+
 def _gcs_checkpoints(workdir) -> list[int]:
   return sorted(int(p.parent.name) for p in epath.Path(f"{workdir}/checkpoints").glob("*/commit_success.txt"))
 

@@ -113,11 +113,6 @@ class _ObjectLock:
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None
 
-  def _fs(self):
-    import gcsfs
-
-    return gcsfs.GCSFileSystem()
-
   def acquire(self) -> None:
     if self.path.exists():
       previous = _parse(self.path.read_text())
@@ -130,9 +125,11 @@ class _ObjectLock:
       if not previous.get("released"):
         print(f"workdir lock: took over from {describe(previous)}, whose last heartbeat was {age:.0f} s ago",
               file=sys.stderr)
+    import gcsfs
+
     self._holder = _holder()
-    try:
-      self._fs().pipe(os.fspath(self.path), json.dumps(self._holder).encode(), mode="create")
+    try:  # GCS creates the object only if none exists (ifGenerationMatch=0): of two racing runs, one wins
+      gcsfs.GCSFileSystem().pipe(os.fspath(self.path), json.dumps(self._holder).encode(), mode="create")
     except FileExistsError:
       raise WorkdirBusy(f"workdir {self.path.parent} was locked by another run just now (lock {self.path})") from None
     self._thread = threading.Thread(target=self._beat, daemon=True, name="ablax-workdir-lock")
