@@ -76,6 +76,11 @@ def _micro(batch: dict, n: int) -> dict:
   return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1), batch)
 
 
+def all_finite(tree) -> jax.Array:
+  """True iff every element of every array in `tree` is finite (no NaN, no inf)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, lr: optax.Schedule, *, loss: str,
                     grad_accum: int = 1, label_smoothing: float = 0.0):
   def objective(params, rest, mb, total_weight):
@@ -106,11 +111,13 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr: optax.Schedu
     params = optax.apply_updates(params, updates)
     step = state["step"]
     loss_value = sums["loss"] / total_weight
-    finite = jnp.isfinite(loss_value)
+    grad_norm = global_norm(grads)
+    # A step is good only if its loss, its gradients and the parameters it produced are all finite.
+    finite = jnp.isfinite(loss_value) & jnp.isfinite(grad_norm) & all_finite(params)
     out = {
       "loss": loss_value,
       "accuracy": sums["correct"] / total_weight,
-      "grad_norm": global_norm(grads),
+      "grad_norm": grad_norm,
       "lr": lr(step),
       **{f"aux/{k}": v for k, v in aux.items()},
       **{f"layers/{k}": v for k, v in metrics.items()},
