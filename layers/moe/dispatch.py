@@ -102,15 +102,19 @@ class Tiles(NamedTuple):
 
 
 def tile_layout(groups: Groups, tile: int) -> Tiles:
-  """Pad each expert group to a multiple of `tile` rows; n_tiles = ceil(M / tile) + E is a static bound."""
+  """Pad each expert group to a multiple of `tile` rows; n_tiles = ceil(M / tile) + E is a static bound.
+
+  Rows past sum(group_sizes) (padding of a static buffer) get no tile: their destination is past the end.
+  """
   m = groups.expert_of_row.shape[0]
   sizes = groups.group_sizes
   padded = (sizes + tile - 1) // tile * tile
   pad_start = jnp.cumsum(padded) - padded
   start = jnp.cumsum(sizes) - sizes
-  e = groups.expert_of_row
-  destination = pad_start[e] + jnp.arange(m, dtype=jnp.int32) - start[e]
+  e = jnp.minimum(groups.expert_of_row, sizes.shape[0] - 1)
+  rows = jnp.arange(m, dtype=jnp.int32)
   n_tiles = -(-m // tile) + sizes.shape[0]
+  destination = jnp.where(rows < jnp.sum(sizes), pad_start[e] + rows - start[e], n_tiles * tile + rows)
   tile_expert = jnp.searchsorted(jnp.cumsum(padded), jnp.arange(n_tiles) * tile, side="right")
   tile_expert = jnp.minimum(tile_expert, sizes.shape[0] - 1).astype(jnp.int32)
   return Tiles(destination.astype(jnp.int32), tile_expert, tile)
@@ -119,12 +123,12 @@ def tile_layout(groups: Groups, tile: int) -> Tiles:
 def to_tiles(x: jax.Array, tiles: Tiles) -> jax.Array:
   """Sorted rows x [M, D] -> padded rows [n_tiles * tile, D] (padding rows are zero)."""
   out = jnp.zeros((tiles.tile_expert.shape[0] * tiles.tile, x.shape[-1]), x.dtype)
-  return out.at[tiles.destination].set(x, unique_indices=True)
+  return out.at[tiles.destination].set(x, mode="drop", unique_indices=True)
 
 
 def from_tiles(y: jax.Array, tiles: Tiles) -> jax.Array:
-  """Padded rows [n_tiles * tile, D] -> sorted rows [M, D]."""
-  return y[tiles.destination]
+  """Padded rows [n_tiles * tile, D] -> sorted rows [M, D] (rows without a tile are zero)."""
+  return y.at[tiles.destination].get(mode="fill", fill_value=0, unique_indices=True)
 
 
 def tiled_matmul(x: jax.Array, w: jax.Array, tiles: Tiles) -> jax.Array:
