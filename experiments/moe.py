@@ -4,8 +4,8 @@ parameters, and DeepSeek-V3's auxiliary-loss-free balancing vs an auxiliary loss
 Variants (`variant=`): dense SwiGLU; top1 (Switch: 8 experts of width d_ff); top2 (Mixtral-style:
 8 experts of width d_ff / 2, dropless); top2_capacity (same, capacity factor 1.25 with token
 dropping); top2_shared (DeepSeekMoE: 1 shared + top-2 of 8 fine-grained experts, width d_ff / 3);
-smear (4 experts merged per token, SMEAR); deepseek_v3 (DeepSeek-V3: fine-grained experts, top-k of
-64 (16 at local scale) in 8 (4) groups of which the best 4 (2) are searched, plus 1 shared expert;
+smear (4 experts merged per token, SMEAR); deepseek_v3 (DeepSeek-V3: fine-grained experts, top-6 of 64
+(top-4 of 16 at local scale) in 8 (4) groups of which the best 4 (2) are searched, plus 1 shared expert;
 sigmoid scores renormalised over the chosen, routed scaling factor 2.5; balanced by the
 auxiliary-loss-free bias, rate 1e-3, and a sequence-wise loss of weight 1e-4); deepseek_v3_aux_loss
 (the same model balanced by the Switch loss of weight 0.01 instead: the ablation baseline).
@@ -23,7 +23,13 @@ Expect: at equal active parameters the MoE variants reach a lower loss than dens
 faster to the same quality at scale; at local scale a small but visible gap), top2 >= top1,
 capacity dropping costs a little quality vs dropless, SMEAR sits between dense and top2.
 Auxiliary-loss-free vs auxiliary loss (Wang et al. 2024; DeepSeek-V3 Table 5): better balance (lower
-MaxVio) at an equal or lower loss. Measured locally: see MEASURED below.
+MaxVio = max expert load / mean load - 1) at an equal or lower loss.
+Measured locally (the balance study above; 2 layers, d 64, 16 experts of width 38, top-4 + 1 shared, 300 steps
+of byte-level text, seeds 0 and 1, mean ± half-range; 14 min for the 4 runs on 2 busy CPU cores):
+  balancing              eval loss       MaxVio, all steps   MaxVio, last third
+  auxiliary-loss-free    2.718 ± 0.002   1.45 ± 0.04         0.49 ± 0.03
+  Switch loss 0.01       2.715 ± 0.009   1.26 ± 0.09         0.66 ± 0.00
+Equal loss; the bias starts at 0 and moves 1e-3 per step, so it balances worse early and better by the end.
 Logged per layer i: layers/moe_expert_load/i, moe_dropped_fraction/i, moe_balance_bias/i; averaged:
 layers/moe_max_violation, moe_router_entropy; aux/moe_load_balance, moe_seq_balance, moe_z_loss.
 """
@@ -36,8 +42,12 @@ import statistics
 from experiments import common
 
 N_EXPERTS = 8
-DEEPSEEK_V3 = dict(top_k=4, n_shared=1, top_groups=2, score="sigmoid", renormalize=True, routed_scale=2.5,
-                   bias_update_rate=1e-3, seq_balance_weight=1e-4, load_balance_weight=0.0)
+DEEPSEEK_V3 = dict(n_shared=1, score="sigmoid", renormalize=True, routed_scale=2.5, bias_update_rate=1e-3,
+                   seq_balance_weight=1e-4, load_balance_weight=0.0)
+FINE_GRAINED = {  # experts, top-k, groups, groups searched
+  "paper": dict(n_experts=64, top_k=6, n_groups=8, top_groups=4),
+  "local": dict(n_experts=16, top_k=4, n_groups=4, top_groups=2),
+}
 AUX_LOSS = dict(bias_update_rate=0.0, seq_balance_weight=0.0, load_balance_weight=0.01)
 VARIANTS = {
   "dense": ("swiglu", {}),
@@ -60,8 +70,8 @@ def ffn_options(variant: str, d_ff: int, local: bool = False) -> dict:
   opts = dict(opts)
   if opts.get("expert_hidden") == -1:
     opts["expert_hidden"] = d_ff
-  if variant.startswith("deepseek_v3"):  # fine-grained: many narrow experts in groups
-    opts.update(n_experts=16, n_groups=4) if local else opts.update(n_experts=64, top_k=6, n_groups=8, top_groups=4)
+  if variant.startswith("deepseek_v3"):
+    opts.update(FINE_GRAINED["local" if local else "paper"])
   elif layer == "moe":
     opts.setdefault("n_experts", N_EXPERTS)
   return {"layer": layer, **opts}
