@@ -140,11 +140,13 @@ def generate(model: LM, prompt: jax.Array, max_new_tokens: int, *, temperature: 
 
   @jax.jit
   def run(state, prompt, rng):
-    model = nnx.merge(graphdef, state)
     tokens = jnp.zeros((B, total), jnp.int32).at[:, :P].set(prompt)
 
     def step(carry, pos):
       tokens, caches, rng = carry
+      # Built inside the step, so layers may record side outputs (MoE metrics); inference view (no
+      # dropout, jitter or balancing counts).
+      model = nnx.view(nnx.merge(graphdef, state), deterministic=True, raise_if_not_found=False)
       logits, caches = model.decode(jax.lax.dynamic_slice_in_dim(tokens, pos, 1, axis=1), caches, pos)
       rng, sub = jax.random.split(rng)
       logits = logits[:, 0]
@@ -155,7 +157,8 @@ def generate(model: LM, prompt: jax.Array, max_new_tokens: int, *, temperature: 
       tokens = jax.lax.dynamic_update_slice_in_dim(tokens, jnp.where(keep, cur, nxt)[:, None], pos + 1, axis=1)
       return (tokens, caches, rng), None
 
-    (tokens, _, _), _ = jax.lax.scan(step, (tokens, model.init_cache(B, total), rng), jnp.arange(total - 1))
+    caches = nnx.merge(graphdef, state).init_cache(B, total)
+    (tokens, _, _), _ = jax.lax.scan(step, (tokens, caches, rng), jnp.arange(total - 1))
     return tokens
 
   return run(state, prompt, rng)

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import models
 from layers import registry
 from layers.aux import AuxLoss, LayerMetric, end_step
 from layers.context import LayerContext
 from layers.moe import balance, expert_parallel, losses, routing
 from layers.moe.routing import top_k_route
+from models.lm import generate
 from tests.foundation_configs import tiny_lm
 from train import checkpoint
 from train import mesh as mesh_lib
@@ -204,3 +206,18 @@ def test_bias_saved_in_checkpoints_and_resume_continues_exactly(tmp_path):
   after, _ = program.train_step(state, batches[1])
   resumed, _ = program.train_step(restored, batches[1])
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), jax.device_get(after))
+
+
+def test_generate_with_moe_is_greedy_forward_and_counts_nothing():
+  c = tiny_lm()
+  c.model.blocks = "(attention, moe) * 1"
+  c.model.options.moe = dict(n_experts=4, top_k=2, score="sigmoid", bias_update_rate=0.1)
+  model = models.build(c.model, rngs=nnx.Rngs(0))
+  prompt = jnp.array([[1, 2, 3]], jnp.int32)
+  out = generate(model, prompt, 3)
+  tokens = prompt
+  for _ in range(3):
+    logits = nnx.view(model, deterministic=True)(tokens)
+    tokens = jnp.concatenate([tokens, jnp.argmax(logits[:, -1:], -1).astype(jnp.int32)], axis=1)
+  np.testing.assert_array_equal(out, tokens)
+  np.testing.assert_array_equal(model.blocks[0].ffn.balance.load[...], np.zeros(4))
