@@ -8,7 +8,8 @@ Buffers are [E, C, D], so any expert function can be vmapped over experts.
 Dropless (MegaBlocks-style, in JAX): the N*k assignments are sorted by expert, giving E
 contiguous groups of sizes `group_sizes`; expert matmuls are one `jax.lax.ragged_dot` each, or
 (tiles) each group is padded to a multiple of a tile and every tile is one dense matmul with its
-expert's weights (block-diagonal, at most E * tile padding rows). Nothing is dropped.
+expert's weights (block-diagonal, at most E * tile padding rows). Nothing is dropped. Rows past
+sum(group_sizes) are padding of a static buffer (expert parallelism's receive buffer).
 """
 
 import math
@@ -132,7 +133,12 @@ def from_tiles(y: jax.Array, tiles: Tiles) -> jax.Array:
 
 
 def tiled_matmul(x: jax.Array, w: jax.Array, tiles: Tiles) -> jax.Array:
-  """Block-diagonal grouped matmul: tile t of x times w[tile_expert[t]].  x [n_tiles*tile, I], w [E, I, O]"""
+  """Block-diagonal grouped matmul: tile t of x times w[tile_expert[t]].  x [n_tiles*tile, I], w [E, I, O]
+
+  One [tile, I] x [I, O] product per tile in a loop, the expert's weights sliced in place (and again in
+  the backward), so no per-tile copy of the weights is ever stored: memory stays that of the rows.
+  """
   n_tiles = tiles.tile_expert.shape[0]
   xt = x.reshape(n_tiles, tiles.tile, x.shape[-1])
-  return jnp.einsum("tmi,tio->tmo", xt, w[tiles.tile_expert]).reshape(n_tiles * tiles.tile, w.shape[-1])
+  one = jax.checkpoint(lambda rows, e: rows @ jax.lax.dynamic_index_in_dim(w, e, keepdims=False))
+  return jax.lax.map(lambda args: one(*args), (xt, tiles.tile_expert)).reshape(n_tiles * tiles.tile, w.shape[-1])
