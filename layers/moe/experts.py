@@ -95,9 +95,9 @@ def sorted_apply(ffn: MLP | GLU, x: jax.Array, groups: dispatch.Groups, *, impl:
 
   Rows past sum(groups.group_sizes) are padding: they come out finite and are not used.
   impl "ragged_dot": one `jax.lax.ragged_dot` per projection (native grouped matmul on TPU / GPU).
-  impl "tiled": groups padded to multiples of `tile` rows, one batched matmul over tiles with each
-  tile's expert weights; at most E * tile padding rows. XLA:CPU lowers ragged_dot to a dense
-  masked matmul over all E experts, so this is the fast form there.
+  impl "tiled": groups padded to multiples of `tile` rows, one matmul per tile with its expert's
+  weights (`dispatch.tiled_matmul`); at most E * tile padding rows. XLA:CPU lowers ragged_dot to a
+  dense masked matmul over all E experts, so this is the fast form there.
   """
   expert_of_row = jnp.minimum(groups.expert_of_row, groups.group_sizes.shape[0] - 1)  # padding: any expert
   if impl == "ragged_dot":
