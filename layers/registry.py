@@ -56,7 +56,7 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "delta_net": "layers.linear_attention.mixers.delta_net:delta_net",
     "gated_delta_net": "layers.linear_attention.mixers.delta_net:gated_delta_net",
     "mamba2": "layers.linear_attention.mixers.mamba2:mamba2",
-    "mom": "layers.moe.mom:mom",
+    "mom": "layers.moe.mom:MixtureOfMemories",
     "karat": "layers.kan.karat:karat",
   },
   "ffn": {
