@@ -1,6 +1,7 @@
 """The jitted train and eval steps: pure functions of (state, batch).
 
-Loss = task loss (weighted over batch["weights"]) + every AuxLoss the layers sowed.
+Loss = task loss (weighted over batch["weights"]: padding and, for packed text, targets in another
+document than their input weigh 0) + every AuxLoss the layers sowed.
 Gradient accumulation scans over `grad_accum` strided micro-batches, normalising by the whole
 batch's weight so the update equals the one-big-batch update; layers' `end_step` hooks run once
 per step, after the last micro-batch.
@@ -17,6 +18,7 @@ from layers.aux import AuxLoss, LayerMetric, end_step
 from train.optim import global_norm
 
 LOSSES = ("xent", "mse")
+MODEL_FIELDS = ("segment_ids", "positions")  # [B, T] int32 of packed text (train/data/packing.py)
 
 
 def task_sums(outputs: jax.Array, batch: dict, loss: str, label_smoothing: float = 0.0) -> dict:
@@ -53,8 +55,9 @@ def _by_name(state: nnx.State, reduce: Callable) -> dict[str, jax.Array]:
   return {k: reduce(jnp.stack(v)) for k, v in groups.items()}
 
 
-def forward(graphdef, params, rest, inputs, *, deterministic: bool = False):
-  """Model outputs plus the aux losses (summed per name) and layer metrics (averaged per name).
+def forward(graphdef, params, rest, batch: dict, *, deterministic: bool = False):
+  """Model outputs for batch["inputs"], plus the aux losses (summed per name) and layer metrics (averaged
+  per name). The batch's MODEL_FIELDS it has (packed text) go to the model as keywords.
 
   deterministic=True (evaluation) switches off training-only noise (dropout, rational version D,
   router jitter) in every layer that has a `deterministic` view.
@@ -62,7 +65,8 @@ def forward(graphdef, params, rest, inputs, *, deterministic: bool = False):
   model = nnx.merge(graphdef, params, rest)
   if deterministic:
     model = nnx.view(model, deterministic=True, raise_if_not_found=False)
-  outputs, aux, metrics = nnx.capture(model, AuxLoss, LayerMetric)(inputs)
+  fields = {k: batch[k] for k in MODEL_FIELDS if k in batch}
+  outputs, aux, metrics = nnx.capture(model, AuxLoss, LayerMetric)(batch["inputs"], **fields)
   _, _, new_rest = nnx.split(model, nnx.Param, ...)
   return (outputs, _by_name(aux, lambda x: jnp.sum(x, axis=0)),
           _by_name(metrics, lambda x: jnp.mean(x, axis=0)), nnx.to_pure_dict(new_rest))
@@ -83,7 +87,7 @@ def _micro(batch: dict, n: int) -> dict:
 def make_train_step(graphdef, tx: optax.GradientTransformation, lr: optax.Schedule, *, loss: str,
                     grad_accum: int = 1, label_smoothing: float = 0.0):
   def objective(params, rest, mb, total_weight):
-    outputs, aux, metrics, rest = forward(graphdef, params, rest, mb["inputs"])
+    outputs, aux, metrics, rest = forward(graphdef, params, rest, mb)
     sums = task_sums(outputs, mb, loss, label_smoothing)
     aux_total = sum(aux.values(), jnp.float32(0.0)) / grad_accum
     return sums["loss"] / total_weight + aux_total, (sums, aux, metrics, rest)
@@ -131,7 +135,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr: optax.Schedu
 
 def make_eval_step(graphdef, *, loss: str):
   def eval_step(state: dict, batch: dict) -> dict:
-    outputs, _, _, _ = forward(graphdef, state["params"], state["rest"], batch["inputs"], deterministic=True)
+    outputs, _, _, _ = forward(graphdef, state["params"], state["rest"], batch, deterministic=True)
     return task_sums(outputs, batch, loss)
 
   return eval_step

@@ -11,6 +11,7 @@ from train import mesh as mesh_lib
 from train.config import ConfigError
 from train.data import documents
 from train.data import registry as data_registry
+from train.data.packing import PACKINGS
 from train.data.tokenizer import get_tokenizer
 from train.optim import SCHEDULES
 from train.step import LOSSES
@@ -84,6 +85,7 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   _require(not crop or crop == d.get("image_size", 0),
            f"data.augment.random_resized_crop={crop} needs data.image_size={crop} (the side every image is "
            f"brought to), got {d.get('image_size', 0)}")
+  _require(d.packing in PACKINGS, f"data.packing={d.packing!r}; choose one of {PACKINGS}")
   _require(d.get("read_threads", -1) >= -1,
            f"data.read_threads must be -1 (auto), 0 (read in the loop's thread) or a thread count, got "
            f"{d.get('read_threads')}")
