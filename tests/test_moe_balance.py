@@ -139,11 +139,11 @@ def test_jitter_off_in_evaluation_forward():
   layer = _build(jitter=0.5)
   graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
   params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
-  x = _x(6)
-  a = forward(graphdef, params, rest, x, deterministic=True)[0]
-  b = forward(graphdef, params, rest, x, deterministic=True)[0]
+  batch = {"inputs": _x(6)}
+  a = forward(graphdef, params, rest, batch, deterministic=True)[0]
+  b = forward(graphdef, params, rest, batch, deterministic=True)[0]
   np.testing.assert_array_equal(a, b)
-  assert not np.allclose(forward(graphdef, params, rest, x)[0], a)
+  assert not np.allclose(forward(graphdef, params, rest, batch)[0], a)
 
 
 @pytest.mark.parametrize("options, match", [
