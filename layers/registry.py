@@ -56,7 +56,7 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "delta_net": "layers.linear_attention.mixers.delta_net:delta_net",
     "gated_delta_net": "layers.linear_attention.mixers.delta_net:gated_delta_net",
     "mamba2": "layers.linear_attention.mixers.mamba2:mamba2",
-    "mom": "layers.moe.mom:mom",
+    "mom": "layers.moe.mom:MixtureOfMemories",
     "karat": "layers.kan.karat:karat",
   },
   "ffn": {
@@ -65,8 +65,8 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "swiglu": "layers.feedforward:swiglu",
     "geglu": "layers.feedforward:geglu",
     "reglu": "layers.feedforward:reglu",
-    "moe": "layers.moe.moe:moe",
-    "smear": "layers.moe.smear:smear",
+    "moe": "layers.moe.moe:MoE",
+    "smear": "layers.moe.smear:SMEAR",
     "kan": "layers.kan.feedforward:kan_ffn",
     "fourier_kan": "layers.kan.feedforward:fourier_kan_ffn",
     "gr_kan": "layers.kan.gr_kan:gr_kan",
@@ -126,7 +126,8 @@ def lookup(kind: str, name: str) -> Callable[..., Any]:
 
 def check_options(kind: str, name: str, options: dict[str, Any]) -> None:
   """Raise if `options` holds a key the constructor of `name` does not accept."""
-  params = inspect.signature(lookup(kind, name)).parameters
+  ctor = lookup(kind, name)
+  params = inspect.signature(ctor.__init__ if inspect.isclass(ctor) else ctor).parameters  # a layer class or a factory
   if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
     return
   accepted = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p != "rngs"]
