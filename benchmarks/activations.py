@@ -37,6 +37,8 @@ BLOCKS = {
   "group_rational (G=8)": ("mlp", {"activation": "group_rational", "activation_options": {"groups": 8}}),
   "polynorm": ("mlp", {"activation": "polynorm"}),
   "polyrelu": ("mlp", {"activation": "polyrelu"}),
+  **{name: ("mlp", {"activation": name}) for name in ("apa", "aglu", "crrelu", "smelu", "generalized_smelu",
+                                                       "helu", "snake", "sine")},
 }
 
 

@@ -38,19 +38,22 @@ def mlp_model_config(hidden=(64, 64), *, layer: str = "linear", activation: str 
 
 
 def convnet_model_config(*, activation: str = "relu", n_outputs: int = 10, in_channels: int = 1,
-                         spatial=(40,), channels=(6, 16), dense=(120, 84)) -> ml_collections.ConfigDict:
-  """`config.model` for the LeNet-like conv net; `spatial` is (L,) for 1-D or (H, W) for images."""
+                         spatial=(40,), channels=(6, 16), dense=(120, 84), norm: str = "") -> ml_collections.ConfigDict:
+  """`config.model` for the LeNet-like conv net; `spatial` is (L,) for 1-D or (H, W) for images. `norm`
+  names a registered norm-activation layer (e.g. "evonorm_s0") used after each convolution in place of
+  the activation."""
   return ml_collections.ConfigDict(dict(
-    kind="convnet", activation=activation, n_outputs=n_outputs, in_channels=in_channels,
+    kind="convnet", activation=activation, norm=norm, n_outputs=n_outputs, in_channels=in_channels,
     spatial=tuple(spatial), channels=tuple(channels), dense=tuple(dense), kernel_size=5,
     options=ml_collections.ConfigDict(), dtype="float32", param_dtype="float32",
   ))
 
 
-def _activation(cfg, features: int, rngs: nnx.Rngs):
+def _activation(cfg, features: int, rngs: nnx.Rngs, kind: str = "activation"):
+  """The registered activation `cfg.activation` (or norm `cfg.norm`) for `features` channels."""
+  name = cfg.activation if kind == "activation" else cfg.norm
   ctx = LayerContext(d_model=features, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
-  options = dict(cfg.options.get(cfg.activation, {}))
-  return registry.build("activation", cfg.activation, ctx, rngs=rngs, **options)
+  return registry.build(kind, name, ctx, rngs=rngs, **dict(cfg.options.get(name, {})))
 
 
 class MLP(nnx.Module):
@@ -76,6 +79,12 @@ class MLP(nnx.Module):
         layers.append(Linear(a, b, axes=axes, use_bias=True, **kw))
         if i < len(widths) - 2:
           acts.append(_activation(cfg, b, rngs))
+        # A SIREN sine brings the init of the Linear feeding it (first layer / hidden layers; the output
+        # layer follows a sine too and takes the hidden-layer init).
+        feeds = acts[-1] if acts else None
+        if hasattr(feeds, "kernel_init"):
+          kernel = layers[-1].kernel
+          kernel[...] = feeds.kernel_init(first_layer=i == 0)(rngs.params(), kernel.shape, kernel.dtype)
     self.layers = nnx.List(layers)
     self.acts = nnx.List(acts)
 
@@ -137,7 +146,8 @@ class ConvNet(nnx.Module):
     kernel = (cfg.kernel_size,) * len(cfg.spatial)
     chans = [cfg.in_channels, *cfg.channels]
     self.convs = nnx.List([Conv(a, b, kernel, **kw) for a, b in itertools.pairwise(chans)])
-    self.conv_acts = nnx.List([_activation(cfg, c, rngs) for c in cfg.channels])
+    kind = "norm" if cfg.get("norm") else "activation"  # a norm-activation layer (EvoNorm) or an activation
+    self.conv_acts = nnx.List([_activation(cfg, c, rngs, kind) for c in cfg.channels])
     flat = math.prod(s // 2 ** len(cfg.channels) for s in cfg.spatial) * chans[-1]
     widths = [flat, *cfg.dense]
     self.dense = nnx.List([Linear(a, b, axes=(None, None), use_bias=True, **kw)

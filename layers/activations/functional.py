@@ -1,10 +1,13 @@
-"""Learnable activations as pure functions: rational (PAU), group rational (KAT), PolyCom, Swish-β.
+"""Activations as pure functions: rational (PAU), group rational (KAT), PolyCom, Swish-β, APA / AGLU, CRReLU,
+(generalised) SmeLU, HeLU, Snake.
 
 Every function evaluates in fp32 (fp64 for fp64 inputs) whatever the input dtype, polynomials by
 Horner's rule, and returns the input dtype. Rational coefficient order is ascending: numerator a_0..a_m,
 denominator b_1..b_n (version C: b_0..b_n); the denominator versions, the full-range evaluation and the
 fused backward are `layers.activations.rational_op`.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -117,3 +120,67 @@ def swish(x: jax.Array, beta: jax.Array) -> jax.Array:
   ct = _f32(x)
   x32 = x.astype(ct)
   return (x32 * jax.nn.sigmoid(beta.astype(ct) * x32)).astype(x.dtype)
+
+
+def apa(x: jax.Array, kappa: jax.Array, lam: jax.Array) -> jax.Array:
+  """Adaptive Parametric Activation (λ e^{-κx} + 1)^{-1/λ} (Alexandridis et al., ECCV 2024).
+
+  λ = 1 is the sigmoid σ(κx); λ -> 0 the Gumbel CDF exp(-e^{-κx}). Evaluated as
+  exp(-softplus(log λ - κx) / λ) (no overflow of e^{-κx}); λ is floored at 1e-4 as in the authors' code.
+  kappa, lam broadcast against x [..., F].
+  """
+  ct = _f32(x)
+  x32, k, lm = x.astype(ct), kappa.astype(ct), jnp.maximum(lam.astype(ct), 1e-4)
+  return jnp.exp(-jax.nn.softplus(jnp.log(lm) - k * x32) / lm).astype(x.dtype)
+
+
+def aglu(x: jax.Array, kappa: jax.Array, lam: jax.Array) -> jax.Array:
+  """AGLU = x · APA(x): the paper's gated linear unit for hidden layers (κ = λ = 1 is SiLU)."""
+  return (x.astype(_f32(x)) * apa(x, kappa, lam).astype(_f32(x))).astype(x.dtype)
+
+
+def crrelu(x: jax.Array, eps: jax.Array) -> jax.Array:
+  """Correction-regularised ReLU (EAFO): relu(x) + ε x exp(-x² / 2), ε learnable."""
+  ct = _f32(x)
+  x32 = x.astype(ct)
+  return (jax.nn.relu(x32) + eps.astype(ct) * x32 * jnp.exp(-0.5 * x32 * x32)).astype(x.dtype)
+
+
+def generalized_smelu(x: jax.Array, alpha: float = 1.0, beta: float = 1.0, slope_left: float = 0.0,
+                      slope_right: float = 1.0, offset: float = 0.0) -> jax.Array:
+  """Piecewise linear-quadratic-linear: slope `slope_left` below -alpha (value `offset` at -alpha), a
+  quadratic on [-alpha, beta] whose slope goes linearly from slope_left to slope_right (C¹ at both knees),
+  slope `slope_right` above beta. SmeLU (Shamir et al.) is alpha = beta, slopes 0 and 1, offset 0:
+  0 for x <= -β, (x + β)² / (4β) for |x| <= β, x for x >= β."""
+  ct = _f32(x)
+  x32 = x.astype(ct)
+  curv = (slope_right - slope_left) / (2.0 * (alpha + beta))
+  d = jnp.clip(x32, -alpha, beta) + alpha  # distance into the quadratic region, in [0, alpha + beta]
+  inside = offset + slope_left * d + curv * d * d
+  y = inside + slope_left * jnp.minimum(x32 + alpha, 0.0) + slope_right * jnp.maximum(x32 - beta, 0.0)
+  return y.astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def helu(x: jax.Array, alpha: float = 0.05) -> jax.Array:
+  """Hysteresis ReLU (Kimhi et al., ENLSP 2024): relu(x) forward; the backward lets the gradient through for
+  x > -alpha (a lower threshold than the forward's 0), so units just below 0 keep learning."""
+  return jax.nn.relu(x)
+
+
+def _helu_fwd(x, alpha):
+  return jax.nn.relu(x), x
+
+
+def _helu_bwd(alpha, x, g):
+  return (jnp.where(x > -alpha, g, jnp.zeros_like(g)),)
+
+
+helu.defvjp(_helu_fwd, _helu_bwd)
+
+
+def snake(x: jax.Array, a: jax.Array) -> jax.Array:
+  """Snake (Ziyin et al., NeurIPS 2020): x + sin²(a x) / a, a > 0 (broadcasting against x)."""
+  ct = _f32(x)
+  x32, a32 = x.astype(ct), a.astype(ct)
+  return (x32 + jnp.square(jnp.sin(a32 * x32)) / a32).astype(x.dtype)
