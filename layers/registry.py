@@ -47,6 +47,7 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "kan": "layers.kan.feedforward:kan_ffn",
     "fourier_kan": "layers.kan.feedforward:fourier_kan_ffn",
     "gr_kan": "layers.kan.gr_kan:gr_kan",
+    "af_kan": "layers.kan.af_kan:AFKANFeedForward",
   },
   "activation": {
     "relu": "layers.activations.fixed:relu",

@@ -2,7 +2,10 @@
 
 MLP (`kind: mlp`): inputs [B, ...] flattened -> hidden layers -> [B, n_outputs]. `model.layer` picks
 the hidden layer: "linear" (Linear + registered activation `model.activation`), "kan" (B-spline
-KANLinear; its edge functions are the nonlinearity) or "fourier_kan". `update_grid(x, grid_size)`
+KANLinear; its edge functions are the nonlinearity), "fourier_kan", "af_kan" (activation-function bases,
+ReLU-KAN style) or "fkan" (FKAN for implicit neural representations: a Fourier-KAN first layer of
+`grid_size` frequencies, then Linear + `model.activation` layers; the first layer's output also goes
+through the activation, a detail of the FKAN paper this code could not confirm). `update_grid(x, grid_size)`
 refits (and, with a larger grid_size, extends) every KAN layer's grid to the activations x produces.
 
 ConvNet (`kind: convnet`): LeNet-5 shape for 1-D signals [B, L, C] or images [B, H, W, C]:
@@ -21,10 +24,11 @@ from flax import nnx
 from layers import registry
 from layers.context import LayerContext
 from layers.core import Linear, make_param
+from layers.kan.af_kan import AFKANLinear
 from layers.kan.fourier_kan import FourierKAN
 from layers.kan.kan_linear import KANLinear
 
-LAYERS = ("linear", "kan", "fourier_kan")
+LAYERS = ("linear", "kan", "fourier_kan", "af_kan", "fkan")
 
 
 def mlp_model_config(hidden=(64, 64), *, layer: str = "linear", activation: str = "relu", n_outputs: int = 10,
@@ -73,8 +77,13 @@ class MLP(nnx.Module):
       if cfg.layer == "kan":
         layers.append(KANLinear(a, b, grid_size=cfg.grid_size, order=cfg.order, reg_weight=cfg.reg_weight,
                                 grid_range=tuple(cfg.grid_range), axes=axes, **kw))
-      elif cfg.layer == "fourier_kan":
+      elif cfg.layer == "fourier_kan" or (cfg.layer == "fkan" and i == 0):
         layers.append(FourierKAN(a, b, grid_size=cfg.grid_size, axes=axes, **kw))
+        if cfg.layer == "fkan":
+          acts.append(_activation(cfg, b, rngs))
+      elif cfg.layer == "af_kan":
+        layers.append(AFKANLinear(a, b, grid_size=cfg.grid_size, order=cfg.order, grid_range=tuple(cfg.grid_range),
+                                  axes=axes, **kw))
       else:
         layers.append(Linear(a, b, axes=axes, use_bias=True, **kw))
         if i < len(widths) - 2:
