@@ -3,6 +3,7 @@
     python -m benchmarks.kan                 # the issues' settings (below)
     python -m benchmarks.kan --quick         # small shapes, for a CPU smoke run
     python -m benchmarks.kan --dtype bfloat16 --out runs/benchmarks/kan_gpu.json
+    python -m benchmarks.kan --tables spline          # only the spline-layer table (also: ffn, mixer)
 
 Three tables, each against its baseline row:
 * spline layer: one B-spline KAN layer (8192 x 256 -> 256, G = 5, k = 3) vs a dense layer of the same
@@ -101,7 +102,11 @@ def main() -> None:
   p.add_argument("--dtype", default="float32", help="compute dtype (params stay float32)")
   p.add_argument("--repeats", type=int, default=10)
   p.add_argument("--out", default="runs/benchmarks/kan.json")
+  p.add_argument("--tables", default="spline,ffn,mixer", help="comma-separated subset of spline, ffn, mixer")
   args = p.parse_args()
+  wanted = set(args.tables.split(","))
+  if not wanted <= {"spline", "ffn", "mixer"}:
+    raise SystemExit(f"--tables takes spline, ffn, mixer; got {args.tables}")
   tokens, d, heads, T, width = (1024, 128, 4, 128, 64) if args.quick else (8192, 512, 8, 256, 256)
   dtype = jnp.dtype(args.dtype)
   ctx = LayerContext(d_model=d, n_heads=heads, d_ff=4 * d, activation="gelu", dtype=dtype)
@@ -110,9 +115,13 @@ def main() -> None:
         f"flax {flax.__version__}, python {platform.python_version()}, dtype {dtype.name}, "
         f"tokens {tokens}, d {d}, spline layer {tokens} x {width} (G=5, k=3), median of {args.repeats}")
   key = jax.random.key(0)
-  tables = {"spline layer": [(label, m, jax.random.uniform(key, (tokens, width), dtype, -1.0, 1.0))
-                             for label, m in spline_layers(width, 5, 3).items()]}
+  tables = {}
+  if "spline" in wanted:
+    tables["spline layer"] = [(label, m, jax.random.uniform(key, (tokens, width), dtype, -1.0, 1.0))
+                              for label, m in spline_layers(width, 5, 3).items()]
   for kind, table, shape in (("ffn", FFNS, (tokens, d)), ("mixer", MIXERS, (tokens // T, T, d))):
+    if kind not in wanted:
+      continue
     x = jax.random.normal(key, shape, dtype)
     extra = {"max_len": T} if kind == "mixer" else {}
     tables[kind] = [(label, registry.build(kind, name, ctx, rngs=nnx.Rngs(0), **options, **extra), x)
