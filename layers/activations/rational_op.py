@@ -94,8 +94,7 @@ def threshold(m: int, n: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Per-element pieces. Coefficient partials are returned as weights w and a power sequence, so the caller can
-# reduce Σ w·x^i one i at a time without storing the powers.
+# Per-element pieces: the literal formula (|x| <= T) and the factored one (beyond T, ±inf, NaN).
 
 
 def _near(x, a, beta, q0, version):
