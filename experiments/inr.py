@@ -19,7 +19,13 @@ One run / the comparison (5 models x 3 seeds, through train.sweep) and its table
   python -m experiments.inr --task periodic --scale local       # runs what is missing, prints the table
   python -m experiments.inr --task image --scale local
 Paper scale (GPU/TPU): --scale paper (256² image, 256 units, 10k steps).
-Measured locally: see the end of this docstring (filled from `python -m experiments.inr` runs).
+
+Measured locally (`--scale local`: width 64, 600 steps, seeds 0-2, 2 CPU cores under heavy load, ~12 min a
+task), extrapolation MSE on [2π, 6π], mean ± std:
+  FKAN 4.4e-05 ± 1e-05 | SIREN 0.68 ± 0.23 | Snake 0.95 ± 0.22 | B-spline KAN 4.0 ± 3.2 | ReLU 15 ± 2
+Snake and SIREN extrapolate where ReLU does not, as their papers claim; FKAN's first layer holds the
+target's own frequencies (1..8 ⊇ {1, 2, 3}), so it represents f exactly: this task favours it by
+construction. The B-spline KAN's grid covers only the training range (zero bases beyond it).
 """
 
 import argparse
