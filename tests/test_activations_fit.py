@@ -42,7 +42,7 @@ def test_presets_match_or_beat_published_coefficients():
 
 
 def test_every_version_and_other_degrees():
-  for version in F.VERSIONS:
+  for version in R.VERSIONS:
     p = fit.preset("gelu", version)
     assert p.denominator.shape == (R.denominator_size(version, 4),) and p.rmse < 1e-3, version
   assert fit.preset("tanh", "A", 3, 2).rmse < 1e-3
