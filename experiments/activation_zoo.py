@@ -21,10 +21,10 @@ of the learnable activations of the seed-0 runs to <root>/learned_shapes.png):
 Measured locally (mnist1d, `--scale local`: MLP 64-64, 600 steps, batch 100, seeds 0-2, eval accuracy on 1000
 test examples, 2 CPU cores under heavy load, ~40 min for the 69 runs at --parallel 2), mean ± std:
   polyrelu .538 ± .020 | aglu .536 ± .006 | gelu .534 ± .003 | gelu_tanh .534 ± .003 | polynorm .530 ± .013 |
-  group_rational .528 ± .006 | silu .523 ± .008 | rational .521 ± .010 | crrelu .515 ± .017 | relu2 .513 ± .010 |
-  leaky_relu .511 ± .011 | relu .508 ± .011 | helu .508 ± .010 | snake .506 ± .016 | generalized_smelu .502 ±
-  .010 | smelu .502 ± .005 | sine .469 ± .043 | apa .324 ± .006 | identity .322 ± .008 | sigmoid .312 ± .002
-  (swish, swish_beta, tanh still running when this was written). Smooth and learnable activations lead the
+  group_rational .528 ± .006 | swish_beta .526 ± .022 | silu = swish .523 ± .008 | rational .521 ± .010 |
+  crrelu .515 ± .017 | relu2 .513 ± .010 | leaky_relu .511 ± .011 | relu .508 ± .011 | helu .508 ± .010 |
+  snake .506 ± .016 | generalized_smelu .502 ± .010 | smelu .502 ± .005 | tanh .476 ± .012 | sine .469 ± .043 |
+  apa .324 ± .006 | identity .322 ± .008 | sigmoid .312 ± .002. Smooth and learnable activations lead the
   ReLU family by 1-3 points at this scale, within about two standard deviations of each other; APA (a
   sigmoid-shaped gate, as the paper uses it for classifier heads) trains like sigmoid in hidden layers, and
   AGLU is the form for hidden layers. The text task was not run in this session (command above).
