@@ -31,7 +31,8 @@ import os
 
 from experiments import common
 
-MIXERS = ("attention", "linear_attention", "retnet", "gla", "delta_net", "gated_delta_net")
+MIXERS = ("attention", "linear_attention", "retnet", "gla", "delta_net", "gated_delta_net", "norm_attention",
+          "lightning_attention", "nala")
 SCALES = {  # vocab, seq_len, train steps, batch, default widths and pair counts
   "local": dict(vocab_size=32, seq_len=32, steps=2000, batch_size=32, widths=(32, 64, 128), pairs=(2, 4, 8)),
   "paper": dict(vocab_size=8192, seq_len=512, steps=20000, batch_size=256, widths=(64, 128, 256, 512),
