@@ -1,5 +1,7 @@
-"""Softmax attention: the pure function (`softmax_attention`) and the layers built on it."""
+"""Softmax attention: the pure functions (`softmax_attention`, `block_softmax_attention`) and the layers built
+on them."""
 
+from layers.attention.block_softmax_attention import block_softmax_attention
 from layers.attention.softmax_attention import softmax_attention
 
-__all__ = ["softmax_attention"]
+__all__ = ["block_softmax_attention", "softmax_attention"]
