@@ -13,12 +13,13 @@ dropping their negative parts:
 
 A larger ||q|| gives a larger power, so the mass concentrates on the largest matching direction entries
 (lower entropy), as in softmax. The [positive, negative] split keeps the norm of the direction
-(||[relu(d), relu(-d)]|| = ||d||) and lets a key only match a query in the dimensions where their signs
-agree, which cancels ("inhibits") opposite directions instead of clipping them away. The sum runs over
-s <= t (causal=True, a recurrent state of width 2 head_dim, the denominator carried as an extra all-ones
-value channel) or over the whole document (causal=False, the ViT: a forward and a reversed pass of the
-same op). Every default follows the authors' code (ZacharyMeng/NaLaFormer, NALA.py `NormAwareLinearAttn`):
-a = 3, c = 3, q/k/v/gate projections with biases, LayerNorm (eps 1e-5) over all heads gated by SiLU.
+(||[relu(d), relu(-d)]|| = ||d||) and scores a query-key pair in every dimension where their signs agree,
+negative ones included (a plain ReLU kernel drops those), while opposite signs score 0 ("inhibit")
+instead of a negative weight. The sum runs over s <= t (causal=True, a recurrent state of width
+2 head_dim, the denominator carried as an extra all-ones value channel) or over the whole document
+(causal=False, the ViT: a forward and a reversed pass of the same op). Every default follows the
+authors' code (ZacharyMeng/NaLaFormer, NALA.py `NormAwareLinearAttn`): a = 3, c = 3, q/k/v/gate
+projections with biases, LayerNorm (eps 1e-5) over all heads gated by SiLU.
 
 What we could not confirm or left out: the paper's text (only the abstract was at hand; the code's
 ReLU-split is what its abstract calls the norm-preserving mapping with "cosine inhibit"); the code's
