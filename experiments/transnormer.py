@@ -21,7 +21,12 @@ Local (2 CPU cores, byte-level LM on the embedded stdlib corpus, 4 layers of d=6
 Expect (paper): TransNormer T1 / T2 reach lower WikiText-103 perplexity than the vanilla Transformer and
 than the other linear transformers it compares (1 + elu, Performer, cosFormer, ...), and NormAttention
 trains stably where the scaled linear attention does not.
-Measured locally: TO BE FILLED
+Measured locally (the sweep above, seeds 0 and 1; eval loss in nats per byte after 300 steps, 4 batches of
+16 x 128, mean ± std over seeds; 28 min wall for the 8 runs on 2 CPU cores shared with other jobs):
+  transnormer 2.765 ± 0.012   attention 2.817 ± 0.007   norm 2.975 ± 0.008   linear 3.077 ± 0.053
+The paper's order holds at this scale: DiagAttention + NormAttention beats the softmax Transformer, and
+NormAttention alone beats the scaled (1 + elu, denominator) linear attention but not softmax: the local
+softmax layers are what closes the gap (attention dilution), the norm what beats the denominator.
 """
 
 from experiments import common
