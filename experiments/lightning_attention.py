@@ -24,7 +24,13 @@ decoding): python -m benchmarks.linear_attention_mixers --mixers attention,retne
 Expect (papers): Lightning Attention-2 keeps its training speed as the sequence grows while FlashAttention-2
 slows; TransNormerLLM at 385M-7B is competitive with Transformer LLMs of the same size; the decay is what
 lifts it above TransNormer's decay-free NormAttention.
-Measured locally: TO BE FILLED
+Measured locally (the sweep above, seeds 0 and 1; eval loss in nats per byte after 300 steps, 4 batches of
+16 x 128, mean ± std over seeds; 30 min wall for the 8 runs on 2 CPU cores shared with other jobs):
+  retnet 2.696 ± 0.048 (296K parameters)   lightning 2.704 ± 0.053 (246K)   attention 2.783 ± 0.089 (230K)
+  norm 2.870 ± 0.033 (230K)
+The decay is worth 0.17 nats/byte over decay-free NormAttention here; TransNormerLLM's mixer and RetNet
+(which has twice the value width) are within the seed spread of each other, both ahead of attention at
+this short training. Speed: see benchmarks/RESULTS.md (mixer layers).
 """
 
 from experiments import common
