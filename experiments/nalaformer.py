@@ -23,7 +23,12 @@ The causal form is in the MQAR study (experiments/mqar_study.py, mixer=nala).
 Expect (paper / the authors' README, ImageNet-1K top-1 from scratch): NaLaFormer-XT / T / S / B / L
 79.1 / 82.6 / 84.3 / 85.2 / 85.7 at 8 / 15 / 26 / 52 / 95M parameters, above the linear-attention
 backbones they compare with (the v1 abstract: gains of up to 4.2% on vision and language tasks).
-Measured locally: TO BE FILLED
+Measured locally (the sweep above, seeds 0 and 1; eval accuracy on 8 x 64 MNIST-1D test examples after 600
+steps, mean ± std over seeds; 10 min wall for the 4 runs on 2 CPU cores shared with other jobs):
+  nala 0.814 ± 0.001 (218K parameters)   softmax 0.813 ± 0.033 (199K)   (eval loss 0.614 ± 0.002 vs 0.601 ± 0.049)
+Equal within the seed spread at 11 tokens, where nothing favours linear attention; at this length the two
+chunk passes of the bidirectional form make a NaLa training step ~2.3x slower than softmax's on this CPU
+(tokens/s of the runs, under load). NaLa's causal form on recall: the MQAR study.
 """
 
 import ml_collections
