@@ -3,7 +3,8 @@
 Loss = task loss (weighted over batch["weights"]: padding and, for packed text, targets in another
 document than their input weigh 0) + every AuxLoss the layers sowed.
 Gradient accumulation scans over `grad_accum` strided micro-batches, normalising by the whole
-batch's weight so the update equals the one-big-batch update.
+batch's weight so the update equals the one-big-batch update; layers' `end_step` hooks run once
+per step, after the last micro-batch.
 """
 
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from layers.aux import AuxLoss, LayerMetric
+from layers.aux import AuxLoss, LayerMetric, end_step
 from train.optim import global_norm
 
 LOSSES = ("xent", "mse")
@@ -71,9 +72,21 @@ def forward(graphdef, params, rest, batch: dict, *, deterministic: bool = False)
           _by_name(metrics, lambda x: jnp.mean(x, axis=0)), nnx.to_pure_dict(new_rest))
 
 
+def _end_step(graphdef, params, rest):
+  """Layers commit what they gathered over the step's micro-batches (`layers.aux.end_step`)."""
+  model = nnx.merge(graphdef, params, rest)
+  end_step(model)
+  return nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[2])
+
+
 def _micro(batch: dict, n: int) -> dict:
   """[B, ...] -> [n, B/n, ...] with strided rows, so each device keeps its share of every micro-batch."""
   return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1), batch)
+
+
+def all_finite(tree) -> jax.Array:
+  """True iff every element of every array in `tree` is finite (no NaN, no inf)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, lr: optax.Schedule, *, loss: str,
@@ -102,15 +115,18 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr: optax.Schedu
       sums = jax.tree.map(lambda x: jnp.sum(x, 0), sums)
       aux = jax.tree.map(lambda x: jnp.mean(x, 0), aux)
       metrics = jax.tree.map(lambda x: jnp.mean(x, 0), metrics)
+    rest = _end_step(graphdef, params, rest)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     params = optax.apply_updates(params, updates)
     step = state["step"]
     loss_value = sums["loss"] / total_weight
-    finite = jnp.isfinite(loss_value)
+    grad_norm = global_norm(grads)
+    # A step is good only if its loss, its gradients and the parameters it produced are all finite.
+    finite = jnp.isfinite(loss_value) & jnp.isfinite(grad_norm) & all_finite(params)
     out = {
       "loss": loss_value,
       "accuracy": sums["correct"] / total_weight,
-      "grad_norm": global_norm(grads),
+      "grad_norm": grad_norm,
       "lr": lr(step),
       **{f"aux/{k}": v for k, v in aux.items()},
       **{f"layers/{k}": v for k, v in metrics.items()},

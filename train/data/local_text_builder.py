@@ -38,12 +38,12 @@ def docstrings(source: bytes) -> list[bytes]:
   return [d.encode() for n in ast.walk(tree) if isinstance(n, kinds) and (d := ast.get_docstring(n))]
 
 
-def _files(root: Path, pattern: str, max_files: int) -> list[Path]:
+def corpus_files(root: Path, pattern: str, max_files: int) -> list[Path]:
   files = sorted(p for p in root.rglob(pattern) if p.is_file() and "site-packages" not in p.parts)
   return files[:max_files] if max_files else files
 
 
-def _is_validation(rel: str) -> bool:
+def is_validation(rel: str) -> bool:
   return int(hashlib.sha256(rel.encode()).hexdigest(), 16) % 100 < VALIDATION_PERCENT
 
 
@@ -74,13 +74,13 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    files = _files(self._root, self._pattern, self._max_files)
+    files = corpus_files(self._root, self._pattern, self._max_files)
     if not files:
       raise FileNotFoundError(f"no files matching {self._pattern!r} under {self._root}")
     rels = [(str(p.relative_to(self._root)), p) for p in files]
     return {
-      "train": self._generate_examples([r for r in rels if not _is_validation(r[0])]),
-      "validation": self._generate_examples([r for r in rels if _is_validation(r[0])]),
+      "train": self._generate_examples([r for r in rels if not is_validation(r[0])]),
+      "validation": self._generate_examples([r for r in rels if is_validation(r[0])]),
     }
 
   def _generate_examples(self, rels):
