@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from experiments import transnormer
-from layers.attention import block_softmax_attention as bsa
+from layers.attention.block_softmax_attention import block_index, block_softmax_attention
 from layers.attention.diag_attention import DiagAttention
 from layers.context import LayerContext
 from layers.linear_attention.mixers.norm_attention import NormAttention
@@ -64,14 +64,14 @@ def _qkv(seed=0):
 def test_block_softmax_matches_the_direct_formula(block_size, packed):
   q, k, v = _qkv()
   seg = SEGMENT_IDS if packed else None
-  o = bsa.block_softmax_attention(q, k, v, block_size=block_size, segment_ids=None if seg is None else jnp.asarray(seg))
+  o = block_softmax_attention(q, k, v, block_size=block_size, segment_ids=None if seg is None else jnp.asarray(seg))
   assert o.shape == (B, T, H, K) and o.dtype == jnp.float32
   assert _rel(o, block_softmax_reference(q, k, v, block_size, seg)) < 1e-5
 
 
 def test_block_softmax_gradients_are_finite_and_local():
   q, k, v = _qkv(1)
-  grads = jax.grad(lambda q, k, v: jnp.sum(bsa.block_softmax_attention(q, k, v, block_size=4)[:, 9]),
+  grads = jax.grad(lambda q, k, v: jnp.sum(block_softmax_attention(q, k, v, block_size=4)[:, 9]),
                    argnums=(0, 1, 2))(q, k, v)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
   gk = np.abs(np.asarray(grads[1])).sum(axis=(0, 2, 3))
@@ -81,12 +81,12 @@ def test_block_softmax_gradients_are_finite_and_local():
 def test_block_softmax_refuses_bad_arguments():
   q, k, v = _qkv()
   with pytest.raises(ValueError, match="block_size"):
-    bsa.block_softmax_attention(q, k, v, block_size=0)
+    block_softmax_attention(q, k, v, block_size=0)
   with pytest.raises(ValueError, match="segment_ids"):
-    bsa.block_softmax_attention(q, k, v, block_size=4, segment_ids=jnp.zeros((B, T + 1), jnp.int32))
+    block_softmax_attention(q, k, v, block_size=4, segment_ids=jnp.zeros((B, T + 1), jnp.int32))
 
 
-@pytest.mark.parametrize("fn", [bsa.block_softmax_attention, bsa.block_index])
+@pytest.mark.parametrize("fn", [block_softmax_attention, block_index])
 def test_docstring_example_runs(fn):
   runner = doctest.DocTestRunner()
   for test in doctest.DocTestFinder().find(fn, globs={"jnp": jnp, fn.__name__: fn}):
