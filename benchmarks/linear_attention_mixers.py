@@ -26,7 +26,8 @@ from flax import nnx
 from layers import registry
 from layers.context import LayerContext
 
-MIXERS = ("attention", "linear_attention", "retnet", "gla", "delta_net", "gated_delta_net", "mamba2")
+MIXERS = ("attention", "linear_attention", "retnet", "lightning_attention", "gla", "delta_net", "gated_delta_net",
+          "mamba2", "norm_attention", "diag_attention", "nala")
 D_MODEL, N_HEADS = 256, 4
 
 

@@ -56,6 +56,10 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "delta_net": "layers.linear_attention.mixers.delta_net:delta_net",
     "gated_delta_net": "layers.linear_attention.mixers.delta_net:gated_delta_net",
     "mamba2": "layers.linear_attention.mixers.mamba2:mamba2",
+    "norm_attention": "layers.linear_attention.mixers.norm_attention:NormAttention",
+    "diag_attention": "layers.attention.diag_attention:DiagAttention",
+    "lightning_attention": "layers.linear_attention.mixers.lightning_attention:LightningAttention",
+    "nala": "layers.linear_attention.mixers.nala:NaLaAttention",
     "mom": "layers.moe.mom:MixtureOfMemories",
     "karat": "layers.kan.karat:karat",
   },
@@ -135,10 +139,16 @@ def lookup(kind: str, name: str) -> Callable[..., Any]:
   return import_named(_ENTRIES[kind], name, kind)
 
 
+def _parameters(kind: str, name: str):
+  """The parameters of the constructor of `name`: a factory's, or a layer class's __init__ (NNX's
+  metaclass gives the class itself a bare (*args, **kwargs) signature)."""
+  ctor = lookup(kind, name)
+  return inspect.signature(ctor.__init__ if inspect.isclass(ctor) else ctor).parameters
+
+
 def check_options(kind: str, name: str, options: dict[str, Any]) -> None:
   """Raise if `options` holds a key the constructor of `name` does not accept."""
-  ctor = lookup(kind, name)
-  params = inspect.signature(ctor.__init__ if inspect.isclass(ctor) else ctor).parameters  # NNX metaclasses hide it
+  params = _parameters(kind, name)
   if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
     return
   accepted = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p != "rngs"]
@@ -152,7 +162,7 @@ def check_options(kind: str, name: str, options: dict[str, Any]) -> None:
 def is_causal(name: str, options: dict[str, Any]) -> bool:
   """Whether mixer `name` built with `options` is causal: its `causal` option (given, or the
   constructor's default) when it takes one, else True (recurrences are causal by construction)."""
-  params = inspect.signature(lookup("mixer", name)).parameters
+  params = _parameters("mixer", name)
   if "causal" not in params:
     return True
   return bool(options.get("causal", params["causal"].default))

@@ -33,6 +33,7 @@ ATTENTION = {  # label -> registry layer and its options (bidirectional)
   "softmax": dict(layer="attention", causal=False, rope_theta=None),
   "karat": dict(layer="karat", operator="fourier_kan", mode="blockwise"),
   "karat_universal": dict(layer="karat", operator="fourier_kan", mode="universal"),
+  "nala": dict(layer="nala", causal=False),
 }
 
 
@@ -42,8 +43,9 @@ def vit_model_config(preset: str = "deit_t", *, image_size=(224, 224), in_channe
   """`config.model` for a preset `deit_t|s|b` or `kat_t|s|b` (GELU MLP vs GR-KAN feed-forward).
 
   attention: "softmax" (bidirectional softmax attention, no RoPE: the ViT adds position
-  embeddings), "karat" (Fourier-KArAt, blockwise) or "karat_universal"; all three are labels in
-  `model.options`, so switching is a change of `model.blocks`.
+  embeddings), "karat" (Fourier-KArAt, blockwise), "karat_universal" or "nala" (bidirectional
+  norm-aware linear attention, NaLaFormer's kernel); all are labels in `model.options`, so switching is a
+  change of `model.blocks`.
   """
   family, _, size = preset.partition("_")
   if family not in FAMILY_FFN or size not in VIT_SIZES:

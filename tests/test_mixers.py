@@ -45,6 +45,7 @@ OPTIONS = {
   "gla": {"conv_size": 4},
   "linear_attention": {"feature_map": "hedgehog", "normalize": True},
   "delta_net": {"allow_neg_eigval": True},
+  "diag_attention": {"block_size": 5},  # several blocks per document, blocks across the chunked-prefill split
 }
 # A branch that changes what decoding must mask: name -> (registry name, options over OPTIONS).
 VARIANTS = {"attention[window]": ("attention", {"window": 5})}

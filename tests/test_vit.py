@@ -40,6 +40,7 @@ def test_patchify_2d_and_1d():
 @pytest.mark.parametrize("attention,ffn,image_size,pool", [
   ("softmax", "mlp", (8, 8), "cls"),
   ("karat_universal", "gr_kan", (12,), "mean"),
+  ("nala", "mlp", (8, 8), "mean"),
 ])
 def test_vit_forward_and_grads(attention, ffn, image_size, pool):
   cfg = small_vit(attention, ffn, image_size=image_size, pool=pool, n_layers=1)

@@ -1,6 +1,7 @@
 """Feature maps phi for linear attention: softmax(q k^T) is replaced by phi(q) phi(k)^T.
 
-Fixed maps: identity, elu+1 (Katharopoulos et al.), relu. Hedgehog (Zhang et al., ICLR 2024): a
+Fixed maps: identity, elu+1 (Katharopoulos et al.), elu (TransNormer's NormAttention, which has no
+denominator to keep positive), relu. Hedgehog (Zhang et al., ICLR 2024): a
 learnable per-head linear map followed by softmax over features of [xW, -xW], which doubles the feature
 dimension; W starts at the identity and is not weight-decayed (decay would pull it towards a uniform map).
 """
@@ -16,6 +17,7 @@ from layers.core import make_param
 FIXED: dict[str, Callable[[jax.Array], jax.Array]] = {
   "identity": lambda x: x,
   "elu+1": lambda x: jax.nn.elu(x) + 1.0,
+  "elu": jax.nn.elu,
   "relu": jax.nn.relu,
 }
 NAMES = (*FIXED, "hedgehog")
