@@ -45,27 +45,51 @@ OPTIONS = {
   "gla": {"conv_size": 4},
   "linear_attention": {"feature_map": "hedgehog", "normalize": True},
   "delta_net": {"allow_neg_eigval": True},
+  "rwkv7_channel_mix": {"hidden": 4 * D},
+  "forgetting_attention": {"block_size": CHUNK},
 }
 # A branch that changes what decoding must mask: name -> (registry name, options over OPTIONS).
-VARIANTS = {"attention[window]": ("attention", {"window": 5})}
-CASES = {**{name: (name, {}) for name in registry.names("mixer")}, **VARIANTS}
-
-
-def _options(kind: str, extra: dict) -> dict:
-  options = {**OPTIONS.get(kind, {}), **extra}
-  if "chunk_size" in inspect.signature(registry.lookup("mixer", kind)).parameters:
-    options["chunk_size"] = CHUNK
-  return options
+VARIANTS = {"attention[window]": ("attention", {"window": 5}),
+            "forgetting_attention[pro]": ("forgetting_attention", {"output_gate": True, "output_norm": True,
+                                                                   "qk_norm": True, "kv_shift": True, "window": 9})}
+# Feed-forwards that read neighbouring tokens follow the mixer contract too (RWKV-7's channel mix).
+TOKEN_MIXING_FFNS = [name for name in registry.names("ffn") if hasattr(registry.lookup("ffn", name), "decode")]
+CASES = {**{name: (name, {}) for name in registry.names("mixer") + TOKEN_MIXING_FFNS}, **VARIANTS}
+# Layers whose paper initialisation zeroes the output projection (RWKV-7's W_o, its channel mix's W_v) would
+# output zeros and pass every check trivially: their parameters get random noise first.
+ZERO_OUTPUT_INIT = {"rwkv7", "rwkv7_channel_mix"}
 
 
 def _ctx(dtype=jnp.float32) -> LayerContext:
   return LayerContext(d_model=D, n_heads=2, n_kv_heads=2, head_dim=16, dtype=dtype)
 
 
+def _kind(name: str) -> str:
+  return "ffn" if name in TOKEN_MIXING_FFNS else "mixer"
+
+
+def _options(name: str, extra: dict) -> dict:
+  options = {**OPTIONS.get(name, {}), **extra}
+  if "chunk_size" in inspect.signature(registry.lookup(_kind(name), name)).parameters:
+    options["chunk_size"] = CHUNK
+  return options
+
+
+def perturb(layer: nnx.Module, seed: int = 0) -> nnx.Module:
+  """Add N(0, 0.1^2) noise to every parameter (in place; returns the layer)."""
+  params = nnx.state(layer, nnx.Param)
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed + 100), len(leaves))
+  noisy = [p + 0.1 * jax.random.normal(key, p.shape, p.dtype) for p, key in zip(leaves, keys)]
+  nnx.update(layer, jax.tree.unflatten(treedef, noisy))
+  return layer
+
+
 def build(case: str, dtype=jnp.float32, seed: int = 0):
   """The mixer of test case `case` (a registry name or a VARIANTS key)."""
-  kind, extra = CASES[case]
-  return registry.build("mixer", kind, _ctx(dtype), rngs=nnx.Rngs(seed), **_options(kind, extra))
+  name, extra = CASES[case]
+  layer = registry.build(_kind(name), name, _ctx(dtype), rngs=nnx.Rngs(seed), **_options(name, extra))
+  return perturb(layer, seed) if name in ZERO_OUTPUT_INIT else layer
 
 
 def example_mixer() -> type:
@@ -243,14 +267,16 @@ def test_docstring_example_runs(fn):
 
 @functools.cache
 def _lm(case: str):
-  kind, extra = CASES[case]
+  name, extra = CASES[case]
   cfg = tiny_lm().model
-  cfg.update(dict(vocab_size=32, d_model=D, n_heads=2, n_kv_heads=2, blocks="(mixer, mlp)"))
-  cfg.options.mixer = dict(layer=kind, **_options(kind, extra))
-  return LM(cfg, rngs=nnx.Rngs(0))
+  blocks = "(layer, mlp)" if _kind(name) == "mixer" else "(attention, layer)"
+  cfg.update(dict(vocab_size=32, d_model=D, n_heads=2, n_kv_heads=2, blocks=blocks))
+  cfg.options.layer = dict(layer=name, **_options(name, extra))
+  model = LM(cfg, rngs=nnx.Rngs(0))
+  return perturb(model) if name in ZERO_OUTPUT_INIT else model
 
 
-@pytest.mark.parametrize("name", list(registry.names("mixer")))
+@pytest.mark.parametrize("name", list(registry.names("mixer")) + TOKEN_MIXING_FFNS)
 def test_lm_is_causal(name):
   """Changing the tokens from position 7 on never changes an earlier logit (and does change later ones)."""
   model = _lm(name)
