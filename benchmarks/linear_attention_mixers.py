@@ -26,7 +26,8 @@ from flax import nnx
 from layers import registry
 from layers.context import LayerContext
 
-MIXERS = ("attention", "linear_attention", "retnet", "gla", "delta_net", "gated_delta_net", "mamba2")
+MIXERS = ("attention", "linear_attention", "retnet", "gla", "delta_net", "gated_delta_net", "mamba2", "kda",
+          "gated_deltaproduct", "rwkv7", "forgetting_attention")
 D_MODEL, N_HEADS = 256, 4
 
 

@@ -6,8 +6,9 @@ Gated DeltaNet:  S_t = a_t S_{t-1} + beta_t k_t (v_t - a_t S_{t-1}^T k_t)^T,  lo
 Both: q, k, v pass a short causal depthwise conv + SiLU; q, k are L2-normalised per head (so the
 delta-rule update is a contraction); beta = sigmoid(W_b x) (x2 with allow_neg_eigval, so the state
 transition I - beta k k^T may have negative eigenvalues); per-head RMSNorm on the readout, gated by
-SiLU(W_g x) when use_gate; output projection. One class, two registry defaults; with num_householder=n
-it is (Gated) DeltaProduct (layers/linear_attention/mixers/gated_deltaproduct.py): n delta steps per token.
+SiLU(W_g x) (or sigmoid: gate_activation) when use_gate; output projection. One class, two registry
+defaults; with num_householder=n it is (Gated) DeltaProduct (layers/linear_attention/mixers/gated_deltaproduct.py):
+n delta steps per token.
 """
 
 import functools
@@ -29,7 +30,7 @@ class DeltaNet(RecurrentMixer):
 
   def __init__(self, ctx: LayerContext, *, gated: bool, expand_k: float, expand_v: float, conv_size: int,
                use_gate: bool, allow_neg_eigval: bool, norm_eps: float, mode: str, chunk_size: int,
-               rngs: nnx.Rngs, num_householder: int | None = None):
+               rngs: nnx.Rngs, gate_activation: str = "silu", num_householder: int | None = None):
     """num_householder: None runs one delta step per token (delta_rule / gated_delta_rule); n runs n steps
     per token through gated_delta_product, each with its own k, v and beta (n times the k / v / beta
     projection and conv widths, step j of a token read from the j-th slice)."""
@@ -45,7 +46,7 @@ class DeltaNet(RecurrentMixer):
     self.a_proj = self._linear(ctx, ctx.d_model, h, ("embed", "heads"), rngs=rngs) if gated else None
     self.decay = DecayGate(h, a_range=(0.0, 16.0), param_dtype=ctx.param_dtype, rngs=rngs) if gated else None
     self.g_proj = self._linear(ctx, ctx.d_model, h * dv, ("embed", "heads"), rngs=rngs) if use_gate else None
-    self.norm = HeadNorm(dv, eps=norm_eps, param_dtype=ctx.param_dtype, rngs=rngs)
+    self.norm = HeadNorm(dv, eps=norm_eps, gate_activation=gate_activation, param_dtype=ctx.param_dtype, rngs=rngs)
     self.o_proj = self._linear(ctx, h * dv, ctx.d_model, ("heads", "embed"), rngs=rngs)
     self.beta_scale = 2.0 if allow_neg_eigval else 1.0
     self.num_householder = num_householder
@@ -90,9 +91,11 @@ def delta_net(ctx: LayerContext, *, rngs: nnx.Rngs, expand_k: float = 1.0, expan
 
 
 def gated_delta_net(ctx: LayerContext, *, rngs: nnx.Rngs, expand_k: float = 1.0, expand_v: float = 2.0,
-                    conv_size: int = 4, use_gate: bool = True, allow_neg_eigval: bool = False,
-                    norm_eps: float = 1e-5, mode: str = "chunk", chunk_size: int = 64) -> DeltaNet:
-  """Gated DeltaNet with the paper's defaults (value dim 2x head_dim, SiLU-gated output norm)."""
+                    conv_size: int = 4, use_gate: bool = True, gate_activation: str = "silu",
+                    allow_neg_eigval: bool = False, norm_eps: float = 1e-5, mode: str = "chunk",
+                    chunk_size: int = 64) -> DeltaNet:
+  """Gated DeltaNet with the paper's defaults (value dim 2x head_dim, SiLU-gated output norm;
+  gate_activation="sigmoid" is Kimi Linear's GDN-H baseline)."""
   return DeltaNet(ctx, gated=True, expand_k=expand_k, expand_v=expand_v, conv_size=conv_size,
-                  use_gate=use_gate, allow_neg_eigval=allow_neg_eigval, norm_eps=norm_eps, mode=mode,
-                  chunk_size=chunk_size, rngs=rngs)
+                  use_gate=use_gate, gate_activation=gate_activation, allow_neg_eigval=allow_neg_eigval,
+                  norm_eps=norm_eps, mode=mode, chunk_size=chunk_size, rngs=rngs)

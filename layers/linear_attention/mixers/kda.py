@@ -2,17 +2,19 @@
 
 The gated delta rule with a decay per key channel instead of per head (layers.linear_attention.kda):
   S_t = (I - beta_t k_t k_t^T) diag(exp(g_t)) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T (K^-1/2 q_t)
-Layer, as the paper builds it (section "Kimi Delta Attention", neural parameterisation):
-  q, k, v = SiLU(ShortConv(W_{q,k,v} x))           short causal conv, kernel 4 (paper: as Gated DeltaNet)
-  q, k    = L2Norm(q), L2Norm(k)                   per head, so the delta update is a contraction
-  g       = -exp(A_log) softplus(W_f^up W_f^down x + dt_bias)   [H, K] log decays <= 0, a low-rank
-            projection of rank head_dim (paper; the reference layer uses the value head dim, equal by
-            default); A_log per head, dt_bias per channel; A ~ U(1, 16), dt log-uniform [1e-3, 0.1]
-            (initialisation from the reference layer: the paper does not state it)
-  beta    = sigmoid(W_b x)                         per head (x2 with allow_neg_eigval: eigenvalues in [-1, 1])
-  y       = W_o(RMSNorm(o) * sigmoid(W_g^up W_g^down x + b_g))   per-head RMSNorm, low-rank sigmoid output gate
-Kimi Linear's head shape is 128 for keys and values (expand_v=1); the model interleaves 3 KDA layers with
-1 global attention layer without positional encoding (experiments/kimi_linear.py).
+The layer as the paper's section 4 ("Neural Parameterization") builds it:
+  q, k = L2Norm(Swish(ShortConv(W_{q,k} x))),  v = Swish(ShortConv(W_v x))   per head; ShortConv kernel 4
+  g    = -exp(A_log) softplus(W_f^up W_f^down x + dt_bias)   per-channel log decay [H, K] <= 0 from a low-rank
+         projection of rank = head dim (paper) and "a decay function similar to GDN and Mamba" (the paper's f;
+         this is the reference layer's form: A_log per head, dt_bias per channel, A ~ U(1, 16) and dt
+         log-uniform in [1e-3, 0.1] at init, which the paper does not state)
+  beta = Sigmoid(W_b x) per head (x2 with allow_neg_eigval: transition eigenvalues in [-1, 1]; off in the paper)
+  y    = W_o(Sigmoid(W_g^up W_g^down x) * RMSNorm(o))    head-wise RMSNorm, low-rank sigmoid output gate of the
+         same rank (paper eq. 10; its ablation: sigmoid beats swish and no gate). The reference layer adds a
+         bias to W_g^up; the paper's gate has none, and neither has this one.
+Head dims: the paper sets key and value heads to 128 in all experiments (expand_v=1: value head = key head).
+Kimi Linear interleaves 3 KDA layers with 1 global attention layer without positional encoding
+(experiments/kimi_linear.py).
 """
 
 import jax
@@ -27,8 +29,9 @@ from layers.linear_attention.ops import kda
 
 
 class KimiDeltaAttention(RecurrentMixer):
-  """KDA token mixer. Options: expand_v (value head = expand_v * head_dim), gate_low_rank_dim (0: the
-  value head dim), conv_size, allow_neg_eigval, norm_eps, mode, chunk_size."""
+  """KDA token mixer. Options: expand_v (value head = expand_v * head_dim), gate_low_rank_dim (rank of the
+  forget- and output-gate projections; 0: the head dim, as the paper), conv_size, allow_neg_eigval,
+  norm_eps, mode, chunk_size."""
 
   conv_names = ("q_conv", "k_conv", "v_conv")
   recurrence = "delta"
@@ -37,7 +40,7 @@ class KimiDeltaAttention(RecurrentMixer):
                allow_neg_eigval: bool = False, norm_eps: float = 1e-5, mode: str = "chunk", chunk_size: int = 64,
                rngs: nnx.Rngs):
     h, dk, dv = ctx.n_heads, ctx.head_dim, int(ctx.head_dim * expand_v)
-    rank = gate_low_rank_dim or dv
+    rank = gate_low_rank_dim or dk
     self.q_proj = self._linear(ctx, ctx.d_model, h * dk, ("embed", "heads"), rngs=rngs)
     self.k_proj = self._linear(ctx, ctx.d_model, h * dk, ("embed", "heads"), rngs=rngs)
     self.v_proj = self._linear(ctx, ctx.d_model, h * dv, ("embed", "heads"), rngs=rngs)
@@ -49,7 +52,7 @@ class KimiDeltaAttention(RecurrentMixer):
     self.decay = DecayGate(h, a_range=(1.0, 16.0), head_channels=dk, param_dtype=ctx.param_dtype, rngs=rngs)
     self.b_proj = self._linear(ctx, ctx.d_model, h, ("embed", "heads"), rngs=rngs)
     self.g_down = self._linear(ctx, ctx.d_model, rank, ("embed", None), rngs=rngs)
-    self.g_up = self._linear(ctx, rank, h * dv, (None, "heads"), use_bias=True, rngs=rngs)
+    self.g_up = self._linear(ctx, rank, h * dv, (None, "heads"), rngs=rngs)
     self.norm = HeadNorm(dv, eps=norm_eps, gate_activation="sigmoid", param_dtype=ctx.param_dtype, rngs=rngs)
     self.o_proj = self._linear(ctx, h * dv, ctx.d_model, ("heads", "embed"), rngs=rngs)
     self.beta_scale = 2.0 if allow_neg_eigval else 1.0

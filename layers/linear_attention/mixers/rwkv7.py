@@ -171,6 +171,7 @@ class RWKV7(RecurrentMixer):
     v_first = layer_values["v_first"]
     if v_first.shape != v.shape:
       raise ValueError(f"layer_values['v_first'] has shape {v_first.shape} but this rwkv7 layer's values are "
-                       f"{v.shape}: every rwkv7 layer of a model needs the same n_heads x head_dim")
+                       f"{v.shape}: the first layer's values must be of the same tokens, and every rwkv7 layer of "
+                       "a model needs the same n_heads x head_dim")
     nu = jax.nn.sigmoid(self.v0[...].astype(jnp.float32) + self.v_up(self.v_down(xv)).astype(jnp.float32))
     return (v + (v_first.astype(jnp.float32) - v) * nu).astype(v.dtype)
