@@ -70,7 +70,8 @@ def _kind(name: str) -> str:
 
 def _options(name: str, extra: dict) -> dict:
   options = {**OPTIONS.get(name, {}), **extra}
-  if "chunk_size" in inspect.signature(registry.lookup(_kind(name), name)).parameters:
+  ctor = registry.lookup(_kind(name), name)
+  if "chunk_size" in inspect.signature(ctor.__init__ if inspect.isclass(ctor) else ctor).parameters:
     options["chunk_size"] = CHUNK
   return options
 
