@@ -1,6 +1,7 @@
 """layers.attention.forgetting_attention: golden vectors (plain and packed rows) in both modes, blockwise ==
-quadratic with GQA, V != K, windows, documents and odd T (o and every gradient), g = 0 is softmax_attention,
-memory linear in T, T = 16384 with strong forgetting stays finite, bf16, argument checks, the example."""
+quadratic with GQA, V != K, windows, documents and odd T (o and every gradient), packed rows == documents
+alone, g = 0 is softmax_attention, memory linear in T, T = 16384 with strong forgetting stays finite, bf16,
+argument checks, the example."""
 
 import doctest
 import functools
@@ -13,6 +14,7 @@ import pytest
 
 from layers.attention import forgetting_attention, softmax_attention
 from tests.test_linear_attention_ops import rel_rmse
+from tests.test_linear_attention_packed import PACKINGS, T, segment_ids_and_spans
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "frontier.npz"
 MODES = ("blockwise", "quadratic")
@@ -63,6 +65,25 @@ def test_blockwise_equals_quadratic(window):
   np.testing.assert_allclose(o, ref_o, rtol=1e-5, atol=1e-5)
   for name, grad, ref in zip("qkvg", grads, ref_grads):
     np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_packed_rows_equal_documents_alone(mode):
+  """Rows packed with boundaries on block edges, one-token documents and a reused id (the linear-attention
+  packings, T = 45, blocks of 16): o and every gradient equal each document run alone at the start of its own
+  row (causal: what follows it there cannot matter; its gradients there are zero)."""
+  segment_ids, spans = segment_ids_and_spans(PACKINGS)
+  args, do = inputs(len(PACKINGS), T, 4, 2, 8, 12, seed=11)
+  o, grads = vjp_fn(mode)(args, segment_ids, do)
+  alone = [np.zeros((len(spans), *x.shape[1:]), np.float32) for x in (*args, do)]
+  for r, (row, start, end) in enumerate(spans):
+    for ref, x in zip(alone, (*args, do)):
+      ref[r, :end - start] = np.asarray(x)[row, start:end]
+  ref_o, ref_grads = vjp_fn(mode)(tuple(jnp.asarray(x) for x in alone[:4]), None, jnp.asarray(alone[4]))
+  for name, ours, ref in zip("oqkvg", (o, *grads), (ref_o, *ref_grads)):
+    for r, (row, start, end) in enumerate(spans):
+      np.testing.assert_allclose(ours[row, start:end], ref[r, :end - start], rtol=1e-5, atol=1e-5,
+                                 err_msg=f"{name}, row {row}, tokens {start}:{end}")
 
 
 @jax.jit

@@ -33,8 +33,8 @@ def gated_delta_product(
   q first: the caller's job), beta [B, T·n, H], with step j of token t at index t·n + j; initial_state
   [B, H, K, V]; segment_ids [B, T] int (packed documents, per token: a change of id zeroes the state before
   that token, so initial_state seeds only the row's first document and the final state is that of its last).
-  Returns o [B, T, H, V] in q's dtype and the final state [B, H, K, V] in fp32 (None unless
-  output_final_state).
+  Computed in fp32 whatever the input dtype; returns o [B, T, H, V] in q's dtype and the final state
+  [B, H, K, V] in fp32 (None unless output_final_state).
 
   How: this is gated_delta_rule over the T·n interleaved steps with the gate placed on each token's first
   step (g' = g_t at t·n, 0 elsewhere: exp(0) decays nothing), q placed on its last step (q' = q_t at
