@@ -111,6 +111,16 @@ def test_rwkv7_lm_generate_is_greedy_forward():
   np.testing.assert_array_equal(jnp.argmax(model(out)[:, 3:-1], -1), out[:, 4:])
 
 
+@pytest.mark.parametrize("name", ["kda", "gated_deltaproduct", "forgetting_attention"])
+def test_generate_is_greedy_forward(name):
+  """models.lm.generate (prefill and sampling through each layer's decode) picks the forward's argmax."""
+  cfg = tiny_lm().model
+  cfg.update(dict(vocab_size=32, d_model=D, n_heads=H, n_kv_heads=H, blocks=f"({name}, swiglu) * 2"))
+  model = perturb(LM(cfg, rngs=nnx.Rngs(0)))
+  out = generate(model, jax.random.randint(jax.random.key(4), (2, 4), 0, 32), 5)
+  np.testing.assert_array_equal(jnp.argmax(model(out)[:, 3:-1], -1), out[:, 4:])
+
+
 def test_rwkv7_value_residual_reads_the_first_layer_values():
   layer = perturb(registry.build("mixer", "rwkv7", _ctx(layer_idx=1), rngs=nnx.Rngs(0)))
   x = _x()

@@ -12,7 +12,9 @@ positional embedding, so RoPE is off by default (rope_theta). Its "Pro" block ad
                                                          the official Pro checkpoints have it)
   kv_shift     k_t <- a_t k_{t-1} + (1 - a_t) k_t, a_t = sigmoid(w_a . x_t) per head, likewise v:
                a data-dependent shift of the projected keys / values by one token (Pro "KV-shift")
-All four off is the paper's FoX (LLaMA) layer; all four on, FoX (Pro). forget_gate=False with RoPE on is
+All four off is the paper's FoX (LLaMA) layer; all four on, FoX (Pro). The forget gate is a linear map with a
+bias (zero at init; the official code's "full" gate); eps 1e-6 for the output norm (norm_eps) and 1e-5 for
+the QK-norm, as the official code. forget_gate=False with RoPE on is
 the paper's "Transformer (Pro)" baseline (the official code builds it the same way). Packed rows: a token
 attends only within its document and the KV-shift reads zeros at a document start.
 
@@ -36,11 +38,14 @@ from layers.flops import causal_context
 from layers.linear_attention.mixers.head_norm import HeadNorm
 from layers.token_shift import token_shift
 
+QK_NORM_EPS = 1e-5
+
 
 class ForgettingAttention(nnx.Module):
   """FoX token mixer (causal). Options: output_gate, output_norm, qk_norm, kv_shift (the Pro block: all on),
   forget_gate (False: plain softmax attention), rope_theta (None: no RoPE, the paper's FoX), window
-  (sliding window, None: full), norm_eps, block_size (the blockwise op's block: memory ~ T x block)."""
+  (sliding window, None: full), norm_eps (output norm), block_size (the blockwise op's block: memory ~ T x
+  block)."""
 
   def __init__(self, ctx: LayerContext, *, output_gate: bool = False, output_norm: bool = False,
                qk_norm: bool = False, kv_shift: bool = False, forget_gate: bool = True,
@@ -67,10 +72,10 @@ class ForgettingAttention(nnx.Module):
     self.o = Linear(h * dk, ctx.d_model, axes=("heads", "embed"), dtype=ctx.dtype, param_dtype=ctx.param_dtype,
                     rngs=rngs)
     self.shift_gate = linear(2 * hkv, ("embed", "kv_heads")) if kv_shift else None  # (key, value) x Hkv
-    norm = dict(eps=norm_eps, param_dtype=ctx.param_dtype, rngs=rngs)
-    self.q_norm = HeadNorm(dk, **norm) if qk_norm else None
-    self.k_norm = HeadNorm(dk, **norm) if qk_norm else None
-    self.out_norm = HeadNorm(dk, gate_activation="sigmoid", **norm) if output_norm else None
+    kw = dict(param_dtype=ctx.param_dtype, rngs=rngs)
+    self.q_norm = HeadNorm(dk, eps=QK_NORM_EPS, **kw) if qk_norm else None
+    self.k_norm = HeadNorm(dk, eps=QK_NORM_EPS, **kw) if qk_norm else None
+    self.out_norm = HeadNorm(dk, eps=norm_eps, gate_activation="sigmoid", **kw) if output_norm else None
     self.out_gate = linear(h * dk, ("embed", "heads")) if output_gate else None
 
   def _project(self, x: jax.Array, shift_cache: dict | None, segment_ids: jax.Array | None,

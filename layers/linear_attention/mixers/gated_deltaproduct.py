@@ -8,11 +8,13 @@ matrices (diagonal plus rank n_h) and the gate multiplies once per token:
 (layers.linear_attention.gated_delta_product). The layer is Gated DeltaNet's with n_h key / value / beta
 projections and short convs (n_h times as wide; step j of a token reads the j-th slice), and n_h = 1 is
 Gated DeltaNet exactly (tests/test_frontier_mixers.py copies the parameters of one into the other).
-Defaults: n_h = 2 (the paper trains n_h = 1, 2, 3; 2 is the reference library layer's default);
-beta = 2 sigmoid(W_b x) in [0, 2], i.e. eigenvalues of each Householder factor in [-1, 1]
-(the paper's setting for state tracking, after Grazzi et al. 2025; allow_neg_eigval=False gives [0, 1]);
-the forget gate on (Gated DeltaProduct; use_forget_gate=False is the paper's ungated DeltaProduct); the
-rest as Gated DeltaNet (value head 2 x head_dim, short convs of 4, SiLU-gated per-head output RMSNorm).
+Defaults: n_h = 2 (the paper compares n_h = 1 with larger n_h; 2 is the reference library layer's
+default); beta = 2 sigmoid(W_b x) in [0, 2], i.e. eigenvalues of each Householder factor in [-1, 1] (the
+paper's setting, after Grazzi et al. 2025, without which products of Householders cannot track state;
+the reference library's model config defaults to [0, 1], its layer to [-1, 1]; allow_neg_eigval=False gives
+[0, 1]); the forget gate on (Gated DeltaProduct; use_forget_gate=False is the paper's ungated DeltaProduct);
+the rest as Gated DeltaNet's paper (value head 2 x head_dim, short convs of 4, SiLU-gated per-head output
+RMSNorm with eps 1e-5, chunks of 64 steps).
 """
 
 from flax import nnx

@@ -13,6 +13,7 @@ The layer as the paper's section 4 ("Neural Parameterization") builds it:
          same rank (paper eq. 10; its ablation: sigmoid beats swish and no gate). The reference layer adds a
          bias to W_g^up; the paper's gate has none, and neither has this one.
 Head dims: the paper sets key and value heads to 128 in all experiments (expand_v=1: value head = key head).
+norm_eps 1e-5 and chunk_size 64 are the reference layer's (the paper does not state them).
 Kimi Linear interleaves 3 KDA layers with 1 global attention layer without positional encoding
 (experiments/kimi_linear.py).
 """

@@ -16,7 +16,9 @@ scale 1 (the paper does not scale r). Per token, from x and the previous token x
   k~    = k * (1 + (a - 1) * alpha)                      replacement key (alpha = k_a)
   y     = W_o((GroupNorm(o) + (r . (rho * k~)) v) * g)   per-head LayerNorm (eps 64e-5) plus the bonus term
 The LoRA widths (A: D -> d, B: d -> C) default to the official code's rule max(32, 32 round(f sqrt(C) / 32))
-with f = 2.5 (decay, a), 1.7 (value residual), 5 (gate); head size 64 in the paper's models. Initialisation
+with f = 2.5 (decay, a), 1.7 (value residual), 5 (gate) (the reference library multiplies the decay, a and
+value widths by head_dim / 64; equal at the paper's head size 64). GroupNorm eps 64e-5 as the official
+code (the reference library: head_dim x 1e-5, the same at 64). Initialisation
 follows the official RWKV-LM x070 training code (the layer-depth schedules of mu, w0, a0, v0, k_k, k_a,
 rho, the GroupNorm scale ((l + 1) / L)^0.7; W_r, W_v orthogonal, W_k orthogonal x 0.1, W_o zero, LoRA
 A zero, B orthogonal x 0.1); the reference PyTorch library's rwkv7 layer initialises the same way.
