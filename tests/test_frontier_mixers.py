@@ -167,6 +167,25 @@ def test_forgetting_attention_without_forget_gate_is_softmax_attention(rope_thet
   assert _rel(_forward(gated, x), _forward(attn, x)) > 1e-2
 
 
+def test_forgetting_attention_gqa_decode_equals_forward():
+  """4 query heads on 2 key/value heads (Pro, KV-shift per kv head): token-by-token decode == forward."""
+  ctx = LayerContext(d_model=D, n_heads=4, n_kv_heads=2, head_dim=8)
+  fox = perturb(registry.build("mixer", "forgetting_attention", ctx, rngs=nnx.Rngs(0), block_size=8, **PRO))
+  x = _x(t=13)
+
+  @nnx.jit
+  def stepped(fox, x):
+    def step(cache, inp):
+      x_t, t = inp
+      y, cache = fox.decode(x_t[:, None], cache, t)
+      return cache, y[:, 0]
+
+    _, ys = jax.lax.scan(step, fox.init_cache(2, 13), (jnp.moveaxis(x, 1, 0), jnp.arange(13, dtype=jnp.int32)))
+    return jnp.moveaxis(ys, 0, 1)
+
+  assert _rel(stepped(fox, x), _forward(fox, x)) < 1e-5
+
+
 def _layers() -> dict:
   """Every new layer, perturbed (so no parameter sits at an initial zero that hides it), with its inputs."""
   return {
