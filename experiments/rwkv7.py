@@ -22,7 +22,12 @@ Local (2 CPU cores; byte-level stdlib text, d=64 (1 head of 64), 2 layers, 128 t
 Paper's claims: RWKV-7 matches or beats Transformers and earlier RNNs of its size on language modelling and
 downstream benchmarks with constant memory per token, and its generalised delta rule tracks state (it
 recognises all regular languages); the value residual and the vector-valued in-context learning rate are
-among the changes it ablates. Measured locally: see RESULT below.
+among the changes it ablates.
+Measured locally (the sweep above, seeds 0 and 1, eval loss in nats per byte after 300 steps, mean ± std):
+RWKV-7 2.342 ± 0.049 (162K parameters), RWKV-7 without value residual 2.351 ± 0.038 (158K), Gated DeltaNet
+2.425 ± 0.027 (175K), Transformer 2.685 ± 0.033 (140K): RWKV-7 ahead of both baselines at this scale; the
+value residual's effect is within the seed spread of a 2-layer model (its first layer has none). About
+10-17 min per run on 2 shared cores under load.
 """
 
 from experiments import common
