@@ -23,7 +23,7 @@ the Pro block improves both; FoX (Pro) is the best model.
 Measured locally (the sweep above, seeds 0 and 1, eval loss in nats per byte after 300 steps, mean ± std;
 ~0.14M parameters each): FoX 2.433 ± 0.001, FoX (Pro) 2.410 ± 0.020, Transformer 2.651 ± 0.049,
 Transformer (Pro) 2.621 ± 0.056: the paper's ordering (FoX ahead of the Transformer in both blocks, Pro
-ahead of LLaMA for both), at 256 tokens of context. Training took 6-11 minutes per run on 2 shared cores
+ahead of LLaMA for both), at 256 tokens of context. Training took 4.5-13 minutes per run on 2 shared cores
 under load (load average ~20).
 """
 
