@@ -1,8 +1,10 @@
 """Device mesh from the config and logical-axis -> mesh-axis sharding rules.
 
-Mesh axes are (data, fsdp, tensor, expert); one size may be -1 (all remaining devices).
+Mesh axes are (data, fsdp, tensor, expert, sequence); one size may be -1 (all remaining devices).
 Parameters name their dims logically ("embed", "mlp", ...); `config.mesh.rules` maps each
 name to a mesh axis, a tuple of axes, or None (replicated). Unlisted names are replicated.
+Batches are split along their leading dim by the "batch" rule and, for token batches ([B, T] fields),
+along T by the "length" rule (the "sequence" axis: sequence parallelism, layers/sequence_parallel.py).
 """
 
 import math
@@ -12,7 +14,7 @@ import jax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-AXES = ("data", "fsdp", "tensor", "expert")
+AXES = ("data", "fsdp", "tensor", "expert", "sequence")
 
 
 def mesh_shape(shape_cfg: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
@@ -83,7 +85,10 @@ def state_shardings(abstract_state: nnx.State, rules: Mapping, mesh: Mesh) -> di
 
 
 def batch_sharding(mesh: Mesh, rules: Mapping) -> NamedSharding:
-  """Leading (batch) dim split over the mesh axes the "batch" rule names."""
-  axes = tuple(a for a in rule_axes(rules.get("batch")) if mesh.shape[a] > 1)
-  return NamedSharding(mesh, PartitionSpec(axes or None))
+  """Leading (batch) dim split over the mesh axes the "batch" rule names, the second (time, of token
+  batches) over those the "length" rule names."""
+  batch, length = (tuple(a for a in rule_axes(rules.get(name)) if mesh.shape[a] > 1) for name in ("batch", "length"))
+  if not length:
+    return NamedSharding(mesh, PartitionSpec(batch or None))
+  return NamedSharding(mesh, PartitionSpec(batch or None, length[0] if len(length) == 1 else length))
 

@@ -57,7 +57,7 @@ def softmax_attention(
     >>> o.shape, float(o[0, 2, 0, 0])
     ((1, 4, 2, 8), 1.0)
   """
-  _check(q, k, v, causal, window, segment_ids)
+  check_arguments(q, k, v, causal, window, segment_ids)
   impl = choose_implementation(implementation, jax.default_backend(), q.shape[1])
   scale = q.shape[-1] ** -0.5 if scale is None else scale
   doc = None if segment_ids is None else segments.document_index(segment_ids)
@@ -79,7 +79,8 @@ def choose_implementation(implementation: str | None, backend: str, t: int) -> s
   return implementation
 
 
-def _check(q, k, v, causal, window, segment_ids) -> None:
+def check_arguments(q, k, v, causal, window, segment_ids) -> None:
+  """Raise a clear error unless the arguments fit softmax_attention's contract (shared by its variants)."""
   if q.ndim != 4:
     raise ValueError(f"q must be [B, T, H, K], got shape {tuple(q.shape)}")
   b, t, h, dk = q.shape

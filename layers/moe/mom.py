@@ -14,6 +14,8 @@ Packed rows: `segment_ids` restart every memory at each document start (routing 
 Decode keeps the M × H states [B, M*H, K, V] (fp32) and a layers.segments cursor as the cache.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -24,6 +26,7 @@ from layers.context import LayerContext
 from layers.core import Linear, make_param
 from layers.linear_attention import gated_delta_rule
 from layers.linear_attention.ops.cost import recurrence_flops_per_token
+from layers.linear_attention.sequence_parallel import recurrence
 from layers.moe import losses
 from layers.moe.routing import top_k_route
 from layers.norms import rms_norm
@@ -79,8 +82,9 @@ class MixtureOfMemories(nnx.Module):
       if self.load_balance_weight:
         self.sow(AuxLoss, "mom_load_balance", self.load_balance_weight * losses.load_balancing_loss(load, route.probs))
       self.sow(LayerMetric, "mom_memory_load", load)
-    # dense [B, T, M] weights, zero for unchosen memories
-    w = jnp.zeros((b * t, m), jnp.float32).at[jnp.arange(b * t)[:, None], route.experts].set(route.weights)
+    # dense [B, T, M] weights, zero for unchosen memories (a sum of one-hots, not a scatter: a batch split
+    # over devices stays split)
+    w = jnp.sum(jax.nn.one_hot(route.experts, m, dtype=jnp.float32) * route.weights[..., None], axis=1)  # [N, M]
     chosen = (w > 0).reshape(b, t, m, 1)
     w = w.reshape(b, t, m, 1, 1)
 
@@ -92,8 +96,10 @@ class MixtureOfMemories(nnx.Module):
     beta = jax.nn.sigmoid(self.b_proj(x).astype(jnp.float32))
     g = jnp.where(chosen, g.reshape(b, t, m, h), 0.0).reshape(b, t, m * h)  # [B, T, M*H]
     beta = jnp.where(chosen, beta.reshape(b, t, m, h), 0.0).reshape(b, t, m * h)
-    o, state = gated_delta_rule(q, k, v, g, beta, initial_state=state, output_final_state=state is not None,
-                                mode=mode, chunk_size=self.chunk_size, segment_ids=segment_ids)
+    # The training forward runs sequence-parallel under a mesh with a "sequence" axis.
+    op = gated_delta_rule if state is not None else functools.partial(recurrence, gated_delta_rule)
+    o, state = op(q, k, v, g, beta, initial_state=state, output_final_state=state is not None,
+                  mode=mode, chunk_size=self.chunk_size, segment_ids=segment_ids)
     o = jnp.sum(o.reshape(b, t, m, h, dk).astype(jnp.float32) * w, axis=2)  # [B, T, H, V]
     o = rms_norm(o, self.norm_scale[...]).astype(self.dtype).reshape(b, t, h * dk)
     return self.o_proj(o), state
