@@ -279,6 +279,20 @@ def test_train_step_on_a_sequence_mesh_equals_single_device():
   _close(p_seq, p_one, rtol=1e-5, atol=1e-6)
 
 
+def test_row_group_processes_splitting_rows_along_t_load_the_same_rows():
+  """Multi-host data: each process loads the rows its devices hold (faked: processes as groups of devices)."""
+  sharding = mesh_lib.batch_sharding(MESH, tiny_lm().mesh.rules.to_dict())  # rows over data, T over sequence
+  position = {device: i for i, device in enumerate(MESH.devices.flat)}
+  groups = lambda n: [mesh_lib.row_group(sharding, p, lambda d: position[d] // n) for p in range(8 // n)]  # noqa: E731
+  assert groups(2) == [(0, 2), (0, 2), (1, 2), (1, 2)]  # 2 processes split each row shard along T
+  assert groups(4) == [(0, 2), (1, 2)]  # one row shard per process
+  assert groups(8) == [(0, 1)]
+  rows4 = mesh_lib.batch_sharding(mesh_lib.make_mesh(dict(data=4, sequence=2)), tiny_lm().mesh.rules.to_dict())
+  position = {device: i for i, device in enumerate(rows4.mesh.devices.flat)}
+  with pytest.raises(ValueError, match=r"holds batch row shards \[1, 2\] .* not one aligned contiguous block"):
+    mesh_lib.row_group(rows4, 0, lambda d: int(position[d] not in (2, 3, 4, 5)))  # rows 1 and 2
+
+
 @pytest.mark.parametrize("key, value, match", [
   ("data.seq_len", 23, r"data.seq_len=23 .* multiple of mesh.shape.sequence=2"),
   ("model.kind", "mlp", r"mesh.shape.sequence=2 splits the sequence .* model.kind='lm'"),

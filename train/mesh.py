@@ -7,10 +7,12 @@ Batches are split along their leading dim by the "batch" rule and, for token bat
 along T by the "length" rule (the "sequence" axis: sequence parallelism, layers/sequence_parallel.py).
 """
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -92,3 +94,25 @@ def batch_sharding(mesh: Mesh, rules: Mapping) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(batch or None))
   return NamedSharding(mesh, PartitionSpec(batch or None, length[0] if len(length) == 1 else length))
 
+
+
+@functools.lru_cache(maxsize=64)
+def row_group(sharding: NamedSharding, process: int | None = None,
+              process_of: Callable = lambda device: device.process_index) -> tuple[int, int]:
+  """(index, count): the rows of a global batch laid out by `sharding` that this process's devices hold,
+  as group `index` of `count` equal, contiguous groups. It is the process's data shard: processes whose
+  devices split the same rows along T (a "sequence" axis across hosts) or hold them replicated load the
+  same rows (`global_batch` then places each device's slice). process / process_of: injectable for tests.
+  """
+  mesh, spec = sharding.mesh, sharding.spec
+  process = jax.process_index() if process is None else process
+  axes = rule_axes(spec[0]) if len(spec) else ()
+  sizes = [mesh.shape[a] for a in axes]
+  dims = [mesh.axis_names.index(a) for a in axes]
+  rows = sorted({int(np.ravel_multi_index([coords[d] for d in dims], sizes)) if axes else 0
+                 for coords, device in np.ndenumerate(mesh.devices) if process_of(device) == process})
+  n = len(rows)
+  if rows != list(range(rows[0], rows[0] + n)) or rows[0] % n:
+    raise ValueError(f"process {process} holds batch row shards {rows} of mesh axes {axes}: not one aligned "
+                     "contiguous block; order the mesh so that each process's devices are neighbours along them")
+  return rows[0] // n, math.prod(sizes) // n

@@ -1,7 +1,6 @@
 """Config checks that run before anything is built or compiled, each naming the key and the fix."""
 
 import itertools
-import math
 
 import jax
 
@@ -99,11 +98,16 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   shards = 1
   for axis in batch_axes:
     shards *= mesh_shape[axis]
-  multiple = math.lcm(shards * o.grad_accum, process_count)
+  # Each process loads the rows its devices hold (train.mesh.row_group): whole batch shards, or one shard
+  # shared by several processes (e.g. split along T over a "sequence" axis across hosts).
+  per_process, per_shard = num_devices // process_count, num_devices // shards
+  _require(per_process % per_shard == 0 or per_shard % per_process == 0,
+           f"each process's {per_process} devices must hold whole batch shards ({per_shard} devices each, over mesh "
+           f"axes {batch_axes}) or share one with other processes; change config.mesh.shape")
+  multiple = shards * o.grad_accum
   _require(d.batch_size % multiple == 0,
            f"data.batch_size={d.batch_size} must be divisible by the batch shards ({shards} over mesh axes "
-           f"{batch_axes}) times optim.grad_accum ({o.grad_accum}), and by the processes ({process_count}); "
-           f"use a multiple of {multiple}")
+           f"{batch_axes}) times optim.grad_accum ({o.grad_accum}); use a multiple of {multiple}")
   check_sequence_axis(config, mesh_shape["sequence"])
 
 
