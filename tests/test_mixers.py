@@ -53,7 +53,8 @@ CASES = {**{name: (name, {}) for name in registry.names("mixer")}, **VARIANTS}
 
 def _options(kind: str, extra: dict) -> dict:
   options = {**OPTIONS.get(kind, {}), **extra}
-  if "chunk_size" in inspect.signature(registry.lookup("mixer", kind)).parameters:
+  ctor = registry.lookup("mixer", kind)
+  if "chunk_size" in inspect.signature(ctor.__init__ if inspect.isclass(ctor) else ctor).parameters:
     options["chunk_size"] = CHUNK
   return options
 

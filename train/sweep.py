@@ -21,6 +21,7 @@ import subprocess
 import sys
 
 from train import config as config_lib
+from train import paths
 from train.loop import SUMMARY
 
 
@@ -32,9 +33,10 @@ class Run:
 
   @property
   def status(self) -> str:
-    if os.path.exists(os.path.join(self.workdir, SUMMARY)):
+    workdir = paths.path(self.workdir)
+    if (workdir / SUMMARY).exists():
       return "done"
-    if os.path.isdir(os.path.join(self.workdir, "checkpoints")):
+    if (workdir / "checkpoints").is_dir():
       return "interrupted"
     return "new"
 
@@ -109,14 +111,20 @@ def prepare(spec: str, run: Run) -> None:
 
 
 def launch(run: Run) -> int:
-  with open(os.path.join(run.workdir, "log.txt"), "a") as log:
-    return subprocess.run(command(run), stdout=log, stderr=subprocess.STDOUT, env={**os.environ,
-                          "PYTHONPATH": str(config_lib.PROJECT_ROOT)}).returncode
+  """Run one training process; its output goes to WORKDIR/log.txt (a remote log is written when it ends)."""
+  env = {**os.environ, "PYTHONPATH": str(config_lib.PROJECT_ROOT)}
+  log = paths.path(run.workdir) / "log.txt"
+  if paths.is_remote(log):
+    done = subprocess.run(command(run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    paths.append(log, done.stdout)
+    return done.returncode
+  with log.open("a") as f:
+    return subprocess.run(command(run), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
 
 
 def emit(kind: str, runs: list[Run], root: str) -> str:
   """Write a launch script for a cluster; returns its path."""
-  os.makedirs(root, exist_ok=True)
+  paths.path(root).mkdir(parents=True, exist_ok=True)
   cmds = [" ".join(shlex.quote(x) for x in ["python", "-m", "train", *command(r)[3:]]) for r in runs]
   if kind == "shell":
     path, body = os.path.join(root, "launch.sh"), "#!/usr/bin/env bash\nset -e\n" + "\n".join(cmds) + "\n"
@@ -137,9 +145,9 @@ def emit(kind: str, runs: list[Run], root: str) -> str:
             ': "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"\n' + "\n".join(lines) + "\n")
   else:
     raise ValueError(f"--emit must be slurm, tpu-vm or shell, got {kind!r}")
-  with open(path, "w") as f:
-    f.write(body)
-  os.chmod(path, 0o755)
+  paths.path(path).write_text(body)
+  if not paths.is_remote(path):
+    os.chmod(path, 0o755)
   return path
 
 
