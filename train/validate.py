@@ -6,6 +6,7 @@ have are skipped (the model kinds and data sources have different sections).
 
 import dataclasses
 import itertools
+import math
 
 import jax
 
