@@ -122,40 +122,51 @@ def _is_recurrent(model) -> bool:
   return size(8) == size(16)
 
 
-@functools.cache
-def _mixer_grad(name: str, options: tuple = ()):
-  """(unsharded, sharded) jitted grad of a fixed projection of the mixer's output, and its inputs."""
-  model = _mixer(name, dict(options))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  weights = jax.random.normal(jax.random.key(2), (B, 2 * T, D))  # T and 2T (communication test)
+class _MixerGrad:
+  """A fixed projection of a mixer's output, its loss and parameter / input gradients: jitted unsharded, and
+  compiled once per length under MESH (shared by the equality and the communication tests)."""
 
-  def loss(params, x, segment_ids, positions):
-    y = nnx.merge(graphdef, params, rest)(x, segment_ids=segment_ids, positions=positions)
-    return jnp.sum(y * weights[:, :x.shape[1]])
+  def __init__(self, name: str, options: tuple = ()):
+    self.model = _mixer(name, dict(options))
+    graphdef, self.params, rest = nnx.split(self.model, nnx.Param, ...)
+    weights = jax.random.normal(jax.random.key(2), (B, 2 * T, D))  # T and 2T (communication test)
 
-  grad = jax.value_and_grad(loss, argnums=(0, 1))
-  return jax.jit(grad), jax.jit(grad), params, model
+    def loss(params, x, segment_ids, positions):
+      y = nnx.merge(graphdef, params, rest)(x, segment_ids=segment_ids, positions=positions)
+      return jnp.sum(y * weights[:, :x.shape[1]])
+
+    self.grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    self.compiled = {}  # length -> compiled sharded grad
+
+  def sharded(self, t: int):
+    if t not in self.compiled:
+      inputs = (jnp.zeros((B, t, D)), jnp.zeros((B, t), jnp.int32), jnp.zeros((B, t), jnp.int32))
+      with jax.set_mesh(MESH):
+        self.compiled[t] = self.grad.lower(self.params, *(jax.device_put(a, TIME) for a in inputs)).compile()
+    return self.compiled[t]
+
+  def compare(self):
+    """Sharded == unsharded over packed rows (positions come with packed batches)."""
+    inputs = (jax.random.normal(jax.random.key(1), (B, T, D)), SEGMENTS, document_positions(SEGMENTS))
+    want = self.grad(self.params, *inputs)
+    with jax.set_mesh(MESH):
+      got = self.sharded(T)(self.params, *(jax.device_put(a, TIME) for a in inputs))
+    _close(got, want, rtol=1e-4, atol=1e-5)
+
+
+_mixer_grad = functools.cache(_MixerGrad)
 
 
 @pytest.mark.parametrize("name", registry.names("mixer"))
 def test_mixer_equals_unsharded(name):
   """Every registered mixer: loss, parameter and input gradients over packed rows (short-conv halos, the
   recurrences, attention's K/V exchange)."""
-  _compare_mixer(*_mixer_grad(name)[:3])
-
-
-def _compare_mixer(unsharded, sharded, params):
-  x = jax.random.normal(jax.random.key(1), (B, T, D))
-  inputs = (x, SEGMENTS, document_positions(SEGMENTS))  # positions come with packed batches
-  want = unsharded(params, *inputs)
-  with jax.set_mesh(MESH):
-    got = sharded(params, *(jax.device_put(a, TIME) for a in inputs))
-  _close(got, want, rtol=1e-4, atol=1e-5)
+  _mixer_grad(name).compare()
 
 
 def test_attention_ring_with_window_equals_unsharded():
   """The attention mixer's "ring" option with a sliding window shorter than a shard."""
-  _compare_mixer(*_mixer_grad("attention", (("sequence_parallel", "ring"), ("window", 7)))[:3])
+  _mixer_grad("attention", (("sequence_parallel", "ring"), ("window", 7))).compare()
 
 
 # Known: lax.top_k over router scores split along tokens is all-gathered by XLA's partitioner (on CPU at
@@ -169,15 +180,9 @@ def test_linear_mixer_communication_does_not_grow_with_t(name):
   """Bytes of every collective in the compiled sharded forward + backward (per device) at T and 2T: equal for
   recurrent mixers, and the all-gathered summaries are there (the mixer really runs sequence-parallel).
   Positions are given (packed batches carry them): derived from segment_ids, XLA all-gathers them."""
-  _, sharded, params, model = _mixer_grad(name)
-  assert _is_recurrent(model), f"{name} keeps a growing cache: not a linear mixer, list it with attention"
-
-  def collectives(t):
-    inputs = (jnp.zeros((B, t, D)), jnp.zeros((B, t), jnp.int32), jnp.zeros((B, t), jnp.int32))
-    with jax.set_mesh(MESH):
-      return collective_bytes(sharded.lower(params, *(jax.device_put(a, TIME) for a in inputs)).compile().as_text())
-
-  at_t, at_2t = collectives(T), collectives(2 * T)
+  mixer = _mixer_grad(name)
+  assert _is_recurrent(mixer.model), f"{name} keeps a growing cache: not a linear mixer, list it with attention"
+  at_t, at_2t = (collective_bytes(mixer.sharded(t).as_text()) for t in (T, 2 * T))
   assert at_t == at_2t
   assert at_t.get("all-gather", 0) > 0 and at_t.get("reduce-scatter", 0) > 0
 
