@@ -1,14 +1,16 @@
 """Forward+backward wall time and peak memory of the linear-attention ops vs causal softmax attention.
 
-Every op in chunk and recurrent mode, and causal softmax attention (layers.attention.softmax_attention,
-i.e. jax.nn.dot_product_attention on CPU / GPU), for T in 512..16384 at a fixed number of tokens B*T,
-H=4 heads, K=V=64, float32, on the default device. Mode "packed" runs the chunk form (softmax: the
-causal attention) with segment_ids (documents of random lengths, mean 512 tokens, passed as a runtime
-argument so XLA cannot fold the masks); its "vs unpacked" column is the ratio to the same op without
-segment_ids in the same run (the cost of exact document resets). Time is the
-median of several runs after a warm-up (wall clock; "cpu ms" is the process CPU time, summed over
-threads, which is the steadier number on a shared host); memory is XLA's compiled estimate
-(temp + argument + output).
+Every op in chunk and recurrent mode (gated_delta_product with n=2 Householder steps per token), causal
+softmax attention (layers.attention.softmax_attention, i.e. jax.nn.dot_product_attention on CPU / GPU)
+and forgetting attention (layers.attention.forgetting_attention: "blockwise", the flash-style form, and
+"quadratic", the reference), for T in 512..16384 at a fixed number of tokens B*T, H=4 heads, K=V=64,
+float32, on the default device. Gates and betas in the ranges the layers produce. Mode "packed" runs the
+chunk form (softmax: the causal attention; forgetting: blockwise) with segment_ids (documents of random
+lengths, mean 512 tokens, passed as a runtime argument so XLA cannot fold the masks); its "vs unpacked"
+column is the ratio to the same op without segment_ids in the same run (the cost of exact document
+resets). Time is the median of several runs after a warm-up (wall clock; "cpu ms" is the process CPU
+time, summed over threads, which is the steadier number on a shared host); memory is XLA's compiled
+estimate (temp + argument + output).
 
 The "matmul floor" row times, at each T, only the twelve batched [64 x 64] @ [64 x 64] products that
 chunk-mode linear_attn's forward (4) and backward (8) cannot avoid (chunk 64, outputs written): no
@@ -31,26 +33,40 @@ import jax.numpy as jnp
 import numpy as np
 
 from layers import linear_attention as la
-from layers.attention import softmax_attention
+from layers.attention import forgetting_attention, softmax_attention
 
 H, DK, DV = 4, 64, 64
 MEAN_DOCUMENT = 512
-OPS = ("linear_attn", "simple_gla", "gla", "delta_rule", "gated_delta_rule")
+OPS = ("linear_attn", "simple_gla", "gla", "delta_rule", "gated_delta_rule", "kda", "gated_delta_product",
+       "dplr_delta_rule")
+HOUSEHOLDER = 2  # gated_delta_product's steps per token
+# ops that are not linear-attention ops, and their modes ("packed" added when asked for)
+ATTENTION_MODES = {"softmax": ("causal",), "forgetting": ("blockwise", "quadratic")}
 
 
 def _inputs(op: str, b: int, t: int, key: jax.Array) -> tuple[jax.Array, ...]:
   """Random q, k, v (+ gates / beta) in the ranges the mixer layers produce."""
   kq, kk, kv, kg, kb = jax.random.split(key, 5)
+  steps = t * HOUSEHOLDER if op == "gated_delta_product" else t  # k, v, beta per Householder step
+
+  def unit(x):
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
   q = jax.random.normal(kq, (b, t, H, DK))
-  k = jax.random.normal(kk, (b, t, H, DK))
-  v = jax.random.normal(kv, (b, t, H, DV))
-  if op in ("delta_rule", "gated_delta_rule"):
-    q, k = (x / jnp.linalg.norm(x, axis=-1, keepdims=True) for x in (q, k))
+  k = jax.random.normal(kk, (b, steps, H, DK))
+  v = jax.random.normal(kv, (b, steps, H, DV))
+  if "delta" in op or op == "kda":
+    q, k = unit(q), unit(k)
   g = jax.nn.log_sigmoid(jax.random.normal(kg, (b, t, H)) + 3.0)
   gk = jax.nn.log_sigmoid(jax.random.normal(kg, (b, t, H, DK))) / 16
-  beta = jax.nn.sigmoid(jax.random.normal(kb, (b, t, H)))
+  beta = jax.nn.sigmoid(jax.random.normal(kb, (b, steps, H)))
+  kappa = unit(jax.random.normal(kb, (b, t, H, DK)))  # RWKV-7: a = -kappa, b = kappa * lr
+  lr = jax.nn.sigmoid(jax.random.normal(kq, (b, t, H, 1)))
+  w = -0.6065 * jax.nn.sigmoid(jax.random.normal(kg, (b, t, H, DK)))  # RWKV-7 log decay -e^-0.5 sigmoid(.)
   extra = {"linear_attn": (), "simple_gla": (g,), "gla": (gk,), "delta_rule": (beta,),
-           "gated_delta_rule": (g, beta), "softmax": ()}[op]
+           "gated_delta_rule": (g, beta), "kda": (gk, beta), "gated_delta_product": (g, 2 * beta),
+           "dplr_delta_rule": (-kappa, kappa * lr, w),
+           "softmax": (), "forgetting": (g,)}[op]
   return (q, k, v, *extra)
 
 
@@ -69,6 +85,10 @@ def _loss_fn(op: str, mode: str) -> Callable[..., jax.Array]:
     args, options = (args[:-1], {"segment_ids": args[-1]}) if packed else (args, {})
     if op == "softmax":
       return jnp.sum(softmax_attention(*args, **options))
+    if op == "forgetting":
+      return jnp.sum(forgetting_attention(*args, mode="blockwise" if packed else mode, **options))
+    if op == "gated_delta_product":
+      options["num_householder"] = HOUSEHOLDER
     o, _ = getattr(la, op)(*args, mode="chunk" if packed else mode, **options)
     return jnp.sum(o)
 
@@ -119,8 +139,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--lengths", default=None, help="comma-separated T values (default 512..16384)")
   parser.add_argument("--tokens", type=int, default=None, help="B*T per step (default 16384; quick 4096)")
   parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 5)")
-  parser.add_argument("--ops", default=",".join((*OPS, "softmax", "floor")),
-                      help="ops to time; 'floor' is the matmul floor row")
+  parser.add_argument("--ops", default=",".join((*OPS, *ATTENTION_MODES, "floor")),
+                      help="ops to time; 'forgetting' is forgetting attention, 'floor' the matmul floor row")
   parser.add_argument("--modes", default="chunk,packed,recurrent",
                       help="chunk, recurrent, parallel, packed (chunk with segment_ids)")
   parser.add_argument("--max-gib", type=float, default=6.0, help="skip programs needing more memory")
@@ -137,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         f"python {platform.python_version()}")
   print(f"fwd+bwd of sum(o) w.r.t. all inputs; B*T={tokens}, H={H}, K=V={DK}, float32, "
         f"median of {repeats} after warm-up\n")
-  print(f"{'op':18} {'mode':10} {'T':>6} {'B':>4} {'ms(fwd+bwd)':>12} {'cpu ms':>9} {'tokens/s':>11} {'peak MiB':>9} "
+  print(f"{'op':20} {'mode':10} {'T':>6} {'B':>4} {'ms(fwd+bwd)':>12} {'cpu ms':>9} {'tokens/s':>11} {'peak MiB':>9} "
         f"{'vs softmax':>10} {'vs unpacked':>11}")
   rows = []
   softmax_sec, unpacked_sec = {}, {}
@@ -145,10 +165,10 @@ def main(argv: list[str] | None = None) -> None:
   for t in lengths:
     b = max(tokens // t, 1)
     for op in sorted(args.ops.split(","), key=lambda name: name != "softmax"):  # softmax first
-      softmax_modes = ("causal", "packed") if "packed" in modes else ("causal",)
-      for mode in {"softmax": softmax_modes, "floor": ("12 dots",)}.get(op, modes):
+      op_modes = {name: (*m, "packed") if "packed" in modes else m for name, m in ATTENTION_MODES.items()}
+      for mode in {**op_modes, "floor": ("12 dots",)}.get(op, modes):
         row = measure(op, mode, b, t, repeats, args.max_gib * 2**30)
-        if mode in ("chunk", "causal"):
+        if mode in ("chunk", "causal", "blockwise"):
           unpacked_sec[op, t] = row["seconds"]
         if op == "softmax" and mode == "causal":
           softmax_sec[t] = row["seconds"]
@@ -157,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
           else float("nan")
         rows.append(row)
         unpacked = f"{row['vs_unpacked']:10.2f}x" if mode == "packed" else ""
-        print(f"{op:18} {mode:10} {t:6d} {b:4d} {row['seconds'] * 1e3:12.1f} {row['cpu_seconds'] * 1e3:9.0f} "
+        print(f"{op:20} {mode:10} {t:6d} {b:4d} {row['seconds'] * 1e3:12.1f} {row['cpu_seconds'] * 1e3:9.0f} "
               f"{row['tokens_per_s']:11.0f} {row['peak_bytes'] / 2**20:9.1f} {row['vs_softmax']:9.2f}x {unpacked}",
               flush=True)
 

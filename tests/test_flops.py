@@ -66,6 +66,8 @@ def test_rational_activation_adds_its_horner_work():
 def test_linear_attention_chunk_costs():
   assert recurrence_flops_per_token("linear", 64, 16, 16) == 2 * 64 * 32 + 4 * 256
   assert recurrence_flops_per_token("delta", 64, 16, 16) > recurrence_flops_per_token("linear", 64, 16, 16)
+  # linear 5120 + scores q.b, a.k, a.b and W 8CK + three C x V products 6CV + solve C^2 + W S, b^T U 4KV
+  assert recurrence_flops_per_token("dplr", 64, 16, 16) == 5120 + 8 * 64 * 16 + 6 * 64 * 16 + 64 * 64 + 4 * 256
   with pytest.raises(ValueError, match="recurrence kind"):
     recurrence_flops_per_token("mamba", 64, 16, 16)
   gla, gdn = _flops("mixer", "gla"), _flops("mixer", "gated_delta_net")

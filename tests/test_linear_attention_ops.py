@@ -2,6 +2,7 @@
 
 import functools
 import pathlib
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +30,10 @@ def rel_rmse(a, b) -> float:
 
 
 @functools.cache
-def vjp_fn(op: str, mode: str, chunk_size: int = CHUNK):
-  """jit(args, do, dht -> (o, ht, grads of sum(o*do) + sum(ht*dht) w.r.t. every arg)); args end with s0."""
-  fn = getattr(la, op)
+def vjp_fn(op: str | Callable, mode: str, chunk_size: int = CHUNK):
+  """jit(args, do, dht -> (o, ht, grads of sum(o*do) + sum(ht*dht) w.r.t. every arg)); args end with s0.
+  op: a name in layers.linear_attention or an op-like function."""
+  fn = getattr(la, op) if isinstance(op, str) else op
 
   def forward(*args):
     return fn(*args[:-1], initial_state=args[-1], output_final_state=True, mode=mode, chunk_size=chunk_size)

@@ -4,6 +4,7 @@ mode, segment_ids=None == one document, argument checks, the docstring examples.
 import doctest
 import functools
 import pathlib
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +31,10 @@ REFERENCE_ROWS = 16  # documents of a batch, each in its own row of the referenc
 
 
 @functools.cache
-def packed_vjp_fn(op: str, mode: str, chunk_size: int = CHUNK):
+def packed_vjp_fn(op: str | Callable, mode: str, chunk_size: int = CHUNK):
   """jit(args, segment_ids, do, dht -> (o, ht, grads of sum(o*do) + sum(ht*dht) w.r.t. every arg)); args end
-  with s0."""
-  fn = getattr(la, op)
+  with s0. op: a name in layers.linear_attention or an op-like function."""
+  fn = getattr(la, op) if isinstance(op, str) else op
 
   def run(args, segment_ids, do, dht):
     def forward(*args):
@@ -65,7 +66,7 @@ def segment_ids_and_spans(packings) -> tuple[jax.Array, list[tuple[int, int, int
   return jnp.asarray(ids), spans
 
 
-def documents_alone(op: str, args, do, dht, spans):
+def documents_alone(op: str | Callable, args, do, dht, spans):
   """o, ht and grads with every document run alone by the recurrent form without segment_ids, mapped back
   to the packed layout. A document sits at the start of its own row, followed by zeros (neutral: k = 0 and
   beta = 0 write nothing, a zero log gate decays nothing); it starts from s0 if it is its row's first

@@ -4,9 +4,21 @@ argument checks / dtype policy / chunking helpers / document masks in `common.py
 `segment_ids` [B, T] (packed documents, each run from a zero state)."""
 
 from layers.linear_attention.ops.delta_rule import delta_rule
+from layers.linear_attention.ops.dplr_delta_rule import dplr_delta_rule
+from layers.linear_attention.ops.gated_delta_product import gated_delta_product
 from layers.linear_attention.ops.gated_delta_rule import gated_delta_rule
 from layers.linear_attention.ops.gla import gla
+from layers.linear_attention.ops.kda import kda
 from layers.linear_attention.ops.linear_attn import linear_attn
 from layers.linear_attention.ops.simple_gla import simple_gla
 
-__all__ = ["delta_rule", "gated_delta_rule", "gla", "linear_attn", "simple_gla"]
+__all__ = [
+  "delta_rule",
+  "dplr_delta_rule",
+  "gated_delta_product",
+  "gated_delta_rule",
+  "gla",
+  "kda",
+  "linear_attn",
+  "simple_gla",
+]

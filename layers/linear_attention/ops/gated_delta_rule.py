@@ -43,15 +43,17 @@ def gated_delta_rule(
   b, t, h, _ = q.shape
   common.check_shape("g", g, (b, t, h))
   common.check_shape("beta", beta, (b, t, h))
-  return common.run(_recurrent, chunk_delta, q, k, v, (g, beta), scale=scale, initial_state=initial_state,
+  return common.run(recurrent, chunk_delta, q, k, v, (g, beta), scale=scale, initial_state=initial_state,
                     output_final_state=output_final_state, mode=mode, chunk_size=chunk_size,
                     segment_ids=segment_ids)
 
 
-def _recurrent(q, k, v, g, beta, s0, starts):
+def recurrent(q, k, v, g, beta, s0, starts):
+  """The specification, a scan over steps; g [B, T, H] (one decay per head) or [B, T, H, K] (per key channel,
+  kda): S' = diag(exp(g_t)) S, then S' + β_t k_t (v_t − S'ᵀ k_t)ᵀ."""
   def step(s, x):  # s [B, H, K, V]
     q_t, k_t, v_t, g_t, b_t = x
-    s = jnp.exp(g_t)[..., None, None] * s
+    s = jnp.exp(g_t).reshape(*g_t.shape, *(1,) * (s.ndim - g_t.ndim)) * s  # decay [B, H, 1|K, 1]
     delta = b_t[..., None] * (v_t - jnp.einsum("bhkv,bhk->bhv", s, k_t))
     s = s + k_t[..., :, None] * delta[..., None, :]
     return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
