@@ -65,8 +65,9 @@ def _sharded(fn):
   return run
 
 
-def _op_inputs():
-  keys = jax.random.split(jax.random.key(0), 7)
+def _op_cases():
+  """{op name: (op, args)} for every op, inputs in the ranges its layers give it."""
+  keys = jax.random.split(jax.random.key(0), 9)
   q = jax.random.normal(keys[0], (B, T, H, K))
   k = jax.random.normal(keys[1], (B, T, H, K))
   kn = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
@@ -74,30 +75,35 @@ def _op_inputs():
   g = -jax.nn.softplus(jax.random.normal(keys[3], (B, T, H)))
   gk = -jax.nn.softplus(jax.random.normal(keys[4], (B, T, H, K)))
   beta = jax.nn.sigmoid(jax.random.normal(keys[5], (B, T, H)))
-  s0 = jax.random.normal(keys[6], (B, H, K, V))
-  return s0, {"linear_attn": (q, k / 4, v), "simple_gla": (q, k, v, g), "gla": (q, k, v, gk),
-              "delta_rule": (q, kn, v, 2 * beta), "gated_delta_rule": (q, kn, v, g, beta)}
+  k2 = jax.random.normal(keys[6], (B, 2 * T, H, K))  # gated_delta_product: 2 Householder steps per token
+  k2 = k2 / jnp.linalg.norm(k2, axis=-1, keepdims=True)
+  v2 = jax.random.normal(keys[7], (B, 2 * T, H, V))
+  beta2 = 2 * jax.nn.sigmoid(jax.random.normal(keys[8], (B, 2 * T, H)))  # negative eigenvalues
+  return {"linear_attn": (ops.linear_attn, (q, k / 4, v)), "simple_gla": (ops.simple_gla, (q, k, v, g)),
+          "gla": (ops.gla, (q, k, v, gk)), "delta_rule": (ops.delta_rule, (q, kn, v, 2 * beta)),
+          "gated_delta_rule": (ops.gated_delta_rule, (q, kn, v, g, beta)), "kda": (ops.kda, (q, kn, v, gk, beta)),
+          "gated_delta_product": (functools.partial(ops.gated_delta_product, num_householder=2), (q, k2, v2, g, beta2)),
+          "dplr_delta_rule": (ops.dplr_delta_rule, (q, kn * beta[..., None], v, -kn, kn * beta[..., None], gk))}
 
 
 @pytest.mark.parametrize("name", ops.__all__)
 def test_op_equals_unsharded(name):
   """o, the final state and every gradient (initial state included) of each op, chunk form."""
-  op = getattr(ops, name)
-  s0, inputs = _op_inputs()
+  op, args = _op_cases()[name]
+  s0 = jax.random.normal(jax.random.key(9), (B, H, K, V))
 
   def loss(args, s0, run):
     o, state = run(*args, initial_state=s0, output_final_state=True, chunk_size=CHUNK, segment_ids=SEGMENTS)
     return jnp.sum(jnp.sin(o)) + jnp.sum(jnp.cos(state)), (o, state)
 
   grad = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
-  want = jax.jit(functools.partial(grad, run=op))(inputs[name], s0)
-  got = _sharded(functools.partial(grad, run=functools.partial(recurrence, op)))(inputs[name], s0)
+  want = jax.jit(functools.partial(grad, run=op))(args, s0)
+  got = _sharded(functools.partial(grad, run=functools.partial(recurrence, op)))(args, s0)
   _close(got, want)
 
 
 def test_recurrence_without_mesh_is_the_op_and_checks_length():
-  _, inputs = _op_inputs()
-  q, k, v, beta = inputs["delta_rule"]
+  q, k, v, beta = _op_cases()["delta_rule"][1]
   run = jax.jit(recurrence, static_argnums=0)
   np.testing.assert_array_equal(run(ops.delta_rule, q, k, v, beta)[0], jax.jit(ops.delta_rule)(q, k, v, beta)[0])
   with jax.set_mesh(MESH), pytest.raises(ValueError, match=r"T=46 is not a multiple of the 'sequence' mesh axis"):

@@ -6,6 +6,8 @@ whose transition A_t [K, K] depends on k, the gates and beta but not on v, and w
 linear in v (column j of S only ever sees column j of v):
   linear_attn A_t = I                 simple_gla A_t = exp(g_t) I      gla A_t = diag(exp(gk_t))
   delta_rule  A_t = I − β_t k_t k_tᵀ  gated_delta_rule A_t = exp(g_t) (I − β_t k_t k_tᵀ)
+  kda A_t = (I − β_t k_t k_tᵀ) diag(exp(g_t))   gated_delta_product A_t = exp(g_t) Π_j (I − β_tj k_tj k_tjᵀ)
+  dplr_delta_rule A_t = diag(exp(gk_t)) + b_t a_tᵀ
 and a document start at step t makes A_t = 0. So on slice r of the sequence (L = T / R steps), with
 S_in the state entering it, M_t = A_t ... A_first and o⁰, S⁰ the outputs and states from a zero start,
   o_t = o⁰_t + S_inᵀ P_t  with  P_t = M_tᵀ (scale q_t) [K],    S_out = M S_in + b  with  M = M_last, b = S⁰_last,
@@ -16,9 +18,9 @@ Each shard runs the op once on its slice, computing o⁰ and b and (M, P) in one
   diagonal  (linear_attn, simple_gla, gla; LASP-2's form): M_t = diag(exp(c_t)), c_t the cumulative log
             decay inside the slice (0 for linear_attn), zero from the slice's first document start on;
             P_t = exp(c_t) ⊙ scale q_t. Both from the gates directly, the op on [v] as is.
-  dense     (delta_rule, gated_delta_rule and any other op, e.g. those added later): the op runs once on the
-            value dim augmented by K columns, v' = [v | 0] from initial_state [0 | I_K]: the extra columns
-            of the state evolve as M_t I = M_t and those of the output are M_tᵀ (scale q_t) = P_t.
+  dense     (delta_rule, gated_delta_rule, kda, gated_delta_product, dplr_delta_rule and any op added later):
+            the op runs once on the value dim augmented by K columns, v' = [v | 0] from initial_state [0 | I_K]:
+            the extra columns of the state evolve as M_t I = M_t and those of the output are M_tᵀ (scale q_t) = P_t.
 One all-gather of the slices' summaries [b | M] (M as its diagonal column in the diagonal form; with
 documents, a second one of three int32 per row and slice) lets every shard fold them into its own S_in
 (redundantly: R small products), then o_t += S_inᵀ P_t.
@@ -65,7 +67,9 @@ def recurrence(
   """op(q, k, v, *gates, ...) with T split over the "sequence" mesh axis when the active mesh has one (else
   op itself): same arguments, same results.
 
-  q, k [B, T, H, K]; v [B, T, H, V]; gates [B, T, H, ...] as `op` takes them; initial_state [B, H, K, V]
+  op: a linear-attention op, or a functools.partial of one with its own options (e.g. num_householder).
+  q, k [B, T, H, K]; v [B, T, H, V]; gates [B, T, H, ...] as `op` takes them (k, v and gates may have n steps
+  per token, [B, T·n, ...], as gated_delta_product's); initial_state [B, H, K, V]
   (seeds the row's first document); segment_ids [B, T]. Returns o [B, T, H, V] in q's dtype (split over
   "sequence" like q) and the final state [B, H, K, V] fp32 (None unless output_final_state).
   T must be a multiple of the axis size; each slice is padded to the chunk size by the op itself.
@@ -86,7 +90,7 @@ def recurrence(
               segment_ids=segment_ids, **kw)
   b, t, h, dk = q.shape
   dv = v.shape[-1]
-  sp.check_length(t, mesh, op.__name__)
+  sp.check_length(t, mesh, getattr(op, "__name__", None) or op.func.__name__)  # op or functools.partial(op, ...)
   kw["scale"] = dk**-0.5 if scale is None else scale
   s0 = jnp.zeros((b, h, dk, dv), F32) if initial_state is None else initial_state.astype(F32)
   diagonal = DIAGONAL.get(op)
@@ -128,11 +132,11 @@ def _diagonal(op, log_decay, q, k, v, gates, segment_ids, kw):
 def _dense(op, q, k, v, gates, segment_ids, kw):
   """(o⁰ [B, L, H, V], P [B, L, H, K], [b | M] [B, H, K, V + K]) from one op call on [v | 0] from the
   initial state [0 | I]."""
-  b, t, h, dk = q.shape
+  b, _, h, dk = q.shape
   dv = v.shape[-1]
   eye = jnp.broadcast_to(jnp.eye(dk, dtype=F32), (b, h, dk, dk))
   s0 = sp.varying(jnp.concatenate([jnp.zeros((b, h, dk, dv), F32), eye], axis=-1))  # [B, H, K, V+K]
-  v_aug = jnp.concatenate([v.astype(F32), jnp.zeros((b, t, h, dk), F32)], axis=-1)  # [B, L, H, V+K]
+  v_aug = jnp.concatenate([v.astype(F32), jnp.zeros((*v.shape[:3], dk), F32)], axis=-1)  # [B, L, H, V+K]
   o, last = op(q, k, v_aug, *gates, initial_state=s0, output_final_state=True, segment_ids=segment_ids, **kw)
   return o[..., :dv], o[..., dv:], last
 
