@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 from benchmarks.sequence_parallel import collective_bytes
 from layers import registry
 from layers import sequence_parallel as sp
+from layers.attention.forgetting_attention import forgetting_attention
 from layers.attention.sequence_parallel import sequence_parallel_attention
 from layers.attention.softmax_attention import softmax_attention
 from layers.context import LayerContext
@@ -221,6 +222,28 @@ def test_attention_equals_softmax_attention(method, causal, window):
   want = jax.jit(functools.partial(grad, attend=softmax_attention))(q, k, v)
   got = _sharded(functools.partial(grad, attend=functools.partial(sequence_parallel_attention, method=method)))(
     q, k, v)
+  _close(got, want)
+
+
+@pytest.mark.parametrize("method", ["all_gather", "ring"])
+def test_forgetting_attention_equals_unsharded(method):
+  """Forget gates (FoX): o and every gradient, gates included, against forgetting_attention; GQA, documents,
+  a window."""
+  keys = jax.random.split(jax.random.key(5), 5)
+  q = jax.random.normal(keys[0], (B, T, 4, K))
+  k = jax.random.normal(keys[1], (B, T, 2, K))
+  v = jax.random.normal(keys[2], (B, T, 2, V))
+  g = jax.nn.log_sigmoid(2 + jax.random.normal(keys[3], (B, T, 4)))
+  w = jax.random.normal(keys[4], (B, T, 4, V))
+
+  def loss(q, k, v, g, attend):
+    return jnp.sum(attend(q, k, v, g) * w)
+
+  grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))
+  want = jax.jit(functools.partial(grad, attend=lambda q, k, v, g: forgetting_attention(
+    q, k, v, g, window=20, segment_ids=SEGMENTS)))(q, k, v, g)
+  got = _sharded(functools.partial(grad, attend=lambda q, k, v, g: sequence_parallel_attention(
+    q, k, v, window=20, segment_ids=SEGMENTS, forget_gates=g, method=method)))(q, k, v, g)
   _close(got, want)
 
 
