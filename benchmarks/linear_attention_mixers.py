@@ -5,7 +5,8 @@ For every mixer at d_model=256, 4 heads of 64 (the layers' default expansions), 
          (4096 also without --quick); median of several runs after a warm-up.
   decode: one jitted `decode` step (B sequences, one token each, cache of max_len) -> tokens/s,
          and the cache size per sequence (the recurrent state does not grow with max_len; a KV cache does).
-Memory is XLA's compiled estimate (temp + argument + output).
+Memory is XLA's compiled estimate (temp + argument + output); "cpu ms" is the process CPU time (the
+steadier number when other jobs share the cores).
 
   python -m benchmarks.linear_attention_mixers [--quick] [--out runs/benchmarks/linear_attention_mixers.json]
 """
@@ -26,7 +27,8 @@ from flax import nnx
 from layers import registry
 from layers.context import LayerContext
 
-MIXERS = ("attention", "linear_attention", "retnet", "gla", "delta_net", "gated_delta_net", "mamba2")
+MIXERS = ("attention", "linear_attention", "retnet", "gla", "delta_net", "gated_delta_net", "mamba2", "kda",
+          "gated_deltaproduct", "rwkv7", "forgetting_attention")
 D_MODEL, N_HEADS = 256, 4
 
 
@@ -35,14 +37,16 @@ def _model(name: str):
   return registry.build("mixer", name, ctx, rngs=nnx.Rngs(0))
 
 
-def _median_seconds(fn, args, repeats: int) -> float:
+def _median_seconds(fn, args, repeats: int) -> tuple[float, float]:
+  """(wall, process CPU) seconds, medians after a warm-up; CPU time is the steadier one on a shared machine."""
   jax.block_until_ready(fn(*args))
-  times = []
+  times, cpu_times = [], []
   for _ in range(repeats):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    cpu_times.append(time.process_time() - cpu_start)
+  return statistics.median(times), statistics.median(cpu_times)
 
 
 def measure_train(name: str, b: int, t: int, repeats: int) -> dict:
@@ -54,8 +58,9 @@ def measure_train(name: str, b: int, t: int, repeats: int) -> dict:
 
   compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(params, x).compile()
   mem = compiled.memory_analysis()
-  sec = _median_seconds(compiled, (params, x), repeats)
-  return {"kind": "train", "mixer": name, "T": t, "B": b, "seconds": sec, "tokens_per_s": b * t / sec,
+  sec, cpu = _median_seconds(compiled, (params, x), repeats)
+  return {"kind": "train", "mixer": name, "T": t, "B": b, "seconds": sec, "cpu_seconds": cpu,
+          "tokens_per_s": b * t / sec,
           "peak_bytes": int(mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes)}
 
 
@@ -66,9 +71,10 @@ def measure_decode(name: str, b: int, max_len: int, repeats: int) -> dict:
   x = jax.random.normal(jax.random.key(1), (b, 1, D_MODEL))
   pos = jnp.int32(max_len // 2)
   step = jax.jit(lambda p, x, c, pos: nnx.merge(graphdef, p).decode(x, c, pos))
-  sec = _median_seconds(step, (params, x, cache, pos), repeats)
+  sec, cpu = _median_seconds(step, (params, x, cache, pos), repeats)
   cache_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(cache)) // b
-  return {"kind": "decode", "mixer": name, "T": max_len, "B": b, "seconds": sec, "tokens_per_s": b / sec,
+  return {"kind": "decode", "mixer": name, "T": max_len, "B": b, "seconds": sec, "cpu_seconds": cpu,
+          "tokens_per_s": b / sec,
           "cache_bytes_per_seq": int(cache_bytes)}
 
 
@@ -91,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
   print(f"d_model={D_MODEL}, {N_HEADS} heads, float32, layer defaults; median of {repeats} after warm-up\n")
   rows = []
   print(f"train: fwd+bwd, B*T={args.tokens}")
-  print(f"{'mixer':18} {'T':>6} {'B':>4} {'ms(fwd+bwd)':>12} {'tokens/s':>10} {'peak MiB':>9} {'vs attention':>12}")
+  print(f"{'mixer':20} {'T':>6} {'B':>4} {'ms(fwd+bwd)':>12} {'cpu ms':>9} {'tokens/s':>10} {'peak MiB':>9} "
+        f"{'vs attention':>12}")
   base = {}
   for t in lengths:
     b = max(args.tokens // t, 1)
@@ -100,17 +107,17 @@ def main(argv: list[str] | None = None) -> None:
       base.setdefault(t, row["seconds"] if name == "attention" else float("nan"))
       row["vs_attention"] = row["seconds"] / base[t]
       rows.append(row)
-      print(f"{name:18} {t:6d} {b:4d} {row['seconds'] * 1e3:12.1f} {row['tokens_per_s']:10.0f} "
-            f"{row['peak_bytes'] / 2**20:9.1f} {row['vs_attention']:11.2f}x", flush=True)
+      print(f"{name:20} {t:6d} {b:4d} {row['seconds'] * 1e3:12.1f} {row['cpu_seconds'] * 1e3:9.0f} "
+            f"{row['tokens_per_s']:10.0f} {row['peak_bytes'] / 2**20:9.1f} {row['vs_attention']:11.2f}x", flush=True)
 
   print(f"\ndecode: one token for each of B={args.decode_batch} sequences")
-  print(f"{'mixer':18} {'max_len':>7} {'ms/step':>8} {'tokens/s':>10} {'cache KiB/seq':>14}")
+  print(f"{'mixer':20} {'max_len':>7} {'ms/step':>8} {'cpu ms':>7} {'tokens/s':>10} {'cache KiB/seq':>14}")
   for max_len in (lengths[0], lengths[-1]):
     for name in mixers:
       row = measure_decode(name, args.decode_batch, max_len, repeats)
       rows.append(row)
-      print(f"{name:18} {max_len:7d} {row['seconds'] * 1e3:8.2f} {row['tokens_per_s']:10.0f} "
-            f"{row['cache_bytes_per_seq'] / 2**10:14.1f}", flush=True)
+      print(f"{name:20} {max_len:7d} {row['seconds'] * 1e3:8.2f} {row['cpu_seconds'] * 1e3:7.2f} "
+            f"{row['tokens_per_s']:10.0f} {row['cache_bytes_per_seq'] / 2**10:14.1f}", flush=True)
 
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)

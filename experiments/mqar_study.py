@@ -12,7 +12,7 @@ launch scripts, then the table from the finished runs:
 One cell through the shared CLI (e.g. with more steps):
   python -m train --config experiments/mqar_study.py:local,mixer=gla,width=64,pairs=8 --workdir runs/mqar/x \\
     --config.train.steps=3000
-Local grid (2 CPU cores; 54 runs of about a minute each; vocab 32, 32 tokens, 2..8 pairs, 2000 steps):
+Local grid (2 CPU cores; 90 runs of about a minute each; vocab 32, 32 tokens, 2..8 pairs, 2000 steps):
   python -m experiments.mqar_study --parallel 2
 Measured locally (width 64, 4 pairs; answer accuracy at steps 1000 / 2000): DeltaNet 1.00 / 1.00,
 Gated DeltaNet 0.94 / 1.00, RetNet 0.58 / 0.57, GLA 0.46 / 0.55, linear attention 0.54 / 0.54, softmax
@@ -31,7 +31,8 @@ import os
 
 from experiments import common
 
-MIXERS = ("attention", "linear_attention", "retnet", "gla", "delta_net", "gated_delta_net")
+MIXERS = ("attention", "linear_attention", "retnet", "gla", "delta_net", "gated_delta_net", "kda",
+          "gated_deltaproduct", "rwkv7", "forgetting_attention")
 SCALES = {  # vocab, seq_len, train steps, batch, default widths and pair counts
   "local": dict(vocab_size=32, seq_len=32, steps=2000, batch_size=32, widths=(32, 64, 128), pairs=(2, 4, 8)),
   "paper": dict(vocab_size=8192, seq_len=512, steps=20000, batch_size=256, widths=(64, 128, 256, 512),

@@ -6,7 +6,9 @@ use, so the registry imports nothing it does not need. Every constructor has the
 (`model.options.<name>.<key>`) and are checked against the signature before anything compiles.
 
 Contracts (what models rely on):
-  ffn:        module(x [..., D]) -> [..., D].
+  ffn:        module(x [..., D]) -> [..., D]. A feed-forward that reads neighbouring tokens (RWKV's
+              token-shifted channel mix) follows the mixer contract below instead (segment_ids /
+              positions, init_cache / decode); models call it like a mixer when it has `decode`.
   activation: callable(x [..., F]) -> [..., F] (plain function or NNX module).
   norm:       module(x [..., F]) -> [..., F].
   mixer (a token mixer; writing a recurrent one, start from the example in the docstring of
@@ -33,7 +35,12 @@ Contracts (what models rely on):
       Cache layouts: recurrent mixers {"state": [B, H, K, V] fp32, "conv": {conv name: [B, W-1, C]},
         "cursor"}; attention-like mixers `layers.attention.kv_cache` ({"k", "v": [B, S, N, H],
         "document", "position": [B, S] per slot, "cursor"}).
-    tests/test_mixers.py checks every registered mixer against this contract.
+    Values shared across layers (optional): a mixer whose __call__ and decode take a `layer_values`
+      keyword gets one dict per model forward (or decode) call, passed through the layers in order and
+      empty at the start; it may read what an earlier layer put there and add per-token arrays of the
+      tokens of this call ([B, T, ...]) for later layers. RWKV-7's value residual (every layer mixes in the
+      first layer's values) is the user: the first publishes "v_first". Nothing in it is cached or state.
+    tests/test_mixers.py checks every registered mixer (and token-mixing feed-forward) against this contract.
 Layers report auxiliary losses / metrics through `layers.aux` (AuxLoss, LayerMetric).
 """
 
@@ -58,6 +65,10 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "mamba2": "layers.linear_attention.mixers.mamba2:mamba2",
     "mom": "layers.moe.mom:MixtureOfMemories",
     "karat": "layers.kan.karat:karat",
+    "kda": "layers.linear_attention.mixers.kda:KimiDeltaAttention",
+    "gated_deltaproduct": "layers.linear_attention.mixers.gated_deltaproduct:GatedDeltaProduct",
+    "rwkv7": "layers.linear_attention.mixers.rwkv7:RWKV7",
+    "forgetting_attention": "layers.attention.forgetting:ForgettingAttention",
   },
   "ffn": {
     "mlp": "layers.feedforward:mlp",
@@ -71,6 +82,7 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "fourier_kan": "layers.kan.feedforward:fourier_kan_ffn",
     "gr_kan": "layers.kan.gr_kan:gr_kan",
     "af_kan": "layers.kan.af_kan:AFKANFeedForward",
+    "rwkv7_channel_mix": "layers.linear_attention.mixers.rwkv7_channel_mix:RWKV7ChannelMix",
   },
   "activation": {
     "relu": "layers.activations.fixed:relu",

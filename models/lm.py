@@ -9,7 +9,12 @@ document sees another (positions default to per-document positions from segment_
 takes a segment id per token too: after a prompt holding several documents, decoding continues
 the last one exactly as if it alone had been the prompt.
 The LM is causal: it refuses a bidirectional mixer (one built with causal=False) before building.
+Layers that share values across depth (RWKV-7's value residual) get one `layer_values` dict per forward /
+decode call, threaded through the blocks in order; a feed-forward that reads neighbouring tokens (RWKV-7's
+channel mix) is called and cached like a mixer (the contract is in layers/registry.py).
 """
+
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -62,8 +67,13 @@ def check(cfg) -> None:
                        f"so tokens would see later tokens in this causal LM; set model.options.{mixer}.causal=True")
 
 
+def _takes_layer_values(layer) -> bool:
+  return layer is not None and "layer_values" in inspect.signature(layer.__call__).parameters
+
+
 class Block(nnx.Module):
-  """Pre-norm residual block: mixer then feed-forward (either may be absent)."""
+  """Pre-norm residual block: mixer then feed-forward (either may be absent). A feed-forward with `decode`
+  reads neighbouring tokens: it gets segment_ids / positions and a cache of its own, like a mixer."""
 
   def __init__(self, cfg, mixer: str, ffn: str, ctx: LayerContext, *, rngs: nnx.Rngs):
     def sub(kind: str, name: str):
@@ -75,29 +85,48 @@ class Block(nnx.Module):
 
     self.mixer_norm, self.mixer = sub("mixer", mixer)
     self.ffn_norm, self.ffn = sub("ffn", ffn)
+    self.ffn_mixes_tokens = hasattr(self.ffn, "decode")
+    self.mixer_takes_layer_values = _takes_layer_values(self.mixer)
 
-  def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None,
-               positions: jax.Array | None = None) -> jax.Array:  # [B, T, D]; segment_ids / positions [B, T]
+  def _values(self, layer_values: dict | None) -> dict:
+    """The layer_values keyword for a mixer that takes it."""
+    return {"layer_values": layer_values} if self.mixer_takes_layer_values else {}
+
+  def _ffn(self, x: jax.Array, segment_ids, positions) -> jax.Array:
+    h = self.ffn_norm(x)
+    return x + (self.ffn(h, segment_ids=segment_ids, positions=positions) if self.ffn_mixes_tokens else self.ffn(h))
+
+  def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
+               layer_values: dict | None = None) -> jax.Array:  # [B, T, D]; segment_ids / positions [B, T]
+    """layer_values: the model's dict of values shared across layers (mixers may add to it)."""
     if self.mixer is not None:
-      x = x + self.mixer(self.mixer_norm(x), segment_ids=segment_ids, positions=positions)
+      x = x + self.mixer(self.mixer_norm(x), segment_ids=segment_ids, positions=positions,
+                         **self._values(layer_values))
     if self.ffn is not None:
-      x = x + self.ffn(self.ffn_norm(x))
+      x = self._ffn(x, segment_ids, positions)
     return x
 
-  def init_cache(self, batch_size: int, max_len: int):
-    if self.mixer is None:
-      return None
-    if not hasattr(self.mixer, "decode"):
-      raise NotImplementedError(f"{type(self.mixer).__name__} has no decode(); it cannot generate")
-    return self.mixer.init_cache(batch_size, max_len)
+  def init_cache(self, batch_size: int, max_len: int) -> dict:
+    """{"mixer": its cache, "ffn": a token-mixing feed-forward's cache}, None where there is none."""
+    for layer in (self.mixer, self.ffn if self.ffn_mixes_tokens else None):
+      if layer is not None and not hasattr(layer, "decode"):
+        raise NotImplementedError(f"{type(layer).__name__} has no decode(); it cannot generate")
+    return {"mixer": None if self.mixer is None else self.mixer.init_cache(batch_size, max_len),
+            "ffn": self.ffn.init_cache(batch_size, max_len) if self.ffn_mixes_tokens else None}
 
-  def decode(self, x: jax.Array, cache, pos: jax.Array, *, segment_ids: jax.Array | None = None,
-             positions: jax.Array | None = None):  # x [B, T, D]
+  def decode(self, x: jax.Array, cache: dict, pos: jax.Array, *, segment_ids: jax.Array | None = None,
+             positions: jax.Array | None = None, layer_values: dict | None = None):  # x [B, T, D]
+    cache = dict(cache)
     if self.mixer is not None:
-      y, cache = self.mixer.decode(self.mixer_norm(x), cache, pos, segment_ids=segment_ids, positions=positions)
+      y, cache["mixer"] = self.mixer.decode(self.mixer_norm(x), cache["mixer"], pos, segment_ids=segment_ids,
+                                            positions=positions, **self._values(layer_values))
       x = x + y
-    if self.ffn is not None:
-      x = x + self.ffn(self.ffn_norm(x))
+    if self.ffn_mixes_tokens:
+      y, cache["ffn"] = self.ffn.decode(self.ffn_norm(x), cache["ffn"], pos, segment_ids=segment_ids,
+                                        positions=positions)
+      x = x + y
+    elif self.ffn is not None:
+      x = self._ffn(x, segment_ids, positions)
     return x, cache
 
 
@@ -136,11 +165,15 @@ class LM(nnx.Module):
       segments.check_segment_ids(segment_ids, tokens.shape)
       positions = segments.forward_positions(tokens.shape[1], segment_ids, positions)
     x = self.embed(tokens)
+
+    def run(block, h, s, p, values):  # returns the dict too: values added under remat leave it as outputs
+      values = dict(values)
+      return block(h, segment_ids=s, positions=p, layer_values=values), values
+
+    step = nnx.remat(run) if self.remat else run
+    layer_values = {}
     for block in self.blocks:
-      if self.remat:
-        x = nnx.remat(lambda b, h, s, p: b(h, segment_ids=s, positions=p))(block, x, segment_ids, positions)
-      else:
-        x = block(x, segment_ids=segment_ids, positions=positions)
+      x, layer_values = step(block, x, segment_ids, positions, layer_values)
     return self._logits(x)
 
   def init_cache(self, batch_size: int, max_len: int) -> list:
@@ -155,9 +188,9 @@ class LM(nnx.Module):
     positions (None: counted on from the caches). See the mixer contract in layers/registry.py.
     """
     x = self.embed(tokens)
-    new = []
+    new, layer_values = [], {}
     for block, cache in zip(self.blocks, caches):
-      x, cache = block.decode(x, cache, pos, segment_ids=segment_ids, positions=positions)
+      x, cache = block.decode(x, cache, pos, segment_ids=segment_ids, positions=positions, layer_values=layer_values)
       new.append(cache)
     return self._logits(x), new
 

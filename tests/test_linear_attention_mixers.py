@@ -176,7 +176,8 @@ def test_decay_gate_init_and_sign():
   np.testing.assert_allclose(g, -a * np.asarray(dt_x), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["gated_delta_net", "mamba2"])
+@pytest.mark.parametrize("name", ["gated_delta_net", "mamba2", "kda", "gated_deltaproduct", "rwkv7",
+                                  "forgetting_attention"])
 def test_sharded_equals_unsharded(name):
   """Heads over a 2-way tensor axis, batch over a 2-way data axis: same output as one device."""
   mesh = jax.make_mesh((2, 2), ("data", "tensor"), axis_types=(AxisType.Auto,) * 2, devices=jax.devices()[:4])

@@ -113,14 +113,18 @@ def test_recurrence_without_mesh_is_the_op_and_checks_length():
 
 # Small shapes and the optional branches switched on (GLA's short conv, Hedgehog with normalisation).
 OPTIONS = {"karat": {"max_len": T, "causal": True}, "mamba2": {"state_size": 8}, "mom": {"n_memories": 3},
-           "gla": {"conv_size": 4}, "linear_attention": {"feature_map": "hedgehog", "normalize": True}}
+           "gla": {"conv_size": 4}, "linear_attention": {"feature_map": "hedgehog", "normalize": True},
+           "rwkv7_channel_mix": {"hidden": 4 * D}, "forgetting_attention": {"block_size": CHUNK}}
+# Feed-forwards that read neighbouring tokens are token mixers too (RWKV-7's channel mix).
+TOKEN_MIXING_FFNS = [name for name in registry.names("ffn") if hasattr(registry.lookup("ffn", name), "decode")]
 
 
 def _mixer(name: str, options: dict | None = None):
+  kind = "ffn" if name in TOKEN_MIXING_FFNS else "mixer"
   options = {**OPTIONS.get(name, {}), **(options or {})}
-  if "chunk_size" in inspect.signature(registry.lookup("mixer", name)).parameters:
+  if "chunk_size" in inspect.signature(registry.lookup(kind, name)).parameters:
     options["chunk_size"] = CHUNK
-  return registry.build("mixer", name, LayerContext(d_model=D, n_heads=H), rngs=nnx.Rngs(0), **options)
+  return registry.build(kind, name, LayerContext(d_model=D, n_heads=H), rngs=nnx.Rngs(0), **options)
 
 
 def _is_recurrent(model) -> bool:
@@ -139,7 +143,9 @@ class _MixerGrad:
     weights = jax.random.normal(jax.random.key(2), (B, 2 * T, D))  # T and 2T (communication test)
 
     def loss(params, x, segment_ids, positions):
-      y = nnx.merge(graphdef, params, rest)(x, segment_ids=segment_ids, positions=positions)
+      layer = nnx.merge(graphdef, params, rest)
+      y = (layer(x, segment_ids=segment_ids) if name in TOKEN_MIXING_FFNS
+           else layer(x, segment_ids=segment_ids, positions=positions))
       return jnp.sum(y * weights[:, :x.shape[1]])
 
     self.grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
@@ -164,16 +170,20 @@ class _MixerGrad:
 _mixer_grad = functools.cache(_MixerGrad)
 
 
-@pytest.mark.parametrize("name", registry.names("mixer"))
+@pytest.mark.parametrize("name", registry.names("mixer") + TOKEN_MIXING_FFNS)
 def test_mixer_equals_unsharded(name):
   """Every registered mixer: loss, parameter and input gradients over packed rows (short-conv halos, the
-  recurrences, attention's K/V exchange)."""
+  recurrences, attention's K/V exchange; token shifts are left to XLA)."""
   _mixer_grad(name).compare()
 
 
-def test_attention_ring_with_window_equals_unsharded():
-  """The attention mixer's "ring" option with a sliding window shorter than a shard."""
-  _mixer_grad("attention", (("sequence_parallel", "ring"), ("window", 7))).compare()
+@pytest.mark.parametrize("name, options", [
+  ("attention", (("sequence_parallel", "ring"), ("window", 7))),
+  ("forgetting_attention", (("sequence_parallel", "ring"), ("window", 9), ("kv_shift", True), ("qk_norm", True))),
+])
+def test_ring_with_window_equals_unsharded(name, options):
+  """The "ring" option with a sliding window shorter than a shard (FoX: its Pro block's KV-shift too)."""
+  _mixer_grad(name, options).compare()
 
 
 # Known: lax.top_k over router scores split along tokens is all-gathered by XLA's partitioner (on CPU at
@@ -182,7 +192,8 @@ TOP_K_GATHERED = pytest.mark.xfail(strict=True, reason="lax.top_k routing is all
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=TOP_K_GATHERED) if n == "mom" else n
-                                  for n in registry.names("mixer") if n not in ("attention", "karat")])
+                                  for n in registry.names("mixer")
+                                  if n not in ("attention", "karat", "forgetting_attention")])
 def test_linear_mixer_communication_does_not_grow_with_t(name):
   """Bytes of every collective in the compiled sharded forward + backward (per device) at T and 2T: equal for
   recurrent mixers, and the all-gathered summaries are there (the mixer really runs sequence-parallel).

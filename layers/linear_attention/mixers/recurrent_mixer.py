@@ -95,11 +95,12 @@ class RecurrentMixer(nnx.Module):
     raise NotImplementedError
 
   def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None,
-               positions: jax.Array | None = None) -> jax.Array:  # [B, T, D] -> [B, T, D]
+               positions: jax.Array | None = None, **mix_inputs) -> jax.Array:  # [B, T, D] -> [B, T, D]
+    """mix_inputs: extra keywords for `mix`, for subclasses that declare them (RWKV-7's layer_values)."""
     if segment_ids is not None:
       segments.check_segment_ids(segment_ids, x.shape[:2])
     docs = Documents(segment_ids, segments.forward_positions(x.shape[1], segment_ids, positions))
-    return self.mix(x, None, self.mode, docs)[0]
+    return self.mix(x, None, self.mode, docs, **mix_inputs)[0]
 
   def extra_flops_per_token(self, seq_len: int) -> float:
     """The recurrence in its chunk form; projections and convs are counted from their weights."""
@@ -114,13 +115,14 @@ class RecurrentMixer(nnx.Module):
     return {"state": state, "conv": convs, "cursor": segments.init_cursor(batch_size)}
 
   def decode(self, x: jax.Array, cache: Cache, pos: jax.Array, *, segment_ids: jax.Array | None = None,
-             positions: jax.Array | None = None) -> tuple[jax.Array, Cache]:
+             positions: jax.Array | None = None, **mix_inputs) -> tuple[jax.Array, Cache]:
     """x [B, T, D] after the cached tokens (T=1: one recurrent step; T>1: a chunked prefill).
     `pos` (the stream index) is unused: a recurrent cache has no slots."""
     del pos
     d = segments.decode_documents(cache["cursor"], x.shape[1], segment_ids, positions)
     cache = segments.restart({"state": cache["state"], "conv": cache["conv"]}, d.reset)
-    y, cache = self.mix(x, cache, "recurrent" if x.shape[1] == 1 else self.mode, Documents(d.segment_ids, d.positions))
+    y, cache = self.mix(x, cache, "recurrent" if x.shape[1] == 1 else self.mode, Documents(d.segment_ids, d.positions),
+                        **mix_inputs)
     return y, {**cache, "cursor": d.cursor}
 
   # Helpers for subclasses.
