@@ -5,7 +5,8 @@ sequence length T; forward + backward of the LM loss, jitted on a mesh (sequence
 (R=1: one device, no sequence axis). Per R and attention method ("all_gather", "ring"):
   memory   XLA's compiled per-device estimate (temp + arguments + outputs), memory_analysis();
   comm     bytes of every collective of the compiled per-device program, by kind (collective_bytes);
-  time     median seconds of the step after a warm-up.
+  time     median seconds of the step after a warm-up (wall, and the process's CPU time: steadier on a
+           shared machine).
 On CPU the devices are fake (jax_num_cpu_devices), so every "device" shares the same cores: time shows the
 overhead of the split, not a speed-up; memory and communication are what the split changes. On a machine
 with several GPUs / TPUs the real devices are used.
@@ -99,16 +100,18 @@ def measure(args, shards: int, method: str) -> dict:
     memory = compiled.memory_analysis()
     comm = collective_bytes(compiled.as_text())
     jax.block_until_ready(compiled(*inputs))
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeats):
-      start = time.perf_counter()
+      start, start_cpu = time.perf_counter(), time.process_time()
       jax.block_until_ready(compiled(*inputs))
       times.append(time.perf_counter() - start)
+      cpu.append(time.process_time() - start_cpu)
   return {"shards": shards, "attention": method, "T": args.seq_len, "B": args.batch,
           "memory_bytes_per_device": int(memory.temp_size_in_bytes + memory.argument_size_in_bytes
                                          + memory.output_size_in_bytes),
           "temp_bytes_per_device": int(memory.temp_size_in_bytes),
-          "collective_bytes_per_device": comm, "seconds": statistics.median(times)}
+          "collective_bytes_per_device": comm, "seconds": statistics.median(times),
+          "cpu_seconds": statistics.median(cpu)}
 
 
 def main(argv=None) -> None:
@@ -129,8 +132,8 @@ def main(argv=None) -> None:
   rows = []
   print(f"{jax.default_backend()} x{jax.device_count()}, T={args.seq_len}, B={args.batch}, {args.blocks}, "
         f"d_model={args.d_model}")
-  print(f"{'shards':>6} {'attention':>10} {'MiB/device':>10} {'temp MiB':>9} {'comm KiB':>9} {'seconds':>8}  "
-        "collectives")
+  print(f"{'shards':>6} {'attention':>10} {'MiB/device':>10} {'temp MiB':>9} {'comm KiB':>9} {'seconds':>8} "
+        f"{'cpu s':>7}  collectives")
   for shards in shard_counts:
     for method in args.methods.split(",") if shards > 1 else ["all_gather"]:
       row = measure(args, shards, method)
@@ -138,7 +141,7 @@ def main(argv=None) -> None:
       comm = row["collective_bytes_per_device"]
       print(f"{shards:>6} {method if shards > 1 else '-':>10} {row['memory_bytes_per_device'] / 2**20:>10.1f} "
             f"{row['temp_bytes_per_device'] / 2**20:>9.1f} {sum(comm.values()) / 2**10:>9.1f} "
-            f"{row['seconds']:>8.3f}  {comm}")
+            f"{row['seconds']:>8.3f} {row['cpu_seconds']:>7.2f}  {comm}")
   if args.out:
     path = pathlib.Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)

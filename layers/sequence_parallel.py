@@ -26,9 +26,8 @@ from jax.sharding import PartitionSpec as P
 from layers import segments
 
 AXIS = "sequence"
-TIME = P(None, AXIS)  # [B, T, ...] split over the time axis
+TENSOR_AXIS = "tensor"
 REPLICATED = P()
-SLICES = P(AXIS)  # [R, ...]: one entry per slice
 
 
 def active_mesh():
@@ -49,15 +48,49 @@ def check_length(t: int, mesh, what: str) -> int:
   return t // shards
 
 
-def shard_map(fn: Callable, mesh, in_specs, out_specs) -> Callable:
-  """`fn` on the local slices, manual over "sequence" only (every other mesh axis left to the compiler)."""
-  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names={AXIS})
+class Split(NamedTuple):
+  """How a layer's shard_map splits its arrays: T over "sequence" and the batch rows over `rows`, every mesh
+  axis but "tensor" and "sequence" (expert parallelism's and splash attention's convention for the batch),
+  when they divide B. Both are manual inside; "tensor" (heads) stays with the compiler. Leaving the rows
+  with the compiler instead would make it gather every row into the collectives over "sequence"."""
+
+  mesh: jax.sharding.AbstractMesh
+  rows: tuple[str, ...]
+
+  @property
+  def time(self) -> P:  # [B, T, ...]
+    return P(self.rows or None, AXIS)
+
+  @property
+  def batch(self) -> P:  # [B, ...], one per row (states)
+    return P(self.rows or None)
+
+  @property
+  def slices(self) -> P:  # [R, B, ...], one per slice and row
+    return P(AXIS, self.rows or None)
+
+
+def split(batch: int) -> Split | None:
+  """The Split for B = `batch` rows under the active mesh; None without a "sequence" axis."""
+  mesh = active_mesh()
+  if mesh is None:
+    return None
+  rows = tuple(a for a in mesh.axis_names if a not in (AXIS, TENSOR_AXIS) and mesh.shape[a] > 1)
+  return Split(mesh, rows if batch % math.prod(mesh.shape[a] for a in rows) == 0 else ())
+
+
+def shard_map(fn: Callable, split: Split, in_specs, out_specs) -> Callable:
+  """`fn` on the local slices (and rows), manual over "sequence" and split.rows."""
+  return jax.shard_map(fn, mesh=split.mesh, in_specs=in_specs, out_specs=out_specs,
+                       axis_names={AXIS, *split.rows})
 
 
 def varying(x: jax.Array) -> jax.Array:
-  """x (the same on every slice, e.g. a constant) typed as differing between slices, as a scan carry that
-  meets per-slice values must be (inside `shard_map`); its transpose sums over the slices."""
-  return jax.lax.pcast(x, AXIS, to="varying")
+  """x (the same on every device, e.g. a constant) typed as differing between them, as a scan carry that
+  meets per-device values must be (inside `shard_map`); its transpose sums over the devices."""
+  manual = jax.sharding.get_abstract_mesh().manual_axes
+  missing = tuple(a for a in manual if a not in jax.typeof(x).mat.varying)
+  return jax.lax.pcast(x, missing, to="varying") if missing else x
 
 
 class Boundaries(NamedTuple):
@@ -91,12 +124,12 @@ def with_halo(fn: Callable, x: jax.Array, args: tuple, segment_ids: jax.Array | 
   of fn is concatenated over the slices along axis 1. One collective-permute of [B, width, C] (and the
   boundary all-gather with segment_ids). Needs T / R >= width.
   """
-  mesh = active_mesh()
-  local = check_length(x.shape[1], mesh, "short convolution")
+  where = split(x.shape[0])
+  local = check_length(x.shape[1], where.mesh, "short convolution")
   if local < width:
     raise ValueError(f"short convolution: {local} tokens per {AXIS!r} shard are fewer than the {width} inputs the "
                      f"kernel reaches back; use fewer shards (mesh.shape.{AXIS}) or a longer sequence")
-  shards = mesh.shape[AXIS]
+  shards = where.mesh.shape[AXIS]
 
   def body(x, args, segment_ids):
     tail = x[:, local - width:]  # [B, width, C]
@@ -108,4 +141,4 @@ def with_halo(fn: Callable, x: jax.Array, args: tuple, segment_ids: jax.Array | 
       halo = jnp.where(boundaries(segment_ids).here()[:, None, None], 0, halo)
     return fn(x, *args, halo, segment_ids)
 
-  return shard_map(body, mesh, (TIME, REPLICATED, TIME), TIME)(x, args, segment_ids)
+  return shard_map(body, where, (where.time, REPLICATED, where.time), where.time)(x, args, segment_ids)

@@ -358,7 +358,8 @@ def test_boundaries_number_documents_globally():
     return b.offset[:, None], b.here()[:, None]
 
   with jax.set_mesh(MESH):
-    offset, starts = jax.jit(sp.shard_map(body, MESH, sp.TIME, (sp.TIME, sp.TIME)))(SEGMENTS)
+    where = sp.split(B)
+    offset, starts = jax.jit(sp.shard_map(body, where, where.time, (where.time, where.time)))(SEGMENTS)
   # Row 0 documents start at 0, 5, 12, 25, 36, 37; row 1 at 0, 12, 13, 43. Shards start at 0, 12, 24, 36.
   np.testing.assert_array_equal(offset, [[0, 2, 2, 4], [0, 1, 2, 2]])
   np.testing.assert_array_equal(starts, [[False, True, False, True], [False, True, False, False]])

@@ -75,13 +75,13 @@ def sequence_parallel_attention(
   if forget_gates is not None and (tuple(forget_gates.shape) != q.shape[:3] or not causal):
     raise ValueError(f"forget_gates must be [B, T, H] = {q.shape[:3]} with causal=True, got shape "
                      f"{tuple(forget_gates.shape)} and causal={causal}")
-  mesh = sp.active_mesh()
-  if mesh is None:
+  where = sp.split(q.shape[0])
+  if where is None:
     raise ValueError(f"sequence_parallel_attention needs a mesh with a {sp.AXIS!r} axis of size > 1 set with "
                      "jax.set_mesh; without one use layers.attention.softmax_attention")
-  local = sp.check_length(q.shape[1], mesh, "softmax attention")
-  layout = _Layout(method, q.shape[-1] ** -0.5 if scale is None else scale, causal, window, mesh.shape[sp.AXIS],
-                   local)
+  local = sp.check_length(q.shape[1], where.mesh, "softmax attention")
+  layout = _Layout(method, q.shape[-1] ** -0.5 if scale is None else scale, causal, window,
+                   where.mesh.shape[sp.AXIS], local)
 
   def body(q, k, v, segment_ids, gates):
     doc = cum = None
@@ -97,7 +97,7 @@ def sequence_parallel_attention(
       keys = jax.lax.all_gather(keys, sp.AXIS, axis=1, tiled=True)  # [B, T, ...]
     return _attend(layout, q, doc, cum, *keys)
 
-  return sp.shard_map(body, mesh, (sp.TIME,) * 5, sp.TIME)(q, k, v, segment_ids, forget_gates)
+  return sp.shard_map(body, where, (where.time,) * 5, where.time)(q, k, v, segment_ids, forget_gates)
 
 
 def _heads(x: jax.Array, kv_heads: int) -> jax.Array:

@@ -84,13 +84,13 @@ def recurrence(
     True
   """
   kw = dict(scale=scale, mode=mode, chunk_size=chunk_size)
-  mesh = sp.active_mesh()
-  if mesh is None:
+  b, t, h, dk = q.shape
+  where = sp.split(b)
+  if where is None:
     return op(q, k, v, *gates, initial_state=initial_state, output_final_state=output_final_state,
               segment_ids=segment_ids, **kw)
-  b, t, h, dk = q.shape
   dv = v.shape[-1]
-  sp.check_length(t, mesh, getattr(op, "__name__", None) or op.func.__name__)  # op or functools.partial(op, ...)
+  sp.check_length(t, where.mesh, getattr(op, "__name__", None) or op.func.__name__)  # op or a partial of one
   kw["scale"] = dk**-0.5 if scale is None else scale
   s0 = jnp.zeros((b, h, dk, dv), F32) if initial_state is None else initial_state.astype(F32)
   diagonal = DIAGONAL.get(op)
@@ -110,8 +110,9 @@ def recurrence(
     return o.astype(q.dtype), final[None]
 
   # Every slice folds the same final state; the last slice's copy is returned (and receives its gradient).
-  o, finals = sp.shard_map(body, mesh, (sp.TIME, sp.TIME, sp.TIME, sp.TIME, sp.REPLICATED, sp.TIME),
-                           (sp.TIME, sp.SLICES))(q, k, v, gates, s0, segment_ids)
+  time = where.time
+  o, finals = sp.shard_map(body, where, (time, time, time, time, where.batch, time),
+                           (time, where.slices))(q, k, v, gates, s0, segment_ids)
   return o, (finals[-1] if output_final_state else None)
 
 
