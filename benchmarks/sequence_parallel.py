@@ -39,11 +39,11 @@ def _shape_bytes(dtype: str, dims: str) -> int:
   return count * bits // 8
 
 
-def collective_bytes(hlo_text: str) -> dict[str, int]:
-  """{collective kind: bytes} of a compiled (per-device, SPMD) HLO module: the size of each collective's
-  result (the data it leaves on the device; an all-gather's is R times what it sends). An async "-start"
-  op's result is the tuple (operands, results, ...): its second element is counted."""
-  out: dict[str, int] = {}
+def collectives(hlo_text: str) -> list[tuple[str, str, int]]:
+  """(kind, result type, bytes) of every collective of a compiled (per-device, SPMD) HLO module, bytes the
+  size of its result (the data it leaves on the device; an all-gather's is R times what it sends). An async
+  "-start" op's result is the tuple (operands, results, ...): its second element is counted."""
+  out = []
   for line in hlo_text.splitlines():
     match = _OP.search(line)
     if not match:
@@ -51,7 +51,15 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
     shapes = _SHAPE.findall(match.group(1))
     if match.group(3):
       shapes = shapes[1:2]
-    out[match.group(2)] = out.get(match.group(2), 0) + sum(_shape_bytes(*s) for s in shapes)
+    out.append((match.group(2), " ".join(f"{d}[{s}]" for d, s in shapes), sum(_shape_bytes(*s) for s in shapes)))
+  return out
+
+
+def collective_bytes(hlo_text: str) -> dict[str, int]:
+  """{collective kind: bytes} summed over `collectives`."""
+  out: dict[str, int] = {}
+  for kind, _, size in collectives(hlo_text):
+    out[kind] = out.get(kind, 0) + size
   return out
 
 

@@ -3,13 +3,17 @@
 With a mesh axis "sequence" of size R > 1 (set with `jax.set_mesh`), every [B, T, ...] activation is
 cut into R contiguous slices of T / R tokens, slice r on the devices at position r of that axis. Per-token
 layers (projections, norms, feed-forwards, the loss) need nothing more. A layer that mixes tokens across
-time runs its mixing inside `jax.shard_map` manual over "sequence" only (data / fsdp / tensor / expert
-stay with the compiler, so it composes with all of them) and exchanges what crosses slice boundaries:
-  linear attention:  one all-gather of per-slice state summaries (layers.linear_attention.sequence_parallel)
-  short convolutions: the previous slice's last W-1 inputs (`with_halo`, one collective-permute)
-  softmax attention: K/V all-gathered or passed round a ring (layers.attention.sequence_parallel)
+time runs its mixing inside `jax.shard_map` manual over "sequence" and the batch rows (`Split`; heads on
+"tensor" stay with the compiler, so it composes with data / fsdp / tensor / expert) and exchanges what
+crosses slice boundaries:
+  linear attention:   one all-gather of per-slice state summaries (layers.linear_attention.sequence_parallel)
+  short convolutions, token shifts: the previous slice's last W-1 inputs (`with_halo`, one collective-permute)
+  softmax and forgetting attention: K/V all-gathered or passed round a ring (layers.attention.sequence_parallel)
 Packed documents stay exact: `boundaries` says which slices begin with a new document and numbers the
-documents globally, from one all-gather of three ints per row and slice.
+documents globally, from one all-gather of three ints per row and slice. A layer without such a hook is
+still exact under the mesh (the compiler gathers what it needs), only not sequence-parallel.
+Positions (RoPE): give them with the batch, as packed batches carry them; derived from segment_ids under
+the mesh, the compiler all-gathers the [B, T] ids once per forward.
 
 T must be a multiple of R (`check_length`): slices are never padded, because padding one layer's input
 would shift every later token; pick data.seq_len as a multiple of mesh.shape.sequence.
