@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from benchmarks.sequence_parallel import collective_bytes, collectives
+from experiments import long_context
 from layers import registry
 from layers import sequence_parallel as sp
 from layers.attention.forgetting_attention import forgetting_attention
@@ -354,6 +355,19 @@ def test_validation_of_the_sequence_axis(key, value, match):
   c[section][field] = value
   with pytest.raises(ConfigError, match=match):
     validate.validate(c)
+
+
+def test_long_context_experiment_configs():
+  """Paper scale validates on 64 devices in 8 processes (sequence shards across hosts); :local on 8; the sweep."""
+  validate.validate(long_context.get_config(), num_devices=64, process_count=8)
+  validate.validate(long_context.get_config("seq_len=262144,shards=64"), num_devices=64, process_count=8)
+  local = long_context.get_config("local")
+  validate.validate(local, num_devices=8, process_count=1)
+  assert local.mesh.shape.sequence == 4 and "attention" in local.model.blocks
+  runs = []
+  long_context.sweep(lambda **overrides: runs.append(overrides))
+  assert {(r["mesh.shape.sequence"], r["model.options.attention.sequence_parallel"]) for r in runs} == {
+    (1, "all_gather"), (2, "all_gather"), (4, "all_gather"), (4, "ring")}
 
 
 def test_boundaries_number_documents_globally():
