@@ -27,6 +27,7 @@ DEFAULT_RULES = {
   "heads": "tensor",
   "kv_heads": "tensor",
   "expert": "expert",
+  "length": "sequence",  # the time axis of token batches and activations (sequence parallelism)
 }
 
 
@@ -103,7 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(
-    shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1)),
+    shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1, sequence=1)),
     rules=ml_collections.ConfigDict(DEFAULT_RULES),
   ))
 

@@ -4,14 +4,16 @@ Forgetting Transformer's KV-shift).
 `token_shift` returns x_{t-1} for every t, zeros at a document start, and a one-token cache (the last
 input) so that decoding token by token continues exactly where a forward left off. It is the width-2
 case of a short causal convolution with the data-dependent mixing left to the caller
-(lerp(x_t, x_{t-1}, mu) in RWKV, alpha_t x_{t-1} + (1 - alpha_t) x_t in FoX).
+(lerp(x_t, x_{t-1}, mu) in RWKV, alpha_t x_{t-1} + (1 - alpha_t) x_t in FoX). Under a "sequence" mesh axis
+each slice of T reads its first token's predecessor from the previous slice (a one-token halo exchange,
+layers.sequence_parallel.with_halo).
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from layers import segments
+from layers import segments, sequence_parallel
 
 
 def token_shift(
@@ -25,6 +27,9 @@ def token_shift(
   >>> prev[0, :, 0].tolist(), cache[0, :, 0].tolist()
   ([0.0, 1.0, 2.0, 0.0, 4.0], [5.0])
   """
+  if cache is None and sequence_parallel.active_mesh() is not None:  # T split: the halo is the previous slice's
+    prev, caches = sequence_parallel.with_halo(token_shift, x, (), segment_ids, 1)
+    return prev, caches[:, -1:]
   first = jnp.zeros_like(x[:, :1]) if cache is None else cache.astype(x.dtype)
   prev = jnp.concatenate([first, x[:, :-1]], axis=1)
   if segment_ids is not None:

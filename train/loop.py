@@ -208,8 +208,10 @@ def extend_grid(program: Program, config, state: dict, batch: dict) -> tuple[Pro
 
 
 def global_batch(local: dict, sharding) -> dict:
-  """This process's numpy batch -> global arrays laid out by `sharding`."""
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+  """This process's numpy batch (its rows, `mesh.row_group`) -> global arrays laid out by `sharding`."""
+  groups = mesh_lib.row_group(sharding)[1]
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+    sharding, np.asarray(x), (x.shape[0] * groups, *x.shape[1:])), local)
 
 
 def run(config, workdir: str, *, resume_with_changes: Sequence[str] = ()) -> dict:
@@ -277,19 +279,19 @@ def _restore(config, workdir: epath.Path, mesh: Mesh, ckpt: checkpoint.Checkpoin
 
 
 def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
-  process_index, process_count = jax.process_index(), jax.process_count()
-  is_main = process_index == 0
+  is_main = jax.process_index() == 0
+  # This process's data shard: the rows its devices hold (shared with the processes that split them along T).
+  rows, groups = mesh_lib.row_group(mesh_lib.batch_sharding(mesh, config.mesh.rules.to_dict()))
   steps = config.train.steps
   extensions = {at for at, _ in config.train.get("grid_extend", ())}
 
   with contextlib.ExitStack() as cleanup, _Preemption() as preemption:
     try:
       train_iter = pipeline.build(config.data, split=config.data.train_split, seed=config.seed, train=True,
-                                  batch_size=config.data.batch_size // process_count,
-                                  process_index=process_index, process_count=process_count)
+                                  batch_size=config.data.batch_size // groups, process_index=rows,
+                                  process_count=groups)
       eval_iter = pipeline.build(config.data, split=config.data.eval_split, seed=config.seed, train=False,
-                                 batch_size=config.data.batch_size // process_count, process_index=process_index,
-                                 process_count=process_count)
+                                 batch_size=config.data.batch_size // groups, process_index=rows, process_count=groups)
     except (ValueError, FileNotFoundError) as e:  # the data sources' own checks of config.data
       raise config_lib.ConfigError(f"data: {e}") from None
     eval_start = eval_iter.get_state()

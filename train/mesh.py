@@ -1,18 +1,22 @@
 """Device mesh from the config and logical-axis -> mesh-axis sharding rules.
 
-Mesh axes are (data, fsdp, tensor, expert); one size may be -1 (all remaining devices).
+Mesh axes are (data, fsdp, tensor, expert, sequence); one size may be -1 (all remaining devices).
 Parameters name their dims logically ("embed", "mlp", ...); `config.mesh.rules` maps each
 name to a mesh axis, a tuple of axes, or None (replicated). Unlisted names are replicated.
+Batches are split along their leading dim by the "batch" rule and, for token batches ([B, T] fields),
+along T by the "length" rule (the "sequence" axis: sequence parallelism, layers/sequence_parallel.py).
 """
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-AXES = ("data", "fsdp", "tensor", "expert")
+AXES = ("data", "fsdp", "tensor", "expert", "sequence")
 
 
 def mesh_shape(shape_cfg: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
@@ -83,7 +87,32 @@ def state_shardings(abstract_state: nnx.State, rules: Mapping, mesh: Mesh) -> di
 
 
 def batch_sharding(mesh: Mesh, rules: Mapping) -> NamedSharding:
-  """Leading (batch) dim split over the mesh axes the "batch" rule names."""
-  axes = tuple(a for a in rule_axes(rules.get("batch")) if mesh.shape[a] > 1)
-  return NamedSharding(mesh, PartitionSpec(axes or None))
+  """Leading (batch) dim split over the mesh axes the "batch" rule names, the second (time, of token
+  batches) over those the "length" rule names."""
+  batch, length = (tuple(a for a in rule_axes(rules.get(name)) if mesh.shape[a] > 1) for name in ("batch", "length"))
+  if not length:
+    return NamedSharding(mesh, PartitionSpec(batch or None))
+  return NamedSharding(mesh, PartitionSpec(batch or None, length[0] if len(length) == 1 else length))
 
+
+
+@functools.lru_cache(maxsize=64)
+def row_group(sharding: NamedSharding, process: int | None = None,
+              process_of: Callable = lambda device: device.process_index) -> tuple[int, int]:
+  """(index, count): the rows of a global batch laid out by `sharding` that this process's devices hold,
+  as group `index` of `count` equal, contiguous groups. It is the process's data shard: processes whose
+  devices split the same rows along T (a "sequence" axis across hosts) or hold them replicated load the
+  same rows (`global_batch` then places each device's slice). process / process_of: injectable for tests.
+  """
+  mesh, spec = sharding.mesh, sharding.spec
+  process = jax.process_index() if process is None else process
+  axes = rule_axes(spec[0]) if len(spec) else ()
+  sizes = [mesh.shape[a] for a in axes]
+  dims = [mesh.axis_names.index(a) for a in axes]
+  rows = sorted({int(np.ravel_multi_index([coords[d] for d in dims], sizes)) if axes else 0
+                 for coords, device in np.ndenumerate(mesh.devices) if process_of(device) == process})
+  n = len(rows)
+  if rows != list(range(rows[0], rows[0] + n)) or rows[0] % n:
+    raise ValueError(f"process {process} holds batch row shards {rows} of mesh axes {axes}: not one aligned "
+                     "contiguous block; order the mesh so that each process's devices are neighbours along them")
+  return rows[0] // n, math.prod(sizes) // n

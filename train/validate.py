@@ -229,8 +229,31 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   shards = 1
   for axis in batch_axes:
     shards *= mesh_shape[axis]
-  multiple = math.lcm(shards * o.grad_accum, process_count)
+  # Each process loads the rows its devices hold (train.mesh.row_group): whole batch shards, or one shard
+  # shared by several processes (e.g. split along T over a "sequence" axis across hosts).
+  per_process, per_shard = num_devices // process_count, num_devices // shards
+  _require(per_process % per_shard == 0 or per_shard % per_process == 0,
+           f"each process's {per_process} devices must hold whole batch shards ({per_shard} devices each, over mesh "
+           f"axes {batch_axes}) or share one with other processes; change config.mesh.shape")
+  multiple = shards * o.grad_accum
   _require(d.batch_size % multiple == 0,
            f"data.batch_size={d.batch_size} must be divisible by the batch shards ({shards} over mesh axes "
-           f"{batch_axes}) times optim.grad_accum ({o.grad_accum}), and by the processes ({process_count}); "
-           f"use a multiple of {multiple}")
+           f"{batch_axes}) times optim.grad_accum ({o.grad_accum}); use a multiple of {multiple}")
+  check_sequence_axis(config, mesh_shape["sequence"])
+
+
+def check_sequence_axis(config, shards: int) -> None:
+  """mesh.shape.sequence > 1 (sequence parallelism) splits [B, T] token batches along T over the "sequence"
+  axis: an LM only, T a multiple of the axis size, and the "length" rule naming that axis."""
+  if shards == 1:
+    return
+  fix = "set mesh.shape.sequence=1"
+  _require(config.model.kind == "lm", f"mesh.shape.sequence={shards} splits the sequence of token batches; it needs "
+                                      f"model.kind='lm', got {config.model.kind!r}; {fix}")
+  seq_len = config.data.seq_len
+  _require(seq_len % shards == 0, f"data.seq_len={seq_len} must be a multiple of mesh.shape.sequence={shards} "
+                                  f"(each shard holds T / {shards} tokens); use data.seq_len="
+                                  f"{-(-seq_len // shards) * shards} or {fix}")
+  _require(mesh_lib.rule_axes(config.mesh.rules.get("length")) == ("sequence",),
+           f"mesh.rules.length={config.mesh.rules.get('length')!r} must be 'sequence' when mesh.shape.sequence="
+           f"{shards}: the layers split T over that axis")

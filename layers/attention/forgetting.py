@@ -29,9 +29,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from layers import segments
+from layers import sequence_parallel as sp
 from layers.attention import kv_cache
 from layers.attention.forgetting_attention import forgetting_attention
 from layers.attention.rope import apply_rope
+from layers.attention.sequence_parallel import METHODS, sequence_parallel_attention
 from layers.context import LayerContext
 from layers.core import Linear
 from layers.flops import causal_context
@@ -45,21 +47,25 @@ class ForgettingAttention(nnx.Module):
   """FoX token mixer (causal). Options: output_gate, output_norm, qk_norm, kv_shift (the Pro block: all on),
   forget_gate (False: plain softmax attention), rope_theta (None: no RoPE, the paper's FoX), window
   (sliding window, None: full), norm_eps (output norm), block_size (the blockwise op's block: memory ~ T x
-  block)."""
+  block), sequence_parallel (under a "sequence" mesh axis: "all_gather" or "ring" of K/V and gates,
+  layers.attention.sequence_parallel)."""
 
   def __init__(self, ctx: LayerContext, *, output_gate: bool = False, output_norm: bool = False,
                qk_norm: bool = False, kv_shift: bool = False, forget_gate: bool = True,
                rope_theta: float | None = None, window: int | None = None, norm_eps: float = 1e-6,
-               block_size: int = 128, rngs: nnx.Rngs):
+               block_size: int = 128, sequence_parallel: str = "all_gather", rngs: nnx.Rngs):
     if ctx.n_heads % ctx.n_kv_heads:
       raise ValueError(f"n_heads={ctx.n_heads} must be a multiple of n_kv_heads={ctx.n_kv_heads} (GQA)")
     if rope_theta is not None and ctx.head_dim % 2:
       raise ValueError(f"RoPE needs an even head_dim, got {ctx.head_dim}")
+    if sequence_parallel not in METHODS:
+      raise ValueError(f"sequence_parallel must be one of {METHODS}, got {sequence_parallel!r}")
     if window is not None and window < 1:
       raise ValueError(f"window must be >= 1 (the last W positions, itself included), got {window}")
     h, hkv, dk = ctx.n_heads, ctx.n_kv_heads, ctx.head_dim
     self.n_heads, self.n_kv_heads, self.head_dim = h, hkv, dk
     self.rope_theta, self.window, self.block_size, self.dtype = rope_theta, window, block_size, ctx.dtype
+    self.sequence_parallel = sequence_parallel
 
     def linear(d_out, axes, use_bias=False):
       return Linear(ctx.d_model, d_out, axes=axes, use_bias=use_bias, dtype=ctx.dtype, param_dtype=ctx.param_dtype,
@@ -119,7 +125,12 @@ class ForgettingAttention(nnx.Module):
       segments.check_segment_ids(segment_ids, x.shape[:2])
     q, k, v, log_f, _ = self._project(x, None, segment_ids, segments.forward_positions(x.shape[1], segment_ids,
                                                                                        positions))
-    o = forgetting_attention(q, k, v, log_f, window=self.window, segment_ids=segment_ids, block_size=self.block_size)
+    if sp.active_mesh() is not None:
+      o = sequence_parallel_attention(q, k, v, window=self.window, segment_ids=segment_ids, forget_gates=log_f,
+                                      method=self.sequence_parallel)
+    else:
+      o = forgetting_attention(q, k, v, log_f, window=self.window, segment_ids=segment_ids,
+                               block_size=self.block_size)
     return self._out(o, x)
 
   def extra_flops_per_token(self, seq_len: int) -> float:

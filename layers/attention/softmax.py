@@ -4,7 +4,9 @@
 The full-sequence path is `layers.attention.softmax_attention` (XLA everywhere, cuDNN flash attention
 on GPU with implementation="cudnn", splash attention on TPU; its docstring says how one is chosen).
 Packed rows: a token attends only within its document (`segment_ids`) and RoPE uses its position in
-the document (`positions`, derived from segment_ids when not given). Decoding keeps a KV cache
+the document (`positions`, derived from segment_ids when not given). Under a mesh with a "sequence"
+axis the forward is sequence-parallel (layers.attention.sequence_parallel; `sequence_parallel` picks
+"all_gather" of K/V, LASP-2H's, or "ring"). Decoding keeps a KV cache
 (layers.attention.kv_cache) and masks slots outside the causal (and sliding) window and outside the
 token's document.
 """
@@ -13,8 +15,10 @@ import jax
 from flax import nnx
 
 from layers import segments
+from layers import sequence_parallel as sp
 from layers.attention import kv_cache
 from layers.attention.rope import apply_rope
+from layers.attention.sequence_parallel import METHODS, sequence_parallel_attention
 from layers.attention.softmax_attention import softmax_attention
 from layers.context import LayerContext
 from layers.core import Linear
@@ -23,7 +27,9 @@ from layers.flops import causal_context
 
 class Attention(nnx.Module):
   def __init__(self, ctx: LayerContext, *, window: int | None, rope_theta: float | None,
-               use_bias: bool, implementation: str | None, causal: bool, rngs: nnx.Rngs):
+               use_bias: bool, implementation: str | None, causal: bool, sequence_parallel: str, rngs: nnx.Rngs):
+    if sequence_parallel not in METHODS:
+      raise ValueError(f"sequence_parallel must be one of {METHODS}, got {sequence_parallel!r}")
     if not causal and window is not None:
       raise ValueError("a sliding window needs causal=True")
     if ctx.n_heads % ctx.n_kv_heads:
@@ -32,6 +38,7 @@ class Attention(nnx.Module):
       raise ValueError(f"RoPE needs an even head_dim, got {ctx.head_dim}")
     self.n_heads, self.n_kv_heads, self.head_dim = ctx.n_heads, ctx.n_kv_heads, ctx.head_dim
     self.window, self.rope_theta, self.implementation, self.causal = window, rope_theta, implementation, causal
+    self.sequence_parallel = sequence_parallel
     self.dtype = ctx.dtype
     kw = dict(use_bias=use_bias, dtype=ctx.dtype, param_dtype=ctx.param_dtype, rngs=rngs)
     self.q = Linear(ctx.d_model, ctx.n_heads * ctx.head_dim, axes=("embed", "heads"), **kw)
@@ -53,8 +60,12 @@ class Attention(nnx.Module):
                positions: jax.Array | None = None) -> jax.Array:  # [B, T, D] -> [B, T, D]
     B, T, _ = x.shape
     q, k, v = self._qkv(x, segments.forward_positions(T, segment_ids, positions))
-    o = softmax_attention(q, k, v, causal=self.causal, window=self.window, segment_ids=segment_ids,
-                          implementation=self.implementation)
+    if sp.active_mesh() is not None:
+      o = sequence_parallel_attention(q, k, v, causal=self.causal, window=self.window, segment_ids=segment_ids,
+                                      method=self.sequence_parallel)
+    else:
+      o = softmax_attention(q, k, v, causal=self.causal, window=self.window, segment_ids=segment_ids,
+                            implementation=self.implementation)
     return self.o(o.reshape(B, T, -1))
 
   def extra_flops_per_token(self, seq_len: int) -> float:
@@ -81,8 +92,10 @@ class Attention(nnx.Module):
 
 def attention(ctx: LayerContext, *, rngs: nnx.Rngs, window: int | None = None,
               rope_theta: float | None = 10000.0, use_bias: bool = False,
-              implementation: str | None = None, causal: bool = True) -> Attention:
+              implementation: str | None = None, causal: bool = True,
+              sequence_parallel: str = "all_gather") -> Attention:
   """Softmax attention; window=W attends to the last W positions (itself included); rope_theta=None
-  turns RoPE off (e.g. with learned position embeddings)."""
+  turns RoPE off (e.g. with learned position embeddings); sequence_parallel: how K/V reach the other
+  slices under a "sequence" mesh axis ("all_gather" or "ring")."""
   return Attention(ctx, window=window, rope_theta=rope_theta, use_bias=use_bias,
-                   implementation=implementation, causal=causal, rngs=rngs)
+                   implementation=implementation, causal=causal, sequence_parallel=sequence_parallel, rngs=rngs)

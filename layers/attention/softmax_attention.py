@@ -80,7 +80,8 @@ def choose_implementation(implementation: str | None, backend: str, t: int) -> s
 
 
 def check_arguments(q, k, v, causal, window, segment_ids) -> None:
-  """A clear ValueError for bad shapes (GQA included), window or segment_ids; shared with forgetting_attention."""
+  """A clear ValueError for bad shapes (GQA included), window or segment_ids; shared with forgetting_attention
+  and sequence_parallel_attention."""
   if q.ndim != 4:
     raise ValueError(f"q must be [B, T, H, K], got shape {tuple(q.shape)}")
   b, t, h, dk = q.shape

@@ -14,8 +14,9 @@ Two forms of the same function:
     sorted by memory; the memories' projections are grouped matmuls over those rows only, and each
     memory's tokens run as one document of a packed `gated_delta_rule` call (per batch row, memory by
     memory, documents of a packed input kept apart), so the work is k / M of the dense form's;
-  dense (the specification; decoding, where the cache holds every memory's state): all M memories over
-    every token as M × H heads, with g = β = 0 where a memory was not chosen.
+  dense (the specification; decoding, where the cache holds every memory's state; the training forward
+    under a "sequence" mesh axis, sequence-parallel): all M memories over every token as M × H heads,
+    with g = β = 0 where a memory was not chosen.
 The router's Switch load-balancing loss is sown as AuxLoss "mom_load_balance" and the memory load as
 LayerMetric "mom_memory_load/<layer>" by the training forward (decoding sows nothing).
 Decode keeps the M × H states [B, M*H, K, V] (fp32) and a layers.segments cursor as the cache.
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from layers import sequence_parallel
 from layers.aux import AuxLoss, LayerMetric
 from layers.context import LayerContext
 from layers.linear_attention.mixers.decay_gate import DecayGate, decay
@@ -99,7 +101,9 @@ class MixtureOfMemories(RecurrentMixer):
         self.sow(AuxLoss, "mom_load_balance", self.load_balance_weight * losses.load_balancing_loss(load, route.probs))
       self.sow(LayerMetric, f"mom_memory_load/{self.layer_idx}", load)
     q = l2_normalize(jax.nn.silu(self.q_proj(x)).reshape(b, t, self.heads, -1))  # [B, T, H, K]
-    if cache is None and self.routed:
+    # Under a "sequence" mesh axis the dense form runs sequence-parallel (its recurrence through _recur);
+    # the routed form sorts each row's tokens by memory, which does not split along T.
+    if cache is None and self.routed and sequence_parallel.active_mesh() is None:
       o, state = self._routed(x, q, route, mode, docs.segment_ids), None
     else:
       o, state = self._dense(x, q, route, cache, mode, docs.segment_ids)
@@ -115,7 +119,8 @@ class MixtureOfMemories(RecurrentMixer):
     """All memories over all tokens as M x H heads; unchosen (token, memory) pairs update nothing."""
     b, t, _ = x.shape
     m, h = self.n_memories, self.heads
-    w = jnp.zeros((b * t, m), jnp.float32).at[jnp.arange(b * t)[:, None], route.experts].set(route.weights)
+    # a sum of one-hots, not a scatter: a batch split over devices stays split
+    w = jnp.sum(jax.nn.one_hot(route.experts, m, dtype=jnp.float32) * route.weights[..., None], axis=1)
     w = w.reshape(b, t, m, 1)
     k, v, g, beta = self._features(self.k_proj(x).reshape(b, t, m * h, -1), self.v_proj(x).reshape(b, t, m * h, -1),
                                    self.a_proj(x), self.b_proj(x), self.decay.A_log[...], self.decay.dt_bias[...])

@@ -57,6 +57,7 @@ from layers.context import LayerContext
 from layers.core import Linear
 from layers.linear_attention.mixers.short_conv import ShortConv
 from layers.linear_attention.ops.cost import recurrence_flops_per_token
+from layers.linear_attention.sequence_parallel import recurrence
 
 Cache = dict  # {"state": [B, H, K, V] fp32, "conv": {name: [B, W-1, C]}, "cursor": layers.segments cursor}
 
@@ -147,10 +148,13 @@ class RecurrentMixer(nnx.Module):
   def _recur(self, op, q, k, v, *gates, cache: Cache | None, mode: str, segment_ids: jax.Array | None,
              scale: float | None = None):
     """op(q, k, v, *gates) from the cached state, restarting at each document start; returns
-    (o [B, T, H, V], final state or None)."""
-    return op(q, k, v, *gates, scale=scale, initial_state=None if cache is None else cache["state"],
-              output_final_state=cache is not None, mode=mode, chunk_size=self.chunk_size,
-              segment_ids=segment_ids)
+    (o [B, T, H, V], final state or None). The forward (no cache) runs sequence-parallel under a mesh with
+    a "sequence" axis (layers.linear_attention.sequence_parallel)."""
+    if cache is None:
+      return recurrence(op, q, k, v, *gates, scale=scale, mode=mode, chunk_size=self.chunk_size,
+                        segment_ids=segment_ids)
+    return op(q, k, v, *gates, scale=scale, initial_state=cache["state"], output_final_state=True, mode=mode,
+              chunk_size=self.chunk_size, segment_ids=segment_ids)
 
   @staticmethod
   def _new_cache(cache: Cache | None, state: jax.Array | None, convs: dict) -> Cache | None:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from layers import sequence_parallel
 from layers.core import make_param
 from layers.segments import document_index
 
@@ -89,6 +90,15 @@ class ShortConv(nnx.Module):
 
   def __call__(self, x: jax.Array, cache: jax.Array | None = None,
                segment_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """x [B, T, C], cache [B, W-1, C] or None, segment_ids [B, T] -> (y [B, T, C], new cache [B, W-1, C]).
+    Without a cache, under a mesh with a "sequence" axis, each slice of T takes its window's first W-1
+    inputs from the previous slice (a halo exchange, layers.sequence_parallel.with_halo)."""
     bias = None if self.bias is None else self.bias[...]
-    y, cache = short_causal_conv(x.astype(self.dtype), self.weight[...], bias, cache, segment_ids)
+    x = x.astype(self.dtype)
+    if cache is None and self.kernel_size > 1 and sequence_parallel.active_mesh() is not None:
+      y, caches = sequence_parallel.with_halo(short_causal_conv, x, (self.weight[...], bias), segment_ids,
+                                              self.kernel_size - 1)
+      cache = caches[:, -(self.kernel_size - 1):]  # the last slice's: the row's last W-1 inputs
+    else:
+      y, cache = short_causal_conv(x, self.weight[...], bias, cache, segment_ids)
     return (jax.nn.silu(y) if self.activation else y), cache
