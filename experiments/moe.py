@@ -6,9 +6,10 @@ dropping); top2_shared (DeepSeekMoE: 1 shared + top-2 of 8 fine-grained experts,
 smear (4 experts merged per token, SMEAR). Every variant has the active parameters of the dense
 SwiGLU ffn of width d_ff; the MoE ones have ~4x (8x for top1) its total ffn parameters.
 
-Paper scale (TPU / GPU; experts sharded over the mesh "expert" axis):
+Paper scale (TPU / GPU; bf16, FSDP, experts sharded over the mesh "expert" axis; C4 from TFDS, or
+data.tfds_name=..., with your corpus's SentencePiece model TOK):
   python -m train --config experiments/moe.py:size=340m,variant=top2 --workdir gs://bucket/moe-top2 \
-    --config.mesh.shape.expert=8
+    --config.mesh.shape.expert=8 --config.data.spm_model=TOK
 Local (2 CPU cores, a few minutes per variant):
   python -m train --config experiments/moe.py:local,variant=top2 --workdir runs/moe/top2
 Expect: at equal active parameters the MoE variants reach a lower loss than dense (Switch: ~7x
@@ -47,8 +48,9 @@ def ffn_options(variant: str, d_ff: int) -> dict:
 def get_config(arg: str | None = None):
   arg = common.parse_arg(arg, size="340m", variant="top2", local=False)
   c = common.lm_config(size=arg.size)
-  common.text_data(c, seq_len=1024)
+  common.pretraining_data(c, seq_len=1024)
   c.optim.update(common.adamw(lr=3e-4, warmup=2000, schedule="cosine", clip=1.0))
+  common.pod_scale(c)
   n_layers = common.LM_SIZES[arg.size]["n_layers"]
   if arg.local:
     c = common.shrink_for_cpu(c, steps=300)
@@ -58,6 +60,6 @@ def get_config(arg: str | None = None):
   return c
 
 
-def sweep(add):
-  for variant in VARIANTS:
-    add(**{"model.options.ffn": ffn_options(variant, 192)})
+def sweep(add, arg: str | None = None):
+  """Every variant at the scale ARG names (paper shapes and data, or `local`)."""
+  common.sweep_variants(add, get_config, arg, [f"variant={v}" for v in VARIANTS])

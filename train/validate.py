@@ -11,7 +11,7 @@ from train import mesh as mesh_lib
 from train.config import ConfigError
 from train.data import documents
 from train.data import registry as data_registry
-from train.data.tokenizer import get_tokenizer
+from train.data.tokenizer import BYTE_VOCAB, get_tokenizer
 from train.optim import SCHEDULES
 from train.step import LOSSES
 
@@ -28,6 +28,10 @@ def check_vocab(config) -> None:
     _require(vocab >= d.vocab_size, f"model.vocab_size={vocab} < data.vocab_size={d.vocab_size} (MQAR token "
                                     f"ids); set model.vocab_size={d.vocab_size}")
   elif d.name in ("text", "tfds_text"):
+    _require(d.get("spm_model") or vocab <= BYTE_VOCAB,
+             f"data.spm_model is empty, so {d.get('tfds_name') or d.get('corpus')!r} would be read as bytes "
+             f"({BYTE_VOCAB} ids) by a model with vocab_size={vocab}: set data.spm_model=/path/to/tokenizer.model "
+             f"(the SentencePiece model of the run's corpus), or model.vocab_size={BYTE_VOCAB} for a byte-level run")
     try:
       documents.check_vocab(vocab, get_tokenizer(d.get("spm_model", "")))
     except (ValueError, OSError) as e:
