@@ -98,6 +98,8 @@ def base_config() -> ml_collections.ConfigDict:
     steps=1000, loss="xent", label_smoothing=0.0, log_every=10, eval_every=200, eval_steps=8,
     ckpt_every=200, keep_ckpts=3, async_ckpt=True, progress=True, tensorboard=True,
     grid_update_every=0, grid_update_until=0, grid_extend=(),
+    compilation_cache_dir="",  # keep compiled programs here (local or gs://): reruns and resumes skip compiling
+    profile_steps=(),  # (first, last): a jax.profiler trace of those steps in <workdir>/profile
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(

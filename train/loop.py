@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from layers.flops import active_params
-from train import checkpoint, flops, metrics, optim, validate
+from train import checkpoint, flops, metrics, optim, profiling, validate
 from train import config as config_lib
 from train import mesh as mesh_lib
 from train import state as state_lib
@@ -52,6 +52,14 @@ def maybe_initialize_distributed(cfg) -> None:
   if cfg.process_id >= 0:
     kwargs["process_id"] = cfg.process_id
   jax.distributed.initialize(**kwargs)
+
+
+def use_compilation_cache(directory: str) -> None:
+  """Keep compiled programs in `directory` (train.compilation_cache_dir; local or gs://), so a rerun or
+  resume of the same config on the same devices skips compilation. JAX keeps those that took over
+  jax_persistent_cache_min_compile_time_secs (1 s; env JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS)."""
+  if directory:
+    jax.config.update("jax_compilation_cache_dir", directory)
 
 
 def param_counts(setup: state_lib.Setup) -> dict[str, int]:
@@ -212,6 +220,7 @@ def run(config, workdir: str) -> dict:
   """Train `config` in `workdir` (resuming if it holds a checkpoint); returns the final summary."""
   maybe_initialize_distributed(config.distributed)
   validate.validate(config)
+  use_compilation_cache(config.train.get("compilation_cache_dir", ""))
   if jax.process_index() == 0:
     config_lib.save(config, workdir)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
@@ -287,8 +296,10 @@ def _train(config, workdir: str, mesh: Mesh) -> dict:
     if bad >= 0:
       raise NonFiniteLoss(f"loss became NaN/inf at step {bad}; stopped, the last good checkpoint "
                           f"(step {ckpt.latest_step()}) is kept in {workdir}/checkpoints")
-    ckpt.save(step, state, train_iter.get_state(), {"config": config.to_dict()}, force=force)
+    ckpt.save(step, state, train_iter.get_state(), {"config": config.to_dict(),  # + the model in force (KAN grids)
+                                                    "model": config_at(config, step).model.to_dict()}, force=force)
 
+  trace = profiling.StepTrace(config.train.get("profile_steps", ()), workdir)
   rates, last, timed = [], None, False  # timed: the interval since the last record holds no compilation
   summary: dict = {}
   batch = first
@@ -299,8 +310,10 @@ def _train(config, workdir: str, mesh: Mesh) -> dict:
         if step > start:
           batch = next(train_iter)
         gbatch = global_batch(batch, program.batch_sharding)
+        trace.before(step + 1)
         state, m = program.train_step(state, gbatch)
         done = step + 1
+        trace.after(done, state)
         extend = done in extensions  # after this step's update, logged and evaluated on the old grid first
         if not extend and program.grid_update is not None and done % config.train.grid_update_every == 0 and (
             not config.train.grid_update_until or done <= config.train.grid_update_until):
@@ -351,6 +364,7 @@ def _train(config, workdir: str, mesh: Mesh) -> dict:
     if is_main and summary["steps"] == steps:
       write_json_atomic(os.path.join(workdir, SUMMARY), summary)
   finally:
+    trace.close()
     if progress is not None:
       progress.close()
     ckpt.close()

@@ -84,6 +84,11 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   for key in ("log_every", "eval_every", "ckpt_every"):
     _require(t[key] > 0, f"train.{key} must be > 0, got {t[key]}")
   check_grid_extend(config)
+  profile = tuple(t.get("profile_steps", ()))
+  _require(not profile or (len(profile) == 2 and all(type(s) is int for s in profile)
+                           and 1 <= profile[0] <= profile[1] <= t.steps),
+           f"train.profile_steps={profile!r} must be () or (first, last) with 1 <= first <= last <= train.steps="
+           f"{t.steps}, e.g. (10, 12) traces steps 10 to 12 (after compilation)")
   crop = d.get("augment", {}).get("random_resized_crop", 0)
   _require(not crop or crop == d.get("image_size", 0),
            f"data.augment.random_resized_crop={crop} needs data.image_size={crop} (the side every image is "
