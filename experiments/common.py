@@ -100,10 +100,13 @@ def base_config() -> ml_collections.ConfigDict:
     grid_update_every=0, grid_update_until=0, grid_extend=(),
     compilation_cache_dir="",  # keep compiled programs here (local or gs://): reruns and resumes skip compiling
     profile_steps=(),  # (first, last): a jax.profiler trace of those steps in <workdir>/profile
+    memory_check=True,  # refuse a step whose estimated per-device memory exceeds the device's (train/memory.py)
+    device_memory_gib=0.0,  # the device's memory for that check; 0: ask the device (GPU/TPU), skip on CPU
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(
     shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1)),
+    dcn_shape=ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, expert=1)),  # slices per axis (multi-slice)
     rules=ml_collections.ConfigDict(DEFAULT_RULES),
   ))
 

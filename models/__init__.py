@@ -8,6 +8,7 @@ the module maps `batch["inputs"]` to logits (classification / LM) or predictions
 import json
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from etils import epath
 from flax import nnx
@@ -32,6 +33,20 @@ def lookup(kind: str):
 
 def build(cfg, *, rngs: nnx.Rngs) -> nnx.Module:
   return lookup(cfg.kind)(cfg, rngs=rngs)
+
+
+def input_spec(cfg, batch_size: int, seq_len: int) -> jax.ShapeDtypeStruct:
+  """The inputs a model of config `cfg` takes for `batch_size` examples: tokens [B, seq_len] int32 (lm),
+  images / signals [B, *spatial, C] (vit, convnet) or features [B, in_features] (mlp), fp32."""
+  if cfg.kind == "lm":
+    return jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
+  if cfg.kind == "vit":
+    return jax.ShapeDtypeStruct((batch_size, *cfg.image_size, cfg.in_channels), jnp.float32)
+  if cfg.kind == "convnet":
+    return jax.ShapeDtypeStruct((batch_size, *cfg.spatial, cfg.in_channels), jnp.float32)
+  if cfg.kind == "mlp":
+    return jax.ShapeDtypeStruct((batch_size, cfg.in_features), jnp.float32)
+  raise ValueError(f"no input spec for model kind {cfg.kind!r}; known: {names()}")
 
 
 def load(workdir: str, *, step: int | None = None, sharding: jax.sharding.Sharding | None = None) -> nnx.Module:

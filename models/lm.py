@@ -12,9 +12,11 @@ from flax import nnx
 from layers import registry
 from layers.context import LayerContext
 from layers.core import Embed, Linear
+from layers.sharding import constrain
 from models.block_pattern import parse
 
 NONE = "none"
+ACTIVATION = ("batch", "length", "embed")  # the residual stream [B, T, D]
 
 
 def resolve(name: str, options) -> tuple[str, dict]:
@@ -108,9 +110,10 @@ class LM(nnx.Module):
     return logits.astype(jnp.float32)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:  # [B, T] -> [B, T, V]
-    x = self.embed(tokens)
+    x = constrain(self.embed(tokens), ACTIVATION)
     for block in self.blocks:
       x = nnx.remat(lambda b, h: b(h))(block, x) if self.remat else block(x)
+      x = constrain(x, ACTIVATION)
     return self._logits(x)
 
   def init_cache(self, batch_size: int, max_len: int) -> list:

@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from layers.flops import active_params
-from train import checkpoint, flops, metrics, optim, profiling, validate
+from train import checkpoint, flops, memory, metrics, optim, profiling, validate
 from train import config as config_lib
 from train import mesh as mesh_lib
 from train import state as state_lib
@@ -150,11 +150,12 @@ def build_program(config, mesh: Mesh) -> Program:
   setup, tx, lr = state_lib.setup(config.model, config.seed,
                                   lambda p: optim.make(config.optim, p, config.train.steps), mesh, rules)
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
-  train_step = jax.jit(
+  train_step = jax.jit(mesh_lib.with_activation_rules(
     make_train_step(setup.graphdef, tx, lr, loss=config.train.loss, grad_accum=config.optim.grad_accum,
-                    label_smoothing=config.train.get("label_smoothing", 0.0)),
+                    label_smoothing=config.train.get("label_smoothing", 0.0)), rules, mesh),
     in_shardings=(setup.shardings, batch_sharding), out_shardings=(setup.shardings, None), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(setup.graphdef, loss=config.train.loss),
+  eval_step = jax.jit(mesh_lib.with_activation_rules(make_eval_step(setup.graphdef, loss=config.train.loss), rules,
+                                                     mesh),
                       in_shardings=(setup.shardings, batch_sharding))
   init_state = state_lib.initializer(config.model, config.seed, tx, setup)
   grid_update = None
@@ -223,8 +224,11 @@ def run(config, workdir: str) -> dict:
   use_compilation_cache(config.train.get("compilation_cache_dir", ""))
   if jax.process_index() == 0:
     config_lib.save(config, workdir)
-  mesh = mesh_lib.make_mesh(config.mesh.shape)
+  mesh = mesh_lib.make_mesh(config.mesh.shape, dcn_shape=config.mesh.get("dcn_shape"))
   with jax.set_mesh(mesh):
+    estimate = memory.check(config, mesh)  # refuses a step that cannot fit, before anything compiles
+    if estimate is not None and jax.process_index() == 0:
+      print(f"memory per device: about {estimate.describe()}", file=sys.stderr)
     return _train(config, workdir, mesh)
 
 

@@ -123,7 +123,7 @@ def prepare(spec: str, run: Run, common: Sequence[str] = ()) -> None:
   from train import validate
 
   config = resolve(spec, run.overrides, common)
-  fixed = math.prod(s for s in config.mesh.shape.values() if s > 0)
+  fixed = math.prod(s for s in config.mesh.shape.values() if s > 0) * math.prod(config.mesh.dcn_shape.values())
   validate.validate(config, num_devices=fixed, process_count=1)
   config_lib.save(config, run.workdir)
 

@@ -98,7 +98,8 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
            f"{d.get('read_threads')}")
 
   try:
-    mesh_shape = dict(zip(mesh_lib.AXES, mesh_lib.mesh_shape(config.mesh.shape, num_devices)))
+    mesh_shape = dict(zip(mesh_lib.AXES, mesh_lib.full_shape(config.mesh.shape, num_devices,
+                                                             config.mesh.get("dcn_shape"))))
   except ValueError as e:
     raise ConfigError(f"config.mesh.shape: {e}") from None
   for logical, rule in config.mesh.rules.items():
