@@ -6,11 +6,34 @@ use, so the registry imports nothing it does not need. Every constructor has the
 (`model.options.<name>.<key>`) and are checked against the signature before anything compiles.
 
 Contracts (what models rely on):
-  mixer:      module(x [B,T,D]) -> [B,T,D]; optional `init_cache(batch, max_len)` and
-              `decode(x [B,1,D], cache, pos) -> (y, cache)` for generation.
   ffn:        module(x [..., D]) -> [..., D].
   activation: callable(x [..., F]) -> [..., F] (plain function or NNX module).
   norm:       module(x [..., F]) -> [..., F].
+  mixer (a token mixer; writing a recurrent one, start from the example in the docstring of
+  layers/linear_attention/mixers/recurrent_mixer.py, whose base class does all of the below):
+    __call__(x [B, T, D], *, segment_ids=None, positions=None) -> [B, T, D] in x's dtype.
+      segment_ids [B, T] int32, the document of each token of a packed row: a change of id between
+      neighbours starts a new document (layers/segments.py), and nothing crosses that start:
+      attention masks other documents, recurrent states and short-conv windows restart from zero.
+      positions [B, T] int32, each token's position in its document, feeds RoPE and anything else
+      position-dependent; None: derived from segment_ids (`segments.forward_positions`), 0..T-1
+      without them. Both None must give exactly the unpacked result.
+    Causality: a mixer is causal (output t depends on tokens <= t only) unless its constructor takes
+      a `causal` option and it is False (`is_causal`); models.lm refuses such a mixer by name.
+    Decoding (optional; `models.lm.generate` needs it):
+      init_cache(batch, max_len) -> a pytree of arrays with leading dim B (recurrent states in fp32)
+        holding a "cursor" (`segments.init_cursor`): the document of the last token fed.
+      decode(x [B, T, D], cache, pos, *, segment_ids=None, positions=None) -> (y [B, T, D], cache):
+        the T tokens after the `pos` tokens already fed (pos: int32 scalar, the KV slot of x[:, 0]);
+        T=1 is one step, T>1 a chunked prefill; equal to the forward over the whole stream.
+        segment_ids [B, T]: a token whose id differs from the previous one's (the cursor's, for the
+        first) starts a new document: state and conv buffers restart, KV slots of earlier documents
+        drop out of sight; None: the tokens continue the cursor's document. positions None: counted
+        on from the cursor. `segments.decode_documents` computes all of this from the cursor.
+      Cache layouts: recurrent mixers {"state": [B, H, K, V] fp32, "conv": {conv name: [B, W-1, C]},
+        "cursor"}; attention-like mixers `layers.attention.kv_cache` ({"k", "v": [B, S, N, H],
+        "document", "position": [B, S] per slot, "cursor"}).
+    tests/test_mixers.py checks every registered mixer against this contract.
 Layers report auxiliary losses / metrics through `layers.aux` (AuxLoss, LayerMetric).
 """
 
@@ -112,6 +135,15 @@ def check_options(kind: str, name: str, options: dict[str, Any]) -> None:
       close = difflib.get_close_matches(key, accepted, n=3)
       hint = f" Did you mean {close}?" if close else ""
       raise ValueError(f"{kind} {name!r} has no option {key!r}.{hint} Its options: {accepted}")
+
+
+def is_causal(name: str, options: dict[str, Any]) -> bool:
+  """Whether mixer `name` built with `options` is causal: its `causal` option (given, or the
+  constructor's default) when it takes one, else True (recurrences are causal by construction)."""
+  params = inspect.signature(lookup("mixer", name)).parameters
+  if "causal" not in params:
+    return True
+  return bool(options.get("causal", params["causal"].default))
 
 
 def build(kind: str, name: str, ctx: LayerContext, *, rngs, **options) -> Any:

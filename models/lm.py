@@ -3,13 +3,19 @@
 Each layer: x += mixer(norm(x)); x += ffn(norm(x)) (pre-norm residual). Layers come from
 `layers.registry`, so ablating a layer type is a config change. `generate` decodes token by token
 through each mixer's `decode` / `init_cache`, which must equal the full forward pass.
+
+Packed rows: `LM(tokens, segment_ids=..., positions=...)` hands both to every mixer, so no
+document sees another (positions default to per-document positions from segment_ids). Decoding
+takes a segment id per token too: after a prompt holding several documents, decoding continues
+the last one exactly as if it alone had been the prompt.
+The LM is causal: it refuses a bidirectional mixer (one built with causal=False) before building.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from layers import registry
+from layers import registry, segments
 from layers.context import LayerContext
 from layers.core import Embed, Linear
 from layers.sharding import constrain
@@ -33,7 +39,7 @@ def layer_context(cfg, layer_idx: int, n_layers: int) -> LayerContext:
   )
 
 
-def check(cfg) -> None:
+def check_blocks(cfg) -> None:
   """Validate the pattern, layer names and their options without building anything."""
   blocks = parse(cfg.blocks)
   for mixer, ffn in blocks:
@@ -43,6 +49,19 @@ def check(cfg) -> None:
         registry.check_options(kind, layer, opts)
   registry.lookup("norm", cfg.norm)
   registry.lookup("activation", cfg.activation)
+
+
+def check(cfg) -> None:
+  """`check_blocks`, and every mixer causal: a later token must never change an earlier logit."""
+  check_blocks(cfg)
+  for i, (mixer, _) in enumerate(parse(cfg.blocks)):
+    if mixer == NONE:
+      continue
+    layer, opts = resolve(mixer, cfg.get("options"))
+    if not registry.is_causal(layer, opts):
+      how = "set" if "causal" in opts else f"the default of mixer {layer!r}"
+      raise ValueError(f"model.options.{mixer}.causal=False ({how}): layer {i}'s mixer {mixer!r} is bidirectional, "
+                       f"so tokens would see later tokens in this causal LM; set model.options.{mixer}.causal=True")
 
 
 class Block(nnx.Module):
@@ -59,9 +78,10 @@ class Block(nnx.Module):
     self.mixer_norm, self.mixer = sub("mixer", mixer)
     self.ffn_norm, self.ffn = sub("ffn", ffn)
 
-  def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D]
+  def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:  # [B, T, D]; segment_ids / positions [B, T]
     if self.mixer is not None:
-      x = x + self.mixer(self.mixer_norm(x))
+      x = x + self.mixer(self.mixer_norm(x), segment_ids=segment_ids, positions=positions)
     if self.ffn is not None:
       x = x + self.ffn(self.ffn_norm(x))
     return x
@@ -73,9 +93,10 @@ class Block(nnx.Module):
       raise NotImplementedError(f"{type(self.mixer).__name__} has no decode(); it cannot generate")
     return self.mixer.init_cache(batch_size, max_len)
 
-  def decode(self, x: jax.Array, cache, pos: jax.Array):  # x [B, 1, D]
+  def decode(self, x: jax.Array, cache, pos: jax.Array, *, segment_ids: jax.Array | None = None,
+             positions: jax.Array | None = None):  # x [B, T, D]
     if self.mixer is not None:
-      y, cache = self.mixer.decode(self.mixer_norm(x), cache, pos)
+      y, cache = self.mixer.decode(self.mixer_norm(x), cache, pos, segment_ids=segment_ids, positions=positions)
       x = x + y
     if self.ffn is not None:
       x = x + self.ffn(self.ffn_norm(x))
@@ -109,46 +130,67 @@ class LM(nnx.Module):
     logits = self.embed.attend(x) if self.unembed is None else self.unembed(x)
     return logits.astype(jnp.float32)
 
-  def __call__(self, tokens: jax.Array) -> jax.Array:  # [B, T] -> [B, T, V]
+  def __call__(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:
+    """tokens [B, T] -> logits [B, T, V]; segment_ids [B, T] (document of each token, None: one per row)
+    and positions [B, T] (in its document; None: derived from segment_ids) reach every mixer."""
+    if segment_ids is not None:
+      segments.check_segment_ids(segment_ids, tokens.shape)
+      positions = segments.forward_positions(tokens.shape[1], segment_ids, positions)
     x = constrain(self.embed(tokens), ACTIVATION)
     for block in self.blocks:
-      x = nnx.remat(lambda b, h: b(h))(block, x) if self.remat else block(x)
+      if self.remat:
+        x = nnx.remat(lambda b, h, s, p: b(h, segment_ids=s, positions=p))(block, x, segment_ids, positions)
+      else:
+        x = block(x, segment_ids=segment_ids, positions=positions)
       x = constrain(x, ACTIVATION)
     return self._logits(x)
 
   def init_cache(self, batch_size: int, max_len: int) -> list:
     return [block.init_cache(batch_size, max_len) for block in self.blocks]
 
-  def decode(self, tokens: jax.Array, caches: list, pos: jax.Array) -> tuple[jax.Array, list]:
-    """One step: tokens [B, 1] at position pos -> logits [B, 1, V], updated caches."""
+  def decode(self, tokens: jax.Array, caches: list, pos: jax.Array, *, segment_ids: jax.Array | None = None,
+             positions: jax.Array | None = None) -> tuple[jax.Array, list]:
+    """tokens [B, T] fed after the `pos` tokens already in the caches -> logits [B, T, V], new caches.
+
+    segment_ids [B, T]: each token's document; a token whose id differs from the previous token's
+    starts a new document (None: all continue the current one). positions [B, T]: per-document
+    positions (None: counted on from the caches). See the mixer contract in layers/registry.py.
+    """
     x = self.embed(tokens)
     new = []
     for block, cache in zip(self.blocks, caches):
-      x, cache = block.decode(x, cache, pos)
+      x, cache = block.decode(x, cache, pos, segment_ids=segment_ids, positions=positions)
       new.append(cache)
     return self._logits(x), new
 
 
-def generate(model: LM, prompt: jax.Array, max_new_tokens: int, *, temperature: float = 0.0,
-             rng: jax.Array | None = None) -> jax.Array:
+def generate(model: LM, prompt: jax.Array, max_new_tokens: int, *, segment_ids: jax.Array | None = None,
+             temperature: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
   """Continue `prompt` [B, P] by `max_new_tokens` tokens; greedy when temperature == 0.
 
-  The prompt is fed through `decode` token by token (prefill), then tokens are sampled; returns
-  [B, P + max_new_tokens]. Runs as one jitted lax.scan.
+  segment_ids [B, P]: the documents of a packed prompt; the new tokens continue its last document,
+  which sees nothing of the earlier ones. The prompt is fed through `decode` token by token
+  (prefill), then tokens are sampled; returns [B, P + max_new_tokens]. Runs as one jitted lax.scan.
   """
   B, P = prompt.shape
   total = P + max_new_tokens
   rng = jax.random.key(0) if rng is None else rng
+  if segment_ids is not None:
+    segments.check_segment_ids(segment_ids, prompt.shape)
+    segment_ids = jnp.concatenate([segment_ids, jnp.repeat(segment_ids[:, -1:], max_new_tokens, axis=1)], axis=1)
   graphdef, state = nnx.split(model)
 
   @jax.jit
-  def run(state, prompt, rng):
+  def run(state, prompt, segment_ids, rng):
     model = nnx.merge(graphdef, state)
     tokens = jnp.zeros((B, total), jnp.int32).at[:, :P].set(prompt)
 
     def step(carry, pos):
       tokens, caches, rng = carry
-      logits, caches = model.decode(jax.lax.dynamic_slice_in_dim(tokens, pos, 1, axis=1), caches, pos)
+      segment = None if segment_ids is None else jax.lax.dynamic_slice_in_dim(segment_ids, pos, 1, axis=1)
+      logits, caches = model.decode(jax.lax.dynamic_slice_in_dim(tokens, pos, 1, axis=1), caches, pos,
+                                    segment_ids=segment)
       rng, sub = jax.random.split(rng)
       logits = logits[:, 0]
       nxt = (jnp.argmax(logits, -1) if temperature == 0.0
@@ -161,4 +203,4 @@ def generate(model: LM, prompt: jax.Array, max_new_tokens: int, *, temperature: 
     (tokens, _, _), _ = jax.lax.scan(step, (tokens, model.init_cache(B, total), rng), jnp.arange(total - 1))
     return tokens
 
-  return run(state, prompt, rng)
+  return run(state, prompt, segment_ids, rng)

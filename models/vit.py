@@ -20,7 +20,7 @@ from layers import registry
 from layers.core import Linear, make_param
 from layers.kan.karat import tie_universal_operators
 from models.block_pattern import parse
-from models.lm import Block, check, layer_context
+from models.lm import Block, check_blocks, layer_context
 
 # d_model, n_layers, n_heads, d_ff (MLP hidden = 4 d_model), as in DeiT / KAT.
 VIT_SIZES = {
@@ -80,7 +80,7 @@ class ViT(nnx.Module):
   """inputs [B, *spatial, C] -> logits [B, n_classes] (fp32)."""
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
-    check(cfg)
+    check_blocks(cfg)
     if cfg.pool not in ("cls", "mean"):
       raise ValueError(f"model.pool must be 'cls' or 'mean', got {cfg.pool!r}")
     pattern = parse(cfg.blocks)

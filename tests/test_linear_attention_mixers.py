@@ -1,6 +1,7 @@
-"""Linear-attention mixer layers: decode == forward, bf16 policy, gradients, axes, short conv, gates."""
+"""Linear-attention mixer layers: bf16 policy, gradients, axes, short conv, gates (the mixer contract:
+tests/test_mixers.py)."""
 
-import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -10,121 +11,40 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from layers import registry
-from layers.context import LayerContext
 from layers.linear_attention.mixers import decay_gate, feature_maps, short_conv
 from layers.linear_attention.mixers.retnet import retention_log_decay
+from tests.test_mixers import OPTIONS, _inputs, _rel, build, run
 
-B, T, D = 2, 21, 32  # T spans 3 chunks of 8 with padding, so the chunk path really chunks
-CHUNK = 8
-
-# name -> (registry name, options); small state sizes, every optional branch switched on somewhere.
-MIXERS = {
-  "linear_attention": ("linear_attention", {}),
-  "linear_attention_hedgehog": ("linear_attention", {"feature_map": "hedgehog", "normalize": True}),
-  "retnet": ("retnet", {}),
-  "gla": ("gla", {"conv_size": 4}),
-  "delta_net": ("delta_net", {"allow_neg_eigval": True}),
-  "gated_delta_net": ("gated_delta_net", {}),
-  "mamba2": ("mamba2", {"state_size": 8}),
-}
+# The linear-attention mixers of tests/test_mixers.py (same options), whose shared runs these tests reuse.
+NAMES = ["linear_attention", "retnet", "gla", "delta_net", "gated_delta_net", "mamba2"]
 
 
-def _ctx(dtype=jnp.float32) -> LayerContext:
-  return LayerContext(d_model=D, n_heads=2, head_dim=16, dtype=dtype)
-
-
-def _build(name: str, dtype=jnp.float32, seed: int = 0):
-  kind, options = MIXERS[name]
-  return registry.build("mixer", kind, _ctx(dtype), rngs=nnx.Rngs(seed), chunk_size=CHUNK, **options)
-
-
-def _x(seed: int = 1) -> jax.Array:
-  return jax.random.normal(jax.random.key(seed), (B, T, D), jnp.float32)
-
-
-def _rel(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.sqrt(np.mean((a - b) ** 2)) / np.sqrt(np.mean(b**2)))
-
-
-def _decode_steps(model, x, cache, start: int):
-  """Feed x [B, S, D] one token at a time through decode (lax.scan) from position `start`."""
-
-  def step(cache, inp):
-    x_t, t = inp
-    y, cache = model.decode(x_t[:, None], cache, t)
-    return cache, y[:, 0]
-
-  positions = start + jnp.arange(x.shape[1], dtype=jnp.int32)
-  cache, ys = jax.lax.scan(step, cache, (jnp.moveaxis(x, 1, 0), positions))
-  return jnp.moveaxis(ys, 0, 1), cache
-
-
-@functools.cache
-def _fp32_run(name: str) -> dict:
-  """One jitted call per mixer, shared by the tests below: forward + gradients, token-by-token
-  decode from an empty cache, and a chunked prefill of 13 tokens followed by decoding the rest."""
-  graphdef, params = nnx.split(_build(name))
-
-  @jax.jit
-  def run(params, x):
-    def loss(p):
-      y = nnx.merge(graphdef, p)(x)
-      return jnp.mean(jnp.square(y)), y
-
-    grads, full = jax.grad(loss, has_aux=True)(params)
-    model = nnx.merge(graphdef, params)
-    empty = model.init_cache(x.shape[0], x.shape[1])
-    stepped, cache = _decode_steps(model, x, empty, 0)
-    split = 13
-    y1, c = model.decode(x[:, :split], empty, jnp.int32(0))
-    y2, c = _decode_steps(model, x[:, split:], c, split)
-    return dict(full=full, grads=grads, stepped=stepped, prefilled=jnp.concatenate([y1, y2], axis=1),
-                cache=cache, cache_prefill=c)
-
-  return run(params, _x())
-
-
-@pytest.mark.parametrize("name", list(MIXERS))
-def test_decode_equals_forward(name):
-  r = _fp32_run(name)
-  full = r["full"]
-  assert full.shape == (B, T, D) and full.dtype == jnp.float32
-  assert np.all(np.isfinite(full))
-  assert _rel(r["stepped"], full) < 1e-5, _rel(r["stepped"], full)
-  assert _rel(r["prefilled"], full) < 1e-5, _rel(r["prefilled"], full)
-  # Chunked prefill and one-step decoding end in the same state and conv buffers.
-  for a, b in zip(jax.tree.leaves(r["cache"]), jax.tree.leaves(r["cache_prefill"])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-  assert r["cache"]["state"].dtype == jnp.float32
-
-
-@pytest.mark.parametrize("name", list(MIXERS))
+@pytest.mark.parametrize("name", NAMES)
 def test_gradients_finite_and_reach_every_parameter(name):
-  for path, g in jax.tree_util.tree_leaves_with_path(_fp32_run(name)["grads"]):
+  for path, g in jax.tree_util.tree_leaves_with_path(run(name)["grads"]):
     g = np.asarray(g)
     assert np.all(np.isfinite(g)), path
     assert np.any(g != 0), f"no gradient reaches {jax.tree_util.keystr(path)}"
 
 
-@pytest.mark.parametrize("name", list(MIXERS))
+@pytest.mark.parametrize("name", NAMES)
 def test_bf16_compute_keeps_fp32_state(name):
-  model = _build(name, jnp.bfloat16)  # same seed as the fp32 run: same fp32 parameters
+  model = build(name, jnp.bfloat16)  # same seed as the fp32 run: same fp32 parameters
   graphdef = nnx.graphdef(model)
 
   @jax.jit
-  def run(params, x):
+  def go(params, x):
     model = nnx.merge(graphdef, params)
     y, cache = model.decode(x[:, :1], model.init_cache(x.shape[0], x.shape[1]), jnp.int32(0))
     return model(x), y, cache
 
-  y16, y16_first, cache = run(nnx.state(model), _x())
+  y16, y16_first, cache = go(nnx.state(model), _inputs()[0])
   assert y16.dtype == jnp.bfloat16 and y16_first.dtype == jnp.bfloat16
   assert cache["state"].dtype == jnp.float32
   assert all(c.dtype == jnp.bfloat16 for c in jax.tree.leaves(cache["conv"]))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
   assert np.all(np.isfinite(np.asarray(y16, np.float32)))
-  assert _rel(y16, _fp32_run(name)["full"]) < 5e-2
+  assert _rel(y16, run(name)["full"]) < 5e-2
   assert _rel(y16_first, y16[:, :1]) < 5e-2
 
 
@@ -132,13 +52,13 @@ def test_bf16_compute_keeps_fp32_state(name):
 NO_DECAY = {
   "gated_delta_net": ("A_log", "dt_bias"),
   "mamba2": ("A_log", "dt_bias", "D"),
-  "linear_attention_hedgehog": ("q_map", "k_map"),
+  "linear_attention": ("q_map", "k_map"),  # hedgehog feature maps (OPTIONS)
 }
 
 
-@pytest.mark.parametrize("name", list(MIXERS))
+@pytest.mark.parametrize("name", NAMES)
 def test_every_parameter_has_logical_axes(name):
-  model = _build(name)
+  model = build(name)
   params = nnx.state(model, nnx.Param)
   leaves = jax.tree.leaves(params, is_leaf=lambda v: isinstance(v, nnx.Variable))
   assert leaves
@@ -155,9 +75,8 @@ def test_every_parameter_has_logical_axes(name):
 
 
 def test_registry_options_are_checked():
-  for name, (kind, options) in MIXERS.items():
-    registry.check_options("mixer", kind, {**options, "chunk_size": 8, "mode": "chunk"})
-    assert name
+  for name in NAMES:
+    registry.check_options("mixer", name, {**OPTIONS.get(name, {}), "chunk_size": 8, "mode": "chunk"})
   with pytest.raises(ValueError, match="chunk_sise"):
     registry.check_options("mixer", "gla", {"chunk_sise": 8})
 
@@ -184,6 +103,26 @@ def test_short_conv_matches_numpy_and_decodes_with_cache():
   y1, c = short_conv.short_causal_conv(jnp.asarray(x[:, :2]), jnp.asarray(w), None)
   y2, _ = short_conv.short_causal_conv(jnp.asarray(x[:, 2:]), jnp.asarray(w), None, c)
   np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), want - bias, rtol=1e-5, atol=1e-5)
+
+
+def test_short_conv_never_reaches_into_the_previous_document():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 11, 3)).astype(np.float32)
+  w = rng.normal(size=(4, 3)).astype(np.float32)
+  seg = np.array([[4, 4, 4, 4, 4, 1, 1, 4, 4, 4, 4], [2] + [5] * 10], np.int32)  # 4 again: a new document
+  want = np.zeros_like(x)
+  for b, bounds in enumerate([(0, 5, 7, 11), (0, 1, 11)]):
+    for s, e in itertools.pairwise(bounds):
+      want[b, s:e] = np.stack([np.convolve(x[b, s:e, c], w[::-1, c])[: e - s] for c in range(3)], -1)
+  y, cache = short_conv.short_causal_conv(jnp.asarray(x), jnp.asarray(w), None, None, jnp.asarray(seg))
+  np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+  # The cache holds the last document's inputs only: row 0's last document began 4 tokens back.
+  np.testing.assert_allclose(cache, x[:, -3:])
+  # In two pieces: the second piece's first token continues row 0's document and starts none in row 1.
+  y1, c = short_conv.short_causal_conv(jnp.asarray(x[:, :6]), jnp.asarray(w), None, None, jnp.asarray(seg[:, :6]))
+  np.testing.assert_array_equal(c[0, :2], 0)  # row 0: only token 5 is of the last document
+  y2, _ = short_conv.short_causal_conv(jnp.asarray(x[:, 6:]), jnp.asarray(w), None, c, jnp.asarray(seg[:, 6:]))
+  np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), want, rtol=1e-5, atol=1e-5)
 
 
 def test_short_conv_module_decode_equals_forward():
@@ -247,9 +186,9 @@ def test_sharded_equals_unsharded(name):
     spec = PartitionSpec(*(rules.get(a) if a else None for a in v.get_metadata()["axes"]))
     return v.replace(jax.device_put(v[...], NamedSharding(mesh, spec)))
 
-  graphdef, params = nnx.split(_build(name))
+  graphdef, params = nnx.split(build(name))
   params = jax.tree.map(put, params, is_leaf=lambda v: isinstance(v, nnx.Variable))
-  x = jax.device_put(_x(), NamedSharding(mesh, PartitionSpec("data")))
+  x = jax.device_put(_inputs()[0], NamedSharding(mesh, PartitionSpec("data")))
   y = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))(params, x)
   assert y.sharding.spec[0] == "data"
-  assert _rel(y, _fp32_run(name)["full"]) < 1e-5
+  assert _rel(y, run(name)["full"]) < 1e-5

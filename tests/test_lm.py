@@ -9,6 +9,7 @@ from flax import nnx
 from layers import registry
 from models import block_pattern
 from models.lm import LM, generate
+from models.lm import check as lm_check
 from tests.foundation_configs import tiny_lm
 
 
@@ -45,13 +46,55 @@ def test_every_parameter_has_logical_axes(model_and_cfg):
     assert axes is not None and len(axes) == var.ndim, path
 
 
-def test_causality(model_and_cfg):
-  model, _ = model_and_cfg
-  a = jax.random.randint(jax.random.key(0), (1, 12), 0, 64)
-  b = a.at[:, 7:].set((a[:, 7:] + 1) % 64)
-  la, lb = model(a), model(b)
-  np.testing.assert_allclose(la[:, :7], lb[:, :7], rtol=1e-5, atol=1e-5)
-  assert not np.allclose(la[:, 7:], lb[:, 7:])
+def test_lm_refuses_bidirectional_mixers():
+  """Causality of every mixer is tested in tests/test_mixers.py; here the LM's refusal, before building."""
+  cfg = tiny_lm().model
+  cfg.blocks = "(attention, mlp) + (karat, mlp)"
+  with pytest.raises(ValueError, match=r"model.options.karat.causal=False \(the default of mixer 'karat'\).*"
+                                       r"layer 1.*set model.options.karat.causal=True"):
+    LM(cfg, rngs=nnx.Rngs(0))
+  cfg.blocks = "(encoder, mlp)"
+  cfg.options.encoder = dict(layer="attention", causal=False)
+  with pytest.raises(ValueError, match=r"model.options.encoder.causal=False \(set\).*encoder.causal=True"):
+    lm_check(cfg)
+  cfg.options.encoder.causal = True
+  lm_check(cfg)
+
+
+@pytest.fixture(scope="module")
+def hybrid():
+  """A recurrent and an attention layer, for packed rows through the whole LM."""
+  cfg = tiny_lm().model
+  cfg.update(dict(vocab_size=64, blocks="(gated_delta_net, mlp) + (attention, mlp)"))
+  cfg.options.gated_delta_net = dict(chunk_size=8)
+  return LM(cfg, rngs=nnx.Rngs(1))
+
+
+def test_packed_rows_equal_documents_alone(hybrid):
+  """LM(tokens, segment_ids) hands the documents to every block: logits equal each document run alone."""
+  tokens = jax.random.randint(jax.random.key(5), (2, 19), 0, 64)
+  lengths = [(4, 1, 14), (9, 10)]
+  segment_ids = jnp.asarray(np.concatenate([np.repeat(np.arange(len(n)), n)[None] for n in lengths]))
+  docs = [(b, s, s + n) for b, ns in enumerate(lengths) for s, n in zip(np.cumsum((0, *ns[:-1])), ns)]
+  alone = jnp.zeros((len(docs), 19), jnp.int32)
+  for i, (b, s, e) in enumerate(docs):
+    alone = alone.at[i, : e - s].set(tokens[b, s:e])
+  forward = nnx.jit(lambda m, t, s: m(t, segment_ids=s))
+  packed = forward(hybrid, tokens, segment_ids)
+  single = forward(hybrid, alone, None)
+  for i, (b, s, e) in enumerate(docs):
+    np.testing.assert_allclose(packed[b, s:e], single[i, : e - s], rtol=1e-4, atol=1e-4)
+  assert not np.allclose(packed, forward(hybrid, tokens, None), atol=1e-3)
+
+
+def test_generate_after_packed_prompt_continues_its_last_document(hybrid):
+  prompt = jax.random.randint(jax.random.key(6), (2, 9), 0, 64)
+  segment_ids = jnp.array([[1, 1, 1, 2, 2, 2, 2, 2, 2], [5, 6, 6, 3, 3, 3, 3, 3, 3]])  # last documents: 6 tokens
+  packed = generate(hybrid, prompt, 5, segment_ids=segment_ids)
+  alone = generate(hybrid, prompt[:, 3:], 5)
+  np.testing.assert_array_equal(packed[:, :9], prompt)
+  np.testing.assert_array_equal(packed[:, 9:], alone[:, 6:])
+  assert not np.array_equal(generate(hybrid, prompt, 5)[:, 9:], packed[:, 9:])  # the earlier documents mattered
 
 
 def test_sliding_window_limits_context():

@@ -1,16 +1,21 @@
 """Softmax attention: MHA / GQA, RoPE, optional sliding window, KV-cache decoding; causal by default
 (causal=False for encoders such as the ViT).
 
-The full-sequence path is `jax.nn.dot_product_attention` (XLA, or cuDNN flash attention on GPU
-when `implementation="cudnn"`). Decoding keeps a [B, max_len, n_kv_heads, head_dim] cache and
-masks positions outside the causal (and sliding) window.
+The full-sequence path is `layers.attention.softmax_attention` (XLA everywhere, cuDNN flash attention
+on GPU with implementation="cudnn", splash attention on TPU; its docstring says how one is chosen).
+Packed rows: a token attends only within its document (`segment_ids`) and RoPE uses its position in
+the document (`positions`, derived from segment_ids when not given). Decoding keeps a KV cache
+(layers.attention.kv_cache) and masks slots outside the causal (and sliding) window and outside the
+token's document.
 """
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
+from layers import segments
+from layers.attention import kv_cache
 from layers.attention.rope import apply_rope
+from layers.attention.softmax_attention import softmax_attention
 from layers.context import LayerContext
 from layers.core import Linear
 from layers.flops import causal_context
@@ -34,7 +39,7 @@ class Attention(nnx.Module):
     self.v = Linear(ctx.d_model, ctx.n_kv_heads * ctx.head_dim, axes=("embed", "kv_heads"), **kw)
     self.o = Linear(ctx.n_heads * ctx.head_dim, ctx.d_model, axes=("heads", "embed"), **kw)
 
-  def _qkv(self, x: jax.Array, positions: jax.Array):
+  def _qkv(self, x: jax.Array, positions: jax.Array):  # positions [T] or [B, T]
     B, T, _ = x.shape
     q = self.q(x).reshape(B, T, self.n_heads, self.head_dim)  # [B, T, N, H]
     k = self.k(x).reshape(B, T, self.n_kv_heads, self.head_dim)  # [B, T, Kh, H]
@@ -44,12 +49,12 @@ class Attention(nnx.Module):
       k = apply_rope(k, positions, self.rope_theta)
     return q, k, v
 
-  def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
+  def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:  # [B, T, D] -> [B, T, D]
     B, T, _ = x.shape
-    q, k, v = self._qkv(x, jnp.arange(T))
-    window = None if self.window is None else (self.window - 1, 0)
-    o = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, local_window_size=window,
-                                     implementation=self.implementation)
+    q, k, v = self._qkv(x, segments.forward_positions(T, segment_ids, positions))
+    o = softmax_attention(q, k, v, causal=self.causal, window=self.window, segment_ids=segment_ids,
+                          implementation=self.implementation)
     return self.o(o.reshape(B, T, -1))
 
   def extra_flops_per_token(self, seq_len: int) -> float:
@@ -58,25 +63,20 @@ class Attention(nnx.Module):
     return 4.0 * self.n_heads * self.head_dim * context
 
   def init_cache(self, batch_size: int, max_len: int) -> dict:
-    shape = (batch_size, max_len, self.n_kv_heads, self.head_dim)
-    return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
+    return kv_cache.init_kv_cache(batch_size, max_len, self.n_kv_heads, self.head_dim, self.dtype)
 
-  def decode(self, x: jax.Array, cache: dict, pos: jax.Array) -> tuple[jax.Array, dict]:
-    """One token x [B, 1, D] at position pos, attending to cached positions <= pos."""
+  def decode(self, x: jax.Array, cache: dict, pos: jax.Array, *, segment_ids: jax.Array | None = None,
+             positions: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """x [B, T, D] at slots pos..pos+T-1, each token attending to the cached slots <= its own in its
+    document (and window)."""
     if not self.causal:
       raise NotImplementedError("token-by-token decoding needs causal attention")
-    B = x.shape[0]
-    q, k, v = self._qkv(x, pos[None])
-    cache = {
-      "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), pos, axis=1),
-      "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), pos, axis=1),
-    }
-    j = jnp.arange(cache["k"].shape[1])
-    visible = j <= pos
-    if self.window is not None:
-      visible &= j > pos - self.window
-    o = jax.nn.dot_product_attention(q, cache["k"], cache["v"], mask=visible[None, None, None, :])
-    return self.o(o.reshape(B, 1, -1)), cache
+    B, T, _ = x.shape
+    d = segments.decode_documents(cache["cursor"], T, segment_ids, positions)
+    q, k, v = self._qkv(x, d.positions)
+    cache, visible = kv_cache.append(cache, k, v, pos, d, self.window)
+    o = jax.nn.dot_product_attention(q, cache["k"], cache["v"], mask=visible)
+    return self.o(o.reshape(B, T, -1)), cache
 
 
 def attention(ctx: LayerContext, *, rngs: nnx.Rngs, window: int | None = None,

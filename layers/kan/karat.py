@@ -7,7 +7,9 @@ phi: R^T -> R^r (r = 12) and a linear map W: R^r -> R^T, and the result weights 
     A_i = W_h^T phi_h(s_i)
     o_i = sum_j A_ij v_j
 
-Parameters cover `max_len` key positions; a shorter sequence uses the first T. "blockwise" mode
+Parameters cover `max_len` key positions, indexed by each key's position in its document (packed
+rows: `positions`, derived from `segment_ids` when not given); a query sees only keys of its own
+document, so a packed document is treated exactly as if it were alone. "blockwise" mode
 gives every layer its own operator; "universal" shares one operator across all layers (call
 `tie_universal_operators(model)` once after building the model). `operator="softmax"` is the
 baseline with the same projections. `causal=True` drops keys j > i from phi's input and A's output
@@ -19,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from layers import segments
+from layers.attention import kv_cache
 from layers.context import LayerContext
 from layers.core import Linear, make_param
 from layers.flops import causal_context, forward_flops_per_token
@@ -33,14 +37,19 @@ def fourier_ka_operator(scores: jax.Array, coeffs: jax.Array, proj: jax.Array,
                         mask: jax.Array | None = None) -> jax.Array:
   """Low-rank Fourier-KAN replacement of the row softmax.
 
-  scores [B, H, T, S] (fp32), coeffs [H, 2, S, G, r], proj [H, r, S], mask [T, S] bool or None
-  -> attention weights [B, H, T, S] in fp32.
+  scores [B, H, T, S] (fp32); coeffs [H, 2, S, G, r] and proj [H, r, S] for key positions 0..S-1, or
+  per row [B, H, 2, S, G, r] and [B, H, r, S] (the parameters of each key's position); mask [T, S] or
+  [B, 1, T, S] bool or None -> attention weights [B, H, T, S] in fp32.
+
+  >>> w = fourier_ka_operator(jnp.zeros((1, 2, 3, 3)), jnp.ones((2, 2, 3, 4, 5)), jnp.ones((2, 5, 3)))
   """
-  feats = fourier_features(scores, coeffs.shape[3])  # [B, H, T, 2, S, G]
+  per_row = coeffs.ndim == 6
+  feats = fourier_features(scores, coeffs.shape[-2])  # [B, H, T, 2, S, G]
   if mask is not None:
-    feats = feats * mask[:, None, :, None]
-  low = jnp.einsum("bhtcsg,hcsgr->bhtr", feats, coeffs.astype(jnp.float32))  # [B, H, T, r]
-  weights = jnp.einsum("bhtr,hrs->bhts", low, proj.astype(jnp.float32))
+    feats = feats * mask[..., None, :, None]
+  low = jnp.einsum("bhtcsg,bhcsgr->bhtr" if per_row else "bhtcsg,hcsgr->bhtr", feats,
+                   coeffs.astype(jnp.float32))  # [B, H, T, r]
+  weights = jnp.einsum("bhtr,bhrs->bhts" if per_row else "bhtr,hrs->bhts", low, proj.astype(jnp.float32))
   return weights if mask is None else jnp.where(mask, weights, 0.0)
 
 
@@ -62,9 +71,16 @@ class FourierKAOperator(nnx.Module):
     self.proj = make_param(proj_init, rngs.params(), (n_heads, rank, max_len), param_dtype,
                            ("heads", None, None))
 
-  def __call__(self, scores: jax.Array, mask: jax.Array | None) -> jax.Array:  # [B, H, T, S]
-    S = scores.shape[-1]
-    return fourier_ka_operator(scores, self.coeffs[:, :, :S], self.proj[:, :, :S], mask)
+  def __call__(self, scores: jax.Array, mask: jax.Array | None,
+               key_positions: jax.Array | None = None) -> jax.Array:  # [B, H, T, S]
+    """key_positions [B, S]: each key's position in its document (None: 0..S-1). A position past
+    max_len reads NaN parameters (loud, never clamped)."""
+    if key_positions is None:
+      S = scores.shape[-1]
+      return fourier_ka_operator(scores, self.coeffs[:, :, :S], self.proj[:, :, :S], mask)
+    coeffs = jnp.take(self.coeffs[...], key_positions, axis=2, mode="fill", fill_value=jnp.nan)  # [H, 2, B, S, G, r]
+    proj = jnp.take(self.proj[...], key_positions, axis=2, mode="fill", fill_value=jnp.nan)  # [H, r, B, S]
+    return fourier_ka_operator(scores, jnp.moveaxis(coeffs, 2, 0), jnp.moveaxis(proj, 2, 0), mask)
 
 
 class KArAt(nnx.Module):
@@ -98,41 +114,54 @@ class KArAt(nnx.Module):
     B, T, _ = x.shape
     return tuple(jnp.split(self.qkv(x).reshape(B, T, 3 * self.n_heads, self.head_dim), 3, axis=2))
 
-  def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """q [B, T, H, K], k / v [B, S, H, K], mask [T, S] or None -> projected output [B, T, D]."""
+  def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+              key_positions: jax.Array | None = None) -> jax.Array:
+    """q [B, T, H, K], k / v [B, S, H, K], mask [T, S] or [B, 1, T, S] or None, key_positions [B, S]
+    or None (0..S-1) -> projected output [B, T, D]."""
     B, T = q.shape[:2]
     scores = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * self.head_dim**-0.5
     if self.operator is None:
       weights = jax.nn.softmax(scores if mask is None else jnp.where(mask, scores, -jnp.inf), axis=-1)
     else:
-      weights = self.operator(scores, mask)
+      weights = self.operator(scores, mask, key_positions)
     o = jnp.einsum("bhts,bshk->bthk", weights.astype(self.dtype), v)
     return self.o(o.reshape(B, T, -1))
 
-  def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
-    T = x.shape[1]
+  def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:  # [B, T, D] -> [B, T, D]
+    """Queries see the keys of their own document (only earlier ones when causal); the operator reads
+    each key's parameters at its position in its document."""
+    B, T = x.shape[:2]
     if T > self.max_len:
       raise ValueError(f"sequence length {T} exceeds KArAt max_len={self.max_len}")
     q, k, v = self._qkv(x)
-    return self._attend(q, k, v, jnp.tril(jnp.ones((T, T), bool)) if self.causal else None)
+    mask = jnp.tril(jnp.ones((T, T), bool)) if self.causal else None
+    if segment_ids is None and positions is None:
+      return self._attend(q, k, v, mask)
+    if segment_ids is not None:
+      segments.check_segment_ids(segment_ids, (B, T))
+      doc = segments.document_index(segment_ids)
+      same = (doc[:, :, None] == doc[:, None, :])[:, None]  # [B, 1, T, T]
+      mask = same if mask is None else same & mask
+    key_positions = jnp.broadcast_to(segments.forward_positions(T, segment_ids, positions), (B, T))
+    return self._attend(q, k, v, mask, key_positions)
 
   def init_cache(self, batch_size: int, max_len: int) -> dict:
-    """A KV cache of max_len positions: [B, max_len, H, K] keys and values."""
+    """A KV cache of max_len slots (layers.attention.kv_cache): keys and values [B, max_len, H, K]."""
     if max_len > self.max_len:
       raise ValueError(f"decoding {max_len} positions exceeds KArAt max_len={self.max_len}; raise max_len")
-    shape = (batch_size, max_len, self.n_heads, self.head_dim)
-    return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
+    return kv_cache.init_kv_cache(batch_size, max_len, self.n_heads, self.head_dim, self.dtype)
 
-  def decode(self, x: jax.Array, cache: dict, pos: jax.Array) -> tuple[jax.Array, dict]:
-    """One token x [B, 1, D] at position pos; the operator sees the cached keys <= pos, as in the
-    causal forward (its per-key-position parameters are indexed by absolute position)."""
+  def decode(self, x: jax.Array, cache: dict, pos: jax.Array, *, segment_ids: jax.Array | None = None,
+             positions: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """x [B, T, D] at slots pos..pos+T-1; each token sees the cached keys of its document up to
+    itself, as in the causal forward (the operator indexed by the keys' positions in their document)."""
     if not self.causal:
       raise NotImplementedError("token-by-token decoding needs a causal KArAt (causal=True)")
+    d = segments.decode_documents(cache["cursor"], x.shape[1], segment_ids, positions)
     q, k, v = self._qkv(x)
-    cache = {name: jax.lax.dynamic_update_slice_in_dim(cache[name], new.astype(cache[name].dtype), pos, axis=1)
-             for name, new in (("k", k), ("v", v))}
-    visible = (jnp.arange(cache["k"].shape[1]) <= pos)[None, :]  # [1, S]
-    return self._attend(q, cache["k"], cache["v"], visible), cache
+    cache, visible = kv_cache.append(cache, k, v, pos, d)
+    return self._attend(q, cache["k"], cache["v"], visible, cache["position"]), cache
 
 
 def tie_universal_operators(model: nnx.Module) -> None:

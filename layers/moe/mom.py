@@ -8,14 +8,17 @@ The output is the routing-weighted sum of the chosen memories' reads,
   o_t = Σ_{m in top-k(t)} w_{t,m} S^m_tᵀ (scale q_t),
 then a per-head RMSNorm and the output projection. The memories run as M × H heads of one
 `gated_delta_rule` call (M / k times the state work of the routed form, same result).
-The router's Switch load-balancing loss is sown as AuxLoss "mom_load_balance".
-Decode keeps the M × H states [B, M*H, K, V] (fp32) as the cache.
+The router's Switch load-balancing loss is sown as AuxLoss "mom_load_balance" by the forward pass
+(decoding sows nothing, so it can run inside a lax.scan such as models.lm.generate's).
+Packed rows: `segment_ids` restart every memory at each document start (routing is per token).
+Decode keeps the M × H states [B, M*H, K, V] (fp32) and a layers.segments cursor as the cache.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from layers import segments
 from layers.aux import AuxLoss, LayerMetric
 from layers.context import LayerContext
 from layers.core import Linear, make_param
@@ -64,16 +67,18 @@ class MixtureOfMemories(nnx.Module):
                                  optim_group="no_decay")
     self.o_proj = Linear(h * dk, d, axes=("heads", "embed"), **kw)
 
-  def _mix(self, x: jax.Array, state: jax.Array | None, mode: str) -> tuple[jax.Array, jax.Array | None]:
-    """x [B, T, D], state [B, M*H, K, V] or None -> (y [B, T, D], final state)."""
+  def _mix(self, x: jax.Array, state: jax.Array | None, mode: str,
+           segment_ids: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
+    """x [B, T, D], state [B, M*H, K, V] or None, segment_ids [B, T] or None -> (y [B, T, D], final state)."""
     b, t, _ = x.shape
     m, h, dk = self.n_memories, self.n_heads, self.head_dim
     logits = x.reshape(b * t, -1).astype(jnp.float32) @ self.router[...].astype(jnp.float32)  # [N, M]
     route = top_k_route(logits, self.top_k, renormalize=True)
-    load = losses.expert_load(route.experts, m)
-    if self.load_balance_weight:
-      self.sow(AuxLoss, "mom_load_balance", self.load_balance_weight * losses.load_balancing_loss(load, route.probs))
-    self.sow(LayerMetric, "mom_memory_load", load)
+    if state is None:  # the training forward
+      load = losses.expert_load(route.experts, m)
+      if self.load_balance_weight:
+        self.sow(AuxLoss, "mom_load_balance", self.load_balance_weight * losses.load_balancing_loss(load, route.probs))
+      self.sow(LayerMetric, "mom_memory_load", load)
     # dense [B, T, M] weights, zero for unchosen memories
     w = jnp.zeros((b * t, m), jnp.float32).at[jnp.arange(b * t)[:, None], route.experts].set(route.weights)
     chosen = (w > 0).reshape(b, t, m, 1)
@@ -88,7 +93,7 @@ class MixtureOfMemories(nnx.Module):
     g = jnp.where(chosen, g.reshape(b, t, m, h), 0.0).reshape(b, t, m * h)  # [B, T, M*H]
     beta = jnp.where(chosen, beta.reshape(b, t, m, h), 0.0).reshape(b, t, m * h)
     o, state = gated_delta_rule(q, k, v, g, beta, initial_state=state, output_final_state=state is not None,
-                                mode=mode, chunk_size=self.chunk_size)
+                                mode=mode, chunk_size=self.chunk_size, segment_ids=segment_ids)
     o = jnp.sum(o.reshape(b, t, m, h, dk).astype(jnp.float32) * w, axis=2)  # [B, T, H, V]
     o = rms_norm(o, self.norm_scale[...]).astype(self.dtype).reshape(b, t, h * dk)
     return self.o_proj(o), state
@@ -98,17 +103,25 @@ class MixtureOfMemories(nnx.Module):
     chunk = min(self.chunk_size, seq_len)
     return self.n_memories * self.n_heads * recurrence_flops_per_token("delta", chunk, self.head_dim, self.head_dim)
 
-  def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
-    return self._mix(x, None, self.mode)[0]
+  def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:  # [B, T, D] -> [B, T, D]
+    del positions  # nothing here depends on position
+    if segment_ids is not None:
+      segments.check_segment_ids(segment_ids, x.shape[:2])
+    return self._mix(x, None, self.mode, segment_ids)[0]
 
-  def init_cache(self, batch_size: int, max_len: int) -> jax.Array:
+  def init_cache(self, batch_size: int, max_len: int) -> dict:
     del max_len
-    return jnp.zeros((batch_size, self.n_memories * self.n_heads, self.head_dim, self.head_dim), jnp.float32)
+    shape = (batch_size, self.n_memories * self.n_heads, self.head_dim, self.head_dim)
+    return {"state": jnp.zeros(shape, jnp.float32), "cursor": segments.init_cursor(batch_size)}
 
-  def decode(self, x: jax.Array, cache: jax.Array, pos: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One token x [B, 1, D] with per-memory states cache [B, M*H, K, V] -> (y [B, 1, D], new cache)."""
+  def decode(self, x: jax.Array, cache: dict, pos: jax.Array, *, segment_ids: jax.Array | None = None,
+             positions: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """x [B, T, D] after the cached tokens; the states [B, M*H, K, V] restart where a document starts."""
     del pos
-    return self._mix(x, cache, "recurrent")
+    d = segments.decode_documents(cache["cursor"], x.shape[1], segment_ids, positions)
+    y, state = self._mix(x, segments.restart(cache["state"], d.reset), "recurrent", d.segment_ids)
+    return y, {"state": state, "cursor": d.cursor}
 
 
 def mom(ctx: LayerContext, *, rngs: nnx.Rngs, n_memories: int = 4, top_k: int = 2,

@@ -16,7 +16,7 @@ from flax import nnx
 from layers.context import LayerContext
 from layers.linear_attention.mixers.decay_gate import DecayGate
 from layers.linear_attention.mixers.head_norm import HeadNorm
-from layers.linear_attention.mixers.recurrent_mixer import Cache, RecurrentMixer, l2_normalize, split_heads
+from layers.linear_attention.mixers.recurrent_mixer import Cache, Documents, RecurrentMixer, l2_normalize, split_heads
 from layers.linear_attention.ops import delta_rule, gated_delta_rule
 
 
@@ -45,19 +45,18 @@ class DeltaNet(RecurrentMixer):
     self.mode, self.chunk_size = mode, chunk_size
 
   def mix(self, x: jax.Array, cache: Cache | None, mode: str,
-          pos: jax.Array) -> tuple[jax.Array, Cache | None]:
-    del pos
+          docs: Documents) -> tuple[jax.Array, Cache | None]:
     convs = {}
-    q, k, v = (self._conv(name, proj(x), cache, convs)
+    q, k, v = (self._conv(name, proj(x), cache, convs, docs.segment_ids)
                for name, proj in zip(self.conv_names, (self.q_proj, self.k_proj, self.v_proj)))
     q, k, v = (split_heads(z, self.n_heads) for z in (q, k, v))  # [B, T, H, K|V]
     q, k = l2_normalize(q), l2_normalize(k)
     beta = self.beta_scale * jax.nn.sigmoid(self.b_proj(x).astype(jnp.float32))  # [B, T, H]
     if self.decay is None:
-      o, state = self._recur(delta_rule, q, k, v, beta, cache=cache, mode=mode)
+      o, state = self._recur(delta_rule, q, k, v, beta, cache=cache, mode=mode, segment_ids=docs.segment_ids)
     else:
       g, _ = self.decay(self.a_proj(x))  # [B, T, H] fp32, <= 0
-      o, state = self._recur(gated_delta_rule, q, k, v, g, beta, cache=cache, mode=mode)
+      o, state = self._recur(gated_delta_rule, q, k, v, g, beta, cache=cache, mode=mode, segment_ids=docs.segment_ids)
     gate = None if self.g_proj is None else split_heads(self.g_proj(x), self.n_heads)
     y = self.o_proj(self.norm(o, gate).reshape(*x.shape[:-1], -1))
     return y, self._new_cache(cache, state, convs)

@@ -11,7 +11,7 @@ from flax import nnx
 
 from layers.context import LayerContext
 from layers.linear_attention.mixers.head_norm import HeadNorm
-from layers.linear_attention.mixers.recurrent_mixer import Cache, RecurrentMixer, split_heads
+from layers.linear_attention.mixers.recurrent_mixer import Cache, Documents, RecurrentMixer, split_heads
 from layers.linear_attention.ops import gla
 
 
@@ -39,16 +39,15 @@ class GLA(RecurrentMixer):
     self.mode, self.chunk_size = mode, chunk_size
 
   def mix(self, x: jax.Array, cache: Cache | None, mode: str,
-          pos: jax.Array) -> tuple[jax.Array, Cache | None]:
-    del pos
+          docs: Documents) -> tuple[jax.Array, Cache | None]:
     q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
     convs = {}
     if self.conv_names:
-      q, k, v = (self._conv(name, z, cache, convs) for name, z in zip(self.conv_names, (q, k, v)))
+      q, k, v = (self._conv(name, z, cache, convs, docs.segment_ids) for name, z in zip(self.conv_names, (q, k, v)))
     logits = self.gk_up(self.gk_down(x)).astype(jnp.float32)
     gk = jax.nn.log_sigmoid(logits) / self.gate_logit_normalizer  # [B, T, H*K] fp32, <= 0
     q, k, v, gk = (split_heads(z, self.n_heads) for z in (q, k, v, gk))
-    o, state = self._recur(gla, q, k, v, gk, cache=cache, mode=mode)
+    o, state = self._recur(gla, q, k, v, gk, cache=cache, mode=mode, segment_ids=docs.segment_ids)
     gate = None if self.g_proj is None else split_heads(self.g_proj(x), self.n_heads)
     y = self.o_proj(self.norm(o, gate).reshape(*x.shape[:-1], -1))
     return y, self._new_cache(cache, state, convs)

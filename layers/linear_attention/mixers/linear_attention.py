@@ -12,7 +12,7 @@ from flax import nnx
 from layers.context import LayerContext
 from layers.linear_attention.mixers.feature_maps import FeatureMap
 from layers.linear_attention.mixers.head_norm import HeadNorm
-from layers.linear_attention.mixers.recurrent_mixer import Cache, RecurrentMixer, split_heads
+from layers.linear_attention.mixers.recurrent_mixer import Cache, Documents, RecurrentMixer, split_heads
 from layers.linear_attention.ops import linear_attn
 
 
@@ -34,14 +34,13 @@ class LinearAttention(RecurrentMixer):
     self.mode, self.chunk_size = mode, chunk_size
 
   def mix(self, x: jax.Array, cache: Cache | None, mode: str,
-          pos: jax.Array) -> tuple[jax.Array, Cache | None]:
-    del pos
+          docs: Documents) -> tuple[jax.Array, Cache | None]:
     q = self.q_map(split_heads(self.q_proj(x), self.n_heads))  # [B, T, H, F]
     k = self.k_map(split_heads(self.k_proj(x), self.n_heads))  # [B, T, H, F]
     v = split_heads(self.v_proj(x), self.n_heads)  # [B, T, H, V]
     if self.normalize:
       v = jnp.concatenate([v, jnp.ones_like(v[..., :1])], axis=-1)  # [B, T, H, V+1]
-    o, state = self._recur(linear_attn, q, k, v, cache=cache, mode=mode)
+    o, state = self._recur(linear_attn, q, k, v, cache=cache, mode=mode, segment_ids=docs.segment_ids)
     if self.normalize:
       o32 = o.astype(jnp.float32)
       o = (o32[..., :-1] / (o32[..., -1:] + 1e-6)).astype(o.dtype)

@@ -14,7 +14,7 @@ from flax import nnx
 from layers.context import LayerContext
 from layers.core import make_param
 from layers.linear_attention.mixers.decay_gate import DecayGate
-from layers.linear_attention.mixers.recurrent_mixer import Cache, RecurrentMixer, split_heads
+from layers.linear_attention.mixers.recurrent_mixer import Cache, Documents, RecurrentMixer, split_heads
 from layers.linear_attention.ops import simple_gla
 from layers.norms import RMSNorm
 
@@ -44,17 +44,16 @@ class Mamba2(RecurrentMixer):
     self.mode, self.chunk_size = mode, chunk_size
 
   def mix(self, x: jax.Array, cache: Cache | None, mode: str,
-          pos: jax.Array) -> tuple[jax.Array, Cache | None]:
-    del pos
+          docs: Documents) -> tuple[jax.Array, Cache | None]:
     convs = {}
-    xs, b, c = (self._conv(name, proj(x), cache, convs)
+    xs, b, c = (self._conv(name, proj(x), cache, convs, docs.segment_ids)
                 for name, proj in zip(self.conv_names, (self.x_proj, self.b_proj, self.c_proj)))
     xs = split_heads(xs, self.n_heads)  # [B, T, H, P]
     g, dt = self.decay(self.dt_proj(x))  # [B, T, H] fp32
     shape = (*xs.shape[:3], b.shape[-1])  # [B, T, H, N]: one group shared by all heads
     q, k = jnp.broadcast_to(c[:, :, None], shape), jnp.broadcast_to(b[:, :, None], shape)
     v = xs.astype(jnp.float32) * dt[..., None]  # [B, T, H, P]
-    o, state = self._recur(simple_gla, q, k, v, g, cache=cache, mode=mode, scale=1.0)
+    o, state = self._recur(simple_gla, q, k, v, g, cache=cache, mode=mode, segment_ids=docs.segment_ids, scale=1.0)
     y = o.astype(jnp.float32) + self.D[...].astype(jnp.float32)[:, None] * xs.astype(jnp.float32)
     y = y.reshape(*x.shape[:-1], -1) * jax.nn.silu(self.z_proj(x).astype(jnp.float32))
     y = self.o_proj(self.norm(y).astype(self.dtype))

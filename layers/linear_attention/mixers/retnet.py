@@ -13,7 +13,7 @@ from flax import nnx
 from layers.attention.rope import apply_rope
 from layers.context import LayerContext
 from layers.linear_attention.mixers.head_norm import HeadNorm
-from layers.linear_attention.mixers.recurrent_mixer import Cache, RecurrentMixer, split_heads
+from layers.linear_attention.mixers.recurrent_mixer import Cache, Documents, RecurrentMixer, split_heads
 from layers.linear_attention.ops import simple_gla
 
 
@@ -37,17 +37,16 @@ class RetNet(RecurrentMixer):
     self.mode, self.chunk_size = mode, chunk_size
 
   def mix(self, x: jax.Array, cache: Cache | None, mode: str,
-          pos: jax.Array) -> tuple[jax.Array, Cache | None]:
+          docs: Documents) -> tuple[jax.Array, Cache | None]:
     q = split_heads(self.q_proj(x), self.n_heads)  # [B, T, H, K]
     k = split_heads(self.k_proj(x), self.n_heads)  # [B, T, H, K]
     v = split_heads(self.v_proj(x), self.n_heads)  # [B, T, H, V]
-    if self.rope_theta is not None:
-      positions = pos + jnp.arange(x.shape[1], dtype=jnp.int32)  # [T]
-      q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
+    if self.rope_theta is not None:  # per-document positions [B, T] (or [T])
+      q, k = apply_rope(q, docs.positions, self.rope_theta), apply_rope(k, docs.positions, self.rope_theta)
     g = jnp.broadcast_to(jnp.asarray(retention_log_decay(self.n_heads)), q.shape[:3])  # [B, T, H]
     # The barrier keeps XLA from constant-folding the op's cumsums of this constant (slow compiles).
     g = jax.lax.optimization_barrier(g)
-    o, state = self._recur(simple_gla, q, k, v, g, cache=cache, mode=mode)
+    o, state = self._recur(simple_gla, q, k, v, g, cache=cache, mode=mode, segment_ids=docs.segment_ids)
     gate = split_heads(self.g_proj(x), self.n_heads)
     y = self.o_proj(self.norm(o, gate).reshape(*x.shape[:-1], -1))
     return y, self._new_cache(cache, state, {})

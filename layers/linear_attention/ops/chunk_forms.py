@@ -11,7 +11,8 @@ from layers.linear_attention.ops import common
 
 
 def chunk_scalar_gate(
-  q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None, s0: jax.Array, size: int
+  q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None, s0: jax.Array, docs: common.ChunkDocuments,
+  size: int,
 ) -> tuple[jax.Array, jax.Array]:
   """Chunkwise form for a scalar log gate per step (g None: no decay, plain linear attention).
 
@@ -19,23 +20,25 @@ def chunk_scalar_gate(
   Within a chunk, b_t = g_1 + ... + g_t (local cumsum, <= 0 and decreasing) and
     o_t     = exp(b_t) q_t S_n + sum_{s<=t} exp(b_t - b_s) (q_t . k_s) v_s
     S_{n+1} = exp(b_C) S_n + sum_s exp(b_C - b_s) k_s v_sᵀ
-  Every exponent is <= 0, so nothing overflows whatever the decay.
+  Every exponent is <= 0, so nothing overflows whatever the decay. In a packed row the sums run over
+  s in t's document, S_n reaches only the document continuing from before the chunk, only the last
+  document writes S_{n+1}, and exp(b_C) S_n is dropped when a document starts inside the chunk (`docs`).
   """
   qc, kc, vc = (common.to_chunks(x, size) for x in (q, k, v))  # [B, H, N, C, K|V]
-  causal = jnp.tril(jnp.ones((size, size), bool))
+  pairs = jnp.tril(jnp.ones((size, size), bool)) & docs.same  # s <= t, same document [B|1, 1, N|1, C, C]
   if g is None:
-    decay_qk, q_in, k_out, chunk_decay = causal.astype(q.dtype), qc, kc, None
+    decay_qk, q_in, k_out, chunk_decay = pairs.astype(q.dtype), qc, kc, docs.carry
   else:
     cum = jnp.cumsum(common.to_chunks(g, size), axis=-1)  # [B, H, N, C]
     last = cum[..., -1:]  # [B, H, N, 1]
-    decay_qk = common.masked_exp(cum[..., :, None] - cum[..., None, :], causal)  # [B, H, N, C, C]
+    decay_qk = common.masked_exp(cum[..., :, None] - cum[..., None, :], pairs)  # [B, H, N, C, C]
     q_in = qc * jnp.exp(cum)[..., None]
     k_out = kc * jnp.exp(last - cum)[..., None]
-    chunk_decay = jnp.exp(last)  # [B, H, N, 1]
-  update = jnp.einsum("bhnck,bhncv->bhnkv", k_out, vc)  # sum_s exp(b_C - b_s) k_s v_sᵀ
+    chunk_decay = jnp.exp(last) * docs.carry  # [B, H, N, 1]
+  update = jnp.einsum("bhnck,bhncv->bhnkv", k_out * docs.last, vc)  # sum_s exp(b_C - b_s) k_s v_sᵀ
   starts, final = common.scan_chunk_states(s0, chunk_decay, update)
   scores = jnp.einsum("bhnck,bhnsk->bhncs", qc, kc) * decay_qk  # masked, decayed q_t . k_s
-  o = jnp.einsum("bhncs,bhnsv->bhncv", scores, vc) + jnp.einsum("bhnck,bhnkv->bhncv", q_in, starts)
+  o = jnp.einsum("bhncs,bhnsv->bhncv", scores, vc) + jnp.einsum("bhnck,bhnkv->bhncv", q_in * docs.first, starts)
   return common.from_chunks(o), final
 
 
@@ -72,7 +75,8 @@ unit_lower_inverse.defvjp(_inverse_fwd, _inverse_bwd)
 
 
 def chunk_delta(
-  q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None, beta: jax.Array, s0: jax.Array, size: int
+  q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None, beta: jax.Array, s0: jax.Array,
+  docs: common.ChunkDocuments, size: int,
 ) -> tuple[jax.Array, jax.Array]:
   """Chunkwise delta rule through the WY/UT transform (g None: ungated DeltaNet).
 
@@ -84,15 +88,18 @@ def chunk_delta(
   triangular solve per chunk, all chunks at once). Then
     o_t     = exp(b_t) q_t S_n + sum_{s<=t} exp(b_t − b_s) (q_t . k_s) δ_s
     S_{n+1} = exp(b_C) S_n + sum_s exp(b_C − b_s) k_s δ_sᵀ
-  and only δ = U − W S_n and the state update run sequentially over chunks.
+  and only δ = U − W S_n and the state update run sequentially over chunks. In a packed row A and the
+  scores keep only pairs within a document (I + A is block-diagonal per document), S_n reaches (through
+  W and q) only the document continuing from before the chunk, only the last document writes S_{n+1},
+  and exp(b_C) S_n is dropped when a document starts inside the chunk (`docs`).
   """
   qc, kc, vc = (common.to_chunks(x, size) for x in (q, k, v))  # [B, H, N, C, K|V]
   bc = common.to_chunks(beta, size)  # [B, H, N, C]
-  strict = jnp.tril(jnp.ones((size, size), bool), -1)
-  causal = jnp.tril(jnp.ones((size, size), bool))
+  strict = jnp.tril(jnp.ones((size, size), bool), -1) & docs.same  # s < t, same document
+  causal = jnp.tril(jnp.ones((size, size), bool)) & docs.same  # s <= t, same document
   if g is None:
     decay_strict, decay_causal = strict.astype(q.dtype), causal.astype(q.dtype)
-    k_in, k_out, q_in, chunk_decay = kc, kc, qc, jnp.ones(bc.shape[:3], q.dtype)
+    k_in, k_out, q_in, chunk_decay = kc, kc, qc, docs.carry[..., 0]
   else:
     cum = jnp.cumsum(common.to_chunks(g, size), axis=-1)  # [B, H, N, C]
     last = cum[..., -1:]
@@ -102,12 +109,12 @@ def chunk_delta(
     k_in = kc * jnp.exp(cum)[..., None]  # exp(b_t) k_t
     k_out = kc * jnp.exp(last - cum)[..., None]  # exp(b_C − b_s) k_s
     q_in = qc * jnp.exp(cum)[..., None]
-    chunk_decay = jnp.exp(last[..., 0])  # [B, H, N]
+    chunk_decay = jnp.exp(last[..., 0]) * docs.carry[..., 0]  # [B, H, N]
 
   a = bc[..., None] * jnp.einsum("bhnck,bhnsk->bhncs", kc, kc) * decay_strict  # A [B, H, N, C, C]
   inv = unit_lower_inverse(a)  # (I + A)⁻¹
   u = jnp.einsum("bhncs,bhnsv->bhncv", inv, bc[..., None] * vc)  # (I + A)⁻¹ diag(β) V
-  w = jnp.einsum("bhncs,bhnsk->bhnck", inv, bc[..., None] * k_in)  # (I + A)⁻¹ diag(β exp(b)) K
+  w = jnp.einsum("bhncs,bhnsk->bhnck", inv, bc[..., None] * k_in * docs.first)  # (I + A)⁻¹ diag(β exp(b)) K
 
   def step(s, x):  # s [B, H, K, V]
     u_n, w_n, k_n, d_n = x
@@ -115,9 +122,9 @@ def chunk_delta(
     nxt = d_n[..., None, None] * s + jnp.einsum("bhck,bhcv->bhkv", k_n, delta)
     return nxt, (s, delta)
 
-  xs = tuple(jnp.moveaxis(x, 2, 0) for x in (u, w, k_out, chunk_decay))
+  xs = tuple(jnp.moveaxis(x, 2, 0) for x in (u, w, k_out * docs.last, chunk_decay))
   final, (starts, delta) = jax.lax.scan(step, s0, xs)
   starts, delta = jnp.moveaxis(starts, 0, 2), jnp.moveaxis(delta, 0, 2)  # [B, H, N, K, V], [B, H, N, C, V]
   scores = jnp.einsum("bhnck,bhnsk->bhncs", qc, kc) * decay_causal
-  o = jnp.einsum("bhncs,bhnsv->bhncv", scores, delta) + jnp.einsum("bhnck,bhnkv->bhncv", q_in, starts)
+  o = jnp.einsum("bhncs,bhnsv->bhncv", scores, delta) + jnp.einsum("bhnck,bhnkv->bhncv", q_in * docs.first, starts)
   return common.from_chunks(o), final

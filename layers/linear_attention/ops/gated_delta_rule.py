@@ -19,24 +19,36 @@ def gated_delta_rule(
   output_final_state: bool = False,
   mode: str = "chunk",
   chunk_size: int = 64,
+  segment_ids: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
   """Delta-rule state update with a scalar log decay g_t <= 0 per head and step.
 
   S_t = exp(g_t) S_{t-1} + β_t k_t (v_t − exp(g_t) S_{t-1}ᵀ k_t)ᵀ,  o_t = S_tᵀ (scale q_t).
   q, k [B, T, H, K] (L2-normalise them first: the caller's job); v [B, T, H, V];
-  g, beta [B, T, H]; initial_state [B, H, K, V].
+  g, beta [B, T, H]; initial_state [B, H, K, V]; segment_ids [B, T] int (packed documents: a change
+  of id zeroes the state before that step, so initial_state seeds only the row's first document and
+  the final state is that of its last document).
   Returns o [B, T, H, V] in q's dtype and the final state [B, H, K, V] in fp32 (None unless
   output_final_state). mode: "recurrent" (scan, the specification), "chunk" (WY/UT transform with
   a triangular solve per chunk, the fast form), "parallel" (one chunk over the whole sequence).
+
+  Example (a row holding documents of 3 and 2 tokens; the second starts afresh):
+    >>> q = k = jnp.full((1, 5, 2, 4), 0.5); v = jnp.ones((1, 5, 2, 4))
+    >>> g, beta = jnp.full((1, 5, 2), -0.5), jnp.full((1, 5, 2), 0.5)
+    >>> o, state = gated_delta_rule(q, k, v, g, beta, segment_ids=jnp.array([[0, 0, 0, 1, 1]]),
+    ...                             output_final_state=True)
+    >>> o.shape, state.shape, bool(jnp.allclose(o[0, 3], o[0, 0]))
+    ((1, 5, 2, 4), (1, 2, 4, 4), True)
   """
   b, t, h, _ = q.shape
   common.check_shape("g", g, (b, t, h))
   common.check_shape("beta", beta, (b, t, h))
   return common.run(_recurrent, chunk_delta, q, k, v, (g, beta), scale=scale, initial_state=initial_state,
-                      output_final_state=output_final_state, mode=mode, chunk_size=chunk_size)
+                    output_final_state=output_final_state, mode=mode, chunk_size=chunk_size,
+                    segment_ids=segment_ids)
 
 
-def _recurrent(q, k, v, g, beta, s0):
+def _recurrent(q, k, v, g, beta, s0, starts):
   def step(s, x):  # s [B, H, K, V]
     q_t, k_t, v_t, g_t, b_t = x
     s = jnp.exp(g_t)[..., None, None] * s
@@ -44,4 +56,4 @@ def _recurrent(q, k, v, g, beta, s0):
     s = s + k_t[..., :, None] * delta[..., None, :]
     return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
 
-  return common.scan_time(step, s0, (q, k, v, g, beta))
+  return common.scan_time(step, s0, (q, k, v, g, beta), starts)
