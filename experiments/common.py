@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
     kind="lm", vocab_size=256, d_model=128, n_heads=4, n_kv_heads=0, head_dim=0, d_ff=384,
     activation="gelu", norm="rmsnorm", blocks=blocks("attention", "swiglu", 2),
     options=ml_collections.ConfigDict(), tie_embeddings=True,
-    dtype="float32", param_dtype="float32", remat=False,
+    dtype="float32", param_dtype="float32", remat="none", scan_layers=False,
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -226,7 +226,7 @@ def shrink_for_cpu(c: ml_collections.ConfigDict, *, steps: int = 300, n_layers: 
   """The `:local` variant: a model and run small enough to train on 2 CPU cores in minutes: fp32 on a
   data-parallel mesh, and a pre-training corpus replaced by the embedded byte-level one."""
   c.model.update(dict(d_model=64, n_heads=2, n_kv_heads=0, head_dim=0, d_ff=192, dtype="float32",
-                      param_dtype="float32", remat=False))
+                      param_dtype="float32", remat="none", scan_layers=False))
   c.mesh.shape.update(dict(data=-1, fsdp=1, tensor=1, expert=1))
   if c.data.name == "tfds_text":
     text_data(c, seq_len=c.data.seq_len)

@@ -11,6 +11,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 import models
@@ -81,16 +82,25 @@ def test_one_bf16_step_trains_with_fp32_state():
     assert kinds == {"float32"}, (part, kinds)
 
 
-def test_compilation_cache_and_profile_trace_land_in_their_directories(tmp_path, monkeypatch):
-  c = tiny_lm(steps=4)
-  c.train.update(dict(compilation_cache_dir=str(tmp_path / "cache"), profile_steps=(2, 3), ckpt_every=4))
-  config_lib.save(c, str(tmp_path / "cfg"))
-  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # keep even these small programs
-  proc = _launch(tmp_path / "cfg" / "config.json", tmp_path / "run")
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+  """A tiny byte-level LM trained 4 steps by `python -m train`, with a compilation cache and a profile."""
+  root = tmp_path_factory.mktemp("text_run")
+  c = tiny_lm("text", steps=4)
+  c.train.update(dict(compilation_cache_dir=str(root / "cache"), profile_steps=(2, 3)))
+  config_lib.save(c, str(root / "cfg"))
+  with pytest.MonkeyPatch.context() as env:
+    env.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # keep even these small programs
+    proc = _launch(root / "cfg" / "config.json", root / "run")
   _, err = proc.communicate(timeout=400)
   assert proc.returncode == 0, err[-3000:]
-  assert any("train_step" in name for name in os.listdir(tmp_path / "cache"))
-  (trace,) = glob.glob(str(tmp_path / "run" / "profile" / "plugins" / "profile" / "*" / "*.trace.json.gz"))
+  return c, root
+
+
+def test_compilation_cache_and_profile_trace_land_in_their_directories(text_run):
+  _, root = text_run
+  assert any("train_step" in name for name in os.listdir(root / "cache"))
+  (trace,) = glob.glob(str(root / "run" / "profile" / "plugins" / "profile" / "*" / "*.trace.json.gz"))
   assert glob.glob(os.path.join(os.path.dirname(trace), "*.xplane.pb"))
   calls = sorted((e["ts"], e["ts"] + e["dur"]) for e in json.load(gzip.open(trace))["traceEvents"]
                  if e.get("name") == "PjitFunction(train_step)")
@@ -98,10 +108,9 @@ def test_compilation_cache_and_profile_trace_land_in_their_directories(tmp_path,
   assert len(outermost) == 2  # steps 2 and 3 only
 
 
-def test_load_has_the_checkpoint_parameters_and_sample_continues_a_prompt(tmp_path, capsys):
-  c = tiny_lm("text", steps=4)
-  workdir = str(tmp_path / "run")
-  loop.run(c, workdir)
+def test_load_has_the_checkpoint_parameters_and_sample_continues_a_prompt(text_run, capsys):
+  c, root = text_run
+  workdir = str(root / "run")
   model = models.load(workdir)
   # The parameters are the latest checkpoint's (the full train state restored by the training loop's way).
   program = loop.build_program(c, mesh_lib.make_mesh(c.mesh.shape))

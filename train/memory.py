@@ -78,17 +78,17 @@ def batch_shards(config, mesh: Mesh) -> int:
 
 def residual_bytes(graphdef, params, rest, inputs: jax.ShapeDtypeStruct, loss: str) -> int:
   """Bytes autodiff keeps for the backward pass of the loss on `inputs` (abstract; nothing runs), without
-  the parameters themselves (they are kept anyway)."""
+  the parameters and other variables themselves (they are kept anyway)."""
 
-  def objective(p, x):
-    outputs, aux, _, _ = forward(graphdef, p, rest, x)
+  def objective(p, r, x):
+    outputs, aux, _, _ = forward(graphdef, p, r, x)
     labels = jnp.zeros(outputs.shape[:-1], jnp.int32) if loss == "xent" else jnp.zeros(outputs.shape)
     sums = task_sums(outputs, {"targets": labels, "weights": jnp.ones(outputs.shape[:-1])}, loss)
     return sums["loss"] + sum(aux.values(), jnp.float32(0.0))
 
-  vjp = jax.eval_shape(lambda p, x: jax.vjp(lambda p: objective(p, x), p)[1], params, inputs)
-  unclaimed = {}  # saved inputs: each parameter (and the batch) once
-  for x in jax.tree.leaves((params, inputs)):
+  vjp = jax.eval_shape(lambda p, r, x: jax.vjp(lambda p: objective(p, r, x), p)[1], params, rest, inputs)
+  unclaimed = {}  # saved inputs: each parameter, other variable and the batch once
+  for x in jax.tree.leaves((params, rest, inputs)):
     unclaimed[(x.shape, str(x.dtype))] = unclaimed.get((x.shape, str(x.dtype)), 0) + 1
   total = 0
   for r in jax.tree.leaves(vjp):
