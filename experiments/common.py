@@ -171,9 +171,11 @@ def mqar_data(c: ml_collections.ConfigDict, *, vocab_size: int = 256, num_pairs:
 
 def pod_scale(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Paper-scale defaults for TPU pods and GPU clusters: bf16 compute (parameters, optimizer state, gates,
-  recurrent states and norms stay fp32) and FSDP over every device (parameters, gradients and optimizer
-  state sharded over the `fsdp` axis, the batch over `data` x `fsdp`)."""
-  c.model.update(dict(dtype="bfloat16", param_dtype="float32"))
+  recurrent states and norms stay fp32), FSDP over every device (parameters, gradients and optimizer
+  state sharded over the `fsdp` axis, the batch over `data` x `fsdp`) and full rematerialisation (each
+  block keeps only its input; model.remat='dots' is faster where memory allows, the memory check says).
+  model.scan_layers=True makes compile time flat in depth."""
+  c.model.update(dict(dtype="bfloat16", param_dtype="float32", remat="full"))
   c.mesh.shape.update(dict(data=1, fsdp=-1, tensor=1, expert=1))
   return c
 

@@ -33,7 +33,7 @@ def test_paper_grid_keeps_paper_shapes_and_data(spec, tmp_path, capsys):
     c = sweep.resolve(spec, run.overrides)
     assert (c.model.d_model, c.data.name) == (d_model, data), run.name
     assert len(parse(c.model.blocks)) in layers, (run.name, c.model.blocks)
-    assert (c.model.dtype, c.model.param_dtype) == ("bfloat16", "float32")
+    assert (c.model.dtype, c.model.param_dtype, c.model.remat) == ("bfloat16", "float32", "full")
     assert c.mesh.shape.to_dict() == {"data": 1, "fsdp": -1, "tensor": 1, "expert": 1}
 
 
@@ -42,7 +42,7 @@ def test_local_grid_keeps_cpu_shapes_and_embedded_data(spec):
   for run in sweep.expand(f"{spec}:local"):
     c = sweep.resolve(f"{spec}:local", run.overrides)
     assert c.model.d_model <= 128 and len(parse(c.model.blocks)) <= 4, (run.name, c.model.d_model, c.model.blocks)
-    assert c.data.name in ("text", "mqar", "mnist1d") and c.model.dtype == "float32"
+    assert c.data.name in ("text", "mqar", "mnist1d") and (c.model.dtype, c.model.remat) == ("float32", "none")
 
 
 def test_paper_text_run_needs_its_tokenizer():

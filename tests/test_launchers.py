@@ -153,3 +153,11 @@ def test_concurrent_runs_never_share_a_slot(monkeypatch, tmp_path):
   runs = [sweep.Run(f"r{i}", {}, str(tmp_path / f"r{i}")) for i in range(12)]
   assert sweep.run_local(runs, 3, ["0", "1", "2", "3", "4", "5"]) == {r.name: 0 for r in runs}
   assert not clashes
+
+
+def test_a_remote_root_keeps_remote_workdirs_and_a_local_script(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  path = sweep.emit("tpu-vm", [sweep.Run("a", {}, "gs://bucket/sweep/a")], "gs://bucket/sweep")
+  assert path == os.path.join("launch-gs_bucket_sweep", "launch_tpu.sh") and not os.path.exists("gs:")
+  (worker,) = [p for p in os.listdir("launch-gs_bucket_sweep") if p.endswith("-worker.sh")]
+  assert "  gs://bucket/sweep/a\n" in open(os.path.join("launch-gs_bucket_sweep", worker)).read()

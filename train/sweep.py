@@ -271,14 +271,17 @@ srun --ntasks-per-node=1 python -m train --config "$W/config.json" --workdir "$W
 
 def emit(kind: str, runs: list[Run], root: str, *, spec: str = "", partition: str = "gpu", time: str = "24:00:00",
          nodes: int = 1, gpus_per_node: int = 8, env: str = "") -> str:
-  """Write a launch script for `runs` into `root`; returns its path (see the module docstring).
+  """Write a launch script for `runs` into `root` (a remote root: into ./launch-<root>); returns its path
+  (see the module docstring).
 
   slurm: `partition`, `time`, `nodes` and `gpus_per_node` per run; `env` is the virtualenv activated on
   the nodes (default: this Python's). Workdirs must be on storage every host sees.
   """
-  os.makedirs(root, exist_ok=True)
+  here = root if "://" not in root else f"launch-{_short(root)}"  # the script runs from this machine
+  os.makedirs(here, exist_ok=True)
   workdirs = [os.path.abspath(r.workdir) if "://" not in r.workdir else r.workdir for r in runs]
-  tag = "ablax-" + hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:8]  # per sweep, on the workers
+  where = root if "://" in root else os.path.abspath(root)
+  tag = "ablax-" + hashlib.sha256(where.encode()).hexdigest()[:8]  # per sweep, on the workers
   src = shlex.quote(str(config_lib.PROJECT_ROOT))
   files: dict[str, str] = {}
   if kind == "shell":
@@ -295,7 +298,7 @@ def emit(kind: str, runs: list[Run], root: str, *, spec: str = "", partition: st
     env = env or sys.prefix
     if not os.path.exists(os.path.join(env, "bin", "activate")):
       raise ValueError(f"no virtualenv at {env} (no bin/activate); pass --env DIR, the environment the nodes use")
-    output = os.path.join(os.path.abspath(root) if "://" not in root else os.getcwd(), "slurm-%A_%a.out")
+    output = os.path.join(os.path.abspath(here), "slurm-%A_%a.out")
     files["launch.slurm"] = _SLURM.format(
       name=_short(os.path.basename(os.path.normpath(root))), partition=partition, time=time, nodes=nodes,
       gpus=gpus_per_node, last=len(runs) - 1, output=output, n=len(runs), spec=spec, script="launch.slurm",
@@ -304,11 +307,11 @@ def emit(kind: str, runs: list[Run], root: str, *, spec: str = "", partition: st
   else:
     raise ValueError(f"--emit must be one of {EMIT_KINDS}, got {kind!r}")
   for name, body in files.items():
-    path = os.path.join(root, name)
+    path = os.path.join(here, name)
     with open(path, "w") as f:
       f.write(body)
     os.chmod(path, 0o755)
-  return os.path.join(root, next(iter(files)))
+  return os.path.join(here, next(iter(files)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,8 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"config error: {e}", file=sys.stderr)
     return 2
   if args.emit:
-    path = emit(args.emit, todo, root, spec=args.config, partition=args.partition, time=args.time,
-                nodes=args.nodes, gpus_per_node=args.gpus_per_node, env=args.env)
+    if not todo:
+      print("every run is done; nothing to launch")
+      return 0
+    try:
+      path = emit(args.emit, todo, root, spec=args.config, partition=args.partition, time=args.time,
+                  nodes=args.nodes, gpus_per_node=args.gpus_per_node, env=args.env)
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
     print(f"wrote {path} ({len(todo)} runs)")
     return 0
   codes = run_local(todo, args.parallel, visible_gpus() if args.parallel > 1 else [])
