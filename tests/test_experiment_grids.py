@@ -1,6 +1,8 @@
 """Every experiment's sweep grid keeps the scale its ARG names: at paper scale the paper's shapes, data,
 bf16 compute and FSDP; with `local` the CPU shapes and embedded data."""
 
+import re
+
 import pytest
 
 from models.block_pattern import parse
@@ -26,9 +28,12 @@ PAPER = {
 def test_paper_grid_keeps_paper_shapes_and_data(spec, tmp_path, capsys):
   d_model, layers, data, n_runs = PAPER[spec]
   assert sweep.main(["--config", spec, "--root", str(tmp_path), "--dry-run"]) == 0
-  listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("new")]
+  out = capsys.readouterr().out.splitlines()
+  listed = [line for line in out if line.startswith("new")]
+  shown = [re.search(r"(\d+) layers d_model=(\d+) bfloat16; data (\w+)", line) for line in out if "; data" in line]
   runs = sweep.expand(spec, str(tmp_path))
-  assert len(listed) == len(runs) == n_runs
+  assert len(listed) == len(shown) == len(runs) == n_runs
+  assert all(int(m[1]) in layers and (int(m[2]), m[3]) == (d_model, data) for m in shown), out
   for run in runs:
     c = sweep.resolve(spec, run.overrides)
     assert (c.model.d_model, c.data.name) == (d_model, data), run.name

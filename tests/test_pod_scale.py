@@ -85,6 +85,10 @@ def test_fsdp_gathers_parameters_not_activations():
 
 
 def test_fsdp_shards_parameters_gradients_and_optimizer_state():
+  setup = loop.build_program(_config(data=1, fsdp=8), mesh_lib.make_mesh({"fsdp": 8})).setup
+  kernel = setup.shardings["params"]["blocks"][0]["ffn"]["up"]["kernel"]  # [embed, mlp]
+  moments = [s for s in jax.tree.leaves(setup.shardings["opt_state"]) if s.is_equivalent_to(kernel, 2)]
+  assert kernel.spec[0] == "fsdp" and len(moments) >= 2  # Adam's mu and nu laid out as the parameter
   data = memory.estimate(_config(data=8), mesh_lib.make_mesh({"data": 8}))
   fsdp = memory.estimate(_config(data=1, fsdp=8), mesh_lib.make_mesh({"fsdp": 8}))
   # nearly every parameter has an "embed" dim (split 8 ways); the few without one (e.g. per-head gains) stay whole

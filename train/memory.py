@@ -2,7 +2,7 @@
 a config whose step cannot fit the device.
 
   parameters, optimizer state, other variables: their bytes on one device under the planned shardings
-    (FSDP divides them by the fsdp axis; optimizer moments follow their parameters);
+    (FSDP divides them by the fsdp axis; optimizer moments are laid out as their parameters);
   gradients: as the parameters (same dtype, same layout);
   activations: what the backward pass keeps, i.e. the residuals JAX's autodiff saves for the loss under
     the model's remat policy (an abstract jax.vjp of one micro-batch), divided by the batch shards.
@@ -17,7 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import models
 from train import mesh as mesh_lib
@@ -67,10 +67,6 @@ def _device_bytes(tree, shardings) -> int:
   return int(sum(jax.tree.leaves(sizes)))
 
 
-def _bytes(tree) -> int:
-  return int(sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
-
-
 def batch_shards(config, mesh: Mesh) -> int:
   """Devices the batch is split over (the mesh axes the "batch" rule names)."""
   return math.prod(mesh.shape[a] for a in mesh_lib.rule_axes(config.mesh.rules.get("batch")))
@@ -107,17 +103,15 @@ def estimate(config, mesh: Mesh) -> Estimate:
   params, rest = nnx.to_pure_dict(abs_params), nnx.to_pure_dict(nnx.split(abstract_model, nnx.Param, ...)[2])
   tx, _ = optim.make(config.optim, abs_params, config.train.steps)
   opt_state = jax.eval_shape(tx.init, params)
+  opt_sh = state_lib.follow_params(opt_state, params, param_sh, NamedSharding(mesh, PartitionSpec()))
   param_bytes = _device_bytes(params, param_sh)
-  total_param_bytes = _bytes(params)
   micro = config.data.batch_size // config.optim.grad_accum
   inputs = models.input_spec(config.model, micro, config.data.get("seq_len", 0))
   with jax.set_mesh(mesh):
     activations = residual_bytes(graphdef, params, rest, inputs, config.train.loss)
   shards = batch_shards(config, mesh)
   return Estimate(
-    params=param_bytes, grads=param_bytes,
-    # optimizer moments are laid out like their parameters: the same fraction of them sits on one device
-    opt_state=round(_bytes(opt_state) * param_bytes / max(total_param_bytes, 1)),
+    params=param_bytes, grads=param_bytes, opt_state=_device_bytes(opt_state, opt_sh),
     other=_device_bytes(rest, rest_sh), activations=activations // shards, examples_per_device=micro / shards)
 
 

@@ -109,6 +109,20 @@ def resolve(spec: str, overrides: dict, common: Sequence[str] = ()):
   return config
 
 
+def describe(config) -> str:
+  """One line of what a run trains: model shape, data, batch and steps."""
+  m, d = config.model, config.data
+  shape = [f"{m.kind}"]
+  if "blocks" in m:
+    from models.block_pattern import parse
+
+    shape.append(f"{len(parse(m.blocks))} layers")
+  shape += [f"d_model={m.d_model}" if "d_model" in m else "", f"{m.get('dtype', 'float32')}"]
+  data = d.get("tfds_name") or d.get("corpus") or ""
+  return (" ".join(x for x in shape if x) + f"; data {d.name}{f' ({data})' if data else ''}, batch {d.batch_size}"
+          + (f" x {d.seq_len}" if m.kind == "lm" else "") + f", {config.train.steps} steps")
+
+
 def command(run: Run, extra: Sequence[str] = ()) -> list[str]:
   return [sys.executable, "-m", "train", "--config", os.path.join(run.workdir, "config.json"),
           "--workdir", run.workdir, *extra]
@@ -337,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
   root = args.root or default_root(args.config)
   for r in runs:
     print(f"{r.status:12} {r.workdir}  {r.overrides}")
+    if args.dry_run:
+      print(f"{'':12} {describe(resolve(args.config, r.overrides, common))}")
   if args.dry_run:
     return 0
   todo = [r for r in runs if r.status != "done"]
