@@ -4,7 +4,10 @@ that cannot fit is refused with what to change before anything compiles."""
 
 import dataclasses
 import functools
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -14,6 +17,8 @@ from train import loop, memory
 from train import mesh as mesh_lib
 from train.config import ConfigError
 from train.data import pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_hybrid_mesh_keeps_each_slice_inside_the_ici_axes():
@@ -129,3 +134,13 @@ def test_device_memory_from_stats_then_table_then_unknown():
   assert memory.device_memory(c, jax.devices()[0])[0] is None  # CPU: nothing to check against
   c.train.device_memory_gib = 2.0
   assert memory.device_memory(c, jax.devices()[0]) == (2 * memory.GiB, "train.device_memory_gib")
+
+
+def test_memory_cli_plans_a_run_on_more_devices_than_here():
+  out = subprocess.run([sys.executable, "-m", "train.memory", "--config", "tests/data/sweep_experiment.py",
+                        "--devices", "16", "--device_memory_gib", "0.0001", "--config.mesh.shape.fsdp=4",
+                        "--config.data.batch_size=32"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "on 16 devices (mesh {'data': 4, 'fsdp': 4, 'tensor': 1, 'expert': 1})" in out.stdout, out.stdout
+  assert "2 examples per device" in out.stdout and "does not fit in 90% of 0.0001 GiB" in out.stdout

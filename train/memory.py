@@ -172,3 +172,41 @@ def compiled_bytes(compiled) -> int:
   m = compiled.memory_analysis()
   return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)
 
+
+
+def main(argv: list[str] | None = None) -> int:
+  """python -m train.memory --config SPEC [--config.a.b=v ...] --devices N [--device_memory_gib G]: the
+  per-device estimate of a config on N devices (simulated on the CPU; nothing is compiled or allocated)."""
+  import argparse
+  import sys
+
+  from train import config as config_lib
+  from train import validate
+
+  parser = argparse.ArgumentParser(prog="python -m train.memory", description=main.__doc__)
+  parser.add_argument("--config", required=True)
+  parser.add_argument("--devices", type=int, required=True, help="devices of the planned run")
+  parser.add_argument("--device_memory_gib", type=float, default=0.0, help="each device's memory, to say if it fits")
+  args, overrides = parser.parse_known_args(argv)
+  jax.config.update("jax_platforms", "cpu")
+  jax.config.update("jax_num_cpu_devices", args.devices)
+  try:
+    config = config_lib.load(args.config)
+    config_lib.apply_overrides(config, overrides)
+    validate.validate(config, num_devices=args.devices, process_count=1)
+    mesh = mesh_lib.make_mesh(config.mesh.shape)
+    with jax.set_mesh(mesh):
+      est = estimate(config, mesh)
+  except (ConfigError, ValueError) as e:
+    print(f"config error: {e}", file=sys.stderr)
+    return 2
+  print(f"{args.config} on {args.devices} devices (mesh {dict(mesh.shape)}): {est.describe()} per device, "
+        f"{est.examples_per_device:g} examples per device per micro-batch")
+  if args.device_memory_gib:
+    fits = est.total <= USABLE * args.device_memory_gib * GiB
+    print(("fits" if fits else "does not fit") + f" in {USABLE:.0%} of {args.device_memory_gib:g} GiB")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
