@@ -8,7 +8,8 @@ a config whose step cannot fit the device.
     the model's remat policy (an abstract jax.vjp of one micro-batch), divided by the batch shards.
     Activations sharded further (tensor or expert axes) are counted unsharded, so this errs high.
 The device's memory comes from jax's memory_stats (GPU, TPU), else a per-device-kind table, else
-train.device_memory_gib; with none of these (CPU) nothing is checked.
+train.device_memory_gib; with none of these (CPU) nothing is checked. To plan a run on N devices:
+  python -m train.memory --config experiments/gla.py:size=1.3b --devices 64 --device_memory_gib 95
 """
 
 import dataclasses
