@@ -1,7 +1,11 @@
 """Forward+backward wall time and peak memory of the linear-attention ops vs causal softmax attention.
 
-Every op in chunk and recurrent mode, and jax.nn.dot_product_attention (causal), for T in 512..16384
-at a fixed number of tokens B*T, H=4 heads, K=V=64, float32, on the default device. Time is the
+Every op in chunk and recurrent mode, and causal softmax attention (layers.attention.softmax_attention,
+i.e. jax.nn.dot_product_attention on CPU / GPU), for T in 512..16384 at a fixed number of tokens B*T,
+H=4 heads, K=V=64, float32, on the default device. Mode "packed" runs the chunk form (softmax: the
+causal attention) with segment_ids (documents of random lengths, mean 512 tokens, passed as a runtime
+argument so XLA cannot fold the masks); its "vs unpacked" column is the ratio to the same op without
+segment_ids in the same run (the cost of exact document resets). Time is the
 median of several runs after a warm-up (wall clock; "cpu ms" is the process CPU time, summed over
 threads, which is the steadier number on a shared host); memory is XLA's compiled estimate
 (temp + argument + output).
@@ -27,8 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from layers import linear_attention as la
+from layers.attention import softmax_attention
 
 H, DK, DV = 4, 64, 64
+MEAN_DOCUMENT = 512
 OPS = ("linear_attn", "simple_gla", "gla", "delta_rule", "gated_delta_rule")
 
 
@@ -48,13 +54,22 @@ def _inputs(op: str, b: int, t: int, key: jax.Array) -> tuple[jax.Array, ...]:
   return (q, k, v, *extra)
 
 
+def _segment_ids(b: int, t: int) -> jax.Array:
+  """[B, T] document ids: lengths drawn from an exponential distribution with mean MEAN_DOCUMENT."""
+  lengths = np.maximum(1, np.random.default_rng(0).exponential(MEAN_DOCUMENT, (b, t)).astype(int))
+  starts = np.cumsum(lengths, axis=1)  # [B, t]: where documents 1, 2, ... start (more than enough of them)
+  return jnp.asarray([np.searchsorted(row, np.arange(t), side="right") for row in starts], jnp.int32)
+
+
 def _loss_fn(op: str, mode: str) -> Callable[..., jax.Array]:
-  if op == "softmax":
-    return lambda q, k, v: jnp.sum(jax.nn.dot_product_attention(q, k, v, is_causal=True))
-  fn = getattr(la, op)
+  """sum(o) of `op` in `mode`; for mode "packed" the last argument is segment_ids."""
+  packed = mode == "packed"
 
   def loss(*args):
-    o, _ = fn(*args, mode=mode)
+    args, options = (args[:-1], {"segment_ids": args[-1]}) if packed else (args, {})
+    if op == "softmax":
+      return jnp.sum(softmax_attention(*args, **options))
+    o, _ = getattr(la, op)(*args, mode="chunk" if packed else mode, **options)
     return jnp.sum(o)
 
   return loss
@@ -77,8 +92,9 @@ def measure(op: str, mode: str, b: int, t: int, repeats: int, max_bytes: float) 
     fn, args = _floor_fn(b, t)
     step = jax.jit(fn)
   else:
-    args = _inputs(op, b, t, jax.random.key(0))
-    step = jax.jit(jax.value_and_grad(_loss_fn(op, mode), argnums=tuple(range(len(args)))))
+    inputs = _inputs(op, b, t, jax.random.key(0))
+    step = jax.jit(jax.value_and_grad(_loss_fn(op, mode), argnums=tuple(range(len(inputs)))))
+    args = (*inputs, _segment_ids(b, t)) if mode == "packed" else inputs
   compiled = step.lower(*args).compile()
   mem = compiled.memory_analysis()
   peak = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
@@ -105,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 5)")
   parser.add_argument("--ops", default=",".join((*OPS, "softmax", "floor")),
                       help="ops to time; 'floor' is the matmul floor row")
-  parser.add_argument("--modes", default="chunk,recurrent")
+  parser.add_argument("--modes", default="chunk,packed,recurrent",
+                      help="chunk, recurrent, parallel, packed (chunk with segment_ids)")
   parser.add_argument("--max-gib", type=float, default=6.0, help="skip programs needing more memory")
   parser.add_argument("--out", default="runs/benchmarks/linear_attention.json")
   args = parser.parse_args(argv)
@@ -121,21 +138,28 @@ def main(argv: list[str] | None = None) -> None:
   print(f"fwd+bwd of sum(o) w.r.t. all inputs; B*T={tokens}, H={H}, K=V={DK}, float32, "
         f"median of {repeats} after warm-up\n")
   print(f"{'op':18} {'mode':10} {'T':>6} {'B':>4} {'ms(fwd+bwd)':>12} {'cpu ms':>9} {'tokens/s':>11} {'peak MiB':>9} "
-        f"{'vs softmax':>10}")
+        f"{'vs softmax':>10} {'vs unpacked':>11}")
   rows = []
-  softmax_sec = {}
+  softmax_sec, unpacked_sec = {}, {}
+  modes = args.modes.split(",")
   for t in lengths:
     b = max(tokens // t, 1)
     for op in sorted(args.ops.split(","), key=lambda name: name != "softmax"):  # softmax first
-      for mode in {"softmax": ("causal",), "floor": ("12 dots",)}.get(op, args.modes.split(",")):
+      softmax_modes = ("causal", "packed") if "packed" in modes else ("causal",)
+      for mode in {"softmax": softmax_modes, "floor": ("12 dots",)}.get(op, modes):
         row = measure(op, mode, b, t, repeats, args.max_gib * 2**30)
-        if op == "softmax":
+        if mode in ("chunk", "causal"):
+          unpacked_sec[op, t] = row["seconds"]
+        if op == "softmax" and mode == "causal":
           softmax_sec[t] = row["seconds"]
-        ratio = row["seconds"] / softmax_sec[t] if t in softmax_sec else float("nan")
-        row["vs_softmax"] = ratio
+        row["vs_softmax"] = row["seconds"] / softmax_sec[t] if t in softmax_sec else float("nan")
+        row["vs_unpacked"] = row["seconds"] / unpacked_sec.get((op, t), float("nan")) if mode == "packed" \
+          else float("nan")
         rows.append(row)
+        unpacked = f"{row['vs_unpacked']:10.2f}x" if mode == "packed" else ""
         print(f"{op:18} {mode:10} {t:6d} {b:4d} {row['seconds'] * 1e3:12.1f} {row['cpu_seconds'] * 1e3:9.0f} "
-              f"{row['tokens_per_s']:11.0f} {row['peak_bytes'] / 2**20:9.1f} {ratio:9.2f}x", flush=True)
+              f"{row['tokens_per_s']:11.0f} {row['peak_bytes'] / 2**20:9.1f} {row['vs_softmax']:9.2f}x {unpacked}",
+              flush=True)
 
   print("\nNaN time: not run, compiled memory estimate above --max-gib.")
   out = pathlib.Path(args.out)

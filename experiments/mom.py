@@ -13,7 +13,7 @@ Local (2 CPU cores, a few minutes; MQAR unless task=text):
   python -m train --config experiments/mom.py:local,task=mqar,mixer=gated_delta_net --workdir runs/mom/mqar-gdn
 Expect: MoM >= Gated DeltaNet in MQAR answer accuracy at equal width (more memory capacity for
 key-value pairs), and a slightly lower LM loss; paper: MoM beats GDN on recall-heavy tasks
-(e.g. FDA, SWDE, SQuAD) at 340M and 1.3B. Logged: aux/mom_load_balance, layers/mom_memory_load.
+(e.g. FDA, SWDE, SQuAD) at 340M and 1.3B. Logged: aux/mom_load_balance, layers/mom_memory_load/<layer>.
 """
 
 from experiments import common

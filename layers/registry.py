@@ -56,7 +56,7 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "delta_net": "layers.linear_attention.mixers.delta_net:delta_net",
     "gated_delta_net": "layers.linear_attention.mixers.delta_net:gated_delta_net",
     "mamba2": "layers.linear_attention.mixers.mamba2:mamba2",
-    "mom": "layers.moe.mom:mom",
+    "mom": "layers.moe.mom:MixtureOfMemories",
     "karat": "layers.kan.karat:karat",
   },
   "ffn": {
@@ -65,11 +65,12 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "swiglu": "layers.feedforward:swiglu",
     "geglu": "layers.feedforward:geglu",
     "reglu": "layers.feedforward:reglu",
-    "moe": "layers.moe.moe:moe",
-    "smear": "layers.moe.smear:smear",
+    "moe": "layers.moe.moe:MoE",
+    "smear": "layers.moe.smear:SMEAR",
     "kan": "layers.kan.feedforward:kan_ffn",
     "fourier_kan": "layers.kan.feedforward:fourier_kan_ffn",
     "gr_kan": "layers.kan.gr_kan:gr_kan",
+    "af_kan": "layers.kan.af_kan:AFKANFeedForward",
   },
   "activation": {
     "relu": "layers.activations.fixed:relu",
@@ -87,10 +88,20 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "polynorm": "layers.activations.polycom:polynorm",
     "polyrelu": "layers.activations.polycom:polyrelu",
     "swish_beta": "layers.activations.swish:swish_beta",
+    "apa": "layers.activations.apa:APA",
+    "aglu": "layers.activations.apa:AGLU",
+    "crrelu": "layers.activations.crrelu:CRReLU",
+    "smelu": "layers.activations.smelu:SmeLU",
+    "generalized_smelu": "layers.activations.smelu:GeneralizedSmeLU",
+    "helu": "layers.activations.helu:HeLU",
+    "snake": "layers.activations.periodic:Snake",
+    "sine": "layers.activations.periodic:Sine",
   },
   "norm": {
     "rmsnorm": "layers.norms:rmsnorm",
     "layernorm": "layers.norms:layernorm",
+    "evonorm_b0": "layers.evonorm:EvoNormB0",
+    "evonorm_s0": "layers.evonorm:EvoNormS0",
   },
 }
 
@@ -126,7 +137,8 @@ def lookup(kind: str, name: str) -> Callable[..., Any]:
 
 def check_options(kind: str, name: str, options: dict[str, Any]) -> None:
   """Raise if `options` holds a key the constructor of `name` does not accept."""
-  params = inspect.signature(lookup(kind, name)).parameters
+  ctor = lookup(kind, name)
+  params = inspect.signature(ctor.__init__ if inspect.isclass(ctor) else ctor).parameters  # NNX metaclasses hide it
   if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
     return
   accepted = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p != "rngs"]

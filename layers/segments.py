@@ -43,6 +43,9 @@ def document_positions(segment_ids: jax.Array, first_position: jax.Array | None 
 
   first_position [B]: the position of each row's first token (decoding a document that began in
   an earlier call); None: every row starts a document.
+
+  >>> document_positions(jnp.array([[3, 3, 1, 1, 1, 3]])).tolist()
+  [[0, 1, 0, 1, 2, 0]]
   """
   t = segment_ids.shape[1]
   idx = jnp.arange(t, dtype=jnp.int32)  # [T]

@@ -240,11 +240,13 @@ def generate(model: LM, prompt: jax.Array, max_new_tokens: int, *, segment_ids: 
 
   @jax.jit
   def run(state, prompt, segment_ids, rng):
-    model = nnx.merge(graphdef, state)
     tokens = jnp.zeros((B, total), jnp.int32).at[:, :P].set(prompt)
 
     def step(carry, pos):
       tokens, caches, rng = carry
+      # Built inside the step, so layers may record side outputs (MoE metrics); inference view (no
+      # dropout, jitter or balancing counts).
+      model = nnx.view(nnx.merge(graphdef, state), deterministic=True, raise_if_not_found=False)
       segment = None if segment_ids is None else jax.lax.dynamic_slice_in_dim(segment_ids, pos, 1, axis=1)
       logits, caches = model.decode(jax.lax.dynamic_slice_in_dim(tokens, pos, 1, axis=1), caches, pos,
                                     segment_ids=segment)
@@ -257,7 +259,8 @@ def generate(model: LM, prompt: jax.Array, max_new_tokens: int, *, segment_ids: 
       tokens = jax.lax.dynamic_update_slice_in_dim(tokens, jnp.where(keep, cur, nxt)[:, None], pos + 1, axis=1)
       return (tokens, caches, rng), None
 
-    (tokens, _, _), _ = jax.lax.scan(step, (tokens, model.init_cache(B, total), rng), jnp.arange(total - 1))
+    caches = nnx.merge(graphdef, state).init_cache(B, total)
+    (tokens, _, _), _ = jax.lax.scan(step, (tokens, caches, rng), jnp.arange(total - 1))
     return tokens
 
   return run(state, prompt, segment_ids, rng)

@@ -159,6 +159,19 @@ def test_karat_operator_matches_dense_definition_and_max_len():
     layer(jnp.zeros((1, 13, 32)))
 
 
+def test_karat_bidirectional_packed_documents_equal_documents_alone():
+  """Bidirectional KArAt on a packed row: each document sees all of itself and nothing else, its keys'
+  operator parameters taken at their positions in the document (the causal case: tests/test_mixers.py)."""
+  layer = _karat()
+  x = jax.random.normal(jax.random.key(10), (1, 10, 32))
+  fn = nnx.jit(lambda m, x, s, p: m(x, segment_ids=s, positions=p))
+  y = fn(layer, x, jnp.array([[4] * 4 + [9] * 6]), None)
+  np.testing.assert_allclose(y[:, :4], fn(layer, x[:, :4], None, None), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(y[:, 4:], fn(layer, x[:, 4:], None, None), rtol=1e-5, atol=1e-5)
+  # A key position past max_len=12 reads NaN parameters: loud, never clamped to the last position.
+  assert np.all(np.isnan(fn(layer, x, None, jnp.arange(10)[None] + 5)))
+
+
 def _shard_state(state, mesh):
   """Put each variable on `mesh` by its logical axes (mlp / heads -> tensor, others replicated)."""
   from jax.sharding import NamedSharding, PartitionSpec

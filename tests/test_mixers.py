@@ -7,6 +7,7 @@ over registry.names("mixer"), so a new mixer is covered without editing this fil
 mixer of RecurrentMixer's docstring, so the docs stay true).
 """
 
+import doctest
 import functools
 import inspect
 import re
@@ -19,8 +20,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from layers import registry
+from layers import registry, segments
 from layers.context import LayerContext
+from layers.kan.karat import fourier_ka_operator
+from layers.linear_attention.mixers.short_conv import short_causal_conv
+from layers.segments import document_positions
 from models.lm import LM
 from tests.foundation_configs import tiny_lm
 
@@ -49,7 +53,8 @@ CASES = {**{name: (name, {}) for name in registry.names("mixer")}, **VARIANTS}
 
 def _options(kind: str, extra: dict) -> dict:
   options = {**OPTIONS.get(kind, {}), **extra}
-  if "chunk_size" in inspect.signature(registry.lookup("mixer", kind)).parameters:
+  ctor = registry.lookup("mixer", kind)
+  if "chunk_size" in inspect.signature(ctor.__init__ if inspect.isclass(ctor) else ctor).parameters:
     options["chunk_size"] = CHUNK
   return options
 
@@ -210,6 +215,31 @@ def test_decode_after_packed_prefill_equals_document_alone(name):
     if first < e:
       np.testing.assert_allclose(r["packed_prefilled"][b, first:e], r["alone_stepped"][n, first - s : e - s],
                                  rtol=1e-4, atol=1e-5, err_msg=f"document {n} (row {b}, tokens {s}:{e})")
+
+
+def test_decode_documents_count_on_from_the_cursor():
+  d = segments.decode_documents(segments.init_cursor(2), 4, jnp.array([[1, 1, 2, 2], [5, 5, 5, 5]]), None)
+  np.testing.assert_array_equal(d.positions, [[0, 1, 0, 1], [0, 1, 2, 3]])
+  np.testing.assert_array_equal(d.reset, [True, True])
+  np.testing.assert_array_equal(d.documents, [[1, 1, 2, 2], [1, 1, 1, 1]])
+  d = segments.decode_documents(d.cursor, 2, jnp.array([[2, 3], [6, 6]]), None)  # row 0 continues, row 1 not
+  np.testing.assert_array_equal(d.positions, [[2, 0], [0, 1]])
+  np.testing.assert_array_equal(d.reset, [False, True])
+  np.testing.assert_array_equal(d.documents, [[2, 3], [2, 2]])
+  d = segments.decode_documents(d.cursor, 1, None, None)  # no ids: the tokens continue the cursor's documents
+  np.testing.assert_array_equal(d.positions, [[1], [2]])
+  assert d.reset is None
+  np.testing.assert_array_equal(d.cursor["segment"], [3, 6])
+  state = jnp.ones((2, 3))
+  np.testing.assert_array_equal(segments.restart(state, jnp.array([False, True])), [[1, 1, 1], [0, 0, 0]])
+
+
+@pytest.mark.parametrize("fn", [short_causal_conv, fourier_ka_operator, document_positions])
+def test_docstring_example_runs(fn):
+  runner = doctest.DocTestRunner()
+  for test in doctest.DocTestFinder().find(fn, globs={"jnp": jnp, fn.__name__: fn}):
+    runner.run(test)
+  assert runner.summarize(verbose=False).attempted > 0 and runner.summarize(verbose=False).failed == 0
 
 
 @functools.cache

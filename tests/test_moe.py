@@ -114,7 +114,7 @@ def test_dropless_matches_capacity_and_reference(expert_ffn, options):
   assert y_dl.shape == x.shape
   np.testing.assert_allclose(y_dl, y_cap, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(ragged(x), y_cap, rtol=1e-5, atol=1e-6)
-  assert float(metrics["moe_dropped_fraction"][0]) == 0.0
+  assert float(metrics["moe_dropped_fraction/0"][0]) == 0.0
   r = top_k_route(dropless.router(x2), K)
   ref = _reference(dropless, x2, r.weights, r.experts, np.ones(r.experts.shape, bool))
   np.testing.assert_allclose(y_dl.reshape(-1, 8), ref, rtol=1e-5, atol=1e-6)
@@ -151,7 +151,7 @@ def test_small_capacity_drops_counted_and_zeroed():
       kept[t, j] = used[experts[t, j]] < cap
       used[experts[t, j]] += 1
   assert 0 < kept.sum() < kept.size
-  np.testing.assert_allclose(metrics["moe_dropped_fraction"][0], 1 - kept.mean(), rtol=1e-6)
+  np.testing.assert_allclose(metrics["moe_dropped_fraction/0"][0], 1 - kept.mean(), rtol=1e-6)
   np.testing.assert_allclose(y.reshape(-1, 8), _reference(layer, x2, r.weights, r.experts, kept),
                              rtol=1e-5, atol=1e-6)
 
@@ -169,7 +169,7 @@ def test_aux_losses_sown_with_weights():
   lse = np.log(np.exp(logits).sum(-1))
   np.testing.assert_allclose(aux["moe_load_balance"][0], 0.5 * E * np.sum(f * p.mean(0)), rtol=1e-5)
   np.testing.assert_allclose(aux["moe_z_loss"][0], 0.25 * np.mean(lse**2), rtol=1e-5)
-  np.testing.assert_allclose(metrics["moe_expert_load"][0], f, rtol=1e-6)
+  np.testing.assert_allclose(metrics["moe_expert_load/0"][0], f, rtol=1e-6)
   np.testing.assert_allclose(metrics["moe_router_entropy"][0], np.mean(-(p * np.log(p)).sum(-1)), rtol=1e-5)
 
 
@@ -186,7 +186,7 @@ def test_expert_choice_matches_reference():
       ref[t] += float(r.weights[e, c]) * all_out[e, t]
   np.testing.assert_allclose(y.reshape(-1, 8), ref, rtol=1e-5, atol=1e-6)
   missed = 1 - len(np.unique(np.asarray(r.tokens))) / x2.shape[0]
-  np.testing.assert_allclose(metrics["moe_dropped_fraction"][0], missed, rtol=1e-6)
+  np.testing.assert_allclose(metrics["moe_dropped_fraction/0"][0], missed, rtol=1e-6)
 
 
 def test_shared_experts_add_dense_ffn():

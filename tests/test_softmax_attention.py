@@ -154,9 +154,9 @@ def test_rejects_bad_arguments():
     softmax_attention(q, k, v[:, :, :1])
 
 
-def test_docstring_example_runs():
+@pytest.mark.parametrize("fn", [softmax_attention, splash_attention], ids=lambda fn: fn.__name__)
+def test_docstring_example_runs(fn):
   runner = doctest.DocTestRunner()
-  globs = {"jnp": jnp, "softmax_attention": softmax_attention}
-  for test in doctest.DocTestFinder().find(softmax_attention, globs=globs):
+  for test in doctest.DocTestFinder().find(fn, globs={"jnp": jnp, fn.__name__: fn}):
     runner.run(test)
   assert runner.tries > 0 and runner.failures == 0

@@ -88,8 +88,9 @@ def test_workdir_holds_config_metrics_events_checkpoints(uninterrupted):
   assert "eval_loss" in records[4] and "eval_accuracy" in records[-1]
   assert records[0]["params"] > records[0]["params_non_embedding"] > 0
   assert records[0]["params_active"] == records[0]["params"]  # dense model: every parameter is active
-  # KV caches of both attention layers at T = 24: 2 layers x (k, v) x 24 x 2 kv heads x 8 dims x 4 bytes
-  assert records[0]["decode_state_bytes"] == 2 * 2 * 24 * 2 * 8 * 4
+  # KV caches of both attention layers at T = 24: 2 layers x [(k, v) x 24 x 2 kv heads x 8 dims x 4 bytes
+  # + each slot's document and position (int32) + the cursor (segment, position, document; int32)]
+  assert records[0]["decode_state_bytes"] == 2 * (2 * 24 * 2 * 8 * 4 + 2 * 24 * 4 + 3 * 4)
   assert os.listdir(workdir / "tensorboard")
   assert json.loads((workdir / "config.json").read_text())["train"]["steps"] == 10
   assert summary["steps"] == 10 and summary["loss"] == records[-1]["loss"]

@@ -152,11 +152,11 @@ def test_eval_forward_switches_off_training_noise():
   graphdef, params, rest = nnx.split(act, nnx.Param, ...)
   params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
   x = jnp.linspace(-2.0, 2.0, 8)
-  train_out, _, _, new_rest = forward(graphdef, params, rest, x)
-  train_again, _, _, _ = forward(graphdef, params, new_rest, x)
+  train_out, _, _, new_rest = forward(graphdef, params, rest, {"inputs": x})
+  train_again, _, _, _ = forward(graphdef, params, new_rest, {"inputs": x})
   assert not np.allclose(train_out, train_again)  # fresh numerator noise each training step
-  eval_a = forward(graphdef, params, rest, x, deterministic=True)[0]
-  eval_b = forward(graphdef, params, new_rest, x, deterministic=True)[0]
+  eval_a = forward(graphdef, params, rest, {"inputs": x}, deterministic=True)[0]
+  eval_b = forward(graphdef, params, new_rest, {"inputs": x}, deterministic=True)[0]
   np.testing.assert_array_equal(eval_a, eval_b)
   clean = registry.build("activation", "rational", LayerContext(d_model=4), rngs=nnx.Rngs(0), version="B")
   np.testing.assert_allclose(eval_a, clean(x), rtol=1e-6)  # D without noise is B

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
+from etils import epath
+
+from train import paths
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,19 +26,20 @@ class ConfigError(ValueError):
   """A config problem the user can fix; the message says what and how."""
 
 
-def _import_file(path: Path):
+def _import_file(path: epath.Path):
   if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
-  spec = importlib.util.spec_from_file_location(f"_ablax_experiment_{path.stem}", path)
+  spec = importlib.util.spec_from_file_location(f"_ablax_experiment_{path.stem}", os.fspath(path))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
 
 
-def split_spec(spec: str) -> tuple[Path, str | None]:
-  """'experiments/gla.py:local' -> (path, 'local')."""
-  path, _, arg = spec.partition(":")
-  return Path(path), (arg or None)
+def split_spec(spec: str) -> tuple[epath.Path, str | None]:
+  """'experiments/gla.py:local' -> (path, 'local'); 'gs://bucket/run/config.json' -> (path, None)."""
+  scheme, sep, rest = spec.rpartition("://")
+  path, _, arg = rest.partition(":")
+  return paths.path(scheme + sep + path), (arg or None)
 
 
 def load_module(spec: str):
@@ -91,7 +95,7 @@ def _parse_value(text: str, current: Any) -> Any:
     return text
 
 
-def _locate(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
+def locate(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
   """(parent section, leaf name) of dotted `key`; a ConfigError naming close matches if absent."""
   *parents, leaf = key.split(".")
   node = config
@@ -108,7 +112,7 @@ def _locate(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections
 
 def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
   """Set dotted `key` from its command-line text, keeping the field's type."""
-  node, leaf = _locate(config, key)
+  node, leaf = locate(config, key)
   current = node[leaf]
   if isinstance(current, ml_collections.ConfigDict):
     raise ConfigError(f"config key {key!r} is a section; override one of its fields, e.g. {key}.<field>=...")
@@ -123,7 +127,7 @@ def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
 
 def set_value(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
   """Set dotted `key` to a Python value (a dict replaces a whole section), keeping leaf types."""
-  node, leaf = _locate(config, key)
+  node, leaf = locate(config, key)
   try:
     with node.unlocked():
       node[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
@@ -150,9 +154,6 @@ def apply_overrides(config: ml_collections.ConfigDict, args: list[str]) -> None:
 
 def save(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Write the resolved config to workdir/config.json (atomically)."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  workdir = paths.path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  paths.write_atomic(workdir / "config.json", config.to_json(indent=2, sort_keys=True))

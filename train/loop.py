@@ -2,24 +2,25 @@
 metrics and checkpoints in the workdir. Resumes automatically from the workdir's latest checkpoint.
 """
 
+import contextlib
 import dataclasses
 import json
-import math
-import os
 import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from layers.flops import active_params
-from train import checkpoint, flops, memory, metrics, optim, profiling, validate
+from train import checkpoint, config_changes, flops, lock, memory, metrics, optim, paths, profiling, validate
 from train import config as config_lib
 from train import mesh as mesh_lib
 from train import state as state_lib
@@ -29,15 +30,8 @@ from train.step import make_eval_step, make_train_step
 SUMMARY = "summary.json"  # written when a run completes; sweeps skip runs that have it
 
 
-def write_json_atomic(path: str, obj) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(tmp, path)
-
-
 class NonFiniteLoss(RuntimeError):
-  """Raised when the training loss becomes NaN or inf."""
+  """Raised when a step's loss, gradient norm or updated parameters are NaN or inf (never saved)."""
 
 
 def maybe_initialize_distributed(cfg) -> None:
@@ -75,21 +69,31 @@ def param_counts(setup: state_lib.Setup) -> dict[str, int]:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps."""
+  """SIGTERM -> save and stop after a step, the same step on every process.
+
+  One process: a signal handler sets a flag. Several (jax.distributed): JAX's preemption service, which
+  installs its own SIGTERM handler, agrees with the other processes on the step to stop at (the largest
+  step any of them has reached, plus one), so `requested(step)` must be called by every process at every
+  step.
+  """
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self._flag, self._previous = False, None
+    self._synced = jax.distributed.is_initialized()
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: leave signals alone
-      self._previous = None
+    if not self._synced:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        self._previous = None
     return self
 
   def _handle(self, signum, frame):
-    self.requested = True
+    self._flag = True
+
+  def requested(self, step: int) -> bool:
+    return multihost_utils.reached_preemption_sync_point(step) if self._synced else self._flag
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -217,19 +221,24 @@ def global_batch(local: dict, sharding) -> dict:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
 
 
-def run(config, workdir: str) -> dict:
-  """Train `config` in `workdir` (resuming if it holds a checkpoint); returns the final summary."""
+def run(config, workdir: str, *, resume_with_changes: Sequence[str] = ()) -> dict:
+  """Train `config` in `workdir`, resuming from its newest good checkpoint; returns the final summary.
+
+  A resume refuses a config that differs from the checkpoint's except in benign keys or in the keys (or
+  sections) named in `resume_with_changes` (train/config_changes.py). The workdir is locked for the run
+  (train/lock.py); config.json is written once the config is accepted.
+  """
   maybe_initialize_distributed(config.distributed)
   validate.validate(config)
+  config_changes.check_names(config, resume_with_changes)
   use_compilation_cache(config.train.get("compilation_cache_dir", ""))
-  if jax.process_index() == 0:
-    config_lib.save(config, workdir)
   mesh = mesh_lib.make_mesh(config.mesh.shape, dcn_shape=config.mesh.get("dcn_shape"))
   with jax.set_mesh(mesh):
     estimate = memory.check(config, mesh)  # refuses a step that cannot fit, before anything compiles
-    if estimate is not None and jax.process_index() == 0:
-      print(f"memory per device: about {estimate.describe()}", file=sys.stderr)
-    return _train(config, workdir, mesh)
+  if estimate is not None and jax.process_index() == 0:
+    print(f"memory per device: about {estimate.describe()}", file=sys.stderr)
+  with lock.hold(workdir), jax.set_mesh(mesh):
+    return _train(config, paths.path(workdir), mesh, list(resume_with_changes))
 
 
 def step_statistics(program: Program, config, first: dict) -> dict:
@@ -252,125 +261,156 @@ def step_statistics(program: Program, config, first: dict) -> dict:
   return out
 
 
-def _train(config, workdir: str, mesh: Mesh) -> dict:
+def _nonfinite(bad: int, ckpt: checkpoint.Checkpointer, workdir: epath.Path) -> NonFiniteLoss:
+  return NonFiniteLoss(f"the loss, gradients or parameters became NaN/inf at step {bad}; stopped, the last good "
+                       f"checkpoint (step {ckpt.latest_step()}) is kept in {workdir}/checkpoints")
+
+
+def _restore(config, workdir: epath.Path, mesh: Mesh, ckpt: checkpoint.Checkpointer, accept: list[str]):
+  """(step, program, state, data iterator state, accepted config changes) from the newest checkpoint that
+  restores and verifies under the accepted config; None if the workdir has no checkpoint."""
+  programs = {}
+
+  def program_at(step: int) -> Program:  # the shapes in force at `step` (config_at changes only the KAN grid)
+    c = config_at(config, step)
+    key = c.model.get("grid_size")
+    if key not in programs:
+      programs[key] = build_program(c, mesh)
+    return programs[key]
+
+  def changes(step: int, meta: dict) -> dict:
+    if "config" not in meta:  # a checkpoint written before configs were saved with it
+      return {}
+    return config_changes.accepted(meta["config"], config.to_dict(), accept, workdir=workdir, step=step)
+
+  restored = ckpt.restore_newest(lambda step: program_at(step).setup.abstract_state, changes)
+  if restored is None:
+    return None
+  step, state, data_state, meta = restored
+  return step, program_at(step), state, data_state, changes(step, meta)
+
+
+def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
   process_index, process_count = jax.process_index(), jax.process_count()
   is_main = process_index == 0
   steps = config.train.steps
   extensions = {at for at, _ in config.train.get("grid_extend", ())}
 
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=config.train.ckpt_every,
-                                 keep=config.train.keep_ckpts, async_save=config.train.async_ckpt)
-  writer = metrics.MetricWriter(workdir, enabled=is_main, tensorboard=config.train.tensorboard)
-  train_iter = pipeline.build(config.data, split=config.data.train_split, seed=config.seed, train=True,
-                              batch_size=config.data.batch_size // process_count,
-                              process_index=process_index, process_count=process_count)
-  eval_iter = pipeline.build(config.data, split=config.data.eval_split, seed=config.seed, train=False,
-                             batch_size=config.data.batch_size // process_count, process_index=process_index,
-                             process_count=process_count)
-  eval_start = eval_iter.get_state()
-  start = ckpt.latest_step()
-  program = build_program(config_at(config, start or 0), mesh)  # the shapes in force at the restored step
-  if start is not None:
-    state, data_state, _ = ckpt.restore(start, program.setup.abstract_state)
-    train_iter.set_state(data_state)
-    writer.truncate_after(start)
+  with contextlib.ExitStack() as cleanup, _Preemption() as preemption:
+    try:
+      train_iter = pipeline.build(config.data, split=config.data.train_split, seed=config.seed, train=True,
+                                  batch_size=config.data.batch_size // process_count,
+                                  process_index=process_index, process_count=process_count)
+      eval_iter = pipeline.build(config.data, split=config.data.eval_split, seed=config.seed, train=False,
+                                 batch_size=config.data.batch_size // process_count, process_index=process_index,
+                                 process_count=process_count)
+    except (ValueError, FileNotFoundError) as e:  # the data sources' own checks of config.data
+      raise config_lib.ConfigError(f"data: {e}") from None
+    eval_start = eval_iter.get_state()
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every=config.train.ckpt_every,
+                                   keep=config.train.keep_ckpts, async_save=config.train.async_ckpt)
+    cleanup.callback(ckpt.close)
+    restored = _restore(config, workdir, mesh, ckpt, accept)
+    writer = metrics.MetricWriter(workdir, enabled=is_main, tensorboard=config.train.tensorboard)
+    cleanup.callback(writer.close)
+    if restored is not None:
+      start, program, state, data_state, changes = restored
+      train_iter.set_state(data_state)
+      writer.truncate_after(start)
+      if is_main:
+        if changes:
+          config_changes.record(workdir, start, changes, accept)
+        note = f" with config changes {config_changes.summary(changes)}" if changes else ""
+        print(f"resumed from {workdir} at step {start}{note}", file=sys.stderr)
+    else:
+      start = 0
+      program = build_program(config_at(config, 0), mesh)
+      state = program.init_state()
+      writer.truncate_after(0)  # a run killed before its first checkpoint starts over
     if is_main:
-      print(f"resumed from {workdir} at step {start}", file=sys.stderr)
-  else:
-    start = 0
-    state = program.init_state()
-    writer.truncate_after(0)  # a run killed before its first checkpoint starts over
+      config_lib.save(config, workdir)
 
-  first = next(train_iter)
-  tokens_per_step = _tokens_per_example(first) * config.data.batch_size
-  static = step_statistics(program, config_at(config, start), first)
-  peak, peak_source = flops.peak_flops()
+    first = next(train_iter)
+    tokens_per_step = _tokens_per_example(first) * config.data.batch_size
+    static = step_statistics(program, config_at(config, start), first)
+    peak, peak_source = flops.peak_flops()
 
-  progress = None
-  if is_main and config.train.progress:
-    from tqdm import tqdm
+    progress = None
+    if is_main and config.train.progress:
+      from tqdm import tqdm
 
-    progress = tqdm(total=steps, initial=start, desc=os.path.basename(os.path.normpath(workdir)),
-                    dynamic_ncols=True, file=sys.stderr)
+      progress = tqdm(total=steps, initial=start, desc=workdir.name,
+                      dynamic_ncols=True, file=sys.stderr)
+      cleanup.callback(progress.close)
 
-  def save(step: int, *, force: bool = False) -> None:
-    if not force and step % config.train.ckpt_every:
-      return
-    bad = int(jax.device_get(state["first_bad_step"]))
-    if bad >= 0:
-      raise NonFiniteLoss(f"loss became NaN/inf at step {bad}; stopped, the last good checkpoint "
-                          f"(step {ckpt.latest_step()}) is kept in {workdir}/checkpoints")
-    ckpt.save(step, state, train_iter.get_state(), {"config": config.to_dict(),  # + the model in force (KAN grids)
-                                                    "model": config_at(config, step).model.to_dict()}, force=force)
+    def save(step: int, *, force: bool = False) -> None:
+      if not force and step % config.train.ckpt_every:
+        return
+      bad = int(jax.device_get(state["first_bad_step"]))
+      if bad >= 0:
+        raise _nonfinite(bad, ckpt, workdir)
+      meta = {"config": config.to_dict(), "model": config_at(config, step).model.to_dict()}  # + KAN grids in force
+      if ckpt.save(step, state, train_iter.get_state(), meta, force=force):
+        writer.flush()  # a remote metrics.jsonl holds every record up to the checkpoint
 
-  trace = profiling.StepTrace(config.train.get("profile_steps", ()), workdir)
-  rates, last, timed = [], None, False  # timed: the interval since the last record holds no compilation
-  summary: dict = {}
-  batch = first
-  try:
-    with _Preemption() as preemption:
-      last_time, last_step = time.perf_counter(), start
-      for step in range(start, steps):
-        if step > start:
-          batch = next(train_iter)
-        gbatch = global_batch(batch, program.batch_sharding)
-        trace.before(step + 1)
-        state, m = program.train_step(state, gbatch)
-        done = step + 1
-        trace.after(done, state)
-        extend = done in extensions  # after this step's update, logged and evaluated on the old grid first
-        if not extend and program.grid_update is not None and done % config.train.grid_update_every == 0 and (
-            not config.train.grid_update_until or done <= config.train.grid_update_until):
-          state = program.grid_update(state, gbatch)
-        if done % config.train.log_every == 0 or done == steps or extend:
-          m = jax.device_get(m)
-          now = time.perf_counter()
-          dt = (now - last_time) / (done - last_step)
-          last_time, last_step = now, done
-          if not math.isfinite(float(m["loss"])):
-            bad = int(jax.device_get(state["first_bad_step"]))
-            raise NonFiniteLoss(f"loss became NaN/inf at step {bad}; stopped, the last good checkpoint "
-                                f"(step {ckpt.latest_step()}) is kept in {workdir}/checkpoints")
-          record = {**m, "step_time": dt, "tokens_per_sec": tokens_per_step / dt,
-                    "examples_per_sec": config.data.batch_size / dt,
-                    "mfu": static["flops_per_step"] / dt / peak, **static}
-          if timed:
-            rates.append(record["tokens_per_sec"])
-          last, timed = record, True
-          if done % config.train.eval_every == 0 or done == steps or extend:
-            record.update(evaluate(program.eval_step, state, config, eval_iter, eval_start, program.batch_sharding))
-          writer.write(done, record)
-          if progress is not None:
-            progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-        if extend:  # refits the knots too, so no grid update at this step
-          program, state = extend_grid(program, config_at(config, done), state, gbatch)
-          static, timed = step_statistics(program, config_at(config, done), first), False
+    trace = profiling.StepTrace(config.train.get("profile_steps", ()), workdir)
+    cleanup.callback(trace.close)
+    rates, last, timed = [], None, False  # timed: the interval since the last record holds no compilation
+    batch = first
+    last_time, last_step = time.perf_counter(), start
+    for step in range(start, steps):
+      if step > start:
+        batch = next(train_iter)
+      gbatch = global_batch(batch, program.batch_sharding)
+      trace.before(step + 1)
+      state, m = program.train_step(state, gbatch)
+      done = step + 1
+      trace.after(done, state)
+      extend = done in extensions  # after this step's update, logged and evaluated on the old grid first
+      if not extend and program.grid_update is not None and done % config.train.grid_update_every == 0 and (
+          not config.train.grid_update_until or done <= config.train.grid_update_until):
+        state = program.grid_update(state, gbatch)
+      if done % config.train.log_every == 0 or done == steps or extend:
+        m = jax.device_get(m)
+        now = time.perf_counter()
+        dt = (now - last_time) / (done - last_step)
+        last_time, last_step = now, done
+        bad = int(jax.device_get(state["first_bad_step"]))
+        if bad >= 0:
+          raise _nonfinite(bad, ckpt, workdir)
+        record = {**m, "step_time": dt, "tokens_per_sec": tokens_per_step / dt,
+                  "examples_per_sec": config.data.batch_size / dt,
+                  "mfu": static["flops_per_step"] / dt / peak, **static}
+        if timed:
+          rates.append(record["tokens_per_sec"])
+        last, timed = record, True
+        if done % config.train.eval_every == 0 or done == steps or extend:
+          record.update(evaluate(program.eval_step, state, config, eval_iter, eval_start, program.batch_sharding))
+        writer.write(done, record)
         if progress is not None:
-          progress.update(1)
-        save(done, force=done == steps)
-        if preemption.requested:
-          save(done, force=True)
-          ckpt.wait()
-          if is_main:
-            print(f"SIGTERM: saved a checkpoint at step {done}; rerun the same command to resume",
-                  file=sys.stderr)
-          break
+          progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+      if extend:  # refits the knots too, so no grid update at this step
+        program, state = extend_grid(program, config_at(config, done), state, gbatch)
+        static, timed = step_statistics(program, config_at(config, done), first), False
+      if progress is not None:
+        progress.update(1)
+      save(done, force=done == steps)
+      if preemption.requested(done):
+        save(done, force=True)  # a no-op when this step was just saved
+        ckpt.wait()
+        if is_main:
+          print(f"SIGTERM: saved a checkpoint at step {done}; rerun the same command to resume", file=sys.stderr)
+        break
     ckpt.wait()
     final = metrics.read(workdir) if is_main else []
     final_record = final[-1] if final else {k: metrics.scalar(v) for k, v in (last or {}).items()}
     summary = {
-      "workdir": workdir, "steps": int(jax.device_get(state["step"])),
+      "workdir": str(workdir), "steps": int(jax.device_get(state["step"])),
       "loss": final_record.get("loss"), "accuracy": final_record.get("accuracy"),
       "eval_loss": final_record.get("eval_loss"), "eval_accuracy": final_record.get("eval_accuracy"),
       "tokens_per_sec": statistics.median(rates) if rates else final_record.get("tokens_per_sec"),
       "mfu_peak_source": peak_source, **param_counts(program.setup),
     }
     if is_main and summary["steps"] == steps:
-      write_json_atomic(os.path.join(workdir, SUMMARY), summary)
-  finally:
-    trace.close()
-    if progress is not None:
-      progress.close()
-    ckpt.close()
-    writer.close()
+      paths.write_atomic(workdir / SUMMARY, json.dumps(summary, indent=2, default=str))
   return summary

@@ -5,10 +5,10 @@
 TensorBoard's profile plugin (xprof) or Perfetto. Each host writes its own.
 """
 
-import os
 from collections.abc import Sequence
 
 import jax
+from etils import epath
 
 
 class StepTrace:
@@ -16,7 +16,7 @@ class StepTrace:
 
   def __init__(self, steps: Sequence[int], workdir: str):
     self.first, self.last = tuple(steps) if steps else (0, -1)
-    self.directory = os.path.join(workdir, "profile")
+    self.directory = str(epath.Path(workdir) / "profile")
     self.active = False
 
   def before(self, step: int) -> None:

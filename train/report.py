@@ -15,6 +15,7 @@ Variants are the swept keys with non-numeric values (e.g. model.blocks); numeric
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -28,6 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from train import metrics as metrics_lib
+from train import paths
 from train.scaling import fit_power_law
 
 IGNORED_PREFIXES = ("distributed.", "train.progress", "train.tensorboard", "data.data_dir")
@@ -45,15 +47,19 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def collect(root: str) -> list[dict]:
-  """Every run directory under root: {"run", "config" (flat), "records"}."""
-  runs = []
-  for dirpath, _, files in os.walk(root):
-    if "config.json" in files and "metrics.jsonl" in files:
-      with open(os.path.join(dirpath, "config.json")) as f:
-        config = flatten(json.load(f))
-      records = metrics_lib.read(dirpath)
-      if records:
-        runs.append({"run": os.path.relpath(dirpath, root), "config": config, "records": records})
+  """Every run directory under root (local or gs://): {"run", "config" (flat), "records"}."""
+  runs, top = [], paths.path(root)
+  pending = [top]
+  while pending:  # a run directory holds no further runs: its checkpoints are not searched
+    directory = pending.pop()
+    children = list(directory.iterdir())
+    if not {"config.json", "metrics.jsonl"} <= {c.name for c in children}:
+      pending += [c for c in children if c.is_dir()]
+      continue
+    records = metrics_lib.read(directory)
+    if records:
+      runs.append({"run": os.fspath(directory)[len(os.fspath(top)):].strip("/") or ".", "records": records,
+                   "config": flatten(json.loads((directory / "config.json").read_text()))})
   return sorted(runs, key=lambda r: r["run"])
 
 
@@ -131,13 +137,15 @@ def grouped_markdown(rows: list[dict], keys: list[str]) -> str:
 
 def _save(fig, path: str) -> str:
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  image = io.BytesIO()
+  fig.savefig(image, dpi=120, format="png")
   plt.close(fig)
+  paths.path(path).write_bytes(image.getvalue())
   return path
 
 
 def plot_curves(runs: list[dict], rows: list[dict], variant: list[str], out: str) -> list[str]:
-  paths = []
+  written = []
   for x_key, name, xlabel in (("step", "loss_vs_step.png", "step"),
                               ("flops", "loss_vs_flops.png", "training FLOPs")):
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -155,8 +163,8 @@ def plot_curves(runs: list[dict], rows: list[dict], variant: list[str], out: str
       ax.set_xscale("log")
     ax.set_title(f"loss vs {xlabel}")
     ax.legend(fontsize=6, loc="upper right")
-    paths.append(_save(fig, os.path.join(out, name)))
-  return paths
+    written.append(_save(fig, os.path.join(out, name)))
+  return written
 
 
 def final_loss(row: dict):
@@ -271,15 +279,16 @@ def report(root: str, out: str | None = None) -> dict:
   if not runs:
     raise ValueError(f"no runs (directories with config.json and metrics.jsonl) under {root}")
   out = out or root
-  os.makedirs(out, exist_ok=True)
+  paths.path(out).mkdir(parents=True, exist_ok=True)
   keys = swept_keys(runs)
   rows = [summarize(r, keys) for r in runs]
   variant, _ = split_keys(rows, keys)
   csv_path = os.path.join(out, "runs.csv")
-  with open(csv_path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  table = io.StringIO(newline="")
+  writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+  writer.writeheader()
+  writer.writerows(rows)
+  paths.path(csv_path).write_text(table.getvalue())
   plots = plot_curves(runs, rows, variant, out)
   scaling, notes = plot_scaling(runs, rows, variant, out)
   plots.append(scaling)

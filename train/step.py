@@ -1,8 +1,10 @@
 """The jitted train and eval steps: pure functions of (state, batch).
 
-Loss = task loss (weighted over batch["weights"]) + every AuxLoss the layers sowed.
+Loss = task loss (weighted over batch["weights"]: padding and, for packed text, targets in another
+document than their input weigh 0) + every AuxLoss the layers sowed.
 Gradient accumulation scans over `grad_accum` strided micro-batches, normalising by the whole
-batch's weight so the update equals the one-big-batch update.
+batch's weight so the update equals the one-big-batch update; layers' `end_step` hooks run once
+per step, after the last micro-batch.
 """
 
 from collections.abc import Callable
@@ -12,10 +14,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from layers.aux import AuxLoss, LayerMetric
+from layers.aux import AuxLoss, LayerMetric, end_step
 from train.optim import global_norm
 
 LOSSES = ("xent", "mse")
+MODEL_FIELDS = ("segment_ids", "positions")  # [B, T] int32 of packed text (train/data/packing.py)
 
 
 def task_sums(outputs: jax.Array, batch: dict, loss: str, label_smoothing: float = 0.0) -> dict:
@@ -52,8 +55,9 @@ def _by_name(state: nnx.State, reduce: Callable) -> dict[str, jax.Array]:
   return {k: reduce(jnp.stack(v)) for k, v in groups.items()}
 
 
-def forward(graphdef, params, rest, inputs, *, deterministic: bool = False):
-  """Model outputs plus the aux losses (summed per name) and layer metrics (averaged per name).
+def forward(graphdef, params, rest, batch: dict, *, deterministic: bool = False):
+  """Model outputs for batch["inputs"], plus the aux losses (summed per name) and layer metrics (averaged
+  per name). The batch's MODEL_FIELDS it has (packed text) go to the model as keywords.
 
   deterministic=True (evaluation) switches off training-only noise (dropout, rational version D,
   router jitter) in every layer that has a `deterministic` view.
@@ -61,10 +65,18 @@ def forward(graphdef, params, rest, inputs, *, deterministic: bool = False):
   model = nnx.merge(graphdef, params, rest)
   if deterministic:
     model = nnx.view(model, deterministic=True, raise_if_not_found=False)
-  outputs, aux, metrics = nnx.capture(model, AuxLoss, LayerMetric)(inputs)
+  fields = {k: batch[k] for k in MODEL_FIELDS if k in batch}
+  outputs, aux, metrics = nnx.capture(model, AuxLoss, LayerMetric)(batch["inputs"], **fields)
   _, _, new_rest = nnx.split(model, nnx.Param, ...)
   return (outputs, _by_name(aux, lambda x: jnp.sum(x, axis=0)),
           _by_name(metrics, lambda x: jnp.mean(x, axis=0)), nnx.to_pure_dict(new_rest))
+
+
+def _end_step(graphdef, params, rest):
+  """Layers commit what they gathered over the step's micro-batches (`layers.aux.end_step`)."""
+  model = nnx.merge(graphdef, params, rest)
+  end_step(model)
+  return nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[2])
 
 
 def _micro(batch: dict, n: int) -> dict:
@@ -72,10 +84,15 @@ def _micro(batch: dict, n: int) -> dict:
   return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1), batch)
 
 
+def all_finite(tree) -> jax.Array:
+  """True iff every element of every array in `tree` is finite (no NaN, no inf)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, lr: optax.Schedule, *, loss: str,
                     grad_accum: int = 1, label_smoothing: float = 0.0):
   def objective(params, rest, mb, total_weight):
-    outputs, aux, metrics, rest = forward(graphdef, params, rest, mb["inputs"])
+    outputs, aux, metrics, rest = forward(graphdef, params, rest, mb)
     sums = task_sums(outputs, mb, loss, label_smoothing)
     aux_total = sum(aux.values(), jnp.float32(0.0)) / grad_accum
     return sums["loss"] / total_weight + aux_total, (sums, aux, metrics, rest)
@@ -98,15 +115,18 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr: optax.Schedu
       sums = jax.tree.map(lambda x: jnp.sum(x, 0), sums)
       aux = jax.tree.map(lambda x: jnp.mean(x, 0), aux)
       metrics = jax.tree.map(lambda x: jnp.mean(x, 0), metrics)
+    rest = _end_step(graphdef, params, rest)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     params = optax.apply_updates(params, updates)
     step = state["step"]
     loss_value = sums["loss"] / total_weight
-    finite = jnp.isfinite(loss_value)
+    grad_norm = global_norm(grads)
+    # A step is good only if its loss, its gradients and the parameters it produced are all finite.
+    finite = jnp.isfinite(loss_value) & jnp.isfinite(grad_norm) & all_finite(params)
     out = {
       "loss": loss_value,
       "accuracy": sums["correct"] / total_weight,
-      "grad_norm": global_norm(grads),
+      "grad_norm": grad_norm,
       "lr": lr(step),
       **{f"aux/{k}": v for k, v in aux.items()},
       **{f"layers/{k}": v for k, v in metrics.items()},
@@ -122,7 +142,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr: optax.Schedu
 
 def make_eval_step(graphdef, *, loss: str):
   def eval_step(state: dict, batch: dict) -> dict:
-    outputs, _, _, _ = forward(graphdef, state["params"], state["rest"], batch["inputs"], deterministic=True)
+    outputs, _, _, _ = forward(graphdef, state["params"], state["rest"], batch, deterministic=True)
     return task_sums(outputs, batch, loss)
 
   return eval_step

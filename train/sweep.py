@@ -31,6 +31,7 @@ import sys
 from collections.abc import Sequence
 
 from train import config as config_lib
+from train import paths
 from train.loop import SUMMARY
 
 EMIT_KINDS = ("tpu-vm", "slurm", "shell")
@@ -44,9 +45,10 @@ class Run:
 
   @property
   def status(self) -> str:
-    if os.path.exists(os.path.join(self.workdir, SUMMARY)):
+    workdir = paths.path(self.workdir)
+    if (workdir / SUMMARY).exists():
       return "done"
-    if os.path.isdir(os.path.join(self.workdir, "checkpoints")):
+    if (workdir / "checkpoints").is_dir():
       return "interrupted"
     return "new"
 
@@ -174,9 +176,16 @@ def run_env(slot: int, parallel: int, gpus: Sequence[str]) -> dict[str, str]:
 
 
 def launch(run: Run, env: dict[str, str] | None = None) -> int:
-  with open(os.path.join(run.workdir, "log.txt"), "a") as log:
-    return subprocess.run(command(run), stdout=log, stderr=subprocess.STDOUT, env={
-      **os.environ, "PYTHONPATH": str(config_lib.PROJECT_ROOT), **(env or {})}).returncode
+  """Run one training process with `env` added; its output goes to WORKDIR/log.txt (a remote log is
+  written when it ends)."""
+  env = {**os.environ, "PYTHONPATH": str(config_lib.PROJECT_ROOT), **(env or {})}
+  log = paths.path(run.workdir) / "log.txt"
+  if paths.is_remote(log):
+    done = subprocess.run(command(run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    paths.append(log, done.stdout)
+    return done.returncode
+  with log.open("a") as f:
+    return subprocess.run(command(run), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
 
 
 def run_local(runs: list[Run], parallel: int, gpus: Sequence[str]) -> dict[str, int]:
@@ -291,11 +300,10 @@ def emit(kind: str, runs: list[Run], root: str, *, spec: str = "", partition: st
   slurm: `partition`, `time`, `nodes` and `gpus_per_node` per run; `env` is the virtualenv activated on
   the nodes (default: this Python's). Workdirs must be on storage every host sees.
   """
-  here = root if "://" not in root else f"launch-{_short(root)}"  # the script runs from this machine
+  here = f"launch-{_short(root)}" if paths.is_remote(root) else root  # the script runs from this machine
   os.makedirs(here, exist_ok=True)
-  workdirs = [os.path.abspath(r.workdir) if "://" not in r.workdir else r.workdir for r in runs]
-  where = root if "://" in root else os.path.abspath(root)
-  tag = "ablax-" + hashlib.sha256(where.encode()).hexdigest()[:8]  # per sweep, on the workers
+  workdirs = [str(paths.path(r.workdir)) for r in runs]
+  tag = "ablax-" + hashlib.sha256(str(paths.path(root)).encode()).hexdigest()[:8]  # per sweep, on the workers
   src = shlex.quote(str(config_lib.PROJECT_ROOT))
   files: dict[str, str] = {}
   if kind == "shell":

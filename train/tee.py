@@ -10,14 +10,14 @@ import sys
 import time
 from collections.abc import Iterable
 
-from etils import epath
+from train import paths
 
 
 def tee(lines: Iterable[str], path: str, every: float = 30.0, out=sys.stdout) -> None:
   """Echo `lines` to `out` and append them to `path`."""
-  dest = epath.Path(path)
+  dest = paths.path(path)
   dest.parent.mkdir(parents=True, exist_ok=True)
-  if "://" not in path:
+  if not paths.is_remote(dest):
     with dest.open("a") as f:
       for line in lines:
         out.write(line)
@@ -32,9 +32,9 @@ def tee(lines: Iterable[str], path: str, every: float = 30.0, out=sys.stdout) ->
     out.flush()
     text += line
     if time.monotonic() - written >= every:
-      dest.write_text(text)
+      paths.write_atomic(dest, text)
       written = time.monotonic()
-  dest.write_text(text)
+  paths.write_atomic(dest, text)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,10 @@
-"""Config checks that run before anything is built or compiled, each naming the key and the fix."""
+"""Config checks that run before anything is built or compiled, each naming the key, the value and the fix.
 
+Every numeric option has its valid range declared once, in NUMERIC_OPTIONS; options a config does not
+have are skipped (the model kinds and data sources have different sections).
+"""
+
+import dataclasses
 import itertools
 import math
 
@@ -9,8 +14,9 @@ import models
 from models import lm
 from train import mesh as mesh_lib
 from train.config import ConfigError
-from train.data import documents
+from train.data import documents, local_text_builder
 from train.data import registry as data_registry
+from train.data.packing import PACKINGS
 from train.data.tokenizer import BYTE_VOCAB, get_tokenizer
 from train.optim import SCHEDULES
 from train.step import LOSSES
@@ -19,6 +25,133 @@ from train.step import LOSSES
 def _require(ok: bool, msg: str) -> None:
   if not ok:
     raise ConfigError(msg)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """The valid values of a numeric option: finite, within [lo, hi] (open ends excluded), integral if `integer`."""
+
+  lo: float = -math.inf
+  hi: float = math.inf
+  lo_open: bool = False
+  hi_open: bool = False
+  integer: bool = False
+  note: str = ""  # what special values mean, e.g. "0 disables clipping"
+
+  def __contains__(self, v) -> bool:
+    if isinstance(v, bool) or not isinstance(v, int if self.integer else int | float) or not math.isfinite(v):
+      return False
+    return (self.lo < v if self.lo_open else self.lo <= v) and (v < self.hi if self.hi_open else v <= self.hi)
+
+  def __str__(self) -> str:
+    kind = "an integer" if self.integer else "a finite number"
+    if math.isfinite(self.lo) and math.isfinite(self.hi):
+      bounds = f" in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+    elif math.isfinite(self.lo):
+      bounds = f" {'>' if self.lo_open else '>='} {self.lo:g}"
+    else:
+      bounds = ""
+    return kind + bounds + (f" ({self.note})" if self.note else "")
+
+
+COUNT = Range(1, integer=True)  # sizes, step counts, intervals
+POSITIVE = Range(0, lo_open=True)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1)
+MOMENTUM = Range(0, 1, hi_open=True)
+
+NUMERIC_OPTIONS: dict[str, Range] = {
+  "seed": Range(integer=True),
+  "model.vocab_size": COUNT, "model.d_model": COUNT, "model.n_heads": COUNT, "model.d_ff": COUNT,
+  "model.n_kv_heads": Range(0, integer=True, note="0 means model.n_heads"),
+  "model.head_dim": Range(0, integer=True, note="0 means model.d_model // model.n_heads"),
+  "model.patch_size": COUNT, "model.in_channels": COUNT, "model.n_classes": COUNT, "model.n_outputs": COUNT,
+  "model.in_features": Range(0, integer=True, note="0 infers it from the data"),
+  "model.grid_size": COUNT, "model.order": Range(0, integer=True), "model.reg_weight": NON_NEGATIVE,
+  "model.kernel_size": COUNT,
+  "data.batch_size": COUNT, "data.seq_len": COUNT, "data.vocab_size": COUNT, "data.num_pairs": COUNT,
+  "data.num_queries": Range(0, integer=True, note="0 means data.num_pairs"),
+  "data.train_examples": COUNT, "data.eval_examples": COUNT, "data.max_files": Range(0, integer=True, note="0: all"),
+  "data.image_size": Range(0, integer=True, note="0 keeps the stored size"),
+  "data.augment.random_resized_crop": Range(0, integer=True, note="0: off"),
+  "data.augment.crop_padding": Range(0, integer=True, note="0: off"),
+  "data.augment.erase_prob": FRACTION, "data.augment.mixup_alpha": NON_NEGATIVE,
+  "data.augment.cutmix_alpha": NON_NEGATIVE, "data.augment.num_classes": Range(0, integer=True),
+  "optim.lr": POSITIVE, "optim.warmup_steps": Range(0, integer=True), "optim.decay_fraction": FRACTION,
+  "optim.min_lr_ratio": FRACTION, "optim.b1": MOMENTUM, "optim.b2": MOMENTUM,
+  "optim.eps": Range(0, lo_open=True, note="0 turns a zero gradient into 0/0 = NaN"),
+  "optim.weight_decay": NON_NEGATIVE, "optim.clip_norm": Range(0, note="0 disables clipping"),
+  "optim.grad_accum": COUNT,
+  "train.steps": COUNT, "train.log_every": COUNT, "train.eval_every": COUNT, "train.eval_steps": COUNT,
+  "train.ckpt_every": COUNT, "train.keep_ckpts": COUNT, "train.label_smoothing": Range(0, 1, hi_open=True),
+  "train.grid_update_every": Range(0, integer=True, note="0: never"),
+  "train.grid_update_until": Range(0, integer=True, note="0: until the end"),
+  "train.device_memory_gib": Range(0, note="0: ask the device"),
+  "distributed.num_processes": Range(0, integer=True, note="0: from the environment"),
+  "distributed.process_id": Range(-1, integer=True, note="-1: from the environment"),
+}
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _get(config, key: str):
+  """The value at dotted `key`, or KeyError when the config has no such option."""
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def check_ranges(config) -> None:
+  """Every numeric option the config has lies in its declared range (optim.groups.* included)."""
+  ranges = dict(NUMERIC_OPTIONS)
+  for name in config.optim.get("groups", {}):
+    ranges[f"optim.groups.{name}.lr_mult"] = NON_NEGATIVE
+    ranges[f"optim.groups.{name}.weight_decay"] = NON_NEGATIVE
+  for key, valid in ranges.items():
+    try:
+      value = _get(config, key)
+    except (KeyError, AttributeError):
+      continue
+    _require(value in valid, f"{key}={value!r} is out of range; set it to {valid}")
+
+
+def check_model_shapes(config) -> None:
+  """Head counts that divide the width, and float compute / parameter dtypes."""
+  m = config.model
+  for key in ("dtype", "param_dtype"):
+    if key in m:
+      _require(m[key] in FLOAT_DTYPES, f"model.{key}={m[key]!r} is not a supported float dtype; use one of "
+                                       f"{FLOAT_DTYPES}")
+  if "n_heads" not in m:
+    return
+  if not m.get("head_dim", 0):
+    _require(m.d_model % m.n_heads == 0,
+             f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads} (head width = d_model / "
+             f"n_heads); set model.d_model to a multiple of {m.n_heads}, change model.n_heads, or set model.head_dim")
+  kv = m.get("n_kv_heads", 0)
+  _require(not kv or m.n_heads % kv == 0,
+           f"model.n_kv_heads={kv} does not divide model.n_heads={m.n_heads} (each key/value head serves a "
+           f"group of query heads); use a divisor of {m.n_heads} or 0 (one per query head)")
+
+
+def check_corpus(config) -> None:
+  """A local text corpus exists, has non-empty files, and puts some in each split (validation is ~2% of
+  files by path hash)."""
+  d = config.data
+  if d.name != "text":
+    return
+  corpus, pattern = d.get("corpus", "stdlib"), d.get("pattern", "*.py")
+  root = local_text_builder.corpus_dir(corpus)
+  _require(root.is_dir(), f"data.corpus={corpus!r}: {root} is not a directory; set data.corpus to 'stdlib' or a "
+                          "directory of text files")
+  files = [p for p in local_text_builder.corpus_files(root, pattern, d.get("max_files", 0)) if p.stat().st_size]
+  _require(bool(files), f"data.corpus={corpus!r} has no non-empty files matching data.pattern={pattern!r} under "
+                        f"{root}; point data.corpus at text files or change data.pattern")
+  validation = sum(local_text_builder.is_validation(str(p.relative_to(root))) for p in files)
+  _require(0 < validation < len(files),
+           f"data.corpus={corpus!r}: of its {len(files)} files, {validation} fall in the validation split (about "
+           f"{local_text_builder.VALIDATION_PERCENT}% by path hash); both splits need files: add files to the corpus "
+           "or raise data.max_files")
 
 
 def check_vocab(config) -> None:
@@ -70,19 +203,16 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
     raise ConfigError(str(e)) from None
 
   o, t, d = config.optim, config.train, config.data
-  if config.model.kind == "lm":
-    check_vocab(config)
-  _require(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r}; choose one of {SCHEDULES}")
-  _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
-  _require(o.grad_accum >= 1, f"optim.grad_accum must be >= 1, got {o.grad_accum}")
-  _require(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
   for name, group in o.groups.items():
     _require({"lr_mult", "weight_decay"} <= set(group.keys()),
              f"optim.groups.{name} needs lr_mult and weight_decay, has {sorted(group.keys())}")
+  check_ranges(config)
+  check_model_shapes(config)
+  if config.model.kind == "lm":
+    check_vocab(config)
+  check_corpus(config)
+  _require(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r}; choose one of {SCHEDULES}")
   _require(t.loss in LOSSES, f"train.loss={t.loss!r}; choose one of {LOSSES}")
-  _require(t.steps > 0, f"train.steps must be > 0, got {t.steps}")
-  for key in ("log_every", "eval_every", "ckpt_every"):
-    _require(t[key] > 0, f"train.{key} must be > 0, got {t[key]}")
   check_grid_extend(config)
   profile = tuple(t.get("profile_steps", ()))
   _require(not profile or (len(profile) == 2 and all(type(s) is int for s in profile)
@@ -93,6 +223,7 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   _require(not crop or crop == d.get("image_size", 0),
            f"data.augment.random_resized_crop={crop} needs data.image_size={crop} (the side every image is "
            f"brought to), got {d.get('image_size', 0)}")
+  _require(d.packing in PACKINGS, f"data.packing={d.packing!r}; choose one of {PACKINGS}")
   _require(d.get("read_threads", -1) >= -1,
            f"data.read_threads must be -1 (auto), 0 (read in the loop's thread) or a thread count, got "
            f"{d.get('read_threads')}")

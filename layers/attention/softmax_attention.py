@@ -1,8 +1,9 @@
 """Softmax attention as a pure function: causal or bidirectional, sliding window, GQA, packed documents.
 
 How the implementation is chosen (`implementation=`):
-  "xla"     jax.nn.dot_product_attention's XLA path: fp32 scores [B, H, T, T], fp32 softmax; documents,
-            causality and the window as one boolean mask. Runs everywhere.
+  "xla"     jax.nn.dot_product_attention's XLA path: fp32 scores [B, H, T, T], fp32 softmax. Runs everywhere.
+            (In JAX 0.10 that function takes no segment ids, only a boolean `mask`, so documents go in as
+            a [B, 1, T, T] mask; causality and the window stay its own arguments.)
   "cudnn"   jax.nn.dot_product_attention(implementation="cudnn"): cuDNN flash attention on NVIDIA GPUs
             (JAX raises if the shapes / dtypes are unsupported). With segment_ids the document mask goes
             in as a dense [B, 1, T, T] bias, so memory grows as T² again.
@@ -113,9 +114,16 @@ def splash_attention(
   q: jax.Array, k: jax.Array, v: jax.Array, doc: jax.Array | None, *, scale: float, causal: bool,
   window: int | None, interpret: bool = False,
 ) -> jax.Array:
-  """Splash attention on q [B, T, H, K], k [B, T, Hkv, K], v [B, T, Hkv, V], document indices doc [B, T].
+  """Splash attention (the TPU kernel) for softmax_attention's "splash" path; returns o [B, T, H, V].
 
-  interpret=True runs the same kernel through the Pallas interpreter (any backend; slow; for tests).
+  q [B, T, H, K], k [B, T, Hkv, K], v [B, T, Hkv, V] with T a multiple of 128; doc [B, T] int32 document
+  indices (layers.segments.document_index: the kernel masks by equality) or None. interpret=True runs
+  the same kernel through the Pallas interpreter on any backend (slow; for tests).
+
+  Example (on CPU, through the interpreter):
+    >>> q = k = v = jnp.ones((1, 128, 2, 8))
+    >>> splash_attention(q, k, v, None, scale=8**-0.5, causal=True, window=None, interpret=True).shape
+    (1, 128, 2, 8)
   """
   b, t, h, _ = q.shape
   hkv = k.shape[2]

@@ -41,7 +41,10 @@ def fourier_ka_operator(scores: jax.Array, coeffs: jax.Array, proj: jax.Array,
   per row [B, H, 2, S, G, r] and [B, H, r, S] (the parameters of each key's position); mask [T, S] or
   [B, 1, T, S] bool or None -> attention weights [B, H, T, S] in fp32.
 
-  >>> w = fourier_ka_operator(jnp.zeros((1, 2, 3, 3)), jnp.ones((2, 2, 3, 4, 5)), jnp.ones((2, 5, 3)))
+  >>> causal = jnp.tril(jnp.ones((3, 3), bool))
+  >>> w = fourier_ka_operator(jnp.zeros((1, 2, 3, 3)), jnp.ones((2, 2, 3, 4, 5)), jnp.ones((2, 5, 3)), causal)
+  >>> w[0, 0].tolist()  # zero scores: cos features 1, sin 0; each visible key adds G * r = 20
+  [[20.0, 0.0, 0.0], [40.0, 40.0, 0.0], [60.0, 60.0, 60.0]]
   """
   per_row = coeffs.ndim == 6
   feats = fourier_features(scores, coeffs.shape[-2])  # [B, H, T, 2, S, G]

@@ -8,7 +8,8 @@ Buffers are [E, C, D], so any expert function can be vmapped over experts.
 Dropless (MegaBlocks-style, in JAX): the N*k assignments are sorted by expert, giving E
 contiguous groups of sizes `group_sizes`; expert matmuls are one `jax.lax.ragged_dot` each, or
 (tiles) each group is padded to a multiple of a tile and every tile is one dense matmul with its
-expert's weights (block-diagonal, at most E * tile padding rows). Nothing is dropped.
+expert's weights (block-diagonal, at most E * tile padding rows). Nothing is dropped. Rows past
+sum(group_sizes) are padding of a static buffer (expert parallelism's receive buffer).
 """
 
 import math
@@ -102,15 +103,19 @@ class Tiles(NamedTuple):
 
 
 def tile_layout(groups: Groups, tile: int) -> Tiles:
-  """Pad each expert group to a multiple of `tile` rows; n_tiles = ceil(M / tile) + E is a static bound."""
+  """Pad each expert group to a multiple of `tile` rows; n_tiles = ceil(M / tile) + E is a static bound.
+
+  Rows past sum(group_sizes) (padding of a static buffer) get no tile: their destination is past the end.
+  """
   m = groups.expert_of_row.shape[0]
   sizes = groups.group_sizes
   padded = (sizes + tile - 1) // tile * tile
   pad_start = jnp.cumsum(padded) - padded
   start = jnp.cumsum(sizes) - sizes
-  e = groups.expert_of_row
-  destination = pad_start[e] + jnp.arange(m, dtype=jnp.int32) - start[e]
+  e = jnp.minimum(groups.expert_of_row, sizes.shape[0] - 1)
+  rows = jnp.arange(m, dtype=jnp.int32)
   n_tiles = -(-m // tile) + sizes.shape[0]
+  destination = jnp.where(rows < jnp.sum(sizes), pad_start[e] + rows - start[e], n_tiles * tile + rows)
   tile_expert = jnp.searchsorted(jnp.cumsum(padded), jnp.arange(n_tiles) * tile, side="right")
   tile_expert = jnp.minimum(tile_expert, sizes.shape[0] - 1).astype(jnp.int32)
   return Tiles(destination.astype(jnp.int32), tile_expert, tile)
@@ -119,16 +124,21 @@ def tile_layout(groups: Groups, tile: int) -> Tiles:
 def to_tiles(x: jax.Array, tiles: Tiles) -> jax.Array:
   """Sorted rows x [M, D] -> padded rows [n_tiles * tile, D] (padding rows are zero)."""
   out = jnp.zeros((tiles.tile_expert.shape[0] * tiles.tile, x.shape[-1]), x.dtype)
-  return out.at[tiles.destination].set(x, unique_indices=True)
+  return out.at[tiles.destination].set(x, mode="drop", unique_indices=True)
 
 
 def from_tiles(y: jax.Array, tiles: Tiles) -> jax.Array:
-  """Padded rows [n_tiles * tile, D] -> sorted rows [M, D]."""
-  return y[tiles.destination]
+  """Padded rows [n_tiles * tile, D] -> sorted rows [M, D] (rows without a tile are zero)."""
+  return y.at[tiles.destination].get(mode="fill", fill_value=0, unique_indices=True)
 
 
 def tiled_matmul(x: jax.Array, w: jax.Array, tiles: Tiles) -> jax.Array:
-  """Block-diagonal grouped matmul: tile t of x times w[tile_expert[t]].  x [n_tiles*tile, I], w [E, I, O]"""
+  """Block-diagonal grouped matmul: tile t of x times w[tile_expert[t]].  x [n_tiles*tile, I], w [E, I, O]
+
+  One [tile, I] x [I, O] product per tile in a loop, the expert's weights sliced in place (and again in
+  the backward), so no per-tile copy of the weights is ever stored: memory stays that of the rows.
+  """
   n_tiles = tiles.tile_expert.shape[0]
   xt = x.reshape(n_tiles, tiles.tile, x.shape[-1])
-  return jnp.einsum("tmi,tio->tmo", xt, w[tiles.tile_expert]).reshape(n_tiles * tiles.tile, w.shape[-1])
+  one = jax.checkpoint(lambda rows, e: rows @ jax.lax.dynamic_index_in_dim(w, e, keepdims=False))
+  return jax.lax.map(lambda args: one(*args), (xt, tiles.tile_expert)).reshape(n_tiles * tiles.tile, w.shape[-1])

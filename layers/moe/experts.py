@@ -85,43 +85,50 @@ class Experts(nnx.Module):
 
   def ragged(self, x: jax.Array, groups: dispatch.Groups, *, impl: str = "ragged_dot",
              tile: int = 128) -> jax.Array:
-    """Expert-sorted rows x [M, D] -> [M, D], every row through its own expert (MLP / GLU experts).
+    """Expert-sorted rows x [M, D] -> [M, D], every row through its own expert (MLP / GLU experts)."""
+    return sorted_apply(self.ffn, x, groups, impl=impl, tile=tile, dtype=self.dtype)
 
-    impl "ragged_dot": one `jax.lax.ragged_dot` per projection (native grouped matmul on TPU / GPU).
-    impl "tiled": groups padded to multiples of `tile` rows, one batched matmul over tiles with each
-    tile's expert weights; at most E * tile padding rows. XLA:CPU lowers ragged_dot to a dense
-    masked matmul over all E experts, so this is the fast form there.
-    """
-    if impl == "ragged_dot":
-      def proj(lin, h):
-        return jax.lax.ragged_dot(h, lin.kernel[...].astype(self.dtype), groups.group_sizes)
 
-      return self._apply_rows(x, proj, groups.expert_of_row)
-    if impl == "tiled":
-      tiles = dispatch.tile_layout(groups, tile)
+def sorted_apply(ffn: MLP | GLU, x: jax.Array, groups: dispatch.Groups, *, impl: str, tile: int,
+                 dtype) -> jax.Array:
+  """The stacked MLP / GLU experts `ffn` [E, ...] on expert-sorted rows x [M, D] -> [M, D].
 
-      def proj(lin, h):
-        return dispatch.tiled_matmul(h, lin.kernel[...].astype(self.dtype), tiles)
+  Rows past sum(groups.group_sizes) are padding: they come out finite and are not used.
+  impl "ragged_dot": one `jax.lax.ragged_dot` per projection (native grouped matmul on TPU / GPU).
+  impl "tiled": groups padded to multiples of `tile` rows, one matmul per tile with its expert's
+  weights (`dispatch.tiled_matmul`); at most E * tile padding rows. XLA:CPU lowers ragged_dot to a
+  dense masked matmul over all E experts, so this is the fast form there.
+  """
+  expert_of_row = jnp.minimum(groups.expert_of_row, groups.group_sizes.shape[0] - 1)  # padding: any expert
+  if impl == "ragged_dot":
+    def proj(lin, h):
+      return jax.lax.ragged_dot(h, lin.kernel[...].astype(dtype), groups.group_sizes)
 
-      rows = self._apply_rows(dispatch.to_tiles(x, tiles), proj, jnp.repeat(tiles.tile_expert, tile))
-      return dispatch.from_tiles(rows, tiles)
-    raise ValueError(f"unknown grouped matmul {impl!r}; choose from {GROUPED_MATMULS}")
+    return _apply_rows(ffn, x, proj, expert_of_row, dtype)
+  if impl == "tiled":
+    tiles = dispatch.tile_layout(groups, tile)
 
-  def _apply_rows(self, x: jax.Array, proj, expert_of_row: jax.Array) -> jax.Array:
-    """The MLP / GLU expert on rows x [M, D], row r in expert expert_of_row[r]; proj does the matmuls."""
-    f = self.ffn
-    dt = self.dtype
+    def proj(lin, h):
+      return dispatch.tiled_matmul(h, lin.kernel[...].astype(dtype), tiles)
 
-    def linear(lin, h):
-      y = proj(lin, h.astype(dt))
-      if lin.bias is not None:
-        y = y + lin.bias[...].astype(dt)[expert_of_row]
-      return y
+    rows = _apply_rows(ffn, dispatch.to_tiles(x, tiles), proj, jnp.repeat(tiles.tile_expert, tile), dtype)
+    return dispatch.from_tiles(rows, tiles)
+  raise ValueError(f"unknown grouped matmul {impl!r}; choose from {GROUPED_MATMULS}")
 
-    h = _per_row_activation(f.act, linear(f.gate if isinstance(f, GLU) else f.up, x), expert_of_row)
-    if isinstance(f, GLU):
-      h = h * linear(f.up, x)
-    return linear(f.down, h)
+
+def _apply_rows(f: MLP | GLU, x: jax.Array, proj, expert_of_row: jax.Array, dtype) -> jax.Array:
+  """The MLP / GLU expert on rows x [M, D], row r in expert expert_of_row[r]; proj does the matmuls."""
+
+  def linear(lin, h):
+    y = proj(lin, h.astype(dtype))
+    if lin.bias is not None:
+      y = y + lin.bias[...].astype(dtype)[expert_of_row]
+    return y
+
+  h = _per_row_activation(f.act, linear(f.gate if isinstance(f, GLU) else f.up, x), expert_of_row)
+  if isinstance(f, GLU):
+    h = h * linear(f.up, x)
+  return linear(f.down, h)
 
 
 def grouped_apply(graphdef, params: Any, rest: Any, x: jax.Array) -> jax.Array:

@@ -1,16 +1,23 @@
 """Mixture-of-Memories token mixer (Du et al. 2025, "MoM"), registered as the mixer "mom".
 
-M gated-delta-rule memories, each with its own key / value / gate projections; a router sends
-every token to its top-k memories. A chosen memory m is updated with the token
-(S^m_t = exp(g^m_t) S^m_{t-1} + β^m_t k^m_t (v^m_t − exp(g^m_t) S^m_{t-1}ᵀ k^m_t)ᵀ) and read with
-the shared query; an unchosen memory is left exactly as it was (g = 0, β = 0 for that token).
-The output is the routing-weighted sum of the chosen memories' reads,
-  o_t = Σ_{m in top-k(t)} w_{t,m} S^m_tᵀ (scale q_t),
-then a per-head RMSNorm and the output projection. The memories run as M × H heads of one
-`gated_delta_rule` call (M / k times the state work of the routed form, same result).
-The router's Switch load-balancing loss is sown as AuxLoss "mom_load_balance" by the forward pass
-(decoding sows nothing, so it can run inside a lax.scan such as models.lm.generate's).
-Packed rows: `segment_ids` restart every memory at each document start (routing is per token).
+M gated-delta-rule memories, each with its own key / value / decay / beta projections; a router sends every
+token to its top-k memories (softmax over memories, weights renormalised over the k). A chosen memory m
+is updated with the token, S^m_t = exp(g^m_t) S^m_{t-1} + β^m_t k^m_t (v^m_t − exp(g^m_t) S^m_{t-1}ᵀ k^m_t)ᵀ,
+and read with the shared query; an unchosen memory is left exactly as it was. The output is the
+routing-weighted sum of the chosen memories' reads, o_t = Σ_{m in top-k(t)} w_{t,m} S^m_tᵀ (scale q_t),
+then a per-head RMSNorm and the output projection. q and k are L2-normalised SiLU features, v SiLU
+features, β = sigmoid(W_b x), and g the decay of Gated DeltaNet (DecayGate: -exp(A_log) softplus(W_a x +
+dt_bias), per memory and head).
+
+Two forms of the same function:
+  routed (the training forward, `routed=True`): like experts, each token's k (token, memory) pairs are
+    sorted by memory; the memories' projections are grouped matmuls over those rows only, and each
+    memory's tokens run as one document of a packed `gated_delta_rule` call (per batch row, memory by
+    memory, documents of a packed input kept apart), so the work is k / M of the dense form's;
+  dense (the specification; decoding, where the cache holds every memory's state): all M memories over
+    every token as M × H heads, with g = β = 0 where a memory was not chosen.
+The router's Switch load-balancing loss is sown as AuxLoss "mom_load_balance" and the memory load as
+LayerMetric "mom_memory_load/<layer>" by the training forward (decoding sows nothing).
 Decode keeps the M × H states [B, M*H, K, V] (fp32) and a layers.segments cursor as the cache.
 """
 
@@ -18,115 +25,144 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from layers import segments
 from layers.aux import AuxLoss, LayerMetric
 from layers.context import LayerContext
-from layers.core import Linear, make_param
-from layers.linear_attention import gated_delta_rule
+from layers.linear_attention.mixers.decay_gate import DecayGate, decay
+from layers.linear_attention.mixers.head_norm import HeadNorm
+from layers.linear_attention.mixers.recurrent_mixer import Cache, Documents, RecurrentMixer, l2_normalize
+from layers.linear_attention.ops import gated_delta_rule
 from layers.linear_attention.ops.cost import recurrence_flops_per_token
-from layers.moe import losses
-from layers.moe.routing import top_k_route
-from layers.norms import rms_norm
+from layers.moe import dispatch, losses
+from layers.moe.experts import GROUPED_MATMULS
+from layers.moe.routing import Router, TokenChoice, top_k_route
+from layers.segments import document_index
 
 
-def _l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-  x32 = x.astype(jnp.float32)
-  return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+class MixtureOfMemories(RecurrentMixer):
+  """Mixture-of-Memories over gated-delta-rule memories (heads = ctx.n_heads, K = V = ctx.head_dim).
 
+  mode: the gated_delta_rule form of the full-sequence pass ("chunk", "recurrent", "parallel").
+  grouped_matmul (routed form): "ragged_dot", "tiled" (tile_size rows), or "auto" (tiled on CPU).
+  """
 
-def _dt_bias_init(key, shape, dtype):
-  """Inverse softplus of dt ~ log-uniform [1e-3, 0.1] (Mamba / Gated DeltaNet)."""
-  dt = jnp.exp(jax.random.uniform(key, shape) * (jnp.log(0.1) - jnp.log(1e-3)) + jnp.log(1e-3))
-  return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)
+  recurrence = "delta"
 
-
-def _a_log_init(key, shape, dtype):
-  return jnp.log(jax.random.uniform(key, shape, minval=1e-4, maxval=16.0)).astype(dtype)
-
-
-class MixtureOfMemories(nnx.Module):
-  def __init__(self, ctx: LayerContext, *, n_memories: int, top_k: int, load_balance_weight: float,
-               mode: str, chunk_size: int, rngs: nnx.Rngs):
-    d, h, dk = ctx.d_model, ctx.n_heads, ctx.head_dim
-    m = n_memories
-    self.n_memories, self.top_k, self.n_heads, self.head_dim = m, top_k, h, dk
-    self.load_balance_weight, self.dtype = load_balance_weight, ctx.dtype
+  def __init__(self, ctx: LayerContext, *, rngs: nnx.Rngs, n_memories: int = 4, top_k: int = 2,
+               load_balance_weight: float = 0.01, routed: bool = True, norm_eps: float = 1e-5,
+               mode: str = "chunk", chunk_size: int = 64, grouped_matmul: str = "auto", tile_size: int = 128):
+    if not 1 <= top_k <= n_memories:
+      raise ValueError(f"top_k={top_k} must be in [1, n_memories={n_memories}]")
+    if grouped_matmul == "auto":
+      grouped_matmul = "tiled" if jax.default_backend() == "cpu" else "ragged_dot"
+    if grouped_matmul not in GROUPED_MATMULS:
+      raise ValueError(f"unknown grouped_matmul {grouped_matmul!r}; choose 'auto' or {GROUPED_MATMULS}")
+    d, h, dk, m = ctx.d_model, ctx.n_heads, ctx.head_dim, n_memories
+    self.n_memories, self.top_k, self.heads, self.layer_idx = m, top_k, h, ctx.layer_idx
+    self.load_balance_weight, self.routed = load_balance_weight, routed
+    self.grouped_matmul, self.tile_size = grouped_matmul, tile_size
+    self.router = Router(d, m, param_dtype=ctx.param_dtype, rngs=rngs)
+    self.q_proj = self._linear(ctx, d, h * dk, ("embed", "heads"), rngs=rngs)
+    # Memory-major columns: memory m's projections are columns [m * width, (m + 1) * width).
+    self.k_proj = self._linear(ctx, d, m * h * dk, ("embed", "heads"), rngs=rngs)
+    self.v_proj = self._linear(ctx, d, m * h * dk, ("embed", "heads"), rngs=rngs)
+    self.a_proj = self._linear(ctx, d, m * h, ("embed", "heads"), rngs=rngs)
+    self.b_proj = self._linear(ctx, d, m * h, ("embed", "heads"), rngs=rngs)
+    self.decay = DecayGate(m * h, a_range=(0.0, 16.0), param_dtype=ctx.param_dtype, rngs=rngs)
+    self.norm = HeadNorm(dk, eps=norm_eps, param_dtype=ctx.param_dtype, rngs=rngs)
+    self.o_proj = self._linear(ctx, h * dk, d, ("heads", "embed"), rngs=rngs)
+    self.dtype = ctx.dtype
+    self.n_heads, self.state_k, self.state_v = m * h, dk, dk  # the cache holds every memory's state
     self.mode, self.chunk_size = mode, chunk_size
-    kw = dict(dtype=ctx.dtype, param_dtype=ctx.param_dtype, rngs=rngs)
-    self.router = make_param(nnx.initializers.normal(stddev=d**-0.5), rngs.params(), (d, m), ctx.param_dtype,
-                             ("embed", None))
-    self.q_proj = Linear(d, h * dk, axes=("embed", "heads"), **kw)
-    self.k_proj = Linear(d, m * h * dk, axes=("embed", "heads"), **kw)
-    self.v_proj = Linear(d, m * h * dk, axes=("embed", "heads"), **kw)
-    self.a_proj = Linear(d, m * h, axes=("embed", "heads"), **kw)
-    self.b_proj = Linear(d, m * h, axes=("embed", "heads"), **kw)
-    self.a_log = make_param(_a_log_init, rngs.params(), (m * h,), jnp.float32, ("heads",), optim_group="no_decay")
-    self.dt_bias = make_param(_dt_bias_init, rngs.params(), (m * h,), jnp.float32, ("heads",),
-                              optim_group="no_decay")
-    self.norm_scale = make_param(nnx.initializers.ones, rngs.params(), (dk,), ctx.param_dtype, ("norm",),
-                                 optim_group="no_decay")
-    self.o_proj = Linear(h * dk, d, axes=("heads", "embed"), **kw)
 
-  def _mix(self, x: jax.Array, state: jax.Array | None, mode: str,
-           segment_ids: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
-    """x [B, T, D], state [B, M*H, K, V] or None, segment_ids [B, T] or None -> (y [B, T, D], final state)."""
-    b, t, _ = x.shape
-    m, h, dk = self.n_memories, self.n_heads, self.head_dim
-    logits = x.reshape(b * t, -1).astype(jnp.float32) @ self.router[...].astype(jnp.float32)  # [N, M]
-    route = top_k_route(logits, self.top_k, renormalize=True)
-    if state is None:  # the training forward
-      load = losses.expert_load(route.experts, m)
+  def flops_per_token(self, seq_len: int) -> float:
+    """Router, q / o projections, and per chosen memory its projections and recurrence (all M when dense)."""
+    used = self.top_k if self.routed else self.n_memories
+    per_memory = sum(2.0 * p.kernel.size for p in (self.k_proj, self.v_proj, self.a_proj, self.b_proj))
+    per_memory /= self.n_memories
+    chunk = min(self.chunk_size, seq_len)
+    recurrence = self.heads * recurrence_flops_per_token("delta", chunk, self.state_k, self.state_v)
+    own = sum(2.0 * p.size for p in (self.router.kernel, self.q_proj.kernel, self.o_proj.kernel))
+    return own + used * (per_memory + recurrence)
+
+  def active_params(self) -> float:
+    """Every parameter but the unchosen memories' projections."""
+    memories = sum(p.kernel.size for p in (self.k_proj, self.v_proj, self.a_proj, self.b_proj))
+    total = sum(v.size for v in jax.tree.leaves(nnx.state(self, nnx.Param)))
+    return total - (1 - self.top_k / self.n_memories) * memories
+
+  def mix(self, x: jax.Array, cache: Cache | None, mode: str, docs: Documents) -> tuple[jax.Array, Cache | None]:
+    b, t, d = x.shape
+    route = top_k_route(self.router(x.reshape(b * t, d)), self.top_k, renormalize=True)
+    if cache is None:  # the training forward
+      load = losses.expert_load(route.experts, self.n_memories)
       if self.load_balance_weight:
         self.sow(AuxLoss, "mom_load_balance", self.load_balance_weight * losses.load_balancing_loss(load, route.probs))
-      self.sow(LayerMetric, "mom_memory_load", load)
-    # dense [B, T, M] weights, zero for unchosen memories
+      self.sow(LayerMetric, f"mom_memory_load/{self.layer_idx}", load)
+    q = l2_normalize(jax.nn.silu(self.q_proj(x)).reshape(b, t, self.heads, -1))  # [B, T, H, K]
+    if cache is None and self.routed:
+      o, state = self._routed(x, q, route, mode, docs.segment_ids), None
+    else:
+      o, state = self._dense(x, q, route, cache, mode, docs.segment_ids)
+    return self.o_proj(self.norm(o).reshape(b, t, -1)), self._new_cache(cache, state, {})
+
+  def _features(self, k, v, a, beta_logits, a_log, dt_bias):
+    """Per (token, memory) head features: k, v [..., H, K], g, beta [..., H] (fp32)."""
+    k = l2_normalize(jax.nn.silu(k))
+    g, _ = decay(a, a_log, dt_bias)
+    return k, jax.nn.silu(v), g, jax.nn.sigmoid(beta_logits.astype(jnp.float32))
+
+  def _dense(self, x, q, route: TokenChoice, cache, mode, segment_ids):
+    """All memories over all tokens as M x H heads; unchosen (token, memory) pairs update nothing."""
+    b, t, _ = x.shape
+    m, h = self.n_memories, self.heads
     w = jnp.zeros((b * t, m), jnp.float32).at[jnp.arange(b * t)[:, None], route.experts].set(route.weights)
-    chosen = (w > 0).reshape(b, t, m, 1)
-    w = w.reshape(b, t, m, 1, 1)
+    w = w.reshape(b, t, m, 1)
+    k, v, g, beta = self._features(self.k_proj(x).reshape(b, t, m * h, -1), self.v_proj(x).reshape(b, t, m * h, -1),
+                                   self.a_proj(x), self.b_proj(x), self.decay.A_log[...], self.decay.dt_bias[...])
+    chosen = jnp.repeat(w > 0, h, axis=-1).reshape(b, t, m * h)
+    g, beta = jnp.where(chosen, g, 0.0), jnp.where(chosen, beta, 0.0)
+    q_all = jnp.broadcast_to(q[:, :, None], (b, t, m, h, q.shape[-1])).reshape(b, t, m * h, -1)
+    o, state = self._recur(gated_delta_rule, q_all, k, v, g, beta, cache=cache, mode=mode, segment_ids=segment_ids)
+    o = jnp.sum(o.reshape(b, t, m, h, -1).astype(jnp.float32) * w[..., None], axis=2)  # [B, T, H, V]
+    return o.astype(q.dtype), state
 
-    q = _l2_normalize(jax.nn.silu(self.q_proj(x))).reshape(b, t, 1, h, dk)
-    q = jnp.broadcast_to(q, (b, t, m, h, dk)).reshape(b, t, m * h, dk)
-    k = _l2_normalize(jax.nn.silu(self.k_proj(x)).reshape(b, t, m * h, dk))
-    v = jax.nn.silu(self.v_proj(x)).reshape(b, t, m * h, dk)
-    g = -jnp.exp(self.a_log[...]) * jax.nn.softplus(self.a_proj(x).astype(jnp.float32) + self.dt_bias[...])
-    beta = jax.nn.sigmoid(self.b_proj(x).astype(jnp.float32))
-    g = jnp.where(chosen, g.reshape(b, t, m, h), 0.0).reshape(b, t, m * h)  # [B, T, M*H]
-    beta = jnp.where(chosen, beta.reshape(b, t, m, h), 0.0).reshape(b, t, m * h)
-    o, state = gated_delta_rule(q, k, v, g, beta, initial_state=state, output_final_state=state is not None,
-                                mode=mode, chunk_size=self.chunk_size, segment_ids=segment_ids)
-    o = jnp.sum(o.reshape(b, t, m, h, dk).astype(jnp.float32) * w, axis=2)  # [B, T, H, V]
-    o = rms_norm(o, self.norm_scale[...]).astype(self.dtype).reshape(b, t, h * dk)
-    return self.o_proj(o), state
+  def _routed(self, x, q, route: TokenChoice, mode, segment_ids):
+    """Each memory over its routed tokens only: rows = (token, memory) pairs of each batch row, memory by
+    memory in token order, each memory's run one document of a packed gated_delta_rule."""
+    b, t, d = x.shape
+    m, h, k = self.n_memories, self.heads, self.top_k
+    memory = route.experts.reshape(b, t * k)  # [B, T*k], pair (t, j) at t * k + j
+    order = jnp.argsort(memory, axis=1, stable=True).astype(jnp.int32)  # per row: memory, then token
+    token = order // k  # [B, T*k] the token of each row
+    mem = jnp.take_along_axis(memory, order, axis=1)
+    doc = jnp.zeros_like(token) if segment_ids is None else document_index(segment_ids)
+    docs = mem * (t + 1) + jnp.take_along_axis(doc, token, axis=1)  # a new document per memory and per document
+    rows = jnp.take_along_axis(x, token[..., None], axis=1).reshape(b * t * k, d)
+    feats = self._memory_projections(rows, mem.reshape(-1))  # [B*T*k, 2*H*K + 2*H]
+    hk = h * q.shape[-1]
+    kk, v = feats[:, :hk].reshape(b, t * k, h, -1), feats[:, hk:2 * hk].reshape(b, t * k, h, -1)
+    a, beta_logits = feats[:, 2 * hk:2 * hk + h], feats[:, 2 * hk + h:]
+    a_log, dt_bias = (p[...].reshape(m, h)[mem] for p in (self.decay.A_log, self.decay.dt_bias))  # [B, T*k, H]
+    kk, v, g, beta = self._features(kk, v, a.reshape(b, t * k, h), beta_logits.reshape(b, t * k, h), a_log, dt_bias)
+    q_rows = jnp.take_along_axis(q, token[..., None, None], axis=1)
+    o, _ = gated_delta_rule(q_rows, kk, v, g, beta, mode=mode, chunk_size=self.chunk_size, segment_ids=docs)
+    weight = jnp.take_along_axis(route.weights.reshape(b, t * k), order, axis=1)  # [B, T*k]
+    o = o.astype(jnp.float32) * weight[..., None, None]
+    out = jnp.zeros((b, t, h, o.shape[-1]), jnp.float32)
+    return out.at[jnp.arange(b)[:, None], token].add(o).astype(q.dtype)  # [B, T, H, V]
 
-  def extra_flops_per_token(self, seq_len: int) -> float:
-    """The gated delta rule over all M memories (unchosen ones run with g = beta = 0)."""
-    chunk = min(self.chunk_size, seq_len)
-    return self.n_memories * self.n_heads * recurrence_flops_per_token("delta", chunk, self.head_dim, self.head_dim)
-
-  def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None,
-               positions: jax.Array | None = None) -> jax.Array:  # [B, T, D] -> [B, T, D]
-    del positions  # nothing here depends on position
-    if segment_ids is not None:
-      segments.check_segment_ids(segment_ids, x.shape[:2])
-    return self._mix(x, None, self.mode, segment_ids)[0]
-
-  def init_cache(self, batch_size: int, max_len: int) -> dict:
-    del max_len
-    shape = (batch_size, self.n_memories * self.n_heads, self.head_dim, self.head_dim)
-    return {"state": jnp.zeros(shape, jnp.float32), "cursor": segments.init_cursor(batch_size)}
-
-  def decode(self, x: jax.Array, cache: dict, pos: jax.Array, *, segment_ids: jax.Array | None = None,
-             positions: jax.Array | None = None) -> tuple[jax.Array, dict]:
-    """x [B, T, D] after the cached tokens; the states [B, M*H, K, V] restart where a document starts."""
-    del pos
-    d = segments.decode_documents(cache["cursor"], x.shape[1], segment_ids, positions)
-    y, state = self._mix(x, segments.restart(cache["state"], d.reset), "recurrent", d.segment_ids)
-    return y, {"state": state, "cursor": d.cursor}
-
-
-def mom(ctx: LayerContext, *, rngs: nnx.Rngs, n_memories: int = 4, top_k: int = 2,
-        load_balance_weight: float = 0.01, mode: str = "chunk", chunk_size: int = 64) -> MixtureOfMemories:
-  """Mixture-of-Memories over gated-delta-rule memories (heads = ctx.n_heads, K = V = ctx.head_dim).
-  mode is the gated_delta_rule form of the full-sequence pass ("chunk", "recurrent", "parallel")."""
-  return MixtureOfMemories(ctx, n_memories=n_memories, top_k=top_k, load_balance_weight=load_balance_weight,
-                           mode=mode, chunk_size=chunk_size, rngs=rngs)
+  def _memory_projections(self, rows: jax.Array, mem: jax.Array) -> jax.Array:
+    """rows [R, D] with their memories [R] -> the memory's k, v, a, b projections [R, 2*H*K + 2*H], as one
+    grouped matmul over the rows sorted by memory."""
+    m = self.n_memories
+    kernels = [p.kernel[...].reshape(rows.shape[-1], m, -1) for p in (self.k_proj, self.v_proj, self.a_proj,
+                                                                        self.b_proj)]
+    w = jnp.concatenate(kernels, axis=-1).transpose(1, 0, 2).astype(self.dtype)  # [M, D, 2HK + 2H]
+    groups = dispatch.sort_by_expert(mem[:, None], m)
+    sorted_rows = rows[groups.order].astype(self.dtype)
+    if self.grouped_matmul == "ragged_dot":
+      y = jax.lax.ragged_dot(sorted_rows, w, groups.group_sizes)
+    else:
+      tiles = dispatch.tile_layout(groups, self.tile_size)
+      y = dispatch.from_tiles(dispatch.tiled_matmul(dispatch.to_tiles(sorted_rows, tiles), w, tiles), tiles)
+    return jnp.zeros_like(y).at[groups.order].set(y, unique_indices=True)

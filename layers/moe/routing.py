@@ -46,21 +46,38 @@ def expert_probs(logits: jax.Array, score: str) -> jax.Array:
   raise ValueError(f"unknown router score {score!r}; choose from {SCORES}")
 
 
-def top_k_route(logits: jax.Array, top_k: int, *, score: str = "softmax",
-                renormalize: bool = False) -> TokenChoice:
+def top_k_route(logits: jax.Array, top_k: int, *, score: str = "softmax", renormalize: bool = False,
+                bias: jax.Array | None = None, n_groups: int = 1, top_groups: int = 1,
+                scale: float = 1.0) -> TokenChoice:
   """Token-choice routing. logits [N, E] -> weights, experts [N, k], probs [N, E].
 
-  softmax: weights are the softmax probabilities of the chosen experts (renormalised over the
-  k chosen if `renormalize`). sigmoid: weights are the raw sigmoid scores (DeepSeek-V3 style;
-  renormalised over the k chosen if `renormalize`).
+  Scores s are the softmax probabilities or the independent sigmoids of the logits. Selection is the
+  top-k of s + bias (`bias` [E]: the auxiliary-loss-free balancing bias, which steers selection only),
+  restricted with group-limited routing (DeepSeek-V2/V3) to the `top_groups` best of `n_groups` equal
+  groups of experts, a group scored by the sum of its two highest selection scores (its one score for
+  groups of one). Weights are the unbiased s of the chosen experts, renormalised over the k chosen
+  if `renormalize`, times `scale` (the routed scaling factor).
+
+    >>> r = top_k_route(jnp.array([[2.0, 1.0, 0.0, -1.0]]), 1, bias=jnp.array([0.0, 0.0, 0.0, 9.0]))
+    >>> int(r.experts[0, 0]), round(float(r.weights[0, 0]), 4)  # chosen by the bias, weighted by its score
+    (3, 0.0321)
   """
   logits = logits.astype(jnp.float32)
+  n_experts = logits.shape[-1]
   probs = expert_probs(logits, score)
   scores = probs if score == "softmax" else jax.nn.sigmoid(logits)
-  weights, experts = jax.lax.top_k(scores, top_k)
+  choose = scores if bias is None else scores + jax.lax.stop_gradient(bias.astype(jnp.float32))
+  if n_groups > 1:
+    grouped = choose.reshape(*choose.shape[:-1], n_groups, n_experts // n_groups)
+    group_score = jnp.sum(jax.lax.top_k(grouped, min(2, grouped.shape[-1]))[0], axis=-1)  # [N, G]
+    best = jax.lax.top_k(group_score, top_groups)[1]  # [N, top_groups]
+    keep = jnp.any(best[..., :, None] == jnp.arange(n_groups), axis=-2)  # [N, G]
+    choose = jnp.where(jnp.repeat(keep, n_experts // n_groups, axis=-1), choose, -jnp.inf)
+  experts = jax.lax.top_k(choose, top_k)[1]
+  weights = jnp.take_along_axis(scores, experts, axis=-1)
   if renormalize:
     weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
-  return TokenChoice(weights, experts.astype(jnp.int32), probs)
+  return TokenChoice(weights * scale, experts.astype(jnp.int32), probs)
 
 
 def expert_choice_route(logits: jax.Array, capacity: int) -> ExpertChoice:
@@ -83,7 +100,7 @@ class Router(nnx.Module):
 
   kind "learned": W is a parameter [embed, expert]; kind "random": W is a constant of `seed`
   (no parameter, no gradient). Jitter multiplies the input by U[1 - jitter, 1 + jitter] while
-  not `deterministic` (set by `model.train()` / `model.eval()`); it draws from the "jitter"
+  not `deterministic` (set by `model.train()` / `model.eval()` or `nnx.view`); it draws from the "jitter"
   stream of the rngs (falling back to "default").
   """
 
@@ -102,6 +119,11 @@ class Router(nnx.Module):
     self.jitter = jitter
     self.deterministic = False
     self.rngs = rngs.fork() if jitter > 0 else None
+
+  def set_view(self, deterministic: bool | None = None):
+    """`nnx.view(model, deterministic=True)` (evaluation) switches the jitter off."""
+    if deterministic is not None:
+      self.deterministic = deterministic
 
   def __call__(self, x: jax.Array) -> jax.Array:  # [N, D] -> [N, E] fp32
     x = x.astype(jnp.float32)

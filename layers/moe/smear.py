@@ -48,13 +48,15 @@ def _apply_merged(graphdef, params: Any, rest: Any, x: jax.Array) -> jax.Array:
 
 
 class SMEAR(nnx.Module):
-  def __init__(self, ctx: LayerContext, *, n_experts: int, expert_ffn: str, expert_hidden: int,
-               expert_options: dict | None, granularity: str, rngs: nnx.Rngs):
+  """SMEAR feed-forward; expert_hidden 0: ctx.d_ff (one merged expert = one dense ffn)."""
+
+  def __init__(self, ctx: LayerContext, *, rngs: nnx.Rngs, n_experts: int = 4, expert_ffn: str = "swiglu",
+               expert_hidden: int = 0, expert_options: dict | None = None, granularity: str = "token"):
     if granularity not in GRANULARITIES:
       raise ValueError(f"unknown granularity {granularity!r}; choose from {GRANULARITIES}")
     self.granularity, self.n_experts = granularity, n_experts
     self.router = Router(ctx.d_model, n_experts, param_dtype=ctx.param_dtype, rngs=rngs)
-    self.experts = Experts(ctx, n_experts, expert_ffn, expert_hidden, rngs=rngs, options=expert_options)
+    self.experts = Experts(ctx, n_experts, expert_ffn, expert_hidden or ctx.d_ff, rngs=rngs, options=expert_options)
     if granularity == "token" and not self.experts.supports_ragged:
       raise ValueError(f"SMEAR granularity 'token' needs MLP/GLU experts; got {expert_ffn!r} "
                        "(use granularity='sequence')")
@@ -99,9 +101,3 @@ class SMEAR(nnx.Module):
       h = h * proj(f.up, x)
     return proj(f.down, h)
 
-
-def smear(ctx: LayerContext, *, rngs: nnx.Rngs, n_experts: int = 4, expert_ffn: str = "swiglu",
-          expert_hidden: int = 0, expert_options: dict | None = None, granularity: str = "token") -> SMEAR:
-  """SMEAR feed-forward; expert_hidden defaults to ctx.d_ff (one merged expert = one dense ffn)."""
-  return SMEAR(ctx, n_experts=n_experts, expert_ffn=expert_ffn, expert_hidden=expert_hidden or ctx.d_ff,
-               expert_options=expert_options, granularity=granularity, rngs=rngs)

@@ -8,22 +8,11 @@ process_count examples per step.
 """
 
 import grain
-import numpy as np
 
 from train.data import registry
 from train.data.augment import batch_transform, example_transform
 from train.data.documents import Documents
-
-
-def pack(ds: grain.IterDataset, seq_len: int) -> grain.IterDataset:
-  """Concatenate documents and split into seq_len + 1 windows -> shifted LM examples."""
-  packed = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len + 1})
-
-  def to_example(x) -> dict[str, np.ndarray]:
-    tokens = x["tokens"]
-    return {"inputs": tokens[:-1], "targets": tokens[1:], "weights": np.ones(seq_len, np.float32)}
-
-  return packed.map(to_example)
+from train.data.packing import pack
 
 
 def read_options(cfg) -> grain.ReadOptions:
@@ -37,7 +26,8 @@ def read_options(cfg) -> grain.ReadOptions:
 
 def build(cfg, *, split: str, seed: int, train: bool, batch_size: int, process_index: int = 0,
           process_count: int = 1) -> grain.DatasetIterator:
-  """An infinite iterator of numpy batches {"inputs", "targets", "weights"} for this process.
+  """An infinite iterator of numpy batches {"inputs", "targets", "weights"} for this process; packed text
+  adds "segment_ids" and "positions" when data.document_masking is on (train/data/packing.py).
 
   cfg: the `config.data` section; batch_size: the per-process batch.
   """
@@ -55,7 +45,7 @@ def build(cfg, *, split: str, seed: int, train: bool, batch_size: int, process_i
     ds = ds.random_map(per_example, seed=seed + 1)
   it = ds.to_iter_dataset(read_options(cfg))
   if isinstance(src, Documents):
-    it = pack(it, src.seq_len)
+    it = pack(it, src.seq_len, packing=cfg.packing, masking=cfg.document_masking, rows=batch_size)
   it = it.batch(batch_size, drop_remainder=True)
   if (per_batch := batch_transform(augment)) is not None:
     it = it.random_map(per_batch, seed=seed + 2 + process_index)

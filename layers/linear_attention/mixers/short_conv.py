@@ -26,8 +26,10 @@ def short_causal_conv(
   """y_t = sum_i weight[i] * x_{t-W+1+i} (+ bias), in fp32, over the inputs of x_t's document;
   returns x's dtype and the updated cache.
 
-  >>> y, cache = short_causal_conv(jnp.ones((1, 5, 2)), jnp.ones((4, 2)), None,
-  ...                              segment_ids=jnp.array([[0, 0, 0, 1, 1]]))  # y[0, :, 0] = 1 2 3 1 2
+  >>> y, cache = short_causal_conv(jnp.ones((1, 5, 1)), jnp.ones((4, 1)), None,
+  ...                              segment_ids=jnp.array([[0, 0, 0, 1, 1]]))
+  >>> y[0, :, 0].tolist(), cache[0, :, 0].tolist()
+  ([1.0, 2.0, 3.0, 1.0, 2.0], [0.0, 1.0, 1.0])
   """
   width = weight.shape[0]
   if cache is None:

@@ -25,7 +25,8 @@ def chunk_scalar_gate(
   document writes S_{n+1}, and exp(b_C) S_n is dropped when a document starts inside the chunk (`docs`).
   """
   qc, kc, vc = (common.to_chunks(x, size) for x in (q, k, v))  # [B, H, N, C, K|V]
-  pairs = jnp.tril(jnp.ones((size, size), bool)) & docs.same  # s <= t, same document [B|1, 1, N|1, C, C]
+  same = common.same_document(docs.doc, docs.doc)  # [B|1, 1, N|1, C, C]
+  pairs = jnp.tril(jnp.ones((size, size), bool)) & same  # s <= t in one document
   if g is None:
     decay_qk, q_in, k_out, chunk_decay = pairs.astype(q.dtype), qc, kc, docs.carry
   else:
@@ -95,8 +96,9 @@ def chunk_delta(
   """
   qc, kc, vc = (common.to_chunks(x, size) for x in (q, k, v))  # [B, H, N, C, K|V]
   bc = common.to_chunks(beta, size)  # [B, H, N, C]
-  strict = jnp.tril(jnp.ones((size, size), bool), -1) & docs.same  # s < t, same document
-  causal = jnp.tril(jnp.ones((size, size), bool)) & docs.same  # s <= t, same document
+  same = common.same_document(docs.doc, docs.doc)  # [B|1, 1, N|1, C, C]
+  strict = jnp.tril(jnp.ones((size, size), bool), -1) & same  # s < t in one document
+  causal = jnp.tril(jnp.ones((size, size), bool)) & same  # s <= t in one document
   if g is None:
     decay_strict, decay_causal = strict.astype(q.dtype), causal.astype(q.dtype)
     k_in, k_out, q_in, chunk_decay = kc, kc, qc, docs.carry[..., 0]

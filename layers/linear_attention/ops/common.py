@@ -142,33 +142,38 @@ def scan_time(
 
 
 class ChunkDocuments(NamedTuple):
-  """Document masks of a packed row cut into N chunks of C steps (broadcast over heads).
+  """Documents of a packed row cut into N chunks of C steps (broadcast over heads).
 
-  The chunk forms use them as: intra-chunk scores only within a document (`same`); the state entering
-  a chunk reaches only the document that continues from before it (`first`); only the chunk's last
-  document writes the next state (`last`); the entering state carries over only when no document
-  starts inside the chunk (`carry`). With one document per row they are constant ones.
+  The chunk forms use them as: intra-chunk scores only within a document (`same_document` of `doc`);
+  the state entering a chunk reaches only the document that continues from before it (`first`); only
+  the chunk's last document writes the next state (`last`); the entering state carries over only when
+  no document starts inside the chunk (`carry`). With one document per row they are constants.
   """
-  same: jax.Array  # [B, 1, N, C, C] bool: steps t and s are in one document
+  doc: jax.Array  # [B, 1, N, C] int32: document index of each step (non-decreasing along the row)
   first: jax.Array  # [B, 1, N, C, 1] fp32: 1 where step t continues the document of the entering state
   last: jax.Array  # [B, 1, N, C, 1] fp32: 1 where step t is in the chunk's last document
   carry: jax.Array  # [B, 1, N, 1] fp32: 1 where no document starts inside the chunk
 
 
 def chunk_documents(doc: jax.Array | None, n: int, size: int) -> ChunkDocuments:
-  """Masks for document indices doc [B, N*C] (non-decreasing, 0 first; None: one document per row)."""
+  """ChunkDocuments for document indices doc [B, N*C] (0 first, +1 per document; None: one document)."""
   if doc is None:
     one = jnp.ones((1, 1, 1, 1, 1), F32)
-    return ChunkDocuments(jnp.ones((1, 1, 1, 1, 1), bool), one, one, jnp.ones((1, 1, n, 1), F32))
+    return ChunkDocuments(jnp.zeros((1, 1, 1, size), jnp.int32), one, one, jnp.ones((1, 1, n, 1), F32))
   d = doc.reshape(doc.shape[0], 1, n, size)  # [B, 1, N, C]
   end = d[..., -1]  # [B, 1, N]: document of the chunk's last step
   enter = jnp.concatenate([d[..., :1, 0], end[..., :-1]], axis=-1)  # [B, 1, N]: document of the entering state
   return ChunkDocuments(
-    same=d[..., :, None] == d[..., None, :],
+    doc=d,
     first=(d == enter[..., None]).astype(F32)[..., None],
     last=(d == end[..., None]).astype(F32)[..., None],
     carry=(end == enter).astype(F32)[..., None],
   )
+
+
+def same_document(rows: jax.Array, cols: jax.Array) -> jax.Array:
+  """[..., R] and [..., S] document indices -> [..., R, S] bool: step pairs within one document."""
+  return rows[..., :, None] == cols[..., None, :]
 
 
 def scan_chunk_states(s0: jax.Array, decay: jax.Array, update: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -63,7 +63,7 @@ def _chunk(q, k, v, gk, s0, docs, size):
   The intra-chunk scores use sub-chunks of length c: for t in sub-chunk i and s before it, with r_i
   the step just before sub-chunk i, exp(b_t - b_s) = exp(b_t - b_{r_i}) exp(b_{r_i} - b_s), both
   factors <= 1, so the block is a plain matmul; inside a sub-chunk the decay is applied elementwise.
-  In a packed row the [C, C] scores (both sub-chunk blocks) keep only pairs within a document, S_n
+  In a packed row both score blocks keep only pairs within a document, S_n
   reaches only the continuing document, only the last document writes S_{n+1}, and diag(exp(b_C)) S_n
   is dropped when a document starts inside the chunk (`docs`).
   """
@@ -84,12 +84,14 @@ def _chunk(q, k, v, gk, s0, docs, size):
   before = jnp.arange(size)[None, :] < (jnp.arange(ns) * c)[:, None]  # s before sub-chunk i [ns, C]
   k_ref = kc[..., None, :, :] * common.masked_exp(  # k_s exp(b_r - b_s) [B, H, N, ns, C, K]
     ref[..., :, None, :] - cum[..., None, :, :], before[:, :, None])
-  between = jnp.einsum("bhnitk,bhnisk->bhnits", q_ref, k_ref)  # [B, H, N, ns, c, C]
+  doc_s = docs.doc.reshape(*docs.doc.shape[:3], ns, c)  # [B|1, 1, N|1, ns, c]
+  between = jnp.where(  # [B, H, N, ns, c, C]
+    common.same_document(doc_s, docs.doc[..., None, :]), jnp.einsum("bhnitk,bhnisk->bhnits", q_ref, k_ref), 0.0)
   causal = jnp.tril(jnp.ones((c, c), bool))[:, :, None]
-  inside = jnp.einsum(  # [B, H, N, ns, c, c]
+  inside = jnp.where(common.same_document(doc_s, doc_s), jnp.einsum(  # [B, H, N, ns, c, c]
     "bhnitk,bhnisk,bhnitsk->bhnits", q_s, k_s,
-    common.masked_exp(cum_s[..., :, None, :] - cum_s[..., None, :, :], causal))
+    common.masked_exp(cum_s[..., :, None, :] - cum_s[..., None, :, :], causal)), 0.0)
   scores = between.reshape(*between.shape[:3], size, size) + jnp.einsum(
     "bhnits,ij->bhnitjs", inside, jnp.eye(ns, dtype=inside.dtype)).reshape(*between.shape[:3], size, size)
-  o = o + jnp.einsum("bhncs,bhnsv->bhncv", jnp.where(docs.same, scores, 0.0), vc)
+  o = o + jnp.einsum("bhncs,bhnsv->bhncv", scores, vc)
   return common.from_chunks(o), final
