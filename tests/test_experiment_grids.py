@@ -16,11 +16,12 @@ PAPER = {
   "experiments/delta_net.py:size=1.3b": (2048, {24}, "tfds_text", 5),
   "experiments/gated_delta_net.py": (1024, {21, 24}, "tfds_text", 7),
   "experiments/hybrid.py": (1024, {24}, "tfds_text", 10),
-  "experiments/moe.py": (1024, {24}, "tfds_text", 6),
+  "experiments/moe.py": (1024, {24}, "tfds_text", 8),
   "experiments/mom.py": (1024, {24}, "tfds_text", 2),
   "experiments/polycom.py": (2048, {24}, "tfds_text", 3),
   "experiments/kat.py": (192, {12}, "tfds_images", 7),
   "experiments/karat.py": (192, {12}, "tfds_images", 3),
+  "experiments/packing.py": (768, {12}, "tfds_text", 12),
 }
 
 

@@ -78,7 +78,7 @@ def residual_bytes(graphdef, params, rest, inputs: jax.ShapeDtypeStruct, loss: s
   the parameters and other variables themselves (they are kept anyway)."""
 
   def objective(p, r, x):
-    outputs, aux, _, _ = forward(graphdef, p, r, x)
+    outputs, aux, _, _ = forward(graphdef, p, r, {"inputs": x})
     labels = jnp.zeros(outputs.shape[:-1], jnp.int32) if loss == "xent" else jnp.zeros(outputs.shape)
     sums = task_sums(outputs, {"targets": labels, "weights": jnp.ones(outputs.shape[:-1])}, loss)
     return sums["loss"] + sum(aux.values(), jnp.float32(0.0))
