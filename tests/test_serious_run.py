@@ -59,13 +59,17 @@ def test_bf16_compute_keeps_gates_states_norms_params_and_optimizer_fp32():
     assert kinds == {"float32"}, (part, kinds)
   jaxpr = jaxpr.jaxpr
   dtypes = collections.defaultdict(set)  # what -> input dtypes seen
+  states = 0
   for eqn in _eqns(jaxpr):
     floats = {str(v.aval.dtype) for v in eqn.invars if hasattr(v.aval, "dtype") and "float" in str(v.aval.dtype)}
-    if eqn.primitive.name == "scan":  # recurrent and chunk states are the scans' carries
+    if eqn.primitive.name == "scan":  # recurrent and chunk states [B, H, K, V] are scan carries of rank 4+
       n = eqn.params["num_consts"]
-      floats = {str(v.aval.dtype) for v in eqn.invars[n:n + eqn.params["num_carry"]] if "float" in str(v.aval.dtype)}
+      carry = [v.aval for v in eqn.invars[n:n + eqn.params["num_carry"]] if "float" in str(v.aval.dtype)]
+      floats = {str(a.dtype) for a in carry if a.ndim >= 4}
+      states += bool(floats)
     dtypes[eqn.primitive.name] |= floats
   assert "bfloat16" in dtypes["dot_general"]  # the compute is bf16 ...
+  assert states >= 7  # (one or more per recurrent mixer: all but attention)
   for what in ("scan", "rsqrt", "cumsum", "log", "log1p"):  # ... states, norms, gate cumsums and log-gates fp32
     assert dtypes[what] == {"float32"}, (what, dtypes[what])
 

@@ -152,8 +152,7 @@ def check(config, mesh: Mesh) -> Estimate | None:
   estimate (None where the device's memory is unknown or train.memory_check is off)."""
   if not config.train.get("memory_check", True):
     return None
-  device = mesh.devices.flat[0]
-  budget, source = device_memory(config, device)
+  budget, source = device_memory(config, jax.local_devices()[0])  # one this process can ask
   if budget is None:
     return None
   est = estimate(config, mesh)
