@@ -4,7 +4,9 @@ Every experiment's `get_config(arg)` starts from `base_config()` (so every run h
 and changes what its paper changes. One place decides what "local" means: `shrink_for_cpu`.
 """
 
+import itertools
 import re
+from collections.abc import Callable, Sequence
 
 import ml_collections
 
@@ -69,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
     kind="lm", vocab_size=256, d_model=128, n_heads=4, n_kv_heads=0, head_dim=0, d_ff=384,
     activation="gelu", norm="rmsnorm", blocks=blocks("attention", "swiglu", 2),
     options=ml_collections.ConfigDict(), tie_embeddings=True,
-    dtype="float32", param_dtype="float32", remat=False,
+    dtype="float32", param_dtype="float32", remat="none", scan_layers=False,
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -101,10 +103,15 @@ def base_config() -> ml_collections.ConfigDict:
     steps=1000, loss="xent", label_smoothing=0.0, log_every=10, eval_every=200, eval_steps=8,
     ckpt_every=200, keep_ckpts=3, async_ckpt=True, progress=True, tensorboard=True,
     grid_update_every=0, grid_update_until=0, grid_extend=(),
+    compilation_cache_dir="",  # keep compiled programs here (local or gs://): reruns and resumes skip compiling
+    profile_steps=(),  # (first, last): a jax.profiler trace of those steps in <workdir>/profile
+    memory_check=True,  # refuse a step whose estimated per-device memory exceeds the device's (train/memory.py)
+    device_memory_gib=0.0,  # the device's memory for that check; 0: ask the device (GPU/TPU), skip on CPU
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(
     shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1, sequence=1)),
+    dcn_shape=ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, expert=1, sequence=1)),  # slices per axis
     rules=ml_collections.ConfigDict(DEFAULT_RULES),
   ))
 
@@ -148,6 +155,17 @@ def text_data(c: ml_collections.ConfigDict, *, corpus: str = "stdlib", seq_len: 
   c.data.update(dict(name="text", seq_len=seq_len, corpus=corpus, max_files=0))
 
 
+def pretraining_data(c: ml_collections.ConfigDict, *, seq_len: int = 2048, tfds_name: str = "c4/en:3.1.0",
+                     vocab_size: int = 32000) -> None:
+  """A paper run's pre-training text: a TFDS catalog corpus prepared as ArrayRecord under data.data_dir,
+  tokenised by the SentencePiece model at data.spm_model, which the user sets (the linear-attention papers
+  use Llama 2's 32000-piece tokenizer on SlimPajama / FineWeb-Edu; C4 is the stand-in the TFDS catalog
+  has). Validation refuses the run while spm_model is empty rather than reading the corpus as bytes.
+  """
+  c.data.update(dict(name="tfds_text", tfds_name=tfds_name, seq_len=seq_len, spm_model="", text_field="text"))
+  c.model.vocab_size = vocab_size
+
+
 def mqar_data(c: ml_collections.ConfigDict, *, vocab_size: int = 256, num_pairs: int = 16,
               seq_len: int = 128, num_queries: int = 0) -> None:
   """Multi-query associative recall (Zoology); loss and accuracy on answer positions only."""
@@ -156,10 +174,70 @@ def mqar_data(c: ml_collections.ConfigDict, *, vocab_size: int = 256, num_pairs:
   c.model.vocab_size = vocab_size
 
 
+def pod_scale(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Paper-scale defaults for TPU pods and GPU clusters: bf16 compute (parameters, optimizer state, gates,
+  recurrent states and norms stay fp32), FSDP over every device (parameters, gradients and optimizer
+  state sharded over the `fsdp` axis, the batch over `data` x `fsdp`) and full rematerialisation (each
+  block keeps only its input; model.remat='dots' is faster where memory allows, the memory check says).
+  model.scan_layers=True makes compile time flat in depth."""
+  c.model.update(dict(dtype="bfloat16", param_dtype="float32", remat="full"))
+  c.mesh.shape.update(dict(data=1, fsdp=-1, tensor=1, expert=1))
+  return c
+
+
+def config_diff(base: ml_collections.ConfigDict, other: ml_collections.ConfigDict, prefix: str = "") -> dict:
+  """{dotted key: value} that turns `base` into `other` through sweep overrides; a section whose keys
+  differ is one override (a dict that replaces it)."""
+  if set(base) - set(other):
+    raise ValueError(f"config has {sorted(set(base) - set(other))} under {prefix or 'the root'} that a variant "
+                     "drops; a sweep override cannot remove keys")
+  out = {}
+  for key, value in other.items():
+    old = base.get(key)
+    if isinstance(value, ml_collections.ConfigDict) and isinstance(old, ml_collections.ConfigDict) and (
+        set(value) == set(old)):
+      out.update(config_diff(old, value, f"{prefix}{key}."))
+    else:
+      plain = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+      if plain != (old.to_dict() if isinstance(old, ml_collections.ConfigDict) else old):
+        out[prefix + key] = plain
+  return out
+
+
+def _value(config: ml_collections.ConfigDict, key: str):
+  for part in key.split("."):
+    config = config[part]
+  return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+
+
+def sweep_variants(add: Callable, get_config: Callable, arg: str | None, variants: Sequence[str],
+                   grid: dict[str, Sequence] | None = None) -> None:
+  """add() a run for each experiment-argument variant (e.g. "mixer=gla") at every point of `grid`
+  ({dotted key: values}, e.g. {"seed": (0, 1)}).
+
+  A variant's run sets the keys in which get_config(f"{arg},{variant}") differs from get_config(arg) (or
+  from another variant) to that variant's values, so each run is exactly the variant's single-run config
+  at the scale `arg` names: paper shapes and data at paper scale, CPU ones with `local`. Every run sets
+  the same keys (run names, report columns); a section whose keys differ between variants is one key.
+  """
+  base = get_config(arg)
+  configs = [get_config(",".join(filter(None, (arg, v)))) for v in variants]
+  changed = dict.fromkeys(k for c in configs for k in config_diff(base, c))
+  keys = [k for k in changed if not any(k.startswith(p + ".") for p in changed)]
+  for config in configs:
+    for point in itertools.product(*(grid or {}).values()):
+      add(**{k: _value(config, k) for k in keys}, **dict(zip(grid or {}, point)))
+
+
 def shrink_for_cpu(c: ml_collections.ConfigDict, *, steps: int = 300, n_layers: int = 2) -> ml_collections.ConfigDict:
-  """The `:local` variant: a model and run small enough to train on 2 CPU cores in minutes."""
+  """The `:local` variant: a model and run small enough to train on 2 CPU cores in minutes: fp32 on a
+  data-parallel mesh, and a pre-training corpus replaced by the embedded byte-level one."""
   c.model.update(dict(d_model=64, n_heads=2, n_kv_heads=0, head_dim=0, d_ff=192, dtype="float32",
-                      param_dtype="float32", remat=False))
+                      param_dtype="float32", remat="none", scan_layers=False))
+  c.mesh.shape.update(dict(data=-1, fsdp=1, tensor=1, expert=1))
+  if c.data.name == "tfds_text":
+    text_data(c, seq_len=c.data.seq_len)
+    c.model.vocab_size = 256
   c.model.blocks = _resize_pattern(c.model.blocks, n_layers)
   c.data.update(dict(seq_len=min(c.data.seq_len, 128), batch_size=16))
   c.optim.update(dict(warmup_steps=min(c.optim.warmup_steps, steps // 10), lr=max(c.optim.lr, 1e-3)))

@@ -8,8 +8,11 @@ grad clip 1.0. Hybrids: sliding-window attention every other layer, or 2 global 
 
 Variants (`variant=`): delta_net | gla | attention | swa_hybrid (DeltaNet and 2K-window attention
 alternating) | global_hybrid (DeltaNet with softmax attention at layers 2 and N/2 + 1).
-Paper scale (TPU / GPU; point data.* at a tokenised corpus):
-  python -m train --config experiments/delta_net.py:size=1.3b --workdir gs://bucket/deltanet-1.3b
+Paper scale (TPU / GPU; bf16, FSDP; C4 from TFDS, or data.tfds_name=..., with your corpus's SentencePiece model TOK):
+  python -m train --config experiments/delta_net.py:size=1.3b --workdir gs://bucket/deltanet-1.3b \
+    --config.data.spm_model=TOK
+  python -m train.sweep --config experiments/delta_net.py:size=1.3b --root gs://bucket/deltanet --emit tpu-vm \
+    --config.data.spm_model=TOK                                       # every variant
 Local (2 CPU cores, a few minutes):
   python -m train --config experiments/delta_net.py:local --workdir runs/delta_net/delta_net
   python -m train --config experiments/delta_net.py:local,variant=swa_hybrid --workdir runs/delta_net/swa
@@ -47,10 +50,11 @@ def get_config(arg: str | None = None):
   shape = SIZES[arg.size]
   c = common.lm_config("340m")
   c.model.update(d_model=shape["d_model"], n_heads=shape["n_heads"], d_ff=shape["d_ff"])
-  common.text_data(c, seq_len=2048)
+  common.pretraining_data(c, seq_len=2048)
   c.data.batch_size = 256  # 0.5M tokens per step
   c.optim.update(common.adamw(lr=3e-4, warmup=1000, schedule="cosine", clip=1.0, weight_decay=0.01))
   c.train.steps = int(TOKENS[arg.size] // (c.data.batch_size * c.data.seq_len))
+  common.pod_scale(c)
   n_layers, window = shape["n_layers"], arg.window
   if arg.local:
     c = common.shrink_for_cpu(c, steps=300)
@@ -60,6 +64,6 @@ def get_config(arg: str | None = None):
   return c
 
 
-def sweep(add):
-  for variant in VARIANTS:
-    add(**{"model.blocks": pattern(variant, 4)})
+def sweep(add, arg: str | None = None):
+  """Every variant at the scale ARG names (paper shapes and data, or `local`)."""
+  common.sweep_variants(add, get_config, arg, [f"variant={v}" for v in VARIANTS])

@@ -11,8 +11,11 @@ run (the loop logs the parameter count). Recipe: AdamW lr 3e-4, cosine, warmup, 
 Variants (`variant=`): gated_delta_net | delta_net | mamba2 | gla | attention |
 h1 (Gated DeltaNet + sliding-window attention, alternating) | h2 (Mamba-2, Gated DeltaNet, SWA repeated;
 its Mamba-2 layers share the Gated DeltaNet head shape).
-Paper scale (TPU / GPU; point data.* at a tokenised corpus):
-  python -m train --config experiments/gated_delta_net.py:size=1.3b --workdir gs://bucket/gdn-1.3b
+Paper scale (TPU / GPU; bf16, FSDP; C4 from TFDS, or data.tfds_name=..., with your corpus's SentencePiece model TOK):
+  python -m train --config experiments/gated_delta_net.py:size=1.3b --workdir gs://bucket/gdn-1.3b \
+    --config.data.spm_model=TOK
+  python -m train.sweep --config experiments/gated_delta_net.py:size=1.3b --root gs://bucket/gdn --emit tpu-vm \
+    --config.data.spm_model=TOK                                       # every variant
 Local (2 CPU cores, a few minutes):
   python -m train --config experiments/gated_delta_net.py:local --workdir runs/gdn/gdn
   python -m train --config experiments/gated_delta_net.py:local,variant=mamba2 --workdir runs/gdn/mamba2
@@ -53,10 +56,11 @@ def get_config(arg: str | None = None):
   c.model.update(d_model=shape["d_model"], d_ff=shape["d_ff"],
                  n_heads=shape["n_heads"] if gdn_heads else 16 if arg.size == "1.3b" else 8,
                  head_dim=shape["head_dim"] if gdn_heads else 0)
-  common.text_data(c, seq_len=2048)
+  common.pretraining_data(c, seq_len=2048)
   c.data.batch_size = 256  # 0.5M tokens per step
   c.optim.update(common.adamw(lr=3e-4, warmup=1000, schedule="cosine", clip=1.0, weight_decay=0.01))
   c.train.steps = int(TOKENS[arg.size] // (c.data.batch_size * c.data.seq_len))
+  common.pod_scale(c)
   n_layers = shape["n_layers"] if arg.variant == "gated_delta_net" else BASELINE_LAYERS[arg.size]
   window = arg.window
   if arg.local:
@@ -67,6 +71,6 @@ def get_config(arg: str | None = None):
   return c
 
 
-def sweep(add):
-  for variant in VARIANTS:
-    add(**{"model.blocks": pattern(variant, 3 if variant == "h2" else 2)})
+def sweep(add, arg: str | None = None):
+  """Every variant at the scale ARG names (paper shapes and data, or `local`)."""
+  common.sweep_variants(add, get_config, arg, [f"variant={v}" for v in VARIANTS])

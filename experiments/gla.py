@@ -6,9 +6,13 @@ Paper setup: Llama-style blocks (pre-RMSNorm, SwiGLU), GLA mixer with key dim d/
 1.3B (d=2048, 24 layers) on 100B tokens of SlimPajama, 2K context, 0.5M-token batches; AdamW
 lr 3e-4, cosine, warmup, weight decay 0.01, grad clip 1.0.
 
-Paper scale (TPU / GPU; point data.* at a tokenised corpus, e.g. a TFDS catalog name):
-  python -m train --config experiments/gla.py:size=340m --workdir gs://bucket/gla-340m
-  python -m train --config experiments/gla.py:size=1.3b,mixer=attention --workdir gs://bucket/tfm-1.3b
+Paper scale (TPU / GPU; bf16 compute, FSDP; C4 from TFDS under data.data_dir, or data.tfds_name=..., read
+through the SentencePiece model TOK of your corpus, e.g. Llama 2's 32000 pieces as in the paper):
+  python -m train --config experiments/gla.py:size=340m --workdir gs://bucket/gla-340m --config.data.spm_model=TOK
+  python -m train --config experiments/gla.py:size=1.3b,mixer=attention --workdir gs://bucket/tfm-1.3b \
+    --config.data.spm_model=TOK
+  python -m train.sweep --config experiments/gla.py:size=1.3b --root gs://bucket/gla --emit tpu-vm \
+    --config.data.spm_model=TOK                                       # the three mixers, one after another
 Local (2 CPU cores, a few minutes; byte-level LM on the embedded stdlib corpus):
   python -m train --config experiments/gla.py:local --workdir runs/gla/gla
   python -m train --config experiments/gla.py:local,mixer=attention --workdir runs/gla/attention
@@ -35,15 +39,16 @@ def get_config(arg: str | None = None):
   c = common.lm_config("340m")
   c.model.update(d_model=shape["d_model"], n_heads=shape["n_heads"], d_ff=shape["d_ff"])
   c.model.blocks = common.blocks(arg.mixer, "swiglu", shape["n_layers"])
-  common.text_data(c, seq_len=2048)
+  common.pretraining_data(c, seq_len=2048)
   c.data.batch_size = 256  # 256 x 2048 = 0.5M tokens per step
   c.optim.update(common.adamw(lr=3e-4, warmup=1000, schedule="cosine", clip=1.0, weight_decay=0.01))
   c.train.steps = int(TOKENS[arg.size] // (c.data.batch_size * c.data.seq_len))
+  common.pod_scale(c)
   if arg.local:
     c = common.shrink_for_cpu(c, steps=300)
   return c
 
 
-def sweep(add):
-  for mixer in MIXERS:
-    add(**{"model.blocks": common.blocks(mixer, "swiglu", 2)})
+def sweep(add, arg: str | None = None):
+  """The three mixers at the scale ARG names (paper shapes and data, or `local`)."""
+  common.sweep_variants(add, get_config, arg, [f"mixer={m}" for m in MIXERS])

@@ -7,8 +7,11 @@ attention layers; it recommends 3:1 to 6:1 with a gated, delta-rule-style mixer 
 DeltaNet). `ratio=R` puts one attention layer after every R linear layers (ratio=0: no attention;
 mixer=attention: the Transformer++ baseline). Recipe: AdamW lr 3e-4, cosine, warmup, grad clip 1.0.
 
-Paper scale (TPU / GPU; point data.* at a tokenised corpus):
-  python -m train --config experiments/hybrid.py:size=340m,mixer=gated_delta_net,ratio=3 --workdir gs://b/h3
+Paper scale (TPU / GPU; bf16, FSDP; C4 from TFDS, or data.tfds_name=..., with your corpus's SentencePiece model TOK):
+  python -m train --config experiments/hybrid.py:size=340m,mixer=gated_delta_net,ratio=3 --workdir gs://b/h3 \
+    --config.data.spm_model=TOK
+  python -m train.sweep --config experiments/hybrid.py:size=340m --root gs://b/hybrid --emit tpu-vm \
+    --config.data.spm_model=TOK                                       # the mixers x ratios grid
 Local (2 CPU cores, a few minutes; task=mqar measures recall, task=text LM loss):
   python -m train --config experiments/hybrid.py:local,task=mqar,ratio=3 --workdir runs/hybrid/gdn-3
   python -m train --config experiments/hybrid.py:local,task=mqar,ratio=0 --workdir runs/hybrid/gdn-pure
@@ -50,10 +53,11 @@ def get_config(arg: str | None = None):
   if arg.task == "mqar":
     common.mqar_data(c, vocab_size=256, num_pairs=16, seq_len=128)
   else:
-    common.text_data(c, seq_len=2048)
+    common.pretraining_data(c, seq_len=2048)
     c.data.batch_size = 256  # 0.5M tokens per step
   c.optim.update(common.adamw(lr=3e-4, warmup=1000, schedule="cosine", clip=1.0, weight_decay=0.01))
   c.train.steps = int(TOKENS[arg.size] // (c.data.batch_size * c.data.seq_len))
+  common.pod_scale(c)
   n_layers = shape["n_layers"]
   if arg.local:
     c = common.shrink_for_cpu(c, steps=400)
@@ -64,8 +68,8 @@ def get_config(arg: str | None = None):
   return c
 
 
-def sweep(add):
-  for mixer in ("gated_delta_net", "gla", "delta_net"):
-    for ratio in (0, 1, 3):
-      add(**{"model.blocks": pattern(mixer, ratio, 4)})
-  add(**{"model.blocks": pattern("attention", 0, 4)})
+def sweep(add, arg: str | None = None):
+  """Three linear mixers at ratios 0 (pure), 1:1 and 3:1, and the Transformer++ baseline, at the scale
+  (and on the task) ARG names."""
+  variants = [f"mixer={m},ratio={r}" for m in ("gated_delta_net", "gla", "delta_net") for r in (0, 1, 3)]
+  common.sweep_variants(add, get_config, arg, [*variants, "mixer=attention,ratio=0"])

@@ -54,6 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.update(common.adamw(lr=1e-3, warmup=10 * CIFAR_STEPS // 100, schedule="cosine", clip=1.0,
                                 weight_decay=0.05, b2=0.999))
     steps, eval_steps = CIFAR_STEPS, 19
+    common.pod_scale(c)
   for label in ("karat", "karat_universal"):
     c.model.options[label].update(dict(grid_size=arg.grid_size, rank=arg.rank, smooth_init=arg.smooth_init))
   c.train.update(dict(loss="xent", steps=steps, log_every=max(steps // 60, 1), eval_every=max(steps // 6, 1),
@@ -62,6 +63,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
-def sweep(add) -> None:
-  for attention in ATTENTION:
-    add(**{"model.blocks": f"({attention}, mlp) * 4"})
+def sweep(add, arg: str | None = None) -> None:
+  """Softmax vs blockwise vs universal Fourier-KArAt at the size and scale ARG names."""
+  common.sweep_variants(add, get_config, arg, [f"attention={a}" for a in ATTENTION])

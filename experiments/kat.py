@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.update(common.adamw(lr=1e-3, warmup=5 * IMAGENET_STEPS // 300, schedule="cosine", clip=0.0,
                                 weight_decay=0.05, b2=0.999))
     c.data.augment.update(common.deit_augment(num_classes=1000, image_size=224, resized_crop=True))
-    c.model.dtype = "bfloat16"
+    common.pod_scale(c)
     steps, eval_steps = IMAGENET_STEPS, 49
   c.model.options.gr_kan = ml_collections.ConfigDict(dict(init_std=arg.init_std, shared=arg.shared))
   c.train.update(dict(loss="xent", steps=steps, log_every=max(steps // 60, 1), eval_every=max(steps // 6, 1),
@@ -55,8 +55,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
-def sweep(add) -> None:
-  add(**{"model.blocks": "(softmax, mlp) * 4"})
-  for init_std in (0.0, 0.02):
-    for shared in ("none", "numerator", "denominator"):
-      add(**{"model.options.gr_kan.init_std": init_std, "model.options.gr_kan.shared": shared})
+def sweep(add, arg: str | None = None) -> None:
+  """DeiT vs KAT's init and coefficient-sharing ablations, at the size (t/s/b) and scale ARG names."""
+  size = common.parse_arg(arg, model="kat_t", data="mnist1d", local=False, init_std=0.0, shared="numerator").model[-1]
+  kat = [f"model=kat_{size},init_std={i},shared={s}" for i in (0.0, 0.02) for s in ("none", "numerator", "denominator")]
+  common.sweep_variants(add, get_config, arg, [f"model=deit_{size}", *kat])

@@ -11,9 +11,10 @@ auxiliary-loss-free bias, rate 1e-3, and a sequence-wise loss of weight 1e-4); d
 (the same model balanced by the Switch loss of weight 0.01 instead: the ablation baseline).
 Every variant has the active parameters of the dense SwiGLU ffn of width d_ff.
 
-Paper scale (TPU / GPU; experts sharded over the mesh "expert" axis):
-  python -m train --config experiments/moe.py:size=340m,variant=deepseek_v3 --workdir gs://bucket/moe-dsv3 \\
-    --config.mesh.shape.expert=8
+Paper scale (TPU / GPU; bf16, FSDP, experts sharded over the mesh "expert" axis; C4 from TFDS, or
+data.tfds_name=..., with your corpus's SentencePiece model TOK):
+  python -m train --config experiments/moe.py:size=340m,variant=deepseek_v3 --workdir gs://bucket/moe-dsv3 \
+    --config.mesh.shape.expert=8 --config.data.spm_model=TOK
 Local (2 CPU cores, a few minutes per variant):
   python -m train --config experiments/moe.py:local,variant=top2 --workdir runs/moe/top2
   python -m train.sweep --config experiments/moe.py:local                  # every variant
@@ -80,8 +81,9 @@ def ffn_options(variant: str, d_ff: int, local: bool = False) -> dict:
 def get_config(arg: str | None = None):
   arg = common.parse_arg(arg, size="340m", variant="top2", local=False, study="variants")
   c = common.lm_config(size=arg.size)
-  common.text_data(c, seq_len=1024)
+  common.pretraining_data(c, seq_len=1024)
   c.optim.update(common.adamw(lr=3e-4, warmup=2000, schedule="cosine", clip=1.0))
+  common.pod_scale(c)
   n_layers = common.LM_SIZES[arg.size]["n_layers"]
   if arg.local:
     c = common.shrink_for_cpu(c, steps=300)

@@ -63,6 +63,7 @@ def get_config(arg: str | None = None):
     c.data.tfds_name = "c4/en"
     c.optim.update(common.adamw(lr=3e-4, warmup=1000))
     c.train.update(dict(steps=s["steps"], eval_every=1000, ckpt_every=1000))
+    common.pod_scale(c)
   c.data.update(dict(packing="first_fit", document_masking=arg.masking, batch_size=s["batch_size"]))
   c.model.blocks = common.blocks(arg.mixer, "swiglu", n_layers)
   c.train.update(dict(eval_steps=s["eval_steps"], progress=False, tensorboard=False))

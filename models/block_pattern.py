@@ -23,8 +23,23 @@ def _tokens(spec: str) -> list[str]:
   return out
 
 
-def parse(spec: str) -> list[tuple[str, str]]:
-  """Expand a pattern into one (mixer, ffn) pair per layer."""
+Block = tuple[str, str]
+
+
+def _unit(group: list[Block]) -> list[Block]:
+  """The shortest prefix of `group` that, repeated, makes `group`."""
+  for k in range(1, len(group)):
+    if len(group) % k == 0 and group[:k] * (len(group) // k) == group:
+      return group[:k]
+  return group
+
+
+def parse_groups(spec: str) -> list[tuple[list[Block], int]]:
+  """The pattern as (group of blocks, repeats) in order: its top-level terms, each group cut to its
+  shortest repeating unit and consecutive equal groups merged; the units model.scan_layers scans.
+
+  "(a, s) * 3 + (b, s)" -> [([(a, s)], 3), ([(b, s)], 1)];  "((a, s) + (b, s)) * 6" -> [([(a, s), (b, s)], 6)]
+  """
   toks = _tokens(spec)
   pos = 0
 
@@ -44,41 +59,54 @@ def parse(spec: str) -> list[tuple[str, str]]:
   def is_name(tok: str | None) -> bool:
     return tok is not None and re.fullmatch(r"[A-Za-z_]\w*", tok) is not None
 
-  def atom() -> list[tuple[str, str]]:
+  def atom() -> list[Block]:
     nonlocal pos
     expect("(")
     if is_name(peek()) and peek(1) == "," and is_name(peek(2)) and peek(3) == ")":
       block = (toks[pos], toks[pos + 2])
       pos += 4
       return [block]
-    inner = expr()
+    inner = [b for group, n in expr() for b in group * n]
     expect(")")
     return inner
 
-  def term() -> list[tuple[str, str]]:
+  def term() -> tuple[list[Block], int]:
     nonlocal pos
-    blocks = atom()
+    blocks, count = atom(), 1
     if peek() == "*":
       pos += 1
       if peek() is None or not peek().isdigit():
         raise error("expected a repeat count after '*'")
-      blocks = blocks * int(toks[pos])
+      count = int(toks[pos])
       pos += 1
-    return blocks
+    return blocks, count
 
-  def expr() -> list[tuple[str, str]]:
+  def expr() -> list[tuple[list[Block], int]]:
     nonlocal pos
-    blocks = term()
+    terms = [term()]
     while peek() == "+":
       pos += 1
-      blocks = blocks + term()
-    return blocks
+      terms.append(term())
+    return terms
 
   if not toks:
     raise ValueError("empty block pattern; e.g. '(attention, swiglu) * 4'")
-  blocks = expr()
+  terms = expr()
   if pos != len(toks):
     raise error("unexpected trailing tokens")
-  if not blocks:
+  groups: list[tuple[list[Block], int]] = []
+  for group, count in terms:
+    unit = _unit(group)
+    count *= len(group) // len(unit)
+    if groups and groups[-1][0] == unit:
+      groups[-1] = (unit, groups[-1][1] + count)
+    elif count:
+      groups.append((unit, count))
+  if not groups:
     raise error("no layers")
-  return blocks
+  return groups
+
+
+def parse(spec: str) -> list[Block]:
+  """Expand a pattern into one (mixer, ffn) pair per layer."""
+  return [b for group, count in parse_groups(spec) for b in group * count]

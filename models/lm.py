@@ -23,9 +23,31 @@ from flax import nnx
 from layers import registry, segments
 from layers.context import LayerContext
 from layers.core import Embed, Linear
-from models.block_pattern import parse
+from layers.sharding import constrain
+from models.block_pattern import parse, parse_groups
+from models.scanned import Layers, ScannedGroup, check_stackable
 
 NONE = "none"
+ACTIVATION = ("batch", "length", "embed")  # the residual stream [B, T, D]
+# model.remat: what a block keeps for the backward pass; the rest is recomputed (jax.checkpoint policies)
+REMAT = {
+  "none": None,  # keep everything (no recomputation)
+  "full": jax.checkpoint_policies.nothing_saveable,  # keep each block's input only
+  "dots": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute elementwise work
+  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight matmuls, not attention scores
+}
+
+
+def remat_policy(name: str | bool):
+  """The jax.checkpoint policy of model.remat (False / True in configs saved before the names: none / full)."""
+  name = {False: "none", True: "full"}.get(name, name)
+  if name not in REMAT:
+    raise ValueError(f"model.remat={name!r}; choose one of {sorted(REMAT)}")
+  return REMAT[name]
+
+
+def _constrain(x: jax.Array) -> jax.Array:
+  return constrain(x, ACTIVATION)
 
 
 def resolve(name: str, options) -> tuple[str, dict]:
@@ -52,10 +74,28 @@ def check_blocks(cfg) -> None:
         registry.check_options(kind, layer, opts)
   registry.lookup("norm", cfg.norm)
   registry.lookup("activation", cfg.activation)
+  remat_policy(cfg.get("remat", "none"))
+
+
+def check_scan(cfg) -> None:
+  """With model.scan_layers, every repeated group's layers must be stackable (checked on abstract copies)."""
+  if not cfg.get("scan_layers", False):
+    return
+  for mixer, _ in parse(cfg.blocks):
+    layer = None if mixer == NONE else registry.lookup("mixer", resolve(mixer, cfg.get("options"))[0])
+    if inspect.isclass(layer) and "layer_values" in inspect.signature(layer.__call__).parameters:
+      raise ValueError(f"model.scan_layers=True with mixer {mixer!r}, which shares values across layers "
+                       "(layer_values, e.g. RWKV-7's value residual) that a scan over stacked layers does not "
+                       "carry; set model.scan_layers=False")
+  for group, count in parse_groups(cfg.blocks):
+    if count > 1:
+      check_stackable([nnx.eval_shape(lambda first=first, group=group: group_layers(cfg, group, first, nnx.Rngs(0)))
+                       for first in (0, len(group))])
 
 
 def check(cfg) -> None:
-  """`check_blocks`, and every mixer causal: a later token must never change an earlier logit."""
+  """`check_blocks`, every mixer causal (a later token must never change an earlier logit), and a
+  scanned model's groups stackable."""
   check_blocks(cfg)
   for i, (mixer, _) in enumerate(parse(cfg.blocks)):
     if mixer == NONE:
@@ -65,6 +105,7 @@ def check(cfg) -> None:
       how = "set" if "causal" in opts else f"the default of mixer {layer!r}"
       raise ValueError(f"model.options.{mixer}.causal=False ({how}): layer {i}'s mixer {mixer!r} is bidirectional, "
                        f"so tokens would see later tokens in this causal LM; set model.options.{mixer}.causal=True")
+  check_scan(cfg)
 
 
 def _takes_layer_values(layer) -> bool:
@@ -130,23 +171,46 @@ class Block(nnx.Module):
     return x, cache
 
 
+def build_blocks(cfg, rngs: nnx.Rngs, *, scan: bool, remat: str | bool) -> nnx.List:
+  """The pattern's blocks in order (made in layer order, so scanned or not they start from the same
+  values); with `scan`, each (group, repeats) of the pattern is one ScannedGroup."""
+  n = len(parse(cfg.blocks))
+  if not scan:
+    return nnx.List([Block(cfg, mixer, ffn, layer_context(cfg, i, n), rngs=rngs)
+                     for i, (mixer, ffn) in enumerate(parse(cfg.blocks))])
+  stacks, layer = [], 0
+  for group, count in parse_groups(cfg.blocks):
+    copies = [group_layers(cfg, group, layer + r * len(group), rngs) for r in range(count)]
+    stacks.append(ScannedGroup(copies, remat_policy=remat_policy(remat), constrain=_constrain))
+    layer += count * len(group)
+  return nnx.List(stacks)
+
+
+def group_layers(cfg, group: list[tuple[str, str]], first: int, rngs: nnx.Rngs) -> Layers:
+  """One repetition of a pattern group as layers first, first + 1, ..."""
+  n = len(parse(cfg.blocks))
+  return Layers([Block(cfg, m, f, layer_context(cfg, first + j, n), rngs=rngs) for j, (m, f) in enumerate(group)])
+
+
 class LM(nnx.Module):
-  """tokens [B, T] int32 -> logits [B, T, vocab] (fp32)."""
+  """tokens [B, T] int32 -> logits [B, T, vocab] (fp32).
+
+  model.remat names what each block keeps for the backward pass (REMAT); model.scan_layers runs each
+  repeated group of the pattern as one lax.scan over stacked variables (compile time flat in depth;
+  parameters gain a leading "layers" axis, so checkpoints of the two layouts differ).
+  """
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     check(cfg)
-    pattern = parse(cfg.blocks)
+    n = len(parse(cfg.blocks))
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     self.embed = Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.blocks = nnx.List([
-      Block(cfg, mixer, ffn, layer_context(cfg, i, len(pattern)), rngs=rngs)
-      for i, (mixer, ffn) in enumerate(pattern)
-    ])
-    top = layer_context(cfg, len(pattern), len(pattern))
-    self.final_norm = registry.build("norm", cfg.norm, top, rngs=rngs)
+    self.scan = bool(cfg.get("scan_layers", False))
+    self.blocks = build_blocks(cfg, rngs, scan=self.scan, remat=cfg.get("remat", "none"))
+    self.final_norm = registry.build("norm", cfg.norm, layer_context(cfg, n, n), rngs=rngs)
     self.unembed = None if cfg.tie_embeddings else Linear(
       cfg.d_model, cfg.vocab_size, axes=("embed", "vocab"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.remat = cfg.get("remat", False)
+    self.remat_policy = remat_policy(cfg.get("remat", "none"))
 
   def extra_flops_per_token(self, seq_len: int) -> float:
     """The tied output projection (the embedding table is otherwise only looked up)."""
@@ -164,16 +228,18 @@ class LM(nnx.Module):
     if segment_ids is not None:
       segments.check_segment_ids(segment_ids, tokens.shape)
       positions = segments.forward_positions(tokens.shape[1], segment_ids, positions)
-    x = self.embed(tokens)
+    x = _constrain(self.embed(tokens))
 
     def run(block, h, s, p, values):  # returns the dict too: values added under remat leave it as outputs
       values = dict(values)
       return block(h, segment_ids=s, positions=p, layer_values=values), values
 
-    step = nnx.remat(run) if self.remat else run
+    # a ScannedGroup applies the remat policy to each layer itself
+    step = run if self.scan or self.remat_policy is None else nnx.remat(run, policy=self.remat_policy)
     layer_values = {}
     for block in self.blocks:
       x, layer_values = step(block, x, segment_ids, positions, layer_values)
+      x = _constrain(x)
     return self._logits(x)
 
   def init_cache(self, batch_size: int, max_len: int) -> list:

@@ -19,8 +19,9 @@ from flax import nnx
 from layers import registry
 from layers.core import Linear, make_param
 from layers.kan.karat import tie_universal_operators
+from layers.sharding import constrain
 from models.block_pattern import parse
-from models.lm import Block, check_blocks, layer_context
+from models.lm import ACTIVATION, Block, check_blocks, layer_context, remat_policy
 
 # d_model, n_layers, n_heads, d_ff (MLP hidden = 4 d_model), as in DeiT / KAT.
 VIT_SIZES = {
@@ -62,7 +63,7 @@ def vit_model_config(preset: str = "deit_t", *, image_size=(224, 224), in_channe
     kind="vit", d_model=s["d_model"], n_heads=s["n_heads"], n_kv_heads=0, head_dim=0, d_ff=s["d_ff"],
     activation="gelu", norm="layernorm", blocks=f"({attention}, {FAMILY_FFN[family]}) * {s['n_layers']}",
     options=options, image_size=tuple(image_size), in_channels=in_channels, patch_size=patch_size,
-    n_classes=n_classes, pool="cls", dtype="float32", param_dtype="float32", remat=False,
+    n_classes=n_classes, pool="cls", dtype="float32", param_dtype="float32", remat="none",
   ))
 
 
@@ -104,7 +105,7 @@ class ViT(nnx.Module):
     self.final_norm = registry.build("norm", cfg.norm, top, rngs=rngs)
     self.head = Linear(cfg.d_model, cfg.n_classes, axes=("embed", None), use_bias=True, dtype=dtype,
                        param_dtype=param_dtype, kernel_init=nnx.initializers.zeros, rngs=rngs)
-    self.remat = cfg.get("remat", False)
+    self.remat_policy = remat_policy(cfg.get("remat", "none"))
     tie_universal_operators(self)
 
   def __call__(self, inputs: jax.Array) -> jax.Array:  # [B, *spatial, C] -> [B, n_classes]
@@ -114,7 +115,11 @@ class ViT(nnx.Module):
       x = jnp.concatenate([cls, x], axis=1)
     x = x + self.pos[...].astype(x.dtype)
     for block in self.blocks:
-      x = nnx.remat(lambda b, h: b(h))(block, x) if self.remat else block(x)
+      if self.remat_policy is None:
+        x = block(x)
+      else:
+        x = nnx.remat(lambda b, h: b(h), policy=self.remat_policy)(block, x)
+      x = constrain(x, ACTIVATION)
     x = self.final_norm(x)
     x = x[:, 0] if self.cls is not None else jnp.mean(x, axis=1)
     return self.head(x).astype(jnp.float32)

@@ -6,8 +6,23 @@ tests on a GPU; the sharding tests need the 8 CPU devices).
 
 import os
 
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+@pytest.fixture(scope="session")
+def spm_model(tmp_path_factory) -> str:
+  """A 200-piece SentencePiece model trained on this repo's training loop source (a stand-in for a
+  corpus tokenizer, e.g. in paper-scale configs, which read text through data.spm_model)."""
+  import sentencepiece
+
+  prefix = tmp_path_factory.mktemp("spm") / "tiny"
+  lines = open(os.path.join(os.path.dirname(__file__), "..", "train", "loop.py")).read().splitlines()
+  sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(prefix), vocab_size=200,
+                                           model_type="bpe", minloglevel=2)
+  return f"{prefix}.model"

@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
+import models
 from experiments import kan
 from train import checkpoint, loop, metrics
 from train import config as config_lib
@@ -61,6 +63,12 @@ def test_loop_extends_the_grid_at_the_scheduled_steps(uninterrupted):
   assert all(np.isfinite(r["loss"]) and np.isfinite(r.get("eval_loss", 0.0)) for r in records)
   params = _final_state(_config(), workdir)["params"]
   assert [k["spline_kernel"].shape for k in params["layers"].values()] == [(2, 15, 1), (1, 15, 1)]
+
+
+def test_models_load_builds_the_grid_in_force_at_the_checkpoint(uninterrupted):
+  workdir, _ = uninterrupted
+  loaded = nnx.to_pure_dict(nnx.state(models.load(str(workdir)), nnx.Param))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded), _final_state(_config(), workdir)["params"])
 
 
 def test_extension_keeps_the_function_and_restarts_the_optimizer():

@@ -62,11 +62,13 @@ def test_sweep_runs_skips_finished_and_resumes_interrupted(tmp_path):
 @pytest.mark.parametrize("kind,needle", [("slurm", "#SBATCH --array=0-3"), ("tpu-vm", "--worker=all"),
                                          ("shell", "python -m train --config")])
 def test_emit_cluster_scripts(tmp_path, kind, needle):
+  """Every emitted script parses and names every run (tests/test_launchers.py runs them)."""
   runs = sweep.expand(SPEC, str(tmp_path))
   path = sweep.emit(kind, runs, str(tmp_path))
-  text = open(path).read()
-  assert needle in text and all(r.workdir in text for r in runs)
-  assert subprocess.run(["bash", "-n", path]).returncode == 0
+  scripts = [p for p in tmp_path.iterdir() if p.is_file()]
+  text = "".join(p.read_text() for p in scripts)
+  assert needle in open(path).read() and all(r.workdir in text for r in runs)
+  assert all(subprocess.run(["bash", "-n", str(p)]).returncode == 0 for p in scripts)
 
 
 def _fake_run(root, name, config, losses, flops_per_step):

@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from layers.flops import active_params
-from train import checkpoint, config_changes, flops, lock, metrics, optim, paths, validate
+from train import checkpoint, config_changes, flops, lock, memory, metrics, optim, paths, profiling, validate
 from train import config as config_lib
 from train import mesh as mesh_lib
 from train import state as state_lib
@@ -46,6 +46,14 @@ def maybe_initialize_distributed(cfg) -> None:
   if cfg.process_id >= 0:
     kwargs["process_id"] = cfg.process_id
   jax.distributed.initialize(**kwargs)
+
+
+def use_compilation_cache(directory: str) -> None:
+  """Keep compiled programs in `directory` (train.compilation_cache_dir; local or gs://), so a rerun or
+  resume of the same config on the same devices skips compilation. JAX keeps those that took over
+  jax_persistent_cache_min_compile_time_secs (1 s; env JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS)."""
+  if directory:
+    jax.config.update("jax_compilation_cache_dir", directory)
 
 
 def param_counts(setup: state_lib.Setup) -> dict[str, int]:
@@ -146,11 +154,12 @@ def build_program(config, mesh: Mesh) -> Program:
   setup, tx, lr = state_lib.setup(config.model, config.seed,
                                   lambda p: optim.make(config.optim, p, config.train.steps), mesh, rules)
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
-  train_step = jax.jit(
+  train_step = jax.jit(mesh_lib.with_activation_rules(
     make_train_step(setup.graphdef, tx, lr, loss=config.train.loss, grad_accum=config.optim.grad_accum,
-                    label_smoothing=config.train.get("label_smoothing", 0.0)),
+                    label_smoothing=config.train.get("label_smoothing", 0.0)), rules, mesh),
     in_shardings=(setup.shardings, batch_sharding), out_shardings=(setup.shardings, None), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(setup.graphdef, loss=config.train.loss),
+  eval_step = jax.jit(mesh_lib.with_activation_rules(make_eval_step(setup.graphdef, loss=config.train.loss), rules,
+                                                     mesh),
                       in_shardings=(setup.shardings, batch_sharding))
   init_state = state_lib.initializer(config.model, config.seed, tx, setup)
   grid_update = None
@@ -224,7 +233,12 @@ def run(config, workdir: str, *, resume_with_changes: Sequence[str] = ()) -> dic
   maybe_initialize_distributed(config.distributed)
   validate.validate(config)
   config_changes.check_names(config, resume_with_changes)
-  mesh = mesh_lib.make_mesh(config.mesh.shape)
+  use_compilation_cache(config.train.get("compilation_cache_dir", ""))
+  mesh = mesh_lib.make_mesh(config.mesh.shape, dcn_shape=config.mesh.get("dcn_shape"))
+  with jax.set_mesh(mesh):
+    estimate = memory.check(config, mesh)  # refuses a step that cannot fit, before anything compiles
+  if estimate is not None and jax.process_index() == 0:
+    print(f"memory per device: about {estimate.describe()}", file=sys.stderr)
   with lock.hold(workdir), jax.set_mesh(mesh):
     return _train(config, paths.path(workdir), mesh, list(resume_with_changes))
 
@@ -337,9 +351,12 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
       bad = int(jax.device_get(state["first_bad_step"]))
       if bad >= 0:
         raise _nonfinite(bad, ckpt, workdir)
-      if ckpt.save(step, state, train_iter.get_state(), {"config": config.to_dict()}, force=force):
+      meta = {"config": config.to_dict(), "model": config_at(config, step).model.to_dict()}  # + KAN grids in force
+      if ckpt.save(step, state, train_iter.get_state(), meta, force=force):
         writer.flush()  # a remote metrics.jsonl holds every record up to the checkpoint
 
+    trace = profiling.StepTrace(config.train.get("profile_steps", ()), workdir)
+    cleanup.callback(trace.close)
     rates, last, timed = [], None, False  # timed: the interval since the last record holds no compilation
     batch = first
     last_time, last_step = time.perf_counter(), start
@@ -347,8 +364,10 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
       if step > start:
         batch = next(train_iter)
       gbatch = global_batch(batch, program.batch_sharding)
+      trace.before(step + 1)
       state, m = program.train_step(state, gbatch)
       done = step + 1
+      trace.after(done, state)
       extend = done in extensions  # after this step's update, logged and evaluated on the old grid first
       if not extend and program.grid_update is not None and done % config.train.grid_update_every == 0 and (
           not config.train.grid_update_until or done <= config.train.grid_update_until):

@@ -5,15 +5,23 @@ Parameters name their dims logically ("embed", "mlp", ...); `config.mesh.rules` 
 name to a mesh axis, a tuple of axes, or None (replicated). Unlisted names are replicated.
 Batches are split along their leading dim by the "batch" rule and, for token batches ([B, T] fields),
 along T by the "length" rule (the "sequence" axis: sequence parallelism, layers/sequence_parallel.py).
+
+Multi-slice TPU (and multi-host GPU over a slower network): `config.mesh.dcn_shape` splits each
+axis across slices too. `mesh.shape` is then the mesh inside one slice (over its fast ICI links),
+`dcn_shape` the slices' arrangement (over the data-centre network), and each axis of the mesh is
+their product: e.g. shape fsdp=-1 and dcn_shape data=2 on two v5p-64 slices is FSDP within a slice
+and data parallelism across the two, so only gradient all-reduces cross the slow links.
 """
 
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 AXES = ("data", "fsdp", "tensor", "expert", "sequence")
@@ -40,10 +48,71 @@ def mesh_shape(shape_cfg: Mapping[str, int], num_devices: int) -> tuple[int, ...
   return tuple(sizes)
 
 
-def make_mesh(shape_cfg: Mapping[str, int], devices: Sequence | None = None) -> Mesh:
+def dcn_sizes(dcn_cfg: Mapping[str, int] | None) -> tuple[int, ...]:
+  """Slices along each axis (1 = the axis stays inside a slice); every size explicit and positive."""
+  dcn_cfg = dict(dcn_cfg or {})
+  unknown = set(dcn_cfg) - set(AXES)
+  if unknown:
+    raise ValueError(f"unknown mesh axes {sorted(unknown)} in dcn_shape; mesh axes are {AXES}")
+  sizes = tuple(int(dcn_cfg.get(a, 1)) for a in AXES)
+  if any(s < 1 for s in sizes):
+    raise ValueError(f"dcn_shape sizes must be >= 1 (the number of slices along each axis), got "
+                     f"{dict(zip(AXES, sizes))}")
+  return sizes
+
+
+def full_shape(shape_cfg: Mapping[str, int], num_devices: int, dcn_cfg: Mapping[str, int] | None = None
+               ) -> tuple[int, ...]:
+  """The mesh's size along each axis: the per-slice shape (its -1 resolved) times the slices."""
+  dcn = dcn_sizes(dcn_cfg)
+  slices = math.prod(dcn)
+  if num_devices % slices:
+    raise ValueError(f"mesh.dcn_shape {dict(zip(AXES, dcn))} asks for {slices} slices; {num_devices} devices do "
+                     "not split into that many equal slices")
+  return tuple(i * d for i, d in zip(mesh_shape(shape_cfg, num_devices // slices), dcn))
+
+
+def device_slice(device) -> int:
+  """The slice a device belongs to: its TPU slice (multi-slice), else its process (one host per node)."""
+  return getattr(device, "slice_index", device.process_index)
+
+
+class _InSlice:
+  """A device seen as belonging to slice `slice_index` (what jax's hybrid mesh groups devices by)."""
+
+  def __init__(self, device, slice_index: int):
+    self.device, self.slice_index = device, slice_index
+
+  def __getattr__(self, name: str) -> Any:  # device_kind, platform, coords, ...: the device's own
+    return getattr(self.device, name)
+
+
+def hybrid_devices(ici: Sequence[int], dcn: Sequence[int], devices: Sequence,
+                   slice_of: Callable[[Any], int] = device_slice) -> np.ndarray:
+  """Device array of shape ici * dcn (per axis): each slice's devices laid out by `ici` (topology-aware,
+  jax's create_device_mesh), slices tiled by `dcn` (jax's create_hybrid_device_mesh), slices as
+  `slice_of(device)` says."""
+  try:
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, [_InSlice(d, slice_of(d)) for d in devices],
+                                                allow_split_physical_axes=True)
+  except ValueError as e:
+    raise ValueError(f"mesh.dcn_shape {dict(zip(AXES, dcn))} with per-slice mesh.shape {dict(zip(AXES, ici))}: "
+                     f"{e}; the product of mesh.dcn_shape must be the number of TPU slices (of hosts, on devices "
+                     "without a slice_index)") from None
+  return np.vectorize(lambda d: d.device, otypes=[object])(grid)
+
+
+def make_mesh(shape_cfg: Mapping[str, int], devices: Sequence | None = None, *,
+              dcn_shape: Mapping[str, int] | None = None,
+              slice_of: Callable[[Any], int] = device_slice) -> Mesh:
+  """The (data, fsdp, tensor, expert, sequence) mesh over `devices` (default: all), across slices if dcn_shape says so."""
   devices = list(jax.devices() if devices is None else devices)
-  shape = mesh_shape(shape_cfg, len(devices))
-  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+  dcn = dcn_sizes(dcn_shape)
+  types = (AxisType.Auto,) * len(AXES)
+  if math.prod(dcn) == 1:
+    return jax.make_mesh(mesh_shape(shape_cfg, len(devices)), AXES, axis_types=types, devices=devices)
+  ici = tuple(f // d for f, d in zip(full_shape(shape_cfg, len(devices), dcn_shape), dcn))
+  return Mesh(hybrid_devices(ici, dcn, devices, slice_of), AXES, axis_types=types)
 
 
 def rule_axes(rule) -> tuple[str, ...]:
@@ -116,3 +185,18 @@ def row_group(sharding: NamedSharding, process: int | None = None,
     raise ValueError(f"process {process} holds batch row shards {rows} of mesh axes {axes}: not one aligned "
                      "contiguous block; order the mesh so that each process's devices are neighbours along them")
   return rows[0] // n, math.prod(sizes) // n
+
+
+def with_activation_rules(fn: Callable, rules: Mapping, mesh: Mesh) -> Callable:
+  """`fn` traced with activation sharding hints (layers.sharding.constrain) mapped by `rules` onto `mesh`."""
+  from layers.sharding import sharding_rules
+
+  def to_sharding(axes: Sequence[str | None], shape: Sequence[int]) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(axes, rules, mesh, shape, "activation"))
+
+  @functools.wraps(fn)  # keeps its name: jit, the compilation cache and profiles show train_step, eval_step
+  def traced(*args, **kwargs):
+    with sharding_rules(to_sharding):
+      return fn(*args, **kwargs)
+
+  return traced

@@ -44,18 +44,31 @@ def setup(model_cfg, seed: int, make_tx, mesh: Mesh, rules) -> tuple[Setup, opta
   """Plan the state layout; `make_tx(abstract_params) -> (tx, schedule)` builds the optimizer."""
   abstract_model, graphdef, abs_params, param_sh, rest_sh = plan(model_cfg, seed, mesh, rules)
   tx, lr = make_tx(abs_params)
-  abs_pure = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
-                          nnx.to_pure_dict(abs_params), param_sh)
   scalar = NamedSharding(mesh, PartitionSpec())
-  # Moments follow their parameters' layout; XLA's choice for scalars (step counts) may name a
-  # single device, so anything not laid out on the mesh is replicated over it.
-  opt_sh = jax.tree.map(lambda sh: sh if isinstance(sh, NamedSharding) and sh.mesh == mesh else scalar,
-                        jax.jit(tx.init).lower(abs_pure).compile().output_shardings)
+  opt_sh = follow_params(jax.eval_shape(tx.init, nnx.to_pure_dict(abs_params)), nnx.to_pure_dict(abs_params),
+                         param_sh, scalar)
   shardings = {"params": param_sh, "opt_state": opt_sh, "rest": rest_sh, "step": scalar, "first_bad_step": scalar}
   abstract_state = jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
     jax.eval_shape(lambda: _fresh(model_cfg, seed, tx)), shardings)
   return Setup(graphdef, abstract_model, abs_params, shardings, abstract_state), tx, lr
+
+
+def follow_params(opt_state, params: dict, param_sh: dict, other: NamedSharding):
+  """Shardings for an (abstract) optimizer state: a leaf at a parameter's path (Adam's mu and nu sit at
+  .../mu/<param path>) with its shape is laid out as that parameter, anything else (step counts) as
+  `other`. Left to XLA, the moments of FSDP-sharded parameters came out replicated on every device."""
+  layout = {path: (sh, p.shape) for (path, sh), p in
+            zip(jax.tree_util.tree_flatten_with_path(param_sh)[0], jax.tree.leaves(params))}
+
+  def pick(path, leaf):
+    for start in range(len(path)):
+      sh, shape = layout.get(tuple(path[start:]), (None, None))
+      if sh is not None and shape == leaf.shape:
+        return sh
+    return other
+
+  return jax.tree_util.tree_map_with_path(pick, opt_state)
 
 
 def _fresh(model_cfg, seed: int, tx: optax.GradientTransformation) -> dict:

@@ -17,7 +17,7 @@ from train.config import ConfigError
 from train.data import documents, local_text_builder
 from train.data import registry as data_registry
 from train.data.packing import PACKINGS
-from train.data.tokenizer import get_tokenizer
+from train.data.tokenizer import BYTE_VOCAB, get_tokenizer
 from train.optim import SCHEDULES
 from train.step import LOSSES
 
@@ -86,6 +86,7 @@ NUMERIC_OPTIONS: dict[str, Range] = {
   "train.ckpt_every": COUNT, "train.keep_ckpts": COUNT, "train.label_smoothing": Range(0, 1, hi_open=True),
   "train.grid_update_every": Range(0, integer=True, note="0: never"),
   "train.grid_update_until": Range(0, integer=True, note="0: until the end"),
+  "train.device_memory_gib": Range(0, note="0: ask the device"),
   "distributed.num_processes": Range(0, integer=True, note="0: from the environment"),
   "distributed.process_id": Range(-1, integer=True, note="-1: from the environment"),
 }
@@ -160,6 +161,10 @@ def check_vocab(config) -> None:
     _require(vocab >= d.vocab_size, f"model.vocab_size={vocab} < data.vocab_size={d.vocab_size} (MQAR token "
                                     f"ids); set model.vocab_size={d.vocab_size}")
   elif d.name in ("text", "tfds_text"):
+    _require(d.get("spm_model") or vocab <= BYTE_VOCAB,
+             f"data.spm_model is empty, so {d.get('tfds_name') or d.get('corpus')!r} would be read as bytes "
+             f"({BYTE_VOCAB} ids) by a model with vocab_size={vocab}: set data.spm_model=/path/to/tokenizer.model "
+             f"(the SentencePiece model of the run's corpus), or model.vocab_size={BYTE_VOCAB} for a byte-level run")
     try:
       documents.check_vocab(vocab, get_tokenizer(d.get("spm_model", "")))
     except (ValueError, OSError) as e:
@@ -209,6 +214,11 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   _require(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r}; choose one of {SCHEDULES}")
   _require(t.loss in LOSSES, f"train.loss={t.loss!r}; choose one of {LOSSES}")
   check_grid_extend(config)
+  profile = tuple(t.get("profile_steps", ()))
+  _require(not profile or (len(profile) == 2 and all(type(s) is int for s in profile)
+                           and 1 <= profile[0] <= profile[1] <= t.steps),
+           f"train.profile_steps={profile!r} must be () or (first, last) with 1 <= first <= last <= train.steps="
+           f"{t.steps}, e.g. (10, 12) traces steps 10 to 12 (after compilation)")
   crop = d.get("augment", {}).get("random_resized_crop", 0)
   _require(not crop or crop == d.get("image_size", 0),
            f"data.augment.random_resized_crop={crop} needs data.image_size={crop} (the side every image is "
@@ -219,7 +229,8 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
            f"{d.get('read_threads')}")
 
   try:
-    mesh_shape = dict(zip(mesh_lib.AXES, mesh_lib.mesh_shape(config.mesh.shape, num_devices)))
+    mesh_shape = dict(zip(mesh_lib.AXES, mesh_lib.full_shape(config.mesh.shape, num_devices,
+                                                             config.mesh.get("dcn_shape"))))
   except ValueError as e:
     raise ConfigError(f"config.mesh.shape: {e}") from None
   for logical, rule in config.mesh.rules.items():
