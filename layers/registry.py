@@ -67,6 +67,7 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "reglu": "layers.feedforward:reglu",
     "moe": "layers.moe.moe:MoE",
     "smear": "layers.moe.smear:SMEAR",
+    "smoe_dropout": "layers.moe.smoe_dropout:SMoEDropout",
     "kan": "layers.kan.feedforward:kan_ffn",
     "fourier_kan": "layers.kan.feedforward:fourier_kan_ffn",
     "gr_kan": "layers.kan.gr_kan:gr_kan",

@@ -22,8 +22,8 @@ from train import paths
 from train.config import ConfigError
 
 HISTORY = "config_changes.jsonl"
-BENIGN = ("train.progress", "train.log_every", "train.eval_every", "train.tensorboard", "train.ckpt_every",
-          "train.keep_ckpts", "train.async_ckpt", "data.read_threads", "mesh", "distributed")
+BENIGN = ("train.progress", "train.log_every", "train.eval_every", "train.eval_top_k", "train.tensorboard",
+          "train.ckpt_every", "train.keep_ckpts", "train.async_ckpt", "data.read_threads", "mesh", "distributed")
 ABSENT = "(absent)"
 
 

@@ -21,6 +21,27 @@ from layers.moe import dispatch
 GROUPED_MATMULS = ("ragged_dot", "tiled")
 
 
+def grouped_matmul_impl(name: str) -> str:
+  """The grouped matmul `name` stands for: "auto" is "tiled" on CPU (where XLA lowers ragged_dot to a dense
+  masked matmul over all experts) and "ragged_dot" elsewhere; a ValueError names the choices otherwise."""
+  if name == "auto":
+    return "tiled" if jax.default_backend() == "cpu" else "ragged_dot"
+  if name not in GROUPED_MATMULS:
+    raise ValueError(f"unknown grouped_matmul {name!r}; choose 'auto' or {GROUPED_MATMULS}")
+  return name
+
+
+def grouped_matmul(x: jax.Array, w: jax.Array, groups: dispatch.Groups, *, impl: str, tile: int) -> jax.Array:
+  """One projection of expert-sorted rows: row r of x [M, I] times w[expert of r] (w [E, I, O]) -> [M, O].
+
+  impl "ragged_dot" (`jax.lax.ragged_dot`) or "tiled" (`dispatch.tiled_matmul` over groups padded to `tile`).
+  """
+  if impl == "ragged_dot":
+    return jax.lax.ragged_dot(x, w, groups.group_sizes)
+  tiles = dispatch.tile_layout(groups, tile)
+  return dispatch.from_tiles(dispatch.tiled_matmul(dispatch.to_tiles(x, tiles), w, tiles), tiles)
+
+
 def _prepend_expert_axis(module: nnx.Module) -> None:
   for _, var in nnx.iter_graph(module):
     if isinstance(var, nnx.Variable) and "axes" in var.get_metadata():
