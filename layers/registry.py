@@ -68,6 +68,8 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "moe": "layers.moe.moe:MoE",
     "smear": "layers.moe.smear:SMEAR",
     "smoe_dropout": "layers.moe.smoe_dropout:SMoEDropout",
+    "finedeep": "layers.moe.finedeep:Finedeep",
+    "mohd": "layers.moe.mohd:MoHD",
     "kan": "layers.kan.feedforward:kan_ffn",
     "fourier_kan": "layers.kan.feedforward:fourier_kan_ffn",
     "gr_kan": "layers.kan.gr_kan:gr_kan",
