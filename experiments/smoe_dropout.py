@@ -56,14 +56,16 @@ def get_config(arg: str | None = None):
     n_layers = 2
   c.model.blocks = common.blocks("attention", "ffn", n_layers)
   c.model.options = {"ffn": ffn_options(arg.variant, c.model.d_ff, c.train.steps, arg.local)}
-  c.train.eval_top_k = SHAPES["local" if arg.local else "paper"]["eval_top_k"]
+  if arg.variant != "dense":  # the dense ffn has no experts to count
+    c.train.eval_top_k = SHAPES["local" if arg.local else "paper"]["eval_top_k"]
   return c
 
 
 def sweep(add, arg: str | None = None) -> None:
-  """Every variant over SEEDS, at the scale `arg` names (`:local` or paper)."""
+  """Every variant over SEEDS, at the scale `arg` names (`:local` or paper); the dense one at its only k."""
   c = get_config(arg)
   local = common.parse_arg(arg, variant="smoe_dropout", local=False).local
   for variant in VARIANTS:
     for seed in SEEDS:
-      add(**{"model.options.ffn": ffn_options(variant, c.model.d_ff, c.train.steps, local), "seed": seed})
+      dense = {"train.eval_top_k": ()} if variant == "dense" else {}
+      add(**{"model.options.ffn": ffn_options(variant, c.model.d_ff, c.train.steps, local), **dense, "seed": seed})
