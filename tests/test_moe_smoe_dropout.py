@@ -21,7 +21,7 @@ from train import mesh as mesh_lib
 from train import report
 from train.config import ConfigError
 from train.data import pipeline
-from train.loop import build_program, global_batch
+from train.loop import build_program, evaluate, global_batch
 
 CTX = LayerContext(d_model=8, d_ff=32)
 
@@ -166,6 +166,36 @@ def test_train_step_advances_schedule_and_eval_reports_each_k():
   assert {"loss", "loss/top_k=1", "loss/top_k=2", "loss/top_k=4", "weight/top_k=2", "correct/top_k=1"} <= set(sums)
   np.testing.assert_allclose(sums["loss/top_k=4"], sums["loss"], rtol=1e-6)  # the schedule has reached all 4
   assert sums["loss/top_k=1"] != sums["loss/top_k=4"]
+
+
+def test_evaluate_weighs_each_k_by_its_own_weights():
+  class Batches:  # two eval batches, rewound by evaluate()
+    def __init__(self):
+      self.i = 0
+
+    def get_state(self):
+      return {"i": self.i}
+
+    def set_state(self, state):
+      self.i = state["i"]
+
+    def __next__(self):
+      self.i += 1
+      return {"inputs": np.full((2, 3), self.i, np.int32)}
+
+  def eval_fn(state, batch):  # sums of batch i: loss i at weight 2, and at k=2: loss 3i at weight 1
+    i = batch["inputs"][0, 0]
+    return {"loss": 2.0 * i, "weight": 2.0, "correct": 1.0, "loss/top_k=2": 3.0 * i, "weight/top_k=2": 1.0,
+            "correct/top_k=2": 0.5}
+
+  cfg = tiny_lm()
+  cfg.train.update(dict(eval_steps=2, eval_top_k=(2,)))
+  sharding = jax.sharding.NamedSharding(mesh_lib.make_mesh(cfg.mesh.shape, devices=jax.devices()[:1]),
+                                        jax.sharding.PartitionSpec())
+  batches = Batches()
+  out = evaluate(eval_fn, None, cfg, batches, batches.get_state(), sharding)
+  assert out == pytest.approx({"eval_loss": 1.5, "eval_accuracy": 0.5, "eval_loss/top_k=2": 4.5,
+                               "eval_accuracy/top_k=2": 0.5})
 
 
 def test_eval_top_k_without_a_top_k_layer_fails_before_compiling():
