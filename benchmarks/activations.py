@@ -3,6 +3,7 @@
     python -m benchmarks.activations                # d=1024, hidden 4d, 8192 tokens (the setting)
     python -m benchmarks.activations --quick        # d=256, 1024 tokens: a CPU smoke run
     python -m benchmarks.activations --dtype bfloat16 --out runs/benchmarks/activations_gpu.json
+    python -m benchmarks.activations --only "gelu,rational (A 5/4)"   # a subset of rows (GELU always first)
 
 Every block is a registry feed-forward with hidden = 4d: `mlp` with the activation named in the
 row, `swiglu` for SwiGLU (three matrices, so 1.5x the matmul work of the others). A row is the
@@ -37,6 +38,8 @@ BLOCKS = {
   "group_rational (G=8)": ("mlp", {"activation": "group_rational", "activation_options": {"groups": 8}}),
   "polynorm": ("mlp", {"activation": "polynorm"}),
   "polyrelu": ("mlp", {"activation": "polyrelu"}),
+  **{name: ("mlp", {"activation": name}) for name in ("apa", "aglu", "crrelu", "smelu", "generalized_smelu",
+                                                       "helu", "snake", "sine")},
 }
 
 
@@ -88,7 +91,12 @@ def main() -> None:
   p.add_argument("--dtype", default="float32", help="compute dtype (parameters stay float32)")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--out", default="runs/benchmarks/activations.json")
+  p.add_argument("--only", default="", help="comma-separated row labels to run (the GELU baseline always runs)")
   args = p.parse_args()
+  only = {"gelu", *args.only.split(",")} if args.only else set(BLOCKS)
+  unknown = only - set(BLOCKS)
+  if unknown:
+    raise SystemExit(f"unknown rows {sorted(unknown)}; rows are {list(BLOCKS)}")
   tokens, d = (1024, 256) if args.quick else (8192, 1024)
   dtype = jnp.dtype(args.dtype)
   ctx = LayerContext(d_model=d, d_ff=4 * d, dtype=dtype)
@@ -97,7 +105,7 @@ def main() -> None:
         f"jax {jax.__version__}, flax {flax.__version__}, python {platform.python_version()}, "
         f"dtype {dtype.name}, tokens {tokens}, d {d}, hidden {4 * d}, median of {args.repeats}")
   x = jax.random.normal(jax.random.key(0), (tokens, d), dtype)
-  rows = [build(label, ffn, options, ctx, x) for label, (ffn, options) in BLOCKS.items()]
+  rows = [build(label, ffn, options, ctx, x) for label, (ffn, options) in BLOCKS.items() if label in only]
   time_all(rows, args.repeats)
   base = rows[0]
   print(f"{'block':<22} {'params':>11} {'ms(fwd+bwd)':>12} {'tokens/s':>11} {'temp MiB':>9} {'vs gelu':>8} "

@@ -1,14 +1,23 @@
-"""Forward+backward time and memory of KAN feed-forwards vs an MLP, and of Fourier-KArAt vs softmax attention.
+"""Forward+backward time and memory of the B-spline KAN layer, KAN feed-forwards and Fourier-KArAt.
 
-    python -m benchmarks.kan                 # tokens 8192, d=512 (the issue's setting)
+    python -m benchmarks.kan                 # the issues' settings (below)
     python -m benchmarks.kan --quick         # small shapes, for a CPU smoke run
     python -m benchmarks.kan --dtype bfloat16 --out runs/benchmarks/kan_gpu.json
+    python -m benchmarks.kan --tables spline          # only the spline-layer table (also: ffn, mixer)
 
-Feed-forwards have equal parameter counts (MLP d_ff = 4d; B-spline / Fourier KAN hidden widths
-divided by their per-edge weights; GR-KAN as KAT: same widths as the MLP plus a few rational
-coefficients). Attention rows use T = 256 tokens per sequence. Each row is the median of
-`--repeats` timed runs of one jitted step (grads of sum(output) w.r.t. parameters and input)
-after a warm-up; memory is XLA's compiled temp allocation (and the device's peak where reported).
+Three tables, each against its baseline row:
+* spline layer: one B-spline KAN layer (8192 x 256 -> 256, G = 5, k = 3) vs a dense layer of the same
+  shape and vs the public JAX KAN library's spline layer (jaxkan `SplineLayer`, the efficient-KAN
+  formulation with autodiff through Cox-de Boor). The anchor is installed, never vendored:
+  `pip install -e '.[bench]'` (or `pip install 'jaxkan>=0.3.7,<0.4'`); without it that row is skipped.
+* ffn: feed-forwards at equal parameter counts (tokens 8192, d = 512; MLP d_ff = 4d; B-spline / Fourier
+  KAN hidden widths divided by their per-edge weights; GR-KAN as KAT: the MLP's widths plus a few
+  rational coefficients), vs the GELU MLP.
+* mixer: Fourier-KArAt vs softmax attention (T = 256 tokens per sequence).
+A row is the median of `--repeats` timed runs of one jitted step (gradients of sum(output) w.r.t. every
+parameter and the input) after a warm-up, the rows of a table interleaved (round robin) so that load
+drift on a shared machine hits them alike. Memory is XLA's compiled temp allocation of the step (and
+the device's peak where the backend reports one).
 """
 
 import argparse
@@ -26,6 +35,8 @@ from flax import nnx
 
 from layers import registry
 from layers.context import LayerContext
+from layers.core import Linear
+from layers.kan.kan_linear import KANLinear
 
 FFNS = {
   "mlp (gelu)": ("mlp", {}),
@@ -39,35 +50,50 @@ MIXERS = {
 }
 
 
+def spline_layers(width: int, grid_size: int, order: int) -> dict:
+  """label -> module: dense, ours, and the jaxkan anchor when it is installed."""
+  layers = {
+    "dense": Linear(width, width, use_bias=True, rngs=nnx.Rngs(0)),
+    "kan_linear (ours)": KANLinear(width, width, grid_size=grid_size, order=order, rngs=nnx.Rngs(0)),
+  }
+  try:
+    from jaxkan.layers.Spline import SplineLayer
+  except ImportError:
+    print("jaxkan not installed (pip install -e '.[bench]'): its row is skipped")
+  else:
+    layers["jaxkan SplineLayer"] = SplineLayer(n_in=width, n_out=width, k=order, G=grid_size)
+  return layers
+
+
 def n_params(module: nnx.Module) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(nnx.state(module, nnx.Param))))
 
 
-def measure(module: nnx.Module, x: jax.Array, repeats: int) -> dict:
-  """Median ms of one jitted fwd+bwd, compiled temp MiB, parameter count."""
+def compile_step(module: nnx.Module, x: jax.Array) -> dict:
+  """The compiled fwd+bwd step of `module` on x, warmed up, with its compiled temp MiB."""
   graphdef, params, rest = nnx.split(module, nnx.Param, ...)
 
-  @jax.jit
-  def step(params, x):
-    def loss(params, x):
-      return jnp.sum(nnx.merge(graphdef, params, rest)(x).astype(jnp.float32))
-    return jax.grad(loss, argnums=(0, 1))(params, x)
+  def loss(params, x):
+    return jnp.sum(nnx.merge(graphdef, params, rest)(x).astype(jnp.float32))
 
-  compiled = step.lower(params, x).compile()
+  compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile()
   mem = compiled.memory_analysis()
-  temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
   jax.block_until_ready(compiled(params, x))
-  times = []
+  return {"run": lambda: compiled(params, x), "params": n_params(module),
+          "temp_mib": (getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0) / 2**20}
+
+
+def time_rows(rows: list[dict], repeats: int) -> None:
+  """Median ms of each row, the rows interleaved."""
+  times = [[] for _ in rows]
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(params, x))
-    times.append((time.perf_counter() - t0) * 1e3)
-  return {"ms": statistics.median(times), "temp_mib": temp / 2**20, "params": n_params(module)}
-
-
-def peak_mib() -> float | None:
-  stats = jax.devices()[0].memory_stats() or {}
-  return stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
+    for r, t in zip(rows, times):
+      t0 = time.perf_counter()
+      jax.block_until_ready(r["run"]())
+      t.append((time.perf_counter() - t0) * 1e3)
+  for r, t in zip(rows, times):
+    del r["run"]
+    r["ms"], r["ms_all"] = statistics.median(t), t
 
 
 def main() -> None:
@@ -76,38 +102,57 @@ def main() -> None:
   p.add_argument("--dtype", default="float32", help="compute dtype (params stay float32)")
   p.add_argument("--repeats", type=int, default=10)
   p.add_argument("--out", default="runs/benchmarks/kan.json")
+  p.add_argument("--tables", default="spline,ffn,mixer", help="comma-separated subset of spline, ffn, mixer")
   args = p.parse_args()
-  tokens, d, heads, T = (1024, 128, 4, 128) if args.quick else (8192, 512, 8, 256)
+  wanted = set(args.tables.split(","))
+  if not wanted <= {"spline", "ffn", "mixer"}:
+    raise SystemExit(f"--tables takes spline, ffn, mixer; got {args.tables}")
+  tokens, d, heads, T, width = (1024, 128, 4, 128, 64) if args.quick else (8192, 512, 8, 256, 256)
   dtype = jnp.dtype(args.dtype)
   ctx = LayerContext(d_model=d, n_heads=heads, d_ff=4 * d, activation="gelu", dtype=dtype)
   device = jax.devices()[0]
   print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
         f"flax {flax.__version__}, python {platform.python_version()}, dtype {dtype.name}, "
-        f"tokens {tokens}, d {d}")
-  rows = []
+        f"tokens {tokens}, d {d}, spline layer {tokens} x {width} (G=5, k=3), median of {args.repeats}")
   key = jax.random.key(0)
+  tables = {}
+  if "spline" in wanted:
+    tables["spline layer"] = [(label, m, jax.random.uniform(key, (tokens, width), dtype, -1.0, 1.0))
+                              for label, m in spline_layers(width, 5, 3).items()]
   for kind, table, shape in (("ffn", FFNS, (tokens, d)), ("mixer", MIXERS, (tokens // T, T, d))):
+    if kind not in wanted:
+      continue
     x = jax.random.normal(key, shape, dtype)
-    for label, (name, options) in table.items():
-      extra = {"max_len": T} if kind == "mixer" else {}
-      module = registry.build(kind, name, ctx, rngs=nnx.Rngs(0), **options, **extra)
-      rows.append({"kind": kind, "layer": label, **measure(module, x, args.repeats)})
-  base = {kind: next(r for r in rows if r["kind"] == kind) for kind in ("ffn", "mixer")}
-  print(f"{'layer':<20} {'params':>10} {'ms(fwd+bwd)':>12} {'tokens/s':>12} {'temp MiB':>10} {'vs base':>8}")
-  for r in rows:
-    r["tokens_per_s"] = tokens / (r["ms"] / 1e3)
-    r["ratio"] = r["ms"] / base[r["kind"]]["ms"]
-    print(f"{r['layer']:<20} {r['params']:>10,} {r['ms']:>12.3f} {r['tokens_per_s']:>12,.0f} "
-          f"{r['temp_mib']:>10.1f} {r['ratio']:>7.2f}x")
-  peak = peak_mib()
+    extra = {"max_len": T} if kind == "mixer" else {}
+    tables[kind] = [(label, registry.build(kind, name, ctx, rngs=nnx.Rngs(0), **options, **extra), x)
+                    for label, (name, options) in table.items()]
+  rows = []
+  for kind, entries in tables.items():
+    table = [{"kind": kind, "layer": label, **compile_step(module, x)} for label, module, x in entries]
+    time_rows(table, args.repeats)
+    rows += table
+  anchor = next((r for r in rows if r["layer"] == "jaxkan SplineLayer"), None)
+  print(f"{'layer':<20} {'params':>10} {'ms(fwd+bwd)':>12} {'tokens/s':>12} {'temp MiB':>10} {'vs base':>8} "
+        f"{'vs jaxkan':>10}")
+  for kind in tables:
+    base = next(r for r in rows if r["kind"] == kind)
+    for r in (r for r in rows if r["kind"] == kind):
+      r["tokens_per_s"] = tokens / (r["ms"] / 1e3)
+      r["ratio"] = r["ms"] / base["ms"]
+      vs = f"{r['ms'] / anchor['ms']:>9.2f}x" if kind == "spline layer" and anchor else ""
+      print(f"{r['layer']:<20} {r['params']:>10,} {r['ms']:>12.3f} {r['tokens_per_s']:>12,.0f} "
+            f"{r['temp_mib']:>10.1f} {r['ratio']:>7.2f}x {vs}")
+  stats = device.memory_stats() or {}
+  peak = stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({
     "device": device.device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
     "flax": flax.__version__, "dtype": dtype.name, "tokens": tokens, "d_model": d, "seq_len": T,
-    "peak_device_mib": peak, "rows": rows,
+    "spline_width": width, "peak_device_mib": peak, "rows": rows,
   }, indent=2))
-  print(f"(ratios: ffn rows vs mlp, mixer rows vs softmax attention; device peak MiB {peak}) -> {out}")
+  print(f"(vs base: spline rows vs dense, ffn rows vs the GELU MLP, mixer rows vs softmax attention; "
+        f"device peak MiB {peak}) -> {out}")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "kan": "layers.kan.feedforward:kan_ffn",
     "fourier_kan": "layers.kan.feedforward:fourier_kan_ffn",
     "gr_kan": "layers.kan.gr_kan:gr_kan",
+    "af_kan": "layers.kan.af_kan:AFKANFeedForward",
   },
   "activation": {
     "relu": "layers.activations.fixed:relu",
@@ -90,10 +91,20 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "polynorm": "layers.activations.polycom:polynorm",
     "polyrelu": "layers.activations.polycom:polyrelu",
     "swish_beta": "layers.activations.swish:swish_beta",
+    "apa": "layers.activations.apa:APA",
+    "aglu": "layers.activations.apa:AGLU",
+    "crrelu": "layers.activations.crrelu:CRReLU",
+    "smelu": "layers.activations.smelu:SmeLU",
+    "generalized_smelu": "layers.activations.smelu:GeneralizedSmeLU",
+    "helu": "layers.activations.helu:HeLU",
+    "snake": "layers.activations.periodic:Snake",
+    "sine": "layers.activations.periodic:Sine",
   },
   "norm": {
     "rmsnorm": "layers.norms:rmsnorm",
     "layernorm": "layers.norms:layernorm",
+    "evonorm_b0": "layers.evonorm:EvoNormB0",
+    "evonorm_s0": "layers.evonorm:EvoNormS0",
   },
 }
 
@@ -130,7 +141,7 @@ def lookup(kind: str, name: str) -> Callable[..., Any]:
 def check_options(kind: str, name: str, options: dict[str, Any]) -> None:
   """Raise if `options` holds a key the constructor of `name` does not accept."""
   ctor = lookup(kind, name)
-  params = inspect.signature(ctor.__init__ if inspect.isclass(ctor) else ctor).parameters  # a layer class or a factory
+  params = inspect.signature(ctor.__init__ if inspect.isclass(ctor) else ctor).parameters  # NNX metaclasses hide it
   if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
     return
   accepted = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p != "rngs"]

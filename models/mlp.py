@@ -2,7 +2,10 @@
 
 MLP (`kind: mlp`): inputs [B, ...] flattened -> hidden layers -> [B, n_outputs]. `model.layer` picks
 the hidden layer: "linear" (Linear + registered activation `model.activation`), "kan" (B-spline
-KANLinear; its edge functions are the nonlinearity) or "fourier_kan". `update_grid(x, grid_size)`
+KANLinear; its edge functions are the nonlinearity), "fourier_kan", "af_kan" (activation-function bases,
+ReLU-KAN style) or "fkan" (FKAN for implicit neural representations: a Fourier-KAN first layer of
+`grid_size` frequencies, then Linear + `model.activation` layers; the first layer's output also goes
+through the activation, a detail of the FKAN paper this code could not confirm). `update_grid(x, grid_size)`
 refits (and, with a larger grid_size, extends) every KAN layer's grid to the activations x produces.
 
 ConvNet (`kind: convnet`): LeNet-5 shape for 1-D signals [B, L, C] or images [B, H, W, C]:
@@ -21,10 +24,11 @@ from flax import nnx
 from layers import registry
 from layers.context import LayerContext
 from layers.core import Linear, make_param
+from layers.kan.af_kan import AFKANLinear
 from layers.kan.fourier_kan import FourierKAN
 from layers.kan.kan_linear import KANLinear
 
-LAYERS = ("linear", "kan", "fourier_kan")
+LAYERS = ("linear", "kan", "fourier_kan", "af_kan", "fkan")
 
 
 def mlp_model_config(hidden=(64, 64), *, layer: str = "linear", activation: str = "relu", n_outputs: int = 10,
@@ -38,19 +42,22 @@ def mlp_model_config(hidden=(64, 64), *, layer: str = "linear", activation: str 
 
 
 def convnet_model_config(*, activation: str = "relu", n_outputs: int = 10, in_channels: int = 1,
-                         spatial=(40,), channels=(6, 16), dense=(120, 84)) -> ml_collections.ConfigDict:
-  """`config.model` for the LeNet-like conv net; `spatial` is (L,) for 1-D or (H, W) for images."""
+                         spatial=(40,), channels=(6, 16), dense=(120, 84), norm: str = "") -> ml_collections.ConfigDict:
+  """`config.model` for the LeNet-like conv net; `spatial` is (L,) for 1-D or (H, W) for images. `norm`
+  names a registered norm-activation layer (e.g. "evonorm_s0") used after each convolution in place of
+  the activation."""
   return ml_collections.ConfigDict(dict(
-    kind="convnet", activation=activation, n_outputs=n_outputs, in_channels=in_channels,
+    kind="convnet", activation=activation, norm=norm, n_outputs=n_outputs, in_channels=in_channels,
     spatial=tuple(spatial), channels=tuple(channels), dense=tuple(dense), kernel_size=5,
     options=ml_collections.ConfigDict(), dtype="float32", param_dtype="float32",
   ))
 
 
-def _activation(cfg, features: int, rngs: nnx.Rngs):
+def _activation(cfg, features: int, rngs: nnx.Rngs, kind: str = "activation"):
+  """The registered activation `cfg.activation` (or norm `cfg.norm`) for `features` channels."""
+  name = cfg.activation if kind == "activation" else cfg.norm
   ctx = LayerContext(d_model=features, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
-  options = dict(cfg.options.get(cfg.activation, {}))
-  return registry.build("activation", cfg.activation, ctx, rngs=rngs, **options)
+  return registry.build(kind, name, ctx, rngs=rngs, **dict(cfg.options.get(name, {})))
 
 
 class MLP(nnx.Module):
@@ -70,12 +77,23 @@ class MLP(nnx.Module):
       if cfg.layer == "kan":
         layers.append(KANLinear(a, b, grid_size=cfg.grid_size, order=cfg.order, reg_weight=cfg.reg_weight,
                                 grid_range=tuple(cfg.grid_range), axes=axes, **kw))
-      elif cfg.layer == "fourier_kan":
+      elif cfg.layer == "fourier_kan" or (cfg.layer == "fkan" and i == 0):
         layers.append(FourierKAN(a, b, grid_size=cfg.grid_size, axes=axes, **kw))
+        if cfg.layer == "fkan":
+          acts.append(_activation(cfg, b, rngs))
+      elif cfg.layer == "af_kan":
+        layers.append(AFKANLinear(a, b, grid_size=cfg.grid_size, order=cfg.order, grid_range=tuple(cfg.grid_range),
+                                  axes=axes, **kw))
       else:
         layers.append(Linear(a, b, axes=axes, use_bias=True, **kw))
         if i < len(widths) - 2:
           acts.append(_activation(cfg, b, rngs))
+        # A SIREN sine brings the init of the Linear feeding it (first layer / hidden layers; the output
+        # layer follows a sine too and takes the hidden-layer init).
+        feeds = acts[-1] if acts else None
+        if hasattr(feeds, "kernel_init"):
+          kernel = layers[-1].kernel
+          kernel[...] = feeds.kernel_init(first_layer=i == 0)(rngs.params(), kernel.shape, kernel.dtype)
     self.layers = nnx.List(layers)
     self.acts = nnx.List(acts)
 
@@ -137,7 +155,8 @@ class ConvNet(nnx.Module):
     kernel = (cfg.kernel_size,) * len(cfg.spatial)
     chans = [cfg.in_channels, *cfg.channels]
     self.convs = nnx.List([Conv(a, b, kernel, **kw) for a, b in itertools.pairwise(chans)])
-    self.conv_acts = nnx.List([_activation(cfg, c, rngs) for c in cfg.channels])
+    kind = "norm" if cfg.get("norm") else "activation"  # a norm-activation layer (EvoNorm) or an activation
+    self.conv_acts = nnx.List([_activation(cfg, c, rngs, kind) for c in cfg.channels])
     flat = math.prod(s // 2 ** len(cfg.channels) for s in cfg.spatial) * chans[-1]
     widths = [flat, *cfg.dense]
     self.dense = nnx.List([Linear(a, b, axes=(None, None), use_bias=True, **kw)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from layers.activations.functional import VERSIONS, check_version, denominator_size
+from layers.activations.rational_op import VERSIONS, check_version, denominator_size
 
 _erf = np.vectorize(math.erf)
 

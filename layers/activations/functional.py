@@ -1,15 +1,10 @@
-"""Learnable activations as pure functions: rational (PAU), group rational (KAT), PolyCom, Swish-β.
+"""Activations as pure functions: rational (PAU), group rational (KAT), PolyCom, Swish-β, APA / AGLU, CRReLU,
+(generalised) SmeLU, HeLU, Snake.
 
 Every function evaluates in fp32 (fp64 for fp64 inputs) whatever the input dtype, polynomials by
-Horner's rule, and returns the input dtype. Coefficient order is ascending: numerator a_0..a_m, denominator
-b_1..b_n (version C: b_0..b_n).
-
-Rational denominators Q(x) (PAU and its "rational activations" successor):
-  A  (safe PAU, default)  Q = 1 + Σ_{j=1..n} |b_j| |x|^j
-  B                       Q = 1 + |Σ_{j=1..n} b_j x^j|
-  C                       Q = 0.1 + |Σ_{j=0..n} b_j x^j|
-  D                       B, numerator coefficients times U[1-noise, 1+noise] noise in training
-  N  (unsafe)             Q = 1 + Σ_{j=1..n} b_j x^j      (may vanish: only for comparison)
+Horner's rule, and returns the input dtype. Rational coefficient order is ascending: numerator a_0..a_m,
+denominator b_1..b_n (version C: b_0..b_n); the denominator versions, the full-range evaluation and the
+fused backward are `layers.activations.rational_op`.
 """
 
 import functools
@@ -17,129 +12,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
-VERSIONS = ("A", "B", "C", "D", "N")
-
-
-def check_version(version: str) -> None:
-  if version not in VERSIONS:
-    raise ValueError(f"unknown rational version {version!r}; versions are {VERSIONS}")
-
-
-def denominator_size(version: str, degree: int) -> int:
-  """Number of denominator coefficients for a degree-n denominator (version C also has b_0)."""
-  check_version(version)
-  return degree + 1 if version == "C" else degree
+from layers.activations.rational_op import check_version, fused_rational, horner
 
 
 def _f32(x: jax.Array) -> jnp.dtype:
   """The evaluation dtype: at least fp32 (bf16 / fp16 inputs are upcast)."""
   return jnp.promote_types(x.dtype, jnp.float32)
-
-
-def horner(coeffs: jax.Array, x: jax.Array) -> jax.Array:
-  """Σ_i coeffs[i] x^i; coeffs [k, *S] with S broadcasting against x (k >= 1)."""
-  acc = coeffs[-1]
-  if coeffs.shape[0] == 1:
-    return jnp.broadcast_to(acc, jnp.broadcast_shapes(acc.shape, x.shape))
-  for i in range(coeffs.shape[0] - 2, -1, -1):
-    acc = acc * x + coeffs[i]
-  return acc
-
-
-def _horner_with_derivative(coeffs: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(Σ_i c_i x^i, Σ_i i c_i x^(i-1)) in one pass; coeffs [k, *S], k >= 1."""
-  p, dp = coeffs[-1] * jnp.ones_like(x), jnp.zeros_like(x)
-  for i in range(coeffs.shape[0] - 2, -1, -1):
-    dp = dp * x + p
-    p = p * x + coeffs[i]
-  return p, dp
-
-
-def _denominator(x: jax.Array, b: jax.Array, version: str) -> jax.Array:
-  """Q(x) for the given version; b as `horner` expects ([n] or [n, *S])."""
-  if version == "A":
-    ax = jnp.abs(x)
-    return 1.0 + ax * horner(jnp.abs(b), ax)
-  if version in ("B", "D"):
-    return 1.0 + jnp.abs(x * horner(b, x))
-  if version == "C":
-    return 0.1 + jnp.abs(horner(b, x))
-  return 1.0 + x * horner(b, x)
-
-
-def rational_value(x: jax.Array, a: jax.Array, b: jax.Array, version: str) -> jax.Array:
-  """P(x) / Q(x), differentiated by plain autodiff: the specification `_rational_fused` must match.
-
-  x, a, b already in the evaluation dtype; a [m+1, *S], b [n(+1), *S] with S broadcasting against x.
-  """
-  return horner(a, x) / _denominator(x, b, version)
-
-
-def _sum_to(t: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Sum t [..., *shape'] down to `shape` (the coefficient's broadcast shape S). The long leading
-  axes go first (a column-wise reduction vectorises on CPU; a flat one is ~3x slower)."""
-  t = jnp.sum(t, axis=tuple(range(t.ndim - max(len(shape), 1))))
-  if not shape:
-    return jnp.sum(t)
-  return jnp.sum(t, axis=tuple(i for i, n in enumerate(shape) if n == 1), keepdims=True)
-
-
-def _power_sums(w: jax.Array, u: jax.Array, start: int, k: int, shape: tuple[int, ...]) -> jax.Array:
-  """[Σ w u^start, ..., Σ w u^(start+k-1)] reduced to `shape`: k separate reductions of one running
-  product (XLA fuses each; stacking them first is an order of magnitude slower on CPU)."""
-  t = w * u if start else w
-  sums = []
-  for _ in range(k):
-    sums.append(_sum_to(t, shape))
-    t = t * u
-  return jnp.stack(sums)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _rational_fused(x: jax.Array, a: jax.Array, b: jax.Array, version: str) -> jax.Array:
-  """`rational_value` with a hand-written backward that keeps only (x, a, b) and recomputes the rest.
-
-  Autodiff of Horner's rule saves every intermediate and turns each coefficient gradient into a
-  reduction over a re-derived chain (~50x the forward cost on CPU); this backward is ~3 forwards.
-  """
-  return rational_value(x, a, b, version)
-
-
-def _rational_fwd(x, a, b, version):
-  return rational_value(x, a, b, version), (x, a, b)
-
-
-def _rational_bwd(version, residuals, g):
-  x, a, b = residuals
-  p, dp = _horner_with_derivative(a, x)
-  # Q = q0 + |S(u)| (or q0 + S(u) for N); its coefficient basis is u^j, j from `start`.
-  if version == "A":
-    u, start = jnp.abs(x), 1
-    s, ds = _horner_with_derivative(jnp.concatenate([jnp.zeros_like(b[:1]), jnp.abs(b)]), u)
-    q, dq, elem_sign = 1.0 + s, jnp.sign(x) * ds, None
-  elif version == "N":
-    u, start = x, 1
-    s, ds = _horner_with_derivative(jnp.concatenate([jnp.zeros_like(b[:1]), b]), x)
-    q, dq, elem_sign = 1.0 + s, ds, None
-  else:
-    u, start = x, 0 if version == "C" else 1
-    coeffs = b if version == "C" else jnp.concatenate([jnp.zeros_like(b[:1]), b])
-    s, ds = _horner_with_derivative(coeffs, x)
-    elem_sign = jnp.where(s >= 0, 1.0, -1.0)  # d|S|/dS, +1 at S = 0 so an all-zero denominator can learn
-    q, dq = (0.1 if version == "C" else 1.0) + jnp.abs(s), elem_sign * ds
-  inv_q = 1.0 / q
-  f = p * inv_q
-  g_num = g * inv_q  # dL/dP
-  g_den = -g_num * f if elem_sign is None else -g_num * f * elem_sign  # dL/dS
-  grad_x = g_num * (dp - f * dq)
-  grad_a = _power_sums(g_num, x, 0, a.shape[0], a.shape[1:])
-  grad_b = _power_sums(g_den, u, start, b.shape[0], b.shape[1:])
-  if version == "A":
-    grad_b = grad_b * jnp.where(b >= 0, 1.0, -1.0)  # d|b|/db, taken as +1 at b = 0 so zero-init can learn
-  return grad_x, grad_a.reshape(a.shape), grad_b.reshape(b.shape)
-
-
-_rational_fused.defvjp(_rational_fwd, _rational_bwd)
 
 
 def _rational32(x: jax.Array, a: jax.Array, b: jax.Array, version: str, rng: jax.Array | None,
@@ -150,7 +28,7 @@ def _rational32(x: jax.Array, a: jax.Array, b: jax.Array, version: str, rng: jax
     if version != "D":
       raise ValueError(f"numerator noise (rng) is only defined for version D, not {version!r}")
     a = a * jax.random.uniform(rng, a.shape, a.dtype, 1.0 - noise, 1.0 + noise)
-  return _rational_fused(x, a, b, version)
+  return fused_rational(x, a, b, version)
 
 
 def rational(
@@ -165,9 +43,10 @@ def rational(
   """F(x) = P(x) / Q(x) elementwise; x [...], numerator [m+1], denominator [n] ([n+1] for C).
 
   `rng` (version D only, training only) draws one U[1-noise, 1+noise] factor per numerator
-  coefficient per call; pass None at evaluation. Differentiable in reverse mode (grad, vjp, and
-  forward-over-reverse); the backward is hand-written (`_rational_fused`), so plain `jax.jvp`
-  through it is not supported.
+  coefficient per call; pass None at evaluation. Finite for every finite x whose F(x) is representable,
+  gradients likewise (`rational_op` states the full-range behaviour). Differentiable in reverse mode
+  (grad, vjp, reverse-over-reverse); the backward is hand-written (`rational_op.fused_rational`), so
+  `jax.jvp` through it is not supported.
   """
   ct = _f32(x)
   a, b = numerator.astype(ct), denominator.astype(ct)
@@ -241,3 +120,67 @@ def swish(x: jax.Array, beta: jax.Array) -> jax.Array:
   ct = _f32(x)
   x32 = x.astype(ct)
   return (x32 * jax.nn.sigmoid(beta.astype(ct) * x32)).astype(x.dtype)
+
+
+def apa(x: jax.Array, kappa: jax.Array, lam: jax.Array) -> jax.Array:
+  """Adaptive Parametric Activation (λ e^{-κx} + 1)^{-1/λ} (Alexandridis et al., ECCV 2024).
+
+  λ = 1 is the sigmoid σ(κx); λ -> 0 the Gumbel CDF exp(-e^{-κx}). Evaluated as
+  exp(-softplus(log λ - κx) / λ) (no overflow of e^{-κx}); λ is floored at 1e-4 as in the authors' code.
+  kappa, lam broadcast against x [..., F].
+  """
+  ct = _f32(x)
+  x32, k, lm = x.astype(ct), kappa.astype(ct), jnp.maximum(lam.astype(ct), 1e-4)
+  return jnp.exp(-jax.nn.softplus(jnp.log(lm) - k * x32) / lm).astype(x.dtype)
+
+
+def aglu(x: jax.Array, kappa: jax.Array, lam: jax.Array) -> jax.Array:
+  """AGLU = x · APA(x): the paper's gated linear unit for hidden layers (κ = λ = 1 is SiLU)."""
+  return (x.astype(_f32(x)) * apa(x, kappa, lam).astype(_f32(x))).astype(x.dtype)
+
+
+def crrelu(x: jax.Array, eps: jax.Array) -> jax.Array:
+  """Correction-regularised ReLU (EAFO): relu(x) + ε x exp(-x² / 2), ε learnable."""
+  ct = _f32(x)
+  x32 = x.astype(ct)
+  return (jax.nn.relu(x32) + eps.astype(ct) * x32 * jnp.exp(-0.5 * x32 * x32)).astype(x.dtype)
+
+
+def generalized_smelu(x: jax.Array, alpha: float = 1.0, beta: float = 1.0, slope_left: float = 0.0,
+                      slope_right: float = 1.0, offset: float = 0.0) -> jax.Array:
+  """Piecewise linear-quadratic-linear: slope `slope_left` below -alpha (value `offset` at -alpha), a
+  quadratic on [-alpha, beta] whose slope goes linearly from slope_left to slope_right (C¹ at both knees),
+  slope `slope_right` above beta. SmeLU (Shamir et al.) is alpha = beta, slopes 0 and 1, offset 0:
+  0 for x <= -β, (x + β)² / (4β) for |x| <= β, x for x >= β."""
+  ct = _f32(x)
+  x32 = x.astype(ct)
+  curv = (slope_right - slope_left) / (2.0 * (alpha + beta))
+  d = jnp.clip(x32, -alpha, beta) + alpha  # distance into the quadratic region, in [0, alpha + beta]
+  inside = offset + slope_left * d + curv * d * d
+  y = inside + slope_left * jnp.minimum(x32 + alpha, 0.0) + slope_right * jnp.maximum(x32 - beta, 0.0)
+  return y.astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def helu(x: jax.Array, alpha: float = 0.05) -> jax.Array:
+  """Hysteresis ReLU (Kimhi et al., ENLSP 2024): relu(x) forward; the backward lets the gradient through for
+  x > -alpha (a lower threshold than the forward's 0), so units just below 0 keep learning."""
+  return jax.nn.relu(x)
+
+
+def _helu_fwd(x, alpha):
+  return jax.nn.relu(x), x
+
+
+def _helu_bwd(alpha, x, g):
+  return (jnp.where(x > -alpha, g, jnp.zeros_like(g)),)
+
+
+helu.defvjp(_helu_fwd, _helu_bwd)
+
+
+def snake(x: jax.Array, a: jax.Array) -> jax.Array:
+  """Snake (Ziyin et al., NeurIPS 2020): x + sin²(a x) / a, a > 0 (broadcasting against x)."""
+  ct = _f32(x)
+  x32, a32 = x.astype(ct), a.astype(ct)
+  return (x32 + jnp.square(jnp.sin(a32 * x32)) / a32).astype(x.dtype)

@@ -9,8 +9,8 @@ core and takes plain parameter pytrees (nested dicts of arrays).
 
 What each panel shows: rational / group rational F(x) (one line per group); PolyReLU exactly;
 PolyNorm as its response to standard-normal features, w0 x³/√15 + w1 x²/√3 + w2 x + b (N(x^k)
-divides by the RMS of x^k over the features, √E[x^(2k)] for x ~ N(0, 1)); Swish-β x·σ(βx)
-(per-channel β: at most 8 lines).
+divides by the RMS of x^k over the features, √E[x^(2k)] for x ~ N(0, 1)); Swish-β x·σ(βx), APA /
+AGLU, CRReLU and Snake exactly (per-channel parameters: at most 8 lines).
 """
 
 import argparse
@@ -37,7 +37,7 @@ def find_activations(params: Any, prefix: str = "") -> dict[str, dict]:
   keys = set(params)
   leaves = {k: v for k, v in params.items() if not isinstance(v, dict)}
   found = {}
-  if {"numerator", "denominator"} <= keys or keys == {"beta"}:
+  if {"numerator", "denominator"} <= keys or keys in ({"beta"}, {"kappa", "lam"}, {"eps"}, {"a"}):
     found[prefix or "."] = leaves
   elif keys == {"weight", "bias"} and np.shape(params["weight"]) == (3,) and np.shape(params["bias"]) == (1,):
     found[prefix or "."] = leaves
@@ -47,8 +47,23 @@ def find_activations(params: Any, prefix: str = "") -> dict[str, dict]:
   return found
 
 
-def curves(leaves: dict, x: np.ndarray, *, version: str = "A", polycom: str = "polynorm") -> tuple[str, list]:
-  """(kind, [y per line]) of one activation module on the grid x."""
+def _lines(values, n: int = 8) -> np.ndarray:
+  """At most n of the (per-channel) parameter values, spread over their range."""
+  v = np.asarray(values, np.float64).reshape(-1)
+  return v[np.linspace(0, len(v) - 1, min(n, len(v))).astype(int)]
+
+
+def curves(leaves: dict, x: np.ndarray, *, version: str = "A", polycom: str = "polynorm",
+           gated: bool = False) -> tuple[str, list]:
+  """(kind, [y per line]) of one activation module on the grid x (`gated`: κ, λ are AGLU's, not APA's)."""
+  if "kappa" in leaves:
+    pairs = zip(_lines(leaves["kappa"]), np.maximum(_lines(leaves["lam"]), 1e-4))
+    ys = [(lam * np.exp(-k * x) + 1) ** (-1 / lam) for k, lam in pairs]
+    return ("aglu", [x * y for y in ys]) if gated else ("apa", ys)
+  if "eps" in leaves:
+    return "crrelu", [np.maximum(x, 0) + e * x * np.exp(-x**2 / 2) for e in _lines(leaves["eps"])]
+  if "a" in leaves:
+    return "snake", [x + np.sin(a * x) ** 2 / a for a in _lines(leaves["a"])]
   if "numerator" in leaves:
     a, b = np.asarray(leaves["numerator"], np.float64), np.asarray(leaves["denominator"], np.float64)
     groups = max(a.shape[0] if a.ndim == 2 else 1, b.shape[0] if b.ndim == 2 else 1)

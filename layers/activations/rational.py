@@ -4,7 +4,8 @@ The coefficients start as a least-squares fit of a familiar activation (`init`, 
 `layers.activations.fit`) and are tagged optim_group="activation" so the optimizer can give
 them their own learning rate and no weight decay. Version D draws numerator noise from the
 "dropout" rng stream while training: `deterministic=False`, switched by `model.train()` / `model.eval()`
-or `nnx.view(model, deterministic=...)` like Dropout.
+or `nnx.view(model, deterministic=...)` like Dropout. The op (`rational_op`) is finite over the whole fp32
+range whenever the exact value is, its backward fused.
 """
 
 import jax

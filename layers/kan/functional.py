@@ -3,8 +3,10 @@
 B-spline KAN ("efficient" form): every edge i -> o carries phi_io(x) = w_io silu(x) + sum_c s_ioc B_c(x),
 so a layer is  y = silu(x) @ base_kernel + B(x) . spline_kernel  with B(x) the order-k B-spline bases
 on a per-input-channel grid of G + 2k + 1 knots (G intervals, k extra knots each side, G + k bases).
-The largest intermediate is the order-0 indicator tensor [N, in, G + 2k]; nothing of size
-[N, in, G + k, out] is formed (the contraction is one matmul over the flattened (in, basis) axis).
+`kan_linear` is one matmul of the features [silu(x_i), B_i(x_i)] [N, in * (G+k+1)] with the stacked
+kernels and a hand-written backward (analytic basis derivatives); on a uniform grid the bases come in
+closed form from the k + 1 non-zero local ones, otherwise from Cox-de Boor (whose order-0 indicators,
+[N, in, G + 2k], are then the largest intermediate). Nothing of size [N, in, G + k, out] is formed.
 
 Fourier KAN: y_o = sum_i sum_{m=1..G} C0[i,m,o] cos(m x_i) + C1[i,m,o] sin(m x_i) + bias_o, computed as
 features [N, 2, in, G] @ coeffs [2 * in * G, out]; [N, in, G, out] is never materialised.
@@ -25,36 +27,148 @@ def uniform_grid(in_features: int, grid_size: int, order: int, grid_range=(-1.0,
   return jnp.broadcast_to(knots, (in_features, grid_size + 2 * order + 1))
 
 
-@functools.partial(jax.jit, static_argnames=("order",))
-def b_spline_basis(x: jax.Array, grid: jax.Array, order: int) -> jax.Array:
-  """B-spline bases of `order` by Cox-de Boor on half-open intervals [g_j, g_{j+1}).
-
-  x [..., in], grid [in, G + 2k + 1] -> [..., in, G + k], in x's dtype (fp32 at least inside).
-  """
+def _cox_de_boor(x: jax.Array, grid: jax.Array, order: int) -> list[jax.Array]:
+  """Bases of orders 0..order by Cox-de Boor on half-open intervals: x [..., in] -> [[..., in, G+2k-p]]."""
   dtype = jnp.promote_types(x.dtype, jnp.float32)
   x = x.astype(dtype)[..., None]  # [..., in, 1]
   g = grid.astype(dtype)  # [in, G+2k+1]
-  bases = ((x >= g[:, :-1]) & (x < g[:, 1:])).astype(dtype)  # [..., in, G+2k]
+  levels = [((x >= g[:, :-1]) & (x < g[:, 1:])).astype(dtype)]  # [..., in, G+2k]
   for p in range(1, order + 1):
+    bases = levels[-1]
     left = (x - g[:, : -(p + 1)]) / (g[:, p:-1] - g[:, : -(p + 1)]) * bases[..., :-1]
     right = (g[:, p + 1 :] - x) / (g[:, p + 1 :] - g[:, 1:-p]) * bases[..., 1:]
-    bases = left + right  # [..., in, G+2k-p]
-  return bases
+    levels.append(left + right)  # [..., in, G+2k-p]
+  return levels
 
 
 @functools.partial(jax.jit, static_argnames=("order",))
+def b_spline_basis(x: jax.Array, grid: jax.Array, order: int) -> jax.Array:
+  """B-spline bases of `order` by Cox-de Boor on half-open intervals [g_j, g_{j+1}) (the specification).
+
+  x [..., in], grid [in, G + 2k + 1] -> [..., in, G + k], fp32 at least.
+  """
+  return _cox_de_boor(x, grid, order)[-1]
+
+
+def is_uniform(grid: jax.Array) -> jax.Array:
+  """Whether every channel's knots are equally spaced (to fp32 rounding): a bool scalar."""
+  n = grid.shape[-1] - 1
+  lo, hi = grid[:, :1], grid[:, -1:]
+  uniform = lo + (hi - lo) * (jnp.arange(n + 1, dtype=grid.dtype) / n)
+  return jnp.all(jnp.abs(grid - uniform) <= 1e-5 * (jnp.abs(lo) + jnp.abs(hi)))
+
+
+def _uniform_features(x: jax.Array, grid: jax.Array, order: int) -> tuple[jax.Array, jax.Array]:
+  """[silu(x), B_0..B_{G+k-1}(x)] and their x-derivatives, [..., in, G+k+1] each, on a uniform grid.
+
+  With u = (x - t_0) / h = j + t (j an integer, t in [0, 1)), only B_{j-k}..B_j are non-zero, and
+  B_{j-k+r} = b_r(t) follows the local uniform Cox-de Boor recursion
+      b^p_r = ((t + p - r) b^{p-1}_{r-1} + (r + 1 - t) b^{p-1}_r) / p;
+  the derivative is dB_{j-k+r}/dx = (b^{k-1}_{r-1} - b^{k-1}_r) / h. O(k^2) work per input instead of
+  O(k (G + 2k)), and no [..., in, G+2k] indicator tensor.
+  """
+  n_basis = grid.shape[-1] - order - 1
+  t0 = grid[:, 0]
+  h = (grid[:, -1] - grid[:, 0]) / (grid.shape[-1] - 1)
+  u = (x - t0) / h
+  j = jnp.floor(u)
+  t = u - j
+  levels = [[jnp.ones_like(t)]]
+  for p in range(1, order + 1):
+    prev = levels[-1]
+    levels.append([((t + p - r) * prev[r - 1] if r else 0.0) + ((r + 1 - t) * prev[r] if r < p else 0.0)
+                   for r in range(p + 1)])
+    levels[-1] = [v / p for v in levels[-1]]
+  slot = jnp.arange(n_basis, dtype=x.dtype) - j[..., None] + order  # basis c holds b_{c - j + k}
+
+  def place(values):  # the order + 1 local values -> [..., in, G+k]; x outside the grid matches no slot
+    return sum(jnp.where(slot == r, v[..., None], 0.0) for r, v in enumerate(values))
+
+  if order:
+    prev = levels[-2]
+    slope = [((prev[r - 1] if r else 0.0) - (prev[r] if r < order else 0.0)) / h for r in range(order + 1)]
+  else:
+    slope = [jnp.zeros_like(t)]
+  sig = jax.nn.sigmoid(x)
+  feats = jnp.concatenate([(x * sig)[..., None], place(levels[-1])], axis=-1)
+  slopes = jnp.concatenate([(sig * (1 + x * (1 - sig)))[..., None], place(slope)], axis=-1)
+  return feats, slopes
+
+
+def _general_features(x: jax.Array, grid: jax.Array, order: int) -> tuple[jax.Array, jax.Array]:
+  """As `_uniform_features` for any knots: Cox-de Boor, and dB_c/dx from the order-(k-1) bases,
+  k (B^{k-1}_c / (t_{c+k} - t_c) - B^{k-1}_{c+1} / (t_{c+k+1} - t_{c+1}))."""
+  levels = _cox_de_boor(x, grid, order)
+  if order:
+    g, low = grid.astype(x.dtype), levels[-2]  # [..., in, G+k+1]
+    span = g[:, order:] - g[:, : -order]  # t_{c+k} - t_c, [in, G+k+1]
+    scaled = order * low / span
+    slope = scaled[..., :-1] - scaled[..., 1:]
+  else:
+    slope = jnp.zeros_like(levels[-1])
+  sig = jax.nn.sigmoid(x)
+  feats = jnp.concatenate([(x * sig)[..., None], levels[-1]], axis=-1)
+  slopes = jnp.concatenate([(sig * (1 + x * (1 - sig)))[..., None], slope], axis=-1)
+  return feats, slopes
+
+
+def kan_features(x: jax.Array, grid: jax.Array, order: int) -> tuple[jax.Array, jax.Array]:
+  """Per input channel [silu(x), B(x)] and d/dx of each, x [..., in] -> 2 x [..., in, G+k+1] (fp32 at
+  least): the closed-form local bases when the grid is uniform, Cox-de Boor otherwise (a lax.cond on the
+  knots, which grid updates make data-dependent)."""
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  grid = grid.astype(x.dtype)
+  return jax.lax.cond(is_uniform(grid), functools.partial(_uniform_features, order=order),
+                      functools.partial(_general_features, order=order), x, grid)
+
+
+def _kernel(base_kernel: jax.Array, spline_kernel: jax.Array, dtype) -> jax.Array:
+  """[base; spline] weights per input channel, flattened: [in * (G+k+1), out]."""
+  w = jnp.concatenate([base_kernel[:, None, :], spline_kernel], axis=1).astype(dtype)
+  return w.reshape(-1, w.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def kan_linear(x: jax.Array, base_kernel: jax.Array, spline_kernel: jax.Array, grid: jax.Array,
                order: int) -> jax.Array:
-  """silu(x) @ base_kernel + sum_{i,c} B_ic(x) spline_kernel[i, c, :].
+  """silu(x) @ base_kernel + sum_{i,c} B_ic(x) spline_kernel[i, c, :], as one matmul of the per-input
+  features [silu(x_i), B_i0(x_i), ..] [..., in * (G+k+1)] with the stacked kernels.
 
-  x [..., in], base_kernel [in, out], spline_kernel [in, G+k, out], grid [in, G+2k+1] -> [..., out].
-  Computed in x's dtype; the bases themselves are evaluated in fp32.
+  x [..., in], base_kernel [in, out], spline_kernel [in, G+k, out], grid [in, G+2k+1] -> [..., out] in
+  x's dtype (bases evaluated in fp32). The backward is hand-written: it recomputes the features and
+  their analytic x-derivatives (no autodiff through Cox-de Boor) and stores nothing larger than
+  [..., in, G+k+1]. The grid gets a zero gradient (it is state, moved by grid updates).
+
+  >>> grid = uniform_grid(2, 5, 3)
+  >>> kan_linear(jnp.zeros((4, 2)), jnp.ones((2, 3)), jnp.ones((2, 8, 3)), grid, 3).shape
+  (4, 3)
   """
-  in_features, n_basis, out_features = spline_kernel.shape
-  basis = b_spline_basis(x, grid, order).astype(x.dtype)  # [..., in, G+k]
-  base = jnp.dot(jax.nn.silu(x), base_kernel.astype(x.dtype))  # [..., out]
-  flat = basis.reshape(*x.shape[:-1], in_features * n_basis)  # [..., in*(G+k)]
-  return base + jnp.dot(flat, spline_kernel.astype(x.dtype).reshape(in_features * n_basis, out_features))
+  return _kan_forward(x, base_kernel, spline_kernel, grid, order)
+
+
+def _kan_forward(x, base_kernel, spline_kernel, grid, order):
+  feats = kan_features(x, grid, order)[0].astype(x.dtype)
+  return jnp.dot(feats.reshape(*x.shape[:-1], -1), _kernel(base_kernel, spline_kernel, x.dtype))
+
+
+def _kan_fwd(x, base_kernel, spline_kernel, grid, order):
+  return _kan_forward(x, base_kernel, spline_kernel, grid, order), (x, base_kernel, spline_kernel, grid)
+
+
+def _kan_bwd(order, residuals, dy):
+  x, base_kernel, spline_kernel, grid = residuals
+  feats, slopes = kan_features(x, grid, order)  # [..., in, G+k+1]
+  flat = feats.astype(x.dtype).reshape(-1, feats.shape[-2] * feats.shape[-1])  # [N, in*(G+k+1)]
+  dy2 = dy.reshape(-1, dy.shape[-1])  # [N, out]
+  dw = jnp.dot(flat.T, dy2.astype(x.dtype), preferred_element_type=jnp.float32)  # [in*(G+k+1), out]
+  dw = dw.reshape(*feats.shape[-2:], -1)
+  dfeats = jnp.dot(dy2.astype(x.dtype), _kernel(base_kernel, spline_kernel, x.dtype).T).reshape(feats.shape)
+  dx = jnp.sum(dfeats.astype(slopes.dtype) * slopes, axis=-1)  # [..., in]
+  return (dx.astype(x.dtype), dw[:, 0].astype(base_kernel.dtype), dw[:, 1:].astype(spline_kernel.dtype),
+          jnp.zeros_like(grid))
+
+
+kan_linear.defvjp(_kan_fwd, _kan_bwd)
 
 
 @functools.partial(jax.jit, static_argnames=("order",))

@@ -16,12 +16,13 @@ _SOURCES = {
   "digits": "train.data.images:digits_source",
   "tfds_images": "train.data.images:tfds_source",
   "function_fit": "train.data.function_fit:source",
+  "inr": "train.data.inr:source",
 }
 
 # Generated or held in memory: a pool of read threads only adds overhead here (grain's bookkeeping per
 # element grows with its prefetch buffer: 4x slower for function_fit's batches of 200), so the
 # pipeline reads them in the iterating thread unless data.read_threads says otherwise.
-IN_MEMORY = frozenset({"mqar", "mnist1d", "digits", "function_fit"})
+IN_MEMORY = frozenset({"mqar", "mnist1d", "digits", "function_fit", "inr"})
 
 
 def names() -> list[str]:

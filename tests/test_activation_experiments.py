@@ -1,0 +1,33 @@
+"""experiments/activation_zoo.py and experiments/inr.py: every variant's config validates; the INR data."""
+
+import math
+
+import numpy as np
+import pytest
+
+from experiments import activation_zoo, inr
+from train import validate
+from train.data import inr as inr_data
+
+
+@pytest.mark.parametrize("task", ["mnist1d", "text"])
+def test_zoo_configs_validate(task):
+  for act in activation_zoo.activations():
+    config = activation_zoo.get_config(f"task={task},act={act},local")
+    config.data.batch_size = 104  # the tests' 8 fake devices shard the batch; the experiment runs on one
+    validate.validate(config)
+
+
+def test_inr_configs_validate():
+  for task in ("image", "periodic"):
+    for model in inr.MODELS:
+      validate.validate(inr.get_config(f"task={task},model={model},local"))
+
+
+def test_inr_data():
+  coords, rgb = inr_data.image_arrays("china.jpg", 16)
+  assert coords.shape == (256, 2) and rgb.shape == (256, 3)
+  assert coords.min() > -1 and coords.max() < 1 and rgb.min() >= -1 and rgb.max() <= 1 and rgb.std() > 0.1
+  x, y = inr_data.periodic_arrays(100, 2 * math.pi, 6 * math.pi, 1)
+  assert x.min() >= 2 * math.pi and x.max() <= 6 * math.pi
+  np.testing.assert_allclose(y, inr_data.periodic_target(x.astype(np.float64)), rtol=1e-5, atol=1e-6)

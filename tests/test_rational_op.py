@@ -1,0 +1,213 @@
+"""The rational op over the full fp32 range (|x| up to 3e38, ±inf, NaN) against exact rational arithmetic, and
+its fused backward against autodiff of the literal formula (blocked CPU form, tails, groups)."""
+
+import functools
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from layers.activations import rational_op as R
+from layers.activations.fit import preset
+
+LARGE = [1e8, -1e8, 1e30, -1e30, 3e38, -3e38]
+
+
+def _sign(v: Fraction) -> int:
+  return 1 if v >= 0 else -1  # +1 at 0, as the op's d|.| convention
+
+
+def exact(x: float, a, b, version: str):
+  """(F, dF/dx, dF/da, dF/db) at x in exact rational arithmetic (Python Fractions), from the definitions."""
+  x, a, b = Fraction(x), [Fraction(float(c)) for c in a], [Fraction(float(c)) for c in b]
+  p = sum(c * x**i for i, c in enumerate(a))
+  dp = sum(i * c * x ** (i - 1) for i, c in enumerate(a) if i)
+  j0 = 0 if version == "C" else 1
+  v = abs(x) if version == "A" else x
+  beta = [abs(c) for c in b] if version == "A" else b
+  s = sum(c * v ** (j + j0) for j, c in enumerate(beta))
+  ds = sum((j + j0) * c * v ** (j + j0 - 1) for j, c in enumerate(beta) if j + j0)
+  q0 = Fraction(0.1) if version == "C" else 1
+  if version in "BCD":
+    h = _sign(s)
+    q, dq, dq_db = q0 + abs(s), h * ds, [h * v ** (j + j0) for j in range(len(b))]
+  elif version == "A":
+    q, dq = q0 + s, (1 if x > 0 else -1 if x < 0 else 0) * ds
+    dq_db = [_sign(c) * v ** (j + j0) for j, c in enumerate(b)]
+  else:
+    q, dq, dq_db = q0 + s, ds, [v ** (j + j0) for j in range(len(b))]
+  f = p / q
+  return f, (dp * q - p * dq) / q**2, [x**i / q for i in range(len(a))], [-p / q**2 * d for d in dq_db]
+
+
+def to_f32(g: float, value: Fraction) -> np.float32:
+  """g·value rounded to fp32 (±inf beyond its range), through an exact product."""
+  v = float(Fraction(g) * value)
+  with np.errstate(over="ignore"):
+    return np.float32(v)
+
+
+@functools.cache
+def op_and_vjp(version: str):
+  def run(x, a, b, g):
+    y, vjp = jax.vjp(lambda x, a, b: R.fused_rational(x, a, b, version), x, a, b)
+    return (y, *vjp(g))
+
+  return jax.jit(run)
+
+
+def coefficient_sets(version: str):
+  """The PAU leaky-ReLU preset and degenerate sets whose leading coefficients vanish (identity init, b_n = 0)."""
+  fit = preset("leaky_relu", version)
+  n_den = R.denominator_size(version, 4)
+  identity_a = np.array([0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+  identity_b = np.zeros(n_den)
+  if version == "C":
+    identity_b[0] = 0.9
+  low_b = np.array(fit.denominator)
+  low_b[-1] = 0.0  # Q of degree 3 under a degree-5 numerator: F ~ x^2
+  low_a = np.array(fit.numerator)
+  low_a[3:] = 0.0  # P of degree 2 over a degree-4 Q: F -> 0
+  return {"preset": (fit.numerator, fit.denominator), "identity": (identity_a, identity_b),
+          "b_n=0": (fit.numerator, low_b), "a_3..5=0": (low_a, fit.denominator)}
+
+
+@pytest.mark.parametrize("version", ["A", "B", "C", "N"])
+def test_large_inputs_match_exact_arithmetic(version):
+  """F, dF/dx and g·dF/dcoefficient at |x| in {1e8, 1e30, 3e38} equal the exact values rounded to fp32:
+  finite whenever the exact value is representable, ±inf only where it is not."""
+  fn = op_and_vjp(version)
+  for label, (a, b) in coefficient_sets(version).items():
+    a32, b32 = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    for x in LARGE:
+      for g in (1.0, 1e-3):
+        y, dx, da, db = fn(jnp.asarray([x], jnp.float32), a32, b32, jnp.asarray([g], jnp.float32))
+        f, df, dfa, dfb = exact(float(np.float32(x)), np.asarray(a32), np.asarray(b32), version)
+        got = [y[0], dx[0], *da, *db]
+        want = [to_f32(1.0, f), to_f32(g, df), *(to_f32(g, t) for t in dfa), *(to_f32(g, t) for t in dfb)]
+        for i, (u, w) in enumerate(zip(got, want)):
+          u = np.float32(u)
+          where = f"{version} {label} x={x} g={g} output {i}: got {u}, exact {w}"
+          if np.isfinite(w):
+            assert np.isfinite(u) and abs(u - w) <= 1e-5 * abs(w) + 1e-37, where
+          else:
+            assert u == w, where
+
+
+@pytest.mark.parametrize("version", ["A", "B", "C", "N"])
+def test_moderate_inputs_fast_and_full_range_forms_agree(version):
+  """Below the threshold both forms are the literal formula: same values and gradients (groups too)."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(5, 4, 6)) * 3, jnp.float32)
+  g = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  n_den = R.denominator_size(version, 4)
+  a = jnp.asarray(rng.normal(size=(6, 4, 1)), jnp.float32)
+  b = jnp.asarray(rng.normal(size=(n_den, 4, 1)) * 0.5, jnp.float32)
+  np.testing.assert_allclose(R._forward(x, a, b, version, True), R._forward(x, a, b, version, False), rtol=1e-6)
+  for full, fast in zip(R._backward(x, g, a, b, version, True), R._backward(x, g, a, b, version, False)):
+    np.testing.assert_allclose(full, fast, rtol=1e-5, atol=1e-5 * float(jnp.abs(fast).max()))
+
+
+def test_infinite_inputs_give_the_limits():
+  """x = ±inf: F(±inf) = ±inf, F'(±inf) = a_5 / |b_4| (version A, 5/4), and the coefficient partials are their
+  limits (0 for a_0..a_3, 1/|b_4| for a_4, inf for a_5)."""
+  fit = preset("leaky_relu", "A")
+  a, b = jnp.asarray(fit.numerator, jnp.float32), jnp.asarray(fit.denominator, jnp.float32)
+  y, dx, da, db = op_and_vjp("A")(jnp.asarray([np.inf, -np.inf]), a, b, jnp.asarray([1.0, 0.0]))
+  assert y[0] == np.inf and y[1] == -np.inf
+  np.testing.assert_allclose(dx, [fit.numerator[5] / abs(fit.denominator[3]), 0.0], rtol=1e-6)
+  np.testing.assert_allclose(da[:4], 0.0)
+  np.testing.assert_allclose(da[4], 1.0 / abs(fit.denominator[3]), rtol=1e-6)
+  assert da[5] == np.inf
+  assert np.all(np.isfinite(db[:3])) and not np.isfinite(db[3])
+
+
+def test_masked_nonfinite_inputs_poison_nothing():
+  """NaN / inf inputs with zero cotangent contribute exactly zero; with a non-zero cotangent a NaN makes its
+  own input gradient and its own group's coefficient gradients NaN, and nothing else."""
+  fit = preset("leaky_relu", "A")
+  a = jnp.asarray(np.stack([fit.numerator] * 2).T[:, :, None], jnp.float32)  # [6, G=2, 1]
+  b = jnp.asarray(np.stack([fit.denominator] * 2).T[:, :, None], jnp.float32)
+  x = jnp.asarray(np.linspace(-2, 2, 2 * 2 * 3).reshape(2, 2, 3), jnp.float32)  # [rows, G, D/G]
+  g = jnp.ones_like(x)
+  clean = op_and_vjp("A")(x, a, b, g)
+  masked = op_and_vjp("A")(x.at[0, 0, 0].set(np.nan).at[1, 1, 2].set(np.inf), a, b,
+                           g.at[0, 0, 0].set(0.0).at[1, 1, 2].set(0.0))
+  for name, m in zip("dx da db".split(), masked[1:]):
+    assert np.all(np.isfinite(m)), name
+  grad_x_mask = np.ones(x.shape, bool)
+  grad_x_mask[0, 0, 0] = grad_x_mask[1, 1, 2] = False
+  np.testing.assert_allclose(np.asarray(masked[1])[grad_x_mask], np.asarray(clean[1])[grad_x_mask], rtol=1e-5)
+  y, dx, da, db = op_and_vjp("A")(x.at[0, 0, 0].set(np.nan), a, b, g)
+  assert np.isnan(y[0, 0, 0]) and np.isnan(dx[0, 0, 0])
+  assert np.sum(~np.isfinite(y)) == 1 and np.sum(~np.isfinite(dx)) == 1
+  assert np.all(np.isnan(da[:, 0])) and np.all(np.isnan(db[:, 0]))  # group 0 holds the NaN
+  assert np.all(np.isfinite(da[:, 1])) and np.all(np.isfinite(db[:, 1]))  # group 1 stays clean
+
+
+def _check_against_autodiff(version, a, b, x, g):
+  ours = op_and_vjp(version)(*(jnp.asarray(c, jnp.float32) for c in (x, a, b, g)))
+  with jax.enable_x64(True):
+    y, vjp = jax.vjp(lambda x, a, b: R.rational_value(x, a, b, version),
+                     *(jnp.asarray(np.asarray(c), jnp.float64) for c in (x, a, b)))
+    ref = (y, *vjp(jnp.asarray(g, jnp.float64)))
+  for got, want in zip(ours, ref):
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("version", ["A", "B", "C", "N"])
+def test_fused_backward_matches_autodiff(version):
+  """The hand-written backward equals autodiff of the literal formula: per group for every version, and
+  one shared rational / a shared numerator with per-group denominators for version A."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 5, 4, 4)) * 2
+  n_den = R.denominator_size(version, 4)
+  layouts = [((6, 4, 1), (n_den, 4, 1))]
+  if version == "A":
+    layouts += [((6,), (n_den,)), ((6, 1, 1), (n_den, 4, 1))]
+  for a_shape, b_shape in layouts:
+    a, b = rng.normal(size=a_shape), rng.normal(size=b_shape) * 0.5
+    _check_against_autodiff(version, a, b, x, rng.normal(size=x.shape))
+
+
+def test_cpu_blocks_with_tail_and_one_far_block(version="A"):
+  """The CPU form's blocks (here 2 of 2048 rows of 16 and a tail of 3 rows) give the same result as autodiff
+  of the literal formula, with one block holding an element beyond the threshold (full-range form there)."""
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(4099, 4, 4)) * 2
+  g = rng.normal(size=x.shape)
+  x[3000, 0, 0], g[3000, 0, 0] = -7e5, 1e-5  # |x| > T = 2^19: that block runs the factored form
+  fit = preset("leaky_relu", version)
+  for groups in (False, True):
+    a, b = fit.numerator, fit.denominator
+    if groups:
+      a, b = (np.stack([c * (1 + 0.1 * k) for k in range(4)], -1)[:, :, None] for c in (a, b))
+    _check_against_autodiff(version, a, b, x, g)
+
+
+@pytest.mark.parametrize("version", ["A", "B", "C", "N"])
+def test_rational_gradients(version):
+  """Gradients against finite differences in fp64 (away from the |x| kink)."""
+  with jax.enable_x64(True):
+    x = np.linspace(-3.0, 3.0, 24) + 0.013
+    x = jnp.asarray(x[np.abs(x) > 0.05])
+    fit = preset("leaky_relu", version)
+    a, b = jnp.asarray(fit.numerator), jnp.asarray(fit.denominator)
+    check_grads(jax.jit(lambda x, a, b: R.fused_rational(x, a, b, version)), (x, a, b), order=1, modes=("rev",),
+                eps=1e-6)
+
+
+def test_reverse_over_reverse():
+  """The backward is differentiable: d/dx of a coefficient gradient equals autodiff of the literal formula."""
+  with jax.enable_x64(True):
+    x = jnp.linspace(-2.5, 2.5, 16) + 0.013
+    fit = preset("leaky_relu", "A")
+    a, b = jnp.asarray(fit.numerator), jnp.asarray(fit.denominator)
+
+    def outer(fn):
+      return jax.jit(jax.grad(lambda x: jnp.sum(jax.grad(lambda b: jnp.sum(fn(x, a, b, "A") ** 2))(b) ** 2)))
+
+    np.testing.assert_allclose(outer(R.fused_rational)(x), outer(R.rational_value)(x), rtol=1e-9)
