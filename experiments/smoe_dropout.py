@@ -14,7 +14,17 @@ Local (2 CPU cores, a few minutes a run; 2 layers, d_model 64, dense d_ff 192 = 
 Paper's claims: at full capacity SMoE-Dropout beats the dense model of equal parameters (Transformer-XL on
 enwik8: lower bpc), and it is self-slimmable: eval quality improves smoothly and monotonically with k, while a
 learned router overfits the k it was trained with (its quality does not improve when given more experts).
-Measured locally: see MEASURED below (filled in from the sweep above).
+Measured locally (the sweep above: 2 layers, d_model 64, dense ReLU d_ff 192, 300 steps of byte-level text,
+seeds 0 and 1, final eval loss mean ± std from `python -m train.report runs/smoe_dropout-local`; 1.5-7 min a
+run on 2 busy CPU cores):
+  variant (k trained)         k=1            k=2            k=4            k=8 (= all)
+  dense ReLU MLP              -              -              -              2.677 ± 0.008
+  SMoE-Dropout (4 -> 8)       2.753 ± 0.015  2.729 ± 0.016  2.719 ± 0.017  2.718 ± 0.022
+  learned router (2)          2.748 ± 0.021  2.725 ± 0.010  2.730 ± 0.009  2.743 ± 0.012
+Self-slimming reproduces: SMoE-Dropout's loss falls monotonically with k, while the learned router is best at
+the k it was trained with and worse with more experts. The full-capacity gain over dense does not: after 300
+steps the dense model is 0.04 nats better (it trains all of its width every step; SMoE-Dropout averages 6.0
+of 8 experts: 3.8e11 training FLOPs against the dense 4.2e11).
 """
 
 from experiments import common
