@@ -36,7 +36,7 @@ def test_smoe_dropout_variants(scale):
   assert dense[0].train.eval_top_k == () and sd[0].train.eval_top_k[-1] == sd[0].model.options.ffn.n_experts
 
 
-@pytest.mark.parametrize("scale, variants", [("local", ("m2k4", "m4k2")), ("size=1.3b", ("m2k16", "m4k8", "m8k4"))])
+@pytest.mark.parametrize("scale, variants", [("local", ("m2k4", "m4k2")), ("size=1.3b", ("m4k8",))])
 def test_finedeep_variants_match_dense_parameters(scale, variants):
   _, dense, _ = _build(finedeep, f"{scale},variant=dense")
   for variant in variants:
