@@ -14,7 +14,8 @@ from layers import registry
 from layers.aux import AuxLoss, LayerMetric, end_step
 from layers.context import LayerContext
 from layers.moe import smoe_dropout
-from layers.moe.routing import fixed_random_projection
+from layers.moe.experts import grouped_apply
+from layers.moe.routing import fixed_random_projection, top_k_route
 from layers.moe.smoe_dropout import active_experts, mean_active_experts
 from tests.foundation_configs import tiny_lm
 from train import mesh as mesh_lib
@@ -228,3 +229,18 @@ def test_moe_top_k_view_equals_the_layer_built_with_that_k():
   assert trained_k2.view_top_k is None
   with pytest.raises(ValueError, match="needs token_choice"):
     nnx.view(registry.build("ffn", "moe", CTX, rngs=nnx.Rngs(0), routing="expert_choice", **options), top_k=1)
+
+
+@pytest.mark.parametrize("expert_ffn, options", [("swiglu", None),
+                                                 ("mlp", {"activation": "polynorm", "use_bias": True})])
+def test_all_experts_path_equals_every_expert_weighted(expert_ffn, options):
+  """With k = E the MoE skips dispatch (one dense ffn over all experts' units); it must equal sum_e w_e expert_e."""
+  layer = registry.build("ffn", "moe", CTX, rngs=nnx.Rngs(0), n_experts=4, top_k=4, expert_hidden=8,
+                         expert_ffn=expert_ffn, expert_options=options, renormalize=True)
+  for i, (_, var) in enumerate(nnx.to_flat_state(nnx.state(layer.experts, nnx.Param))):  # distinct per expert
+    var[...] = var[...] + 0.3 * jax.random.normal(jax.random.key(i), var.shape)
+  x2 = _x(4).reshape(-1, 8)
+  route = top_k_route(layer.router(x2), 4, renormalize=True)
+  w = jnp.zeros((12, 4)).at[jnp.arange(12)[:, None], route.experts].set(route.weights)
+  every = grouped_apply(*layer.experts.split(), jnp.broadcast_to(x2, (4, *x2.shape)))  # [E, N, D], vmapped
+  np.testing.assert_allclose(layer(x2), jnp.einsum("ne,end->nd", w, every), rtol=1e-5, atol=1e-5)

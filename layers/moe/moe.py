@@ -10,7 +10,8 @@ Balancing: the Switch loss over the batch (`load_balance_weight`), DeepSeek-V3's
 layers/moe/balance.py), router z-loss (ST-MoE, `z_loss_weight`).
 Dispatch: "dropless" (sort by expert + grouped matmul, `ragged_dot` or tiled, for MLP / GLU experts;
 any other ffn falls back to buffers with capacity N, which cannot drop) or "capacity" (buffers of
-ceil(factor * N * k / E) slots, overflow dropped).
+ceil(factor * N * k / E) slots, overflow dropped). With k = E (SMoE-Dropout at the end of its schedule)
+every expert runs on every token as one dense ffn over all experts' units, without dispatch (both settings).
 Shared experts (DeepSeekMoE): n_shared experts' worth of always-on feed-forward, built as one ffn of
 width n_shared * expert_hidden; `shared_gate` scales it per token by g(x) = sigmoid(x · w_g) (Qwen-MoE).
 
@@ -168,6 +169,10 @@ class MoE(nnx.Module):
     dropless = self.dispatch == "dropless"
     mesh = expert_parallel.active_mesh() if self.expert_parallel else None
     all_kept = jnp.ones(experts.shape, bool)
+    if top_k == self.n_experts and mesh is None:  # every expert sees every token: the dense ffn, no dispatch
+      n = x.shape[0]
+      dense_weights = jnp.zeros((n, self.n_experts), weights.dtype).at[jnp.arange(n)[:, None], experts].set(weights)
+      return self.experts.weighted_sum(x, dense_weights), all_kept
     if dropless and self.experts.supports_ragged:
       if mesh is not None:
         y = expert_parallel.ragged_apply(*self.experts.split(), x, experts, weights, mesh=mesh,
