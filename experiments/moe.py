@@ -35,6 +35,11 @@ of byte-level text, seeds 0 and 1, mean ± half-range; 14 min for the 4 runs on 
   auxiliary-loss-free    2.718 ± 0.002   1.45 ± 0.04         0.49 ± 0.03
   Switch loss 0.01       2.715 ± 0.009   1.26 ± 0.09         0.66 ± 0.00
 Equal loss; the bias starts at 0 and moves 1e-3 per step, so it balances worse early and better by the end.
+Measured locally, the newer rows (same 2-layer d 64 models and 300 steps, seeds 0 and 1, mean ± std; each run
+`python -m train --config experiments/moe.py:local,variant=V --config.seed=S`): eval loss dense SwiGLU
+2.698 ± 0.002, smoe_dropout 2.735 ± 0.023, finedeep 2.722 ± 0.016 (experiments/finedeep.py:local, the same
+model), mohd 2.708 ± 0.022 (125,888 active of 199,616 parameters against the dense 123,200): none beats
+dense at this scale.
 Logged per layer i: layers/moe_expert_load/i, moe_dropped_fraction/i, moe_balance_bias/i; averaged:
 layers/moe_max_violation, moe_router_entropy; aux/moe_load_balance, moe_seq_balance, moe_z_loss.
 """
