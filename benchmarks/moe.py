@@ -7,10 +7,12 @@ DeepSeek-V3-style layer (16 experts of width d_ff / 5, top-4 in 4 groups, 1 shar
 auxiliary-loss-free bias; equal active parameters), SMEAR, SMoE-Dropout at both ends of its schedule (8
 SwiGLU experts of width d_ff / 8, k = 8 and k = 4, fixed), Finedeep (2 sub-layers x 4 experts, all active),
 and MoHD (8 of 16 hidden sub-dimensions active, of a SwiGLU of width 2 d_ff, or of width d_ff: the
-compression setting). "vs eq-active dense" divides by the dense SwiGLU of the same active ffn parameters:
+compression setting, in the grouped fast form and in the masked specification, which computes every
+sub-dimension). "vs eq-active dense" divides by the dense SwiGLU of the same active ffn parameters:
 width d_ff, or d_ff / 2 for SMoE-Dropout at k = 4 and MoHD compressed. One step = forward + backward of
-cross-entropy + aux losses (no optimizer update), jitted; time is the median of several runs after
-a warm-up, on device 0, float32.
+cross-entropy + aux losses (no optimizer update), jitted; every variant is compiled and warmed up first,
+then timed in turns (one step of each per round; robust to load changes on a shared machine); time is the
+median over the rounds, on device 0, float32.
 
 Expert parallelism (8 fake CPU devices, mesh data=1 x expert=8): one MoE layer's forward + backward,
 compiled per device, for the dropless ragged exchange vs capacity buffers sized for no drops
@@ -50,7 +52,7 @@ N_EXPERTS, TOP_K = 8, 2
 
 
 DENSE, DENSE_HALF = "dense swiglu", "dense swiglu d_ff/2"
-HALF_ACTIVE = ("smoe-dropout k=4/8", "mohd 8/16 (compress)")  # rows with the active ffn of DENSE_HALF
+HALF_ACTIVE = ("smoe-dropout k=4/8", "mohd 8/16 (compress)", "mohd 8/16 (compress, masked)")  # ffn of DENSE_HALF
 
 
 def variants(d_ff: int) -> dict[str, tuple[str, dict]]:
@@ -73,6 +75,7 @@ def variants(d_ff: int) -> dict[str, tuple[str, dict]]:
     "finedeep 2x4": ("finedeep", {"n_sublayers": 2, "n_experts": 4}),
     "mohd 8/16 of 2 d_ff": ("mohd", {"n_subdims": 16, "active_fraction": 0.5, "hidden": 2 * d_ff}),
     HALF_ACTIVE[1]: ("mohd", {"n_subdims": 16, "active_fraction": 0.5}),
+    HALF_ACTIVE[2]: ("mohd", {"n_subdims": 16, "active_fraction": 0.5, "mode": "masked"}),
   }
 
 
@@ -84,7 +87,8 @@ def model_config(ffn: str, options: dict, *, d_model: int, d_ff: int, n_layers: 
   return cfg
 
 
-def measure(name: str, cfg, batch: int, seq: int, repeats: int) -> dict:
+def compiled_step(cfg, batch: int, seq: int):
+  """(one timed training step of the LM `cfg`: a () -> None callable, its parameter count)."""
   graphdef, params, rest = nnx.split(LM(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
   params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)  # fresh variables inside the trace
   tokens = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, cfg.vocab_size)
@@ -97,24 +101,30 @@ def measure(name: str, cfg, batch: int, seq: int, repeats: int) -> dict:
 
   step = jax.jit(jax.value_and_grad(loss_fn)).lower(params, rest, tokens).compile()
   jax.block_until_ready(step(params, rest, tokens))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(step(params, rest, tokens))
-    times.append(time.perf_counter() - start)
-  sec = statistics.median(times)
-  n_params = sum(p.size for p in jax.tree.leaves(params))
-  return {"variant": name, "seconds": sec, "tokens_per_s": batch * seq / sec, "params": int(n_params)}
+  return (lambda: jax.block_until_ready(step(params, rest, tokens))), sum(p.size for p in jax.tree.leaves(params))
 
 
 def throughput(quick: bool, repeats: int) -> dict:
+  """Every variant compiled first, then timed in turns (one step of each per round), so a change of load on a
+  shared machine hits all rows alike; the median over rounds."""
   shape = (dict(d_model=128, d_ff=512, n_layers=2, batch=4, seq=128) if quick
            else dict(d_model=256, d_ff=1024, n_layers=4, batch=8, seq=256))
-  print(f"\nthroughput, device 0: {shape}  repeats={repeats} (median)")
-  rows = []
+  print(f"\nthroughput, device 0: {shape}  repeats={repeats} (median, variants timed in turns)")
+  steps = {}
   for name, (ffn, options) in variants(shape["d_ff"]).items():
     cfg = model_config(ffn, options, d_model=shape["d_model"], d_ff=shape["d_ff"], n_layers=shape["n_layers"])
-    rows.append(measure(name, cfg, shape["batch"], shape["seq"], repeats))
+    steps[name] = compiled_step(cfg, shape["batch"], shape["seq"])
+  times = {name: [] for name in steps}
+  for _ in range(repeats):
+    for name, (run, _) in steps.items():
+      start = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - start)
+  rows = []
+  for name, (_, n_params) in steps.items():
+    sec = statistics.median(times[name])
+    rows.append({"variant": name, "seconds": sec, "tokens_per_s": shape["batch"] * shape["seq"] / sec,
+                 "params": int(n_params)})
   by_name = {r["variant"]: r["tokens_per_s"] for r in rows}
   print(f"{'variant':<22} {'ms/step':>9} {'tokens/s':>11} {'params':>10} {'vs dense':>9} {'vs eq-active dense':>19}")
   for r in rows:
