@@ -16,7 +16,9 @@ The schedule reads a step counter the layer keeps itself (a non-parameter variab
 train state) and advances in `end_step()`, which the training loop calls once per optimizer step
 (`layers.aux.end_step`; a loop of your own calls it after each update). A training forward routes with
 k(counter); the k-dependent part (top-k, dispatch, experts) is one `jax.lax.switch` branch per possible k,
-so one compiled step runs only k experts' work at every point of the schedule.
+so one compiled step runs only k experts' work at every point of the schedule (at k = n_experts the
+dense ffn over all experts' units, without dispatch: `Experts.weighted_sum`). Under a mesh with an "expert"
+axis the branches use the MoE layer's expert parallelism; that combination is not tested here.
 
 Defaults from the authors' code (github.com/VITA-Group/Random-MoE-as-Dropout), Transformer-XL on enwik8
 (script/table1/transformer_xl/smoe_dropout.sh): 16 experts; k from 8 to 16 (`--moe-top-k-min 8
