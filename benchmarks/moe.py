@@ -4,9 +4,15 @@ Throughput: feed-forward-only LMs (models.lm with blocks "(none, FFN) * L", so t
 dense SwiGLU of width d_ff vs MoE with 8 experts, top-2, expert width d_ff / 2 (equal active
 parameters), with dropless (sort + tiled matmul or ragged_dot) and capacity-factor dispatch, a
 DeepSeek-V3-style layer (16 experts of width d_ff / 5, top-4 in 4 groups, 1 shared, sigmoid,
-auxiliary-loss-free bias; equal active parameters), and SMEAR. One step = forward + backward of
-cross-entropy + aux losses (no optimizer update), jitted; time is the median of several runs after
-a warm-up, on device 0, float32.
+auxiliary-loss-free bias; equal active parameters), SMEAR, SMoE-Dropout at both ends of its schedule (8
+SwiGLU experts of width d_ff / 8, k = 8 and k = 4, fixed), Finedeep (2 sub-layers x 4 experts, all active),
+and MoHD (8 of 16 hidden sub-dimensions active, of a SwiGLU of width 2 d_ff, or of width d_ff: the
+compression setting, in the grouped fast form and in the masked specification, which computes every
+sub-dimension). "vs eq-active dense" divides by the dense SwiGLU of the same active ffn parameters:
+width d_ff, or d_ff / 2 for SMoE-Dropout at k = 4 and MoHD compressed. One step = forward + backward of
+cross-entropy + aux losses (no optimizer update), jitted; every variant is compiled and warmed up first,
+then timed in turns (one step of each per round; robust to load changes on a shared machine); time is the
+median over the rounds, on device 0, float32.
 
 Expert parallelism (8 fake CPU devices, mesh data=1 x expert=8): one MoE layer's forward + backward,
 compiled per device, for the dropless ragged exchange vs capacity buffers sized for no drops
@@ -45,11 +51,17 @@ jax.config.update("jax_num_cpu_devices", 8)  # the expert-parallel part; before 
 N_EXPERTS, TOP_K = 8, 2
 
 
+DENSE, DENSE_HALF = "dense swiglu", "dense swiglu d_ff/2"
+HALF_ACTIVE = ("smoe-dropout k=4/8", "mohd 8/16 (compress)", "mohd 8/16 (compress, masked)")  # ffn of DENSE_HALF
+
+
 def variants(d_ff: int) -> dict[str, tuple[str, dict]]:
   """name -> (ffn registry name, options)."""
   moe = dict(n_experts=N_EXPERTS, top_k=TOP_K, expert_hidden=d_ff // TOP_K)
+  smoe = dict(n_experts=8, expert_ffn="swiglu", ramp_steps=0)  # k fixed: the schedule's two ends
   return {
-    "dense swiglu": ("swiglu", {}),
+    DENSE: ("swiglu", {}),
+    DENSE_HALF: ("swiglu", {"hidden": d_ff // 2}),
     "moe dropless tiled": ("moe", {**moe, "dispatch": "dropless", "grouped_matmul": "tiled"}),
     "moe dropless ragged": ("moe", {**moe, "dispatch": "dropless", "grouped_matmul": "ragged_dot"}),
     "moe capacity 1.25": ("moe", {**moe, "dispatch": "capacity", "capacity_factor": 1.25}),
@@ -58,6 +70,12 @@ def variants(d_ff: int) -> dict[str, tuple[str, dict]]:
                                       renormalize=True, routed_scale=2.5, bias_update_rate=1e-3,
                                       seq_balance_weight=1e-4, load_balance_weight=0.0)),
     "smear (4 experts)": ("smear", {"n_experts": 4}),
+    "smoe-dropout k=8/8": ("smoe_dropout", {**smoe, "top_k_start": 8}),
+    HALF_ACTIVE[0]: ("smoe_dropout", {**smoe, "top_k_start": 4}),
+    "finedeep 2x4": ("finedeep", {"n_sublayers": 2, "n_experts": 4}),
+    "mohd 8/16 of 2 d_ff": ("mohd", {"n_subdims": 16, "active_fraction": 0.5, "hidden": 2 * d_ff}),
+    HALF_ACTIVE[1]: ("mohd", {"n_subdims": 16, "active_fraction": 0.5}),
+    HALF_ACTIVE[2]: ("mohd", {"n_subdims": 16, "active_fraction": 0.5, "mode": "masked"}),
   }
 
 
@@ -69,7 +87,8 @@ def model_config(ffn: str, options: dict, *, d_model: int, d_ff: int, n_layers: 
   return cfg
 
 
-def measure(name: str, cfg, batch: int, seq: int, repeats: int) -> dict:
+def compiled_step(cfg, batch: int, seq: int):
+  """(one timed training step of the LM `cfg`: a () -> None callable, its parameter count)."""
   graphdef, params, rest = nnx.split(LM(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
   params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)  # fresh variables inside the trace
   tokens = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, cfg.vocab_size)
@@ -82,30 +101,38 @@ def measure(name: str, cfg, batch: int, seq: int, repeats: int) -> dict:
 
   step = jax.jit(jax.value_and_grad(loss_fn)).lower(params, rest, tokens).compile()
   jax.block_until_ready(step(params, rest, tokens))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(step(params, rest, tokens))
-    times.append(time.perf_counter() - start)
-  sec = statistics.median(times)
-  n_params = sum(p.size for p in jax.tree.leaves(params))
-  return {"variant": name, "seconds": sec, "tokens_per_s": batch * seq / sec, "params": int(n_params)}
+  return (lambda: jax.block_until_ready(step(params, rest, tokens))), sum(p.size for p in jax.tree.leaves(params))
 
 
 def throughput(quick: bool, repeats: int) -> dict:
+  """Every variant compiled first, then timed in turns (one step of each per round), so a change of load on a
+  shared machine hits all rows alike; the median over rounds."""
   shape = (dict(d_model=128, d_ff=512, n_layers=2, batch=4, seq=128) if quick
            else dict(d_model=256, d_ff=1024, n_layers=4, batch=8, seq=256))
-  print(f"\nthroughput, device 0: {shape}  repeats={repeats} (median)")
-  rows = []
+  print(f"\nthroughput, device 0: {shape}  repeats={repeats} (median, variants timed in turns)")
+  steps = {}
   for name, (ffn, options) in variants(shape["d_ff"]).items():
     cfg = model_config(ffn, options, d_model=shape["d_model"], d_ff=shape["d_ff"], n_layers=shape["n_layers"])
-    rows.append(measure(name, cfg, shape["batch"], shape["seq"], repeats))
-  dense = rows[0]["tokens_per_s"]
-  print(f"{'variant':<20} {'ms/step':>9} {'tokens/s':>11} {'params':>10} {'vs dense':>9}")
+    steps[name] = compiled_step(cfg, shape["batch"], shape["seq"])
+  times = {name: [] for name in steps}
+  for _ in range(repeats):
+    for name, (run, _) in steps.items():
+      start = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - start)
+  rows = []
+  for name, (_, n_params) in steps.items():
+    sec = statistics.median(times[name])
+    rows.append({"variant": name, "seconds": sec, "tokens_per_s": shape["batch"] * shape["seq"] / sec,
+                 "params": int(n_params)})
+  by_name = {r["variant"]: r["tokens_per_s"] for r in rows}
+  print(f"{'variant':<22} {'ms/step':>9} {'tokens/s':>11} {'params':>10} {'vs dense':>9} {'vs eq-active dense':>19}")
   for r in rows:
-    r["vs_dense"] = r["tokens_per_s"] / dense
-    print(f"{r['variant']:<20} {1e3 * r['seconds']:>9.2f} {r['tokens_per_s']:>11.0f} {r['params']:>10d} "
-          f"{r['vs_dense']:>8.2f}x")
+    r["vs_dense"] = r["tokens_per_s"] / by_name[DENSE]
+    r["equal_active_dense"] = DENSE_HALF if r["variant"] in HALF_ACTIVE else DENSE
+    r["vs_equal_active_dense"] = r["tokens_per_s"] / by_name[r["equal_active_dense"]]
+    print(f"{r['variant']:<22} {1e3 * r['seconds']:>9.2f} {r['tokens_per_s']:>11.0f} {r['params']:>10d} "
+          f"{r['vs_dense']:>8.2f}x {r['vs_equal_active_dense']:>18.2f}x")
   return {"shape": shape, "rows": rows}
 
 

@@ -99,8 +99,10 @@ def base_config() -> ml_collections.ConfigDict:
   # extends every KAN grid to G intervals after that step's update (coarse -> fine, function kept by
   # least squares): the run is logged and evaluated on the old grid at that step, then continues with
   # the new shapes and a fresh optimizer state (new Adam moments, lr schedule not rewound).
+  # eval_top_k (k, ...): also evaluate with every layer that takes a top_k view (SMoE-Dropout) at each k,
+  # logged as eval_loss/top_k=k; `python -m train.report` tabulates them.
   c.train = ml_collections.ConfigDict(dict(
-    steps=1000, loss="xent", label_smoothing=0.0, log_every=10, eval_every=200, eval_steps=8,
+    steps=1000, loss="xent", label_smoothing=0.0, log_every=10, eval_every=200, eval_steps=8, eval_top_k=(),
     ckpt_every=200, keep_ckpts=3, async_ckpt=True, progress=True, tensorboard=True,
     grid_update_every=0, grid_update_until=0, grid_extend=(),
     compilation_cache_dir="",  # keep compiled programs here (local or gs://): reruns and resumes skip compiling

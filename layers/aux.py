@@ -5,7 +5,9 @@ the loop sums every AuxLoss into the training loss and logs each by name. `self.
 name, value)` values are only logged (averaged over the layers that sowed them under the same name;
 a layer that wants its own line puts its index in the name, e.g. "moe_expert_load/3").
 A layer with state to commit once per optimizer step, after all its micro-batches (the MoE
-auxiliary-loss-free balancing bias), defines `end_step()`; the loop calls `end_step(model)`.
+auxiliary-loss-free balancing bias, SMoE-Dropout's step counter for its expert schedule), defines
+`end_step()`; the loop calls `end_step(model)`. Such state lives in non-parameter variables, so it is
+checkpointed with the train state and needs nothing from train/.
 """
 
 from flax import nnx

@@ -1,6 +1,8 @@
 """Analytic forward FLOPs per token of a module tree (training = 3 x forward), and active parameters.
 
-Default: every >= 2-D parameter is a matmul weight used once per token (2 FLOPs per weight).
+Default: every >= 2-D parameter is a matmul weight used once per token (2 FLOPs per weight); a leading
+"expert" axis (experts stacked by layers/moe/experts.py) does not count as a dimension, so stacked biases stay
+biases.
 A module refines this with one of two hooks:
   `flops_per_token(seq_len) -> float`        replaces the count for its whole subtree
                                              (MoE: only active experts; embeddings: lookups are free);
@@ -23,6 +25,12 @@ def _children(module: nnx.Module) -> Iterable:
       yield from (x for x in v if isinstance(x, nnx.Module | nnx.Variable))
 
 
+def _matrix_dims(param: nnx.Param) -> int:
+  """Dimensions of a parameter, a leading "expert" (stacking) axis not counted."""
+  axes = param.get_metadata().get("axes") or ()
+  return len(param.shape) - (1 if axes[:1] == ("expert",) else 0)
+
+
 def forward_flops_per_token(module: nnx.Module, seq_len: int) -> float:
   """Forward FLOPs per token of `module` (works on abstract modules from nnx.eval_shape)."""
   if hasattr(module, "flops_per_token"):
@@ -30,7 +38,7 @@ def forward_flops_per_token(module: nnx.Module, seq_len: int) -> float:
   total = float(module.extra_flops_per_token(seq_len)) if hasattr(module, "extra_flops_per_token") else 0.0
   for child in _children(module):
     if isinstance(child, nnx.Param):
-      if len(child.shape) >= 2:
+      if _matrix_dims(child) >= 2:
         total += 2.0 * child.size
     elif isinstance(child, nnx.Module):
       total += forward_flops_per_token(child, seq_len)

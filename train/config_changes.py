@@ -3,8 +3,8 @@
 A checkpoint stores the config it was trained with. Resuming compares that config with the new one key
 by key:
 - BENIGN keys change how a run is watched, laid out or launched, never what it computes (progress bar,
-  logging / eval / checkpoint intervals, TensorBoard, checkpoint retention, device mesh and sharding rules,
-  data-reading threads, multi-host launch settings). They are accepted without asking.
+  logging / eval / checkpoint intervals, the eval's expert counts, TensorBoard, checkpoint retention, device
+  mesh and sharding rules, data-reading threads, multi-host launch settings). They are accepted without asking.
 - Any other difference (shapes, optimizer, schedule length, data, seed, eval set size, ...) is refused,
   naming each key with both values, unless the run is started with `--resume_with_changes=KEY,...` naming
   it (or a section above it, e.g. `optim`). A change that alters the shape of the saved state cannot be
@@ -22,8 +22,8 @@ from train import paths
 from train.config import ConfigError
 
 HISTORY = "config_changes.jsonl"
-BENIGN = ("train.progress", "train.log_every", "train.eval_every", "train.tensorboard", "train.ckpt_every",
-          "train.keep_ckpts", "train.async_ckpt", "data.read_threads", "mesh", "distributed")
+BENIGN = ("train.progress", "train.log_every", "train.eval_every", "train.eval_top_k", "train.tensorboard",
+          "train.ckpt_every", "train.keep_ckpts", "train.async_ckpt", "data.read_threads", "mesh", "distributed")
 ABSENT = "(absent)"
 
 

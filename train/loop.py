@@ -120,17 +120,30 @@ def _tokens_per_example(batch: dict) -> int:
 
 def evaluate(eval_fn, state, cfg, eval_iter, eval_start: dict, batch_sharding) -> dict:
   """Weighted loss / accuracy over the first eval_steps batches of the eval split (the same batches
-  every time: the iterator is rewound to `eval_start`)."""
+  every time: the iterator is rewound to `eval_start`); with train.eval_top_k also eval_loss/top_k=k (and
+  eval_accuracy/top_k=k) for each k."""
   eval_iter.set_state(eval_start)
-  total = {"loss": 0.0, "weight": 0.0, "correct": 0.0}
+  total: dict[str, float] = {}
   for _ in range(cfg.train.eval_steps):
     sums = jax.device_get(eval_fn(state, global_batch(next(eval_iter), batch_sharding)))
-    total = {k: total[k] + float(sums[k]) for k in total}
-  w = max(total["weight"], 1.0)
-  out = {"eval_loss": total["loss"] / w}
-  if cfg.train.loss == "xent":
-    out["eval_accuracy"] = total["correct"] / w
+    total = {k: total.get(k, 0.0) + float(v) for k, v in sums.items()}
+  out = {}
+  for suffix in ["", *(f"/top_k={k}" for k in cfg.train.get("eval_top_k", ()))]:
+    w = max(total["weight" + suffix], 1.0)
+    out["eval_loss" + suffix] = total["loss" + suffix] / w
+    if cfg.train.loss == "xent":
+      out["eval_accuracy" + suffix] = total["correct" + suffix] / w
   return out
+
+
+def check_eval_top_k(model: nnx.Module, top_ks) -> None:
+  """A ConfigError unless some layer of `model` takes a `top_k` view (MoE, SMoE-Dropout) valid for every k."""
+  for k in top_ks:
+    try:
+      nnx.view(model, top_k=k)
+    except ValueError as e:
+      raise config_lib.ConfigError(f"train.eval_top_k={tuple(top_ks)}: {e} (only layers with a top_k view, moe and "
+                                   "smoe_dropout, are evaluated at several k); fix the list or set it to ()") from None
 
 
 @dataclasses.dataclass
@@ -158,9 +171,11 @@ def build_program(config, mesh: Mesh) -> Program:
     make_train_step(setup.graphdef, tx, lr, loss=config.train.loss, grad_accum=config.optim.grad_accum,
                     label_smoothing=config.train.get("label_smoothing", 0.0)), rules, mesh),
     in_shardings=(setup.shardings, batch_sharding), out_shardings=(setup.shardings, None), donate_argnums=0)
-  eval_step = jax.jit(mesh_lib.with_activation_rules(make_eval_step(setup.graphdef, loss=config.train.loss), rules,
-                                                     mesh),
-                      in_shardings=(setup.shardings, batch_sharding))
+  top_ks = tuple(config.train.get("eval_top_k", ()))
+  check_eval_top_k(setup.abstract_model, top_ks)
+  eval_step = jax.jit(mesh_lib.with_activation_rules(
+    make_eval_step(setup.graphdef, loss=config.train.loss, top_ks=top_ks), rules, mesh),
+    in_shardings=(setup.shardings, batch_sharding))
   init_state = state_lib.initializer(config.model, config.seed, tx, setup)
   grid_update = None
   if config.train.get("grid_update_every", 0):

@@ -105,7 +105,7 @@ def hybrid_devices(ici: Sequence[int], dcn: Sequence[int], devices: Sequence,
 def make_mesh(shape_cfg: Mapping[str, int], devices: Sequence | None = None, *,
               dcn_shape: Mapping[str, int] | None = None,
               slice_of: Callable[[Any], int] = device_slice) -> Mesh:
-  """The (data, fsdp, tensor, expert, sequence) mesh over `devices` (default: all), across slices if dcn_shape says so."""
+  """The (data, fsdp, tensor, expert, sequence) mesh over `devices` (default: all), across slices per dcn_shape."""
   devices = list(jax.devices() if devices is None else devices)
   dcn = dcn_sizes(dcn_shape)
   types = (AxisType.Auto,) * len(AXES)

@@ -9,6 +9,8 @@ config keys that differ between runs (the swept keys), and writes:
   scaling.png           eval loss vs compute per variant, L(C) = E + A C^-alpha fitted to its frontier
   isoflop.png           loss vs parameters at (nearly) fixed compute, when the sweep has that
   mqar_accuracy.png     MQAR answer accuracy vs decoding-state size (or width) per variant
+  stdout (2nd table)    for runs evaluated at several expert counts (train.eval_top_k, SMoE-Dropout's
+                        self-slimming): the final eval loss at each k, grouped like the main table
 Variants are the swept keys with non-numeric values (e.g. model.blocks); numeric swept keys
 (sizes, lrs) are the points along a variant's curve; `seed` is averaged over.
 """
@@ -131,6 +133,39 @@ def grouped_markdown(rows: list[dict], keys: list[str]) -> str:
         cells.append(f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}")
       else:
         cells.append(_fmt(statistics.mean(vals)))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+TOP_K_LOSS = "eval_loss/top_k="
+
+
+def top_k_markdown(runs: list[dict], keys: list[str]) -> str | None:
+  """Final eval loss at each expert count k (the records' eval_loss/top_k=k), one row per group of the
+  swept keys (mean ± std over seeds); None when no run was evaluated at several k."""
+  def final(records: list[dict]) -> dict[int, float]:
+    last = next((r for r in reversed(records) if any(k.startswith(TOP_K_LOSS) for k in r)), {})
+    return {int(k[len(TOP_K_LOSS):]): v for k, v in last.items() if k.startswith(TOP_K_LOSS)}
+
+  finals = [final(run["records"]) for run in runs]
+  ks = sorted({k for f in finals for k in f})
+  if not ks:
+    return None
+  group_keys = [k for k in keys if k.split(".")[-1] != "seed"]
+  groups: dict[tuple, list[dict]] = defaultdict(list)
+  for run, losses in zip(runs, finals):
+    if losses:
+      groups[tuple(_fmt(run["config"].get(k)) for k in group_keys)].append(losses)
+  header = [k.split(".")[-1] for k in group_keys] + ["n"] + [f"k={k}" for k in ks]
+  lines = ["eval loss vs active experts k", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for label, members in groups.items():
+    cells = [*label, str(len(members))]
+    for k in ks:
+      vals = [m[k] for m in members if k in m]
+      if len(vals) > 1:
+        cells.append(f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}")
+      else:
+        cells.append(_fmt(vals[0]) if vals else "-")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -274,7 +309,8 @@ def plot_mqar(runs: list[dict], rows: list[dict], variant: list[str], out: str) 
 
 
 def report(root: str, out: str | None = None) -> dict:
-  """Write runs.csv and the plots; returns {"markdown", "csv", "plots", "notes", "rows"}."""
+  """Write runs.csv and the plots; returns {"markdown", "top_k_markdown" (None unless runs were evaluated at
+  several k), "csv", "plots", "notes", "rows"}."""
   runs = collect(root)
   if not runs:
     raise ValueError(f"no runs (directories with config.json and metrics.jsonl) under {root}")
@@ -293,8 +329,8 @@ def report(root: str, out: str | None = None) -> dict:
   scaling, notes = plot_scaling(runs, rows, variant, out)
   plots.append(scaling)
   plots += [p for p in (plot_isoflop(rows, variant, out), plot_mqar(runs, rows, variant, out)) if p]
-  return {"markdown": grouped_markdown(rows, keys), "csv": csv_path, "plots": plots, "notes": notes,
-          "rows": rows}
+  return {"markdown": grouped_markdown(rows, keys), "top_k_markdown": top_k_markdown(runs, keys), "csv": csv_path,
+          "plots": plots, "notes": notes, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(result["markdown"])
+  if result["top_k_markdown"]:
+    print("\n" + result["top_k_markdown"])
   for note in result["notes"]:
     print(note)
   print(f"\nwrote {result['csv']} and {', '.join(result['plots'])}")

@@ -55,16 +55,19 @@ def _by_name(state: nnx.State, reduce: Callable) -> dict[str, jax.Array]:
   return {k: reduce(jnp.stack(v)) for k, v in groups.items()}
 
 
-def forward(graphdef, params, rest, batch: dict, *, deterministic: bool = False):
+def forward(graphdef, params, rest, batch: dict, *, deterministic: bool = False, top_k: int | None = None):
   """Model outputs for batch["inputs"], plus the aux losses (summed per name) and layer metrics (averaged
   per name). The batch's MODEL_FIELDS it has (packed text) go to the model as keywords.
 
   deterministic=True (evaluation) switches off training-only noise (dropout, rational version D,
-  router jitter) in every layer that has a `deterministic` view.
+  router jitter) in every layer that has a `deterministic` view. top_k: the `top_k` view, the number of
+  experts of every layer that takes one (SMoE-Dropout evaluated at several k).
   """
   model = nnx.merge(graphdef, params, rest)
   if deterministic:
     model = nnx.view(model, deterministic=True, raise_if_not_found=False)
+  if top_k is not None:
+    model = nnx.view(model, top_k=top_k)
   fields = {k: batch[k] for k in MODEL_FIELDS if k in batch}
   outputs, aux, metrics = nnx.capture(model, AuxLoss, LayerMetric)(batch["inputs"], **fields)
   _, _, new_rest = nnx.split(model, nnx.Param, ...)
@@ -140,9 +143,17 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr: optax.Schedu
   return train_step
 
 
-def make_eval_step(graphdef, *, loss: str):
-  def eval_step(state: dict, batch: dict) -> dict:
-    outputs, _, _, _ = forward(graphdef, state["params"], state["rest"], batch, deterministic=True)
+def make_eval_step(graphdef, *, loss: str, top_ks: tuple[int, ...] = ()):
+  """(state, batch) -> weighted sums; for each k of `top_ks` also under the view top_k=k, as "<sum>/top_k=k"."""
+
+  def sums(state: dict, batch: dict, top_k: int | None = None) -> dict:
+    outputs, _, _, _ = forward(graphdef, state["params"], state["rest"], batch, deterministic=True, top_k=top_k)
     return task_sums(outputs, batch, loss)
+
+  def eval_step(state: dict, batch: dict) -> dict:
+    out = sums(state, batch)
+    for k in top_ks:
+      out.update({f"{name}/top_k={k}": v for name, v in sums(state, batch, k).items()})
+    return out
 
   return eval_step

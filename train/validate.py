@@ -219,6 +219,9 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
                            and 1 <= profile[0] <= profile[1] <= t.steps),
            f"train.profile_steps={profile!r} must be () or (first, last) with 1 <= first <= last <= train.steps="
            f"{t.steps}, e.g. (10, 12) traces steps 10 to 12 (after compilation)")
+  top_ks = t.get("eval_top_k", ())
+  _require(all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in top_ks),
+           f"train.eval_top_k={top_ks!r} must be a tuple of expert counts >= 1, e.g. (1, 2, 4, 8)")
   crop = d.get("augment", {}).get("random_resized_crop", 0)
   _require(not crop or crop == d.get("image_size", 0),
            f"data.augment.random_resized_crop={crop} needs data.image_size={crop} (the side every image is "

@@ -21,6 +21,27 @@ from layers.moe import dispatch
 GROUPED_MATMULS = ("ragged_dot", "tiled")
 
 
+def grouped_matmul_impl(name: str) -> str:
+  """The grouped matmul `name` stands for: "auto" is "tiled" on CPU (where XLA lowers ragged_dot to a dense
+  masked matmul over all experts) and "ragged_dot" elsewhere; a ValueError names the choices otherwise."""
+  if name == "auto":
+    return "tiled" if jax.default_backend() == "cpu" else "ragged_dot"
+  if name not in GROUPED_MATMULS:
+    raise ValueError(f"unknown grouped_matmul {name!r}; choose 'auto' or {GROUPED_MATMULS}")
+  return name
+
+
+def grouped_matmul(x: jax.Array, w: jax.Array, groups: dispatch.Groups, *, impl: str, tile: int) -> jax.Array:
+  """One projection of expert-sorted rows: row r of x [M, I] times w[expert of r] (w [E, I, O]) -> [M, O].
+
+  impl "ragged_dot" (`jax.lax.ragged_dot`) or "tiled" (`dispatch.tiled_matmul` over groups padded to `tile`).
+  """
+  if impl == "ragged_dot":
+    return jax.lax.ragged_dot(x, w, groups.group_sizes)
+  tiles = dispatch.tile_layout(groups, tile)
+  return dispatch.from_tiles(dispatch.tiled_matmul(dispatch.to_tiles(x, tiles), w, tiles), tiles)
+
+
 def _prepend_expert_axis(module: nnx.Module) -> None:
   for _, var in nnx.iter_graph(module):
     if isinstance(var, nnx.Variable) and "axes" in var.get_metadata():
@@ -82,6 +103,34 @@ class Experts(nnx.Module):
 
   def grouped(self, x: jax.Array) -> jax.Array:  # [E, C, D] -> [E, C, D]
     return grouped_apply(*self.split(), x)
+
+  def weighted_sum(self, x: jax.Array, weights: jax.Array) -> jax.Array:
+    """sum_e weights[:, e] * expert_e(x): every expert on every token.  x [N, D], weights [N, E] -> [N, D]
+
+    MLP / GLU experts run as one dense ffn over all experts' hidden units (each unit scaled by its expert's
+    weight before the down projection): the cost of the dense ffn, no dispatch. Other ffns: vmapped.
+    """
+    if not self.supports_ragged:
+      y = self.grouped(jnp.broadcast_to(x, (self.n_experts, *x.shape)))  # [E, N, D]
+      return jnp.einsum("ne,end->nd", weights.astype(y.dtype), y)
+    f, dtype = self.ffn, self.dtype
+
+    def up(lin):  # [N, D] -> [N, E, F]: all experts' units, one [D, E * F] matmul
+      k = lin.kernel[...].astype(dtype)  # [E, D, F]
+      y = (x.astype(dtype) @ jnp.swapaxes(k, 0, 1).reshape(k.shape[1], -1)).reshape(x.shape[0], *k.shape[::2])
+      return y if lin.bias is None else y + lin.bias[...].astype(dtype)
+
+    h = up(f.gate if isinstance(f, GLU) else f.up)
+    if isinstance(f.act, nnx.Module):  # per-expert activation coefficients
+      h = jnp.swapaxes(_apply_stacked(*split_stacked(f.act), jnp.swapaxes(h, 0, 1)), 0, 1)
+    else:
+      h = f.act(h)
+    if isinstance(f, GLU):
+      h = h * up(f.up)
+    w = weights.astype(dtype)
+    down = f.down.kernel[...].astype(dtype)  # [E, F, D]
+    y = (h * w[..., None]).reshape(x.shape[0], -1) @ down.reshape(-1, down.shape[-1])
+    return y if f.down.bias is None else y + w @ f.down.bias[...].astype(dtype)
 
   def ragged(self, x: jax.Array, groups: dispatch.Groups, *, impl: str = "ragged_dot",
              tile: int = 128) -> jax.Array:

@@ -10,7 +10,8 @@ Balancing: the Switch loss over the batch (`load_balance_weight`), DeepSeek-V3's
 layers/moe/balance.py), router z-loss (ST-MoE, `z_loss_weight`).
 Dispatch: "dropless" (sort by expert + grouped matmul, `ragged_dot` or tiled, for MLP / GLU experts;
 any other ffn falls back to buffers with capacity N, which cannot drop) or "capacity" (buffers of
-ceil(factor * N * k / E) slots, overflow dropped).
+ceil(factor * N * k / E) slots, overflow dropped). With k = E (SMoE-Dropout at the end of its schedule)
+every expert runs on every token as one dense ffn over all experts' units, without dispatch (both settings).
 Shared experts (DeepSeekMoE): n_shared experts' worth of always-on feed-forward, built as one ffn of
 width n_shared * expert_hidden; `shared_gate` scales it per token by g(x) = sigmoid(x · w_g) (Qwen-MoE).
 
@@ -37,7 +38,7 @@ from layers.flops import active_params, forward_flops_per_token
 from layers.moe import dispatch as dispatch_lib
 from layers.moe import expert_parallel, losses
 from layers.moe.balance import BalanceBias
-from layers.moe.experts import GROUPED_MATMULS, Experts
+from layers.moe.experts import Experts, grouped_matmul_impl
 from layers.moe.routing import SCORES, Router, expert_choice_route, top_k_route
 
 ROUTINGS = ("token_choice", "expert_choice")
@@ -54,6 +55,7 @@ class MoE(nnx.Module):
   rows), or "auto" (tiled on CPU, where ragged_dot is a dense masked matmul over all experts; ragged_dot
   elsewhere). DeepSeek-V3: score="sigmoid", renormalize=True, routed_scale=2.5, n_groups=8, top_groups=4,
   bias_update_rate=1e-3, seq_balance_weight=1e-4, load_balance_weight=0, n_shared=1.
+  `nnx.view(model, top_k=k)` routes token choice to k experts instead (evaluation at several k).
   """
 
   def __init__(self, ctx: LayerContext, *, rngs: nnx.Rngs, n_experts: int = 8, top_k: int = 2,
@@ -67,10 +69,7 @@ class MoE(nnx.Module):
     _check_options(routing=routing, dispatch=dispatch, score=score, n_experts=n_experts, top_k=top_k,
                    n_groups=n_groups, top_groups=top_groups, bias_update_rate=bias_update_rate,
                    seq_balance_weight=seq_balance_weight)
-    if grouped_matmul == "auto":
-      grouped_matmul = "tiled" if jax.default_backend() == "cpu" else "ragged_dot"
-    if grouped_matmul not in GROUPED_MATMULS:
-      raise ValueError(f"unknown grouped_matmul {grouped_matmul!r}; choose 'auto' or {GROUPED_MATMULS}")
+    grouped_matmul = grouped_matmul_impl(grouped_matmul)
     self.n_experts, self.top_k, self.layer_idx = n_experts, top_k, ctx.layer_idx
     self.routing, self.score, self.renormalize, self.routed_scale = routing, score, renormalize, routed_scale
     self.n_groups, self.top_groups = n_groups, top_groups
@@ -79,6 +78,7 @@ class MoE(nnx.Module):
     self.z_loss_weight = z_loss_weight
     self.expert_parallel = expert_parallel
     self.grouped_matmul, self.tile_size = grouped_matmul, tile_size
+    self.view_top_k: int | None = None
     expert_hidden = expert_hidden or max(1, ctx.d_ff // (top_k + n_shared))
     self.router = Router(ctx.d_model, n_experts, kind=router, jitter=jitter, seed=seed + ctx.layer_idx,
                          param_dtype=ctx.param_dtype, rngs=rngs)
@@ -91,6 +91,16 @@ class MoE(nnx.Module):
                  ctx.param_dtype, ("embed", None))
       if n_shared and shared_gate else None
     )
+
+  def set_view(self, top_k: int | None = None):
+    """`nnx.view(model, top_k=k)`: token choice with k experts per token instead of top_k (a model evaluated at
+    several k, e.g. SMoE-Dropout's self-slimming); None restores the layer's own."""
+    if top_k is not None:
+      searched = self.top_groups * (self.n_experts // self.n_groups)
+      if self.routing != "token_choice" or not 1 <= top_k <= searched:
+        raise ValueError(f"top_k={top_k} view of MoE layer {self.layer_idx}: needs token_choice routing and "
+                         f"1 <= top_k <= {searched} (the experts its groups search)")
+    self.view_top_k = top_k
 
   def flops_per_token(self, seq_len: int) -> float:
     """Active work only: the router, top_k of the E experts (their stacked weights count E times),
@@ -110,10 +120,7 @@ class MoE(nnx.Module):
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])  # [N, D]
     logits = self.router(x2)  # [N, E] fp32
-    if self.routing == "expert_choice":
-      y, probs, load, dropped = self._expert_choice(x2, logits)
-    else:
-      y, probs, load, dropped = self._token_choice(x2, logits, shape[:-1])
+    y, probs, load, dropped = self._route(x2, logits, shape[:-1])
     if self.shared is not None:
       shared = self.shared(x2)
       if self.shared_gate is not None:
@@ -129,9 +136,17 @@ class MoE(nnx.Module):
       self.sow(AuxLoss, "moe_z_loss", self.z_loss_weight * losses.router_z_loss(logits))
     return y.astype(x.dtype).reshape(shape)
 
-  def _token_choice(self, x, logits, lead: tuple[int, ...]):
+  def _route(self, x, logits, lead: tuple[int, ...]):
+    """(routed output [N, D], probs [N, E], load [E], dropped fraction); subclasses change how k is chosen."""
+    if self.routing == "expert_choice":
+      return self._expert_choice(x, logits)
+    return self._token_choice(x, logits, lead, top_k=self.view_top_k)
+
+  def _token_choice(self, x, logits, lead: tuple[int, ...], top_k: int | None = None):
+    """Token choice with `top_k` experts per token (default: the layer's top_k)."""
+    top_k = self.top_k if top_k is None else top_k
     bias = self.balance.selection_bias() if self.balance is not None else None
-    route = top_k_route(logits, self.top_k, score=self.score, renormalize=self.renormalize, bias=bias,
+    route = top_k_route(logits, top_k, score=self.score, renormalize=self.renormalize, bias=bias,
                         n_groups=self.n_groups, top_groups=self.top_groups, scale=self.routed_scale)
     counts = jnp.bincount(route.experts.reshape(-1), length=self.n_experts)
     load = counts.astype(jnp.float32) / route.experts.size
@@ -142,7 +157,7 @@ class MoE(nnx.Module):
       self.sow(AuxLoss, "moe_load_balance", self.load_balance_weight * losses.load_balancing_loss(load, route.probs))
     if self.seq_balance_weight:
       t = lead[-1] if len(lead) > 1 else x.shape[0]  # a [N, D] input is one sequence
-      loss = losses.sequence_balance_loss(route.experts.reshape(-1, t, self.top_k),
+      loss = losses.sequence_balance_loss(route.experts.reshape(-1, t, top_k),
                                           route.probs.reshape(-1, t, self.n_experts))
       self.sow(AuxLoss, "moe_seq_balance", self.seq_balance_weight * loss)
     y, kept = self._dispatch(x, route.experts, route.weights)
@@ -150,9 +165,14 @@ class MoE(nnx.Module):
 
   def _dispatch(self, x, experts, weights):
     """Routed experts' combined output [N, D] and which assignments were kept [N, k]."""
+    top_k = experts.shape[-1]
     dropless = self.dispatch == "dropless"
     mesh = expert_parallel.active_mesh() if self.expert_parallel else None
     all_kept = jnp.ones(experts.shape, bool)
+    if top_k == self.n_experts and mesh is None:  # every expert sees every token: the dense ffn, no dispatch
+      n = x.shape[0]
+      dense_weights = jnp.zeros((n, self.n_experts), weights.dtype).at[jnp.arange(n)[:, None], experts].set(weights)
+      return self.experts.weighted_sum(x, dense_weights), all_kept
     if dropless and self.experts.supports_ragged:
       if mesh is not None:
         y = expert_parallel.ragged_apply(*self.experts.split(), x, experts, weights, mesh=mesh,
@@ -160,14 +180,14 @@ class MoE(nnx.Module):
                                          dtype=self.experts.dtype)
         return y, all_kept
       groups = dispatch_lib.sort_by_expert(experts, self.n_experts)
-      rows = self.experts.ragged(dispatch_lib.to_groups(x, groups, self.top_k), groups,
+      rows = self.experts.ragged(dispatch_lib.to_groups(x, groups, top_k), groups,
                                  impl=self.grouped_matmul, tile=self.tile_size)
       return dispatch_lib.from_groups(rows, groups, weights), all_kept
     if mesh is not None:
       return expert_parallel.capacity_apply(*self.experts.split(), x, experts, weights, n_experts=self.n_experts,
                                             mesh=mesh, capacity_factor=None if dropless else self.capacity_factor)
     n = x.shape[0]
-    cap = n if dropless else dispatch_lib.capacity(n, self.n_experts, self.top_k, self.capacity_factor)
+    cap = n if dropless else dispatch_lib.capacity(n, self.n_experts, top_k, self.capacity_factor)
     slots = dispatch_lib.capacity_slots(experts, self.n_experts, cap)
     buffers = dispatch_lib.to_buffers(x, experts, slots, self.n_experts, cap)
     return dispatch_lib.from_buffers(self.experts.grouped(buffers), experts, slots, weights), slots.kept

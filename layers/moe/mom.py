@@ -35,7 +35,7 @@ from layers.linear_attention.mixers.recurrent_mixer import Cache, Documents, Rec
 from layers.linear_attention.ops import gated_delta_rule
 from layers.linear_attention.ops.cost import recurrence_flops_per_token
 from layers.moe import dispatch, losses
-from layers.moe.experts import GROUPED_MATMULS
+from layers.moe.experts import grouped_matmul, grouped_matmul_impl
 from layers.moe.routing import Router, TokenChoice, top_k_route
 from layers.segments import document_index
 
@@ -54,10 +54,7 @@ class MixtureOfMemories(RecurrentMixer):
                mode: str = "chunk", chunk_size: int = 64, grouped_matmul: str = "auto", tile_size: int = 128):
     if not 1 <= top_k <= n_memories:
       raise ValueError(f"top_k={top_k} must be in [1, n_memories={n_memories}]")
-    if grouped_matmul == "auto":
-      grouped_matmul = "tiled" if jax.default_backend() == "cpu" else "ragged_dot"
-    if grouped_matmul not in GROUPED_MATMULS:
-      raise ValueError(f"unknown grouped_matmul {grouped_matmul!r}; choose 'auto' or {GROUPED_MATMULS}")
+    grouped_matmul = grouped_matmul_impl(grouped_matmul)
     d, h, dk, m = ctx.d_model, ctx.n_heads, ctx.head_dim, n_memories
     self.n_memories, self.top_k, self.heads, self.layer_idx = m, top_k, h, ctx.layer_idx
     self.load_balance_weight, self.routed = load_balance_weight, routed
@@ -165,9 +162,5 @@ class MixtureOfMemories(RecurrentMixer):
     w = jnp.concatenate(kernels, axis=-1).transpose(1, 0, 2).astype(self.dtype)  # [M, D, 2HK + 2H]
     groups = dispatch.sort_by_expert(mem[:, None], m)
     sorted_rows = rows[groups.order].astype(self.dtype)
-    if self.grouped_matmul == "ragged_dot":
-      y = jax.lax.ragged_dot(sorted_rows, w, groups.group_sizes)
-    else:
-      tiles = dispatch.tile_layout(groups, self.tile_size)
-      y = dispatch.from_tiles(dispatch.tiled_matmul(dispatch.to_tiles(sorted_rows, tiles), w, tiles), tiles)
+    y = grouped_matmul(sorted_rows, w, groups, impl=self.grouped_matmul, tile=self.tile_size)
     return jnp.zeros_like(y).at[groups.order].set(y, unique_indices=True)

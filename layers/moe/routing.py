@@ -4,7 +4,7 @@ Token choice (Switch, GShard, Mixtral, DeepSeek): every token picks its top-k ex
 (softmax over experts, or independent sigmoids), optionally renormalising the k weights to sum to 1.
 Expert choice (Zhou et al. 2022): every expert picks its top-C tokens; balanced by construction,
 but a token's experts depend on the other tokens of the batch (not causal).
-Fixed random router (SMoE-Dropout): logits from a frozen random projection, never trained.
+Fixed random router (SMoE-Dropout): logits from a frozen random projection (and bias), never trained.
 All scores are computed in fp32.
 """
 
@@ -90,18 +90,22 @@ def expert_choice_route(logits: jax.Array, capacity: int) -> ExpertChoice:
   return ExpertChoice(weights, tokens.astype(jnp.int32), probs)
 
 
-def fixed_random_kernel(seed: int, d_model: int, n_experts: int) -> jax.Array:
-  """The frozen projection of the fixed random router: N(0, 1/d_model), a constant of `seed`.  [D, E]"""
-  return jax.random.normal(jax.random.key(seed), (d_model, n_experts), jnp.float32) * d_model**-0.5
+def fixed_random_projection(seed: int, d_model: int, n_experts: int) -> tuple[jax.Array, jax.Array]:
+  """The frozen projection of the fixed random router, constants of `seed`: kernel [D, E] and bias [E], both
+  U(-1/sqrt(D), 1/sqrt(D)), PyTorch's nn.Linear initialisation, as in SMoE-Dropout's code (a frozen nn.Linear)."""
+  bound = d_model**-0.5
+  kernel_key, bias_key = jax.random.split(jax.random.key(seed))
+  kernel = jax.random.uniform(kernel_key, (d_model, n_experts), jnp.float32, -bound, bound)
+  return kernel, jax.random.uniform(bias_key, (n_experts,), jnp.float32, -bound, bound)
 
 
 class Router(nnx.Module):
   """Router logits = x @ W in fp32, plus multiplicative jitter noise in training (Switch).
 
-  kind "learned": W is a parameter [embed, expert]; kind "random": W is a constant of `seed`
-  (no parameter, no gradient). Jitter multiplies the input by U[1 - jitter, 1 + jitter] while
-  not `deterministic` (set by `model.train()` / `model.eval()` or `nnx.view`); it draws from the "jitter"
-  stream of the rngs (falling back to "default").
+  kind "learned": W is a parameter [embed, expert]; kind "random": x @ W + b with W, b constants of `seed`
+  (`fixed_random_projection`; no parameter, no gradient). Jitter multiplies the input by
+  U[1 - jitter, 1 + jitter] while not `deterministic` (set by `model.train()` / `model.eval()` or
+  `nnx.view`); it draws from the "jitter" stream of the rngs (falling back to "default").
   """
 
   def __init__(self, d_model: int, n_experts: int, *, kind: str = "learned", jitter: float = 0.0,
@@ -131,7 +135,10 @@ class Router(nnx.Module):
       stream = self.rngs.jitter if "jitter" in self.rngs else self.rngs.default
       x = x * jax.random.uniform(stream(), x.shape, jnp.float32, 1.0 - self.jitter, 1.0 + self.jitter)
     if self.kernel is None:
-      kernel = fixed_random_kernel(self.seed, self.d_model, self.n_experts)
-    else:
-      kernel = self.kernel[...].astype(jnp.float32)
-    return x @ kernel
+      kernel, bias = fixed_random_projection(self.seed, self.d_model, self.n_experts)
+      return x @ kernel + bias
+    return x @ self.kernel[...].astype(jnp.float32)
+
+  def extra_flops_per_token(self, seq_len: int) -> float:
+    """The fixed random projection is a matmul its (absent) parameters do not show."""
+    return 2.0 * self.d_model * self.n_experts if self.kernel is None else 0.0
