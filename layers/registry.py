@@ -96,6 +96,7 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "helu": "layers.activations.helu:HeLU",
     "snake": "layers.activations.periodic:Snake",
     "sine": "layers.activations.periodic:Sine",
+    "velu": "layers.activations.velu:VeLU",
   },
   "norm": {
     "rmsnorm": "layers.norms:rmsnorm",
