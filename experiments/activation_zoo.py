@@ -42,7 +42,8 @@ from layers import registry
 from models.mlp import mlp_model_config
 
 SEEDS = (0, 1, 2)
-OPTIONS = {"group_rational": {"groups": 8}, "generalized_smelu": {"slope_left": 0.05, "offset": -0.05}}
+OPTIONS = {"group_rational": {"groups": 8}, "generalized_smelu": {"slope_left": 0.05, "offset": -0.05},
+           "velu": {"alpha": 2.0, "beta1": 1.0, "beta2": 0.7}}  # the VeLU curve its authors plot (module docstring)
 
 
 def activations() -> list[str]:

@@ -71,6 +71,7 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "fourier_kan": "layers.kan.feedforward:fourier_kan_ffn",
     "gr_kan": "layers.kan.gr_kan:gr_kan",
     "af_kan": "layers.kan.af_kan:AFKANFeedForward",
+    "s_kan": "layers.kan.s_kan:SKANFeedForward",
   },
   "activation": {
     "relu": "layers.activations.fixed:relu",

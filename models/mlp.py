@@ -3,9 +3,11 @@
 MLP (`kind: mlp`): inputs [B, ...] flattened -> hidden layers -> [B, n_outputs]. `model.layer` picks
 the hidden layer: "linear" (Linear + registered activation `model.activation`), "kan" (B-spline
 KANLinear; its edge functions are the nonlinearity), "fourier_kan", "af_kan" (activation-function bases,
-ReLU-KAN style) or "fkan" (FKAN for implicit neural representations: a Fourier-KAN first layer of
-`grid_size` frequencies, then Linear + `model.activation` layers; the first layer's output also goes
-through the activation, a detail of the FKAN paper this code could not confirm). `update_grid(x, grid_size)`
+ReLU-KAN style), "s_kan" (each node selects its activation space; `model.options.s_kan` holds SKANLinear's
+options, e.g. spaces and select_step; `layers.kan.s_kan.prune(model)` is stage 3) or "fkan" (FKAN for
+implicit neural representations: a Fourier-KAN first layer of `grid_size` frequencies, then Linear +
+`model.activation` layers; the first layer's output also goes through the activation, a detail of the FKAN
+paper this code could not confirm). `update_grid(x, grid_size)`
 refits (and, with a larger grid_size, extends) every KAN layer's grid to the activations x produces.
 
 ConvNet (`kind: convnet`): LeNet-5 shape for 1-D signals [B, L, C] or images [B, H, W, C]:
@@ -27,8 +29,9 @@ from layers.core import Linear, make_param
 from layers.kan.af_kan import AFKANLinear
 from layers.kan.fourier_kan import FourierKAN
 from layers.kan.kan_linear import KANLinear
+from layers.kan.s_kan import SKANLinear
 
-LAYERS = ("linear", "kan", "fourier_kan", "af_kan", "fkan")
+LAYERS = ("linear", "kan", "fourier_kan", "af_kan", "s_kan", "fkan")
 
 
 def mlp_model_config(hidden=(64, 64), *, layer: str = "linear", activation: str = "relu", n_outputs: int = 10,
@@ -84,6 +87,9 @@ class MLP(nnx.Module):
       elif cfg.layer == "af_kan":
         layers.append(AFKANLinear(a, b, grid_size=cfg.grid_size, order=cfg.order, grid_range=tuple(cfg.grid_range),
                                   axes=axes, **kw))
+      elif cfg.layer == "s_kan":
+        layers.append(SKANLinear(a, b, grid_size=cfg.grid_size, order=cfg.order, grid_range=tuple(cfg.grid_range),
+                                 axes=axes, **dict(cfg.options.get("s_kan", {})), **kw))
       else:
         layers.append(Linear(a, b, axes=axes, use_bias=True, **kw))
         if i < len(widths) - 2:

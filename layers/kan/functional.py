@@ -1,4 +1,5 @@
-"""Pure math of Kolmogorov-Arnold layers: B-spline bases, B-spline KAN, Fourier KAN, grid refit.
+"""Pure math of Kolmogorov-Arnold layers: B-spline bases, B-spline KAN, Fourier KAN, grid refit, and the
+Chebyshev and Gaussian-RBF bases of S-KAN's activation spaces.
 
 B-spline KAN ("efficient" form): every edge i -> o carries phi_io(x) = w_io silu(x) + sum_c s_ioc B_c(x),
 so a layer is  y = silu(x) @ base_kernel + B(x) . spline_kernel  with B(x) the order-k B-spline bases
@@ -267,3 +268,23 @@ def fourier_kan(x: jax.Array, coeffs: jax.Array, bias: jax.Array | None = None) 
   if bias is not None:
     y = y + bias.astype(x.dtype)
   return y
+
+
+def chebyshev_features(x: jax.Array, degree: int) -> jax.Array:
+  """T_0..T_degree(tanh x) (ChebyKAN's basis; tanh maps the input into [-1, 1] without clipping):
+  x [..., in] -> [..., in, degree + 1], fp32 at least, by the recurrence T_{m+1} = 2 t T_m - T_{m-1}."""
+  t = jnp.tanh(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
+  terms = [jnp.ones_like(t), t]
+  for _ in range(degree - 1):
+    terms.append(2 * t * terms[-1] - terms[-2])
+  return jnp.stack(terms[: degree + 1], axis=-1)
+
+
+def rbf_features(x: jax.Array, n: int, grid_range=(-2.0, 2.0)) -> jax.Array:
+  """Gaussian bumps exp(-((x - c_m) / h)²) at n equally spaced centres c_m over grid_range, h their spacing
+  (FastKAN's basis): x [..., in] -> [..., in, n], fp32 at least."""
+  lo, hi = grid_range
+  dtype = jnp.promote_types(x.dtype, jnp.float32)
+  centres = jnp.linspace(lo, hi, n, dtype=dtype)
+  h = (hi - lo) / (n - 1)
+  return jnp.exp(-jnp.square((x.astype(dtype)[..., None] - centres) / h))
