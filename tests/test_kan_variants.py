@@ -145,3 +145,57 @@ def test_s_kan_selects_through_the_step_hook_in_ffn_and_mlp():
   y = model(x)
   assert s_kan.prune(model) == 2
   np.testing.assert_allclose(model(x), y, rtol=1e-5, atol=1e-6)
+
+
+def af_kan_reduced_reference(x, layer):
+  """AF-KAN's parameter-reduced layer from its formulas in numpy (float64): SiLU bases, reduction, LayerNorm, SiLU,
+  Linear."""
+  silu = lambda u: u / (1 + np.exp(-u))  # noqa: E731
+  p = {name: np.asarray(var[...], np.float64) for name, var in (
+    ("start", layer.start), ("end", layer.end), ("score", layer.score), ("score_bias", layer.score_bias),
+    ("kernel", layer.kernel), ("norm/scale", layer.norm.scale), ("norm/bias", layer.norm.bias))}
+  if layer.temperature is not None:
+    p["temperature"] = float(layer.temperature[...])
+  s, e = p["start"], p["end"]
+  feats = (silu(x[..., None] - s) * silu(e - x[..., None])) ** 2 * 16 / (e - s) ** 4  # [N, in, n]
+  v, c = p["score"], p["score_bias"]
+  if layer.reduction == "multistep":
+    z = feats @ v + c
+  elif layer.reduction == "global_attn":
+    logits = (feats @ v + c) / max(p["temperature"], 1.0)
+    a = np.exp(logits - logits.max(-1, keepdims=True))
+    z = a / a.sum(-1, keepdims=True) * feats.sum(-1)
+  else:
+    padded = np.pad(feats, ((0, 0), (1, 1), (0, 0)))
+    scores = np.stack([sum(padded[:, i + j, :] * v[:, j] for j in range(3)) + c for i in range(x.shape[1])], 1)
+    a = np.exp(scores / max(p["temperature"], 1.0))
+    z = (a / a.sum(-1, keepdims=True) * feats).sum(-1)
+  z = (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + 1e-5) * p["norm/scale"] + p["norm/bias"]
+  return silu(z) @ p["kernel"]
+
+
+@pytest.mark.parametrize("reduction", ["global_attn", "spatial_attn", "multistep"])
+def test_af_kan_parameter_reduction(reduction):
+  from layers.kan.af_kan import AFKANReducedLinear
+
+  with jax.enable_x64(True):
+    layer = AFKANReducedLinear(5, 3, reduction=reduction, grid_size=3, order=2, dtype=jnp.float64,
+                               param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(6)
+    for var in (layer.score, layer.score_bias, layer.norm.scale, layer.norm.bias):  # away from the init's 0s, 1s
+      var[...] = jnp.asarray(rng.normal(size=var.shape))
+    x = rng.uniform(-1, 1, size=(4, 5))
+    np.testing.assert_allclose(layer(jnp.asarray(x)), af_kan_reduced_reference(x, layer), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer(jnp.asarray(x[:1])), layer(jnp.asarray(x))[:1], rtol=1e-12)  # per sample
+    graphdef, params = nnx.split(layer)
+    check_grads(lambda p, x: nnx.merge(graphdef, p)(x), (params, jnp.asarray(x)), order=1, modes=("rev",), eps=1e-6)
+
+
+def test_af_kan_reduced_ffn_has_mlp_parameters():
+  ctx = LayerContext(d_model=16, d_ff=64)
+  ffn = registry.build("ffn", "af_kan", ctx, rngs=nnx.Rngs(0), reduction="global_attn")
+  assert ffn(jnp.ones((2, 5, 16))).shape == (2, 5, 16)
+  n_params = sum(p.size for p in jax.tree.leaves(nnx.state(ffn, nnx.Param)))
+  assert 2 * 16 * 64 < n_params < 2 * 16 * 64 + 4 * (16 + 64)  # an MLP's weights + norms, scores, bounds
+  with pytest.raises(ValueError, match="reduction"):
+    registry.build("ffn", "af_kan", ctx, rngs=nnx.Rngs(0), reduction="local")

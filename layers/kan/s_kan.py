@@ -84,6 +84,16 @@ class SKANLinear(nnx.Module):
   def pruned(self) -> bool:
     return self.order_out is not None
 
+  def flops_per_token(self, seq_len: int) -> float:
+    """Each space's matmul over its kept columns plus its features (about 4 FLOPs per feature; B-spline:
+    Cox-de Boor's ~6 per basis per order, as KANLinear counts); the selection weights are negligible."""
+    total = 0.0
+    for space in self.spaces:
+      n_in, n, cols = self.kernels[space].shape
+      per_feature = 6 * self.order if space == "bspline" else 4
+      total += 2.0 * n_in * n * cols + n_in * n * per_feature
+    return total
+
   def selection_weights(self) -> jax.Array:
     """w [S, out]: softmax of θ over each node's allowed spaces (one-hot once selected)."""
     logits = self.logits[...]
