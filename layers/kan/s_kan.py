@@ -32,7 +32,7 @@ from layers.kan.feedforward import KANFeedForward, _hidden
 
 def _bspline(x, grid_size, order, grid_range):
   grid = functional.uniform_grid(x.shape[-1], grid_size, order, grid_range)
-  return functional.kan_features(x, grid, order)[0]
+  return jnp.swapaxes(functional.kan_features(x, grid, order), -1, -2)
 
 
 def _fourier(x, grid_size, order, grid_range):
