@@ -126,7 +126,8 @@ def plot_shapes(root: str, out: pathlib.Path) -> pathlib.Path:
   cols, rows = 4, math.ceil(len(panels) / 4)
   fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
   for ax, (act, leaves, init_leaves) in zip(axes.ravel(), panels):
-    hints = dict(polycom=act if act in plot.POLYCOM else "polynorm", gated=act == "aglu")
+    hints = dict(polycom=act if act in plot.POLYCOM else "polynorm", gated=act == "aglu",
+                 velu=config["model"]["options"].get("velu"))
     for i, y in enumerate(plot.curves(leaves, x, **hints)[1]):
       ax.plot(x, y, color=f"C{i % 10}", lw=1.3, label="learned" if i == 0 else None)
     if init_leaves is not None:
