@@ -39,7 +39,7 @@ BLOCKS = {
   "polynorm": ("mlp", {"activation": "polynorm"}),
   "polyrelu": ("mlp", {"activation": "polyrelu"}),
   **{name: ("mlp", {"activation": name}) for name in ("apa", "aglu", "crrelu", "smelu", "generalized_smelu",
-                                                       "helu", "snake", "sine")},
+                                                       "helu", "snake", "sine", "velu")},
 }
 
 

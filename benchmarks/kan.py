@@ -10,14 +10,17 @@ Three tables, each against its baseline row:
   shape and vs the public JAX KAN library's spline layer (jaxkan `SplineLayer`, the efficient-KAN
   formulation with autodiff through Cox-de Boor). The anchor is installed, never vendored:
   `pip install -e '.[bench]'` (or `pip install 'jaxkan>=0.3.7,<0.4'`); without it that row is skipped.
-* ffn: feed-forwards at equal parameter counts (tokens 8192, d = 512; MLP d_ff = 4d; B-spline / Fourier
-  KAN hidden widths divided by their per-edge weights; GR-KAN as KAT: the MLP's widths plus a few
-  rational coefficients), vs the GELU MLP.
+* ffn: feed-forwards at equal parameter counts (tokens 8192, d = 512; MLP d_ff = 4d; B-spline / Fourier /
+  AF-KAN / S-KAN hidden widths divided by their per-edge weights (S-KAN: summed over its four spaces, before
+  pruning); GR-KAN as KAT and the parameter-reduced AF-KAN: the MLP's widths plus a few coefficients), vs the
+  GELU MLP.
 * mixer: Fourier-KArAt vs softmax attention (T = 256 tokens per sequence).
-A row is the median of `--repeats` timed runs of one jitted step (gradients of sum(output) w.r.t. every
-parameter and the input) after a warm-up, the rows of a table interleaved (round robin) so that load
-drift on a shared machine hits them alike. Memory is XLA's compiled temp allocation of the step (and
-the device's peak where the backend reports one).
+A row is the median of `--repeats` timed runs of one jitted step (gradients of the loss sum(output²) / 2
+w.r.t. every parameter and the input: a loss whose gradient needs the forward output, as training's does;
+with a linear loss such as sum(output) XLA drops the last matmul of the forward) after a warm-up, the rows
+of a table interleaved (round robin) so that load drift on a shared machine hits them alike; the process's
+CPU time per step is reported beside the wall time (the steadier number when other jobs share the cores).
+Memory is XLA's compiled temp allocation of the step (and the device's peak where the backend reports one).
 """
 
 import argparse
@@ -43,6 +46,9 @@ FFNS = {
   "gr_kan": ("gr_kan", {}),
   "kan (b-spline)": ("kan", {}),
   "fourier_kan": ("fourier_kan", {}),
+  "af_kan": ("af_kan", {}),
+  "af_kan (reduced)": ("af_kan", {"reduction": "global_attn"}),
+  "s_kan": ("s_kan", {}),
 }
 MIXERS = {
   "softmax attention": ("karat", {"operator": "softmax"}),
@@ -74,7 +80,7 @@ def compile_step(module: nnx.Module, x: jax.Array) -> dict:
   graphdef, params, rest = nnx.split(module, nnx.Param, ...)
 
   def loss(params, x):
-    return jnp.sum(nnx.merge(graphdef, params, rest)(x).astype(jnp.float32))
+    return 0.5 * jnp.sum(jnp.square(nnx.merge(graphdef, params, rest)(x).astype(jnp.float32)))
 
   compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile()
   mem = compiled.memory_analysis()
@@ -84,16 +90,17 @@ def compile_step(module: nnx.Module, x: jax.Array) -> dict:
 
 
 def time_rows(rows: list[dict], repeats: int) -> None:
-  """Median ms of each row, the rows interleaved."""
-  times = [[] for _ in rows]
+  """Median wall and CPU ms of each row, the rows interleaved."""
+  times, cpu = [[] for _ in rows], [[] for _ in rows]
   for _ in range(repeats):
-    for r, t in zip(rows, times):
-      t0 = time.perf_counter()
+    for r, t, c in zip(rows, times, cpu):
+      t0, c0 = time.perf_counter(), time.process_time()
       jax.block_until_ready(r["run"]())
       t.append((time.perf_counter() - t0) * 1e3)
-  for r, t in zip(rows, times):
+      c.append((time.process_time() - c0) * 1e3)
+  for r, t, c in zip(rows, times, cpu):
     del r["run"]
-    r["ms"], r["ms_all"] = statistics.median(t), t
+    r["ms"], r["ms_all"], r["cpu_ms"], r["cpu_ms_all"] = statistics.median(t), t, statistics.median(c), c
 
 
 def main() -> None:
@@ -133,15 +140,15 @@ def main() -> None:
     rows += table
   anchor = next((r for r in rows if r["layer"] == "jaxkan SplineLayer"), None)
   print(f"{'layer':<20} {'params':>10} {'ms(fwd+bwd)':>12} {'tokens/s':>12} {'temp MiB':>10} {'vs base':>8} "
-        f"{'vs jaxkan':>10}")
+        f"{'cpu ms':>9} {'vs base':>8} {'vs jaxkan':>10}")
   for kind in tables:
     base = next(r for r in rows if r["kind"] == kind)
     for r in (r for r in rows if r["kind"] == kind):
       r["tokens_per_s"] = tokens / (r["ms"] / 1e3)
-      r["ratio"] = r["ms"] / base["ms"]
+      r["ratio"], r["cpu_ratio"] = r["ms"] / base["ms"], r["cpu_ms"] / base["cpu_ms"]
       vs = f"{r['ms'] / anchor['ms']:>9.2f}x" if kind == "spline layer" and anchor else ""
       print(f"{r['layer']:<20} {r['params']:>10,} {r['ms']:>12.3f} {r['tokens_per_s']:>12,.0f} "
-            f"{r['temp_mib']:>10.1f} {r['ratio']:>7.2f}x {vs}")
+            f"{r['temp_mib']:>10.1f} {r['ratio']:>7.2f}x {r['cpu_ms']:>9.1f} {r['cpu_ratio']:>7.2f}x {vs}")
   stats = device.memory_stats() or {}
   peak = stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
   out = pathlib.Path(args.out)

@@ -42,7 +42,8 @@ from layers import registry
 from models.mlp import mlp_model_config
 
 SEEDS = (0, 1, 2)
-OPTIONS = {"group_rational": {"groups": 8}, "generalized_smelu": {"slope_left": 0.05, "offset": -0.05}}
+OPTIONS = {"generalized_smelu": {"slope_left": 0.05, "offset": -0.05},  # (group_rational: KAT's G = 8, the default)
+           "velu": {"alpha": 2.0, "beta1": 1.0, "beta2": 0.7}}  # the VeLU curve its authors plot (module docstring)
 
 
 def activations() -> list[str]:
@@ -68,17 +69,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.blocks = common.blocks("attention", "mlp", 12)
     c.optim.update(common.adamw(lr=1e-3, warmup=200, schedule="cosine", clip=1.0, weight_decay=0.1))
     if arg.local:
-      c = common.shrink_for_cpu(c, steps=200)
+      c = common.shrink_for_cpu(c, steps=300)
+      c.train.eval_steps = 16  # 32K held-out bytes: the activations differ by little, so the eval noise must be small
     c.model.activation = arg.act
     c.train.progress = False
-  c.model.options = ml_collections.ConfigDict({k: dict(v) for k, v in OPTIONS.items()})
+  if arg.task == "mnist1d":  # the MLP model reads an activation's options under its name
+    c.model.options = ml_collections.ConfigDict({k: dict(v) for k, v in OPTIONS.items()})
+  else:  # the LM's options are per block name: the `mlp` feed-forward hands its activation its options
+    c.model.options = ml_collections.ConfigDict({"mlp": {"activation_options": dict(OPTIONS.get(arg.act, {}))}})
   return c
 
 
-def sweep(add) -> None:
+def sweep(add, arg: str | None = None) -> None:
+  text = common.parse_arg(arg, task="mnist1d", act="relu", local=False).task == "text"
   for act in activations():
     for seed in SEEDS:
-      add(**{"model.activation": act, "seed": seed})
+      overrides = {"model.activation": act, "seed": seed}
+      if text and act in OPTIONS:  # the base config was built for another activation
+        overrides["model.options.mlp.activation_options"] = OPTIONS[act]
+      add(**overrides)
 
 
 def table(root: str, task: str) -> str:
@@ -124,7 +133,8 @@ def plot_shapes(root: str, out: pathlib.Path) -> pathlib.Path:
   cols, rows = 4, math.ceil(len(panels) / 4)
   fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
   for ax, (act, leaves, init_leaves) in zip(axes.ravel(), panels):
-    hints = dict(polycom=act if act in plot.POLYCOM else "polynorm", gated=act == "aglu")
+    hints = dict(polycom=act if act in plot.POLYCOM else "polynorm", gated=act == "aglu",
+                 velu=config["model"]["options"].get("velu"))
     for i, y in enumerate(plot.curves(leaves, x, **hints)[1]):
       ax.plot(x, y, color=f"C{i % 10}", lw=1.3, label="learned" if i == 0 else None)
     if init_leaves is not None:

@@ -1,4 +1,4 @@
-"""RMSNorm and LayerNorm, computed in fp32 whatever the compute dtype."""
+"""RMSNorm and LayerNorm, computed in fp32 whatever the compute dtype (fp64 inputs stay fp64)."""
 
 import jax
 import jax.numpy as jnp
@@ -9,24 +9,24 @@ from layers.core import make_param
 
 
 def rms_norm(x: jax.Array, scale: jax.Array | None, eps: float = 1e-6) -> jax.Array:
-  """x / rms(x) * scale over the last axis, in fp32; returns x's dtype."""
-  x32 = x.astype(jnp.float32)
+  """x / rms(x) * scale over the last axis, in fp32 at least; returns x's dtype."""
+  x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
   if scale is not None:
-    y = y * scale.astype(jnp.float32)
+    y = y * scale.astype(x32.dtype)
   return y.astype(x.dtype)
 
 
 def layer_norm(x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, eps: float = 1e-6) -> jax.Array:
-  """(x - mean) / std * scale + bias over the last axis, in fp32; returns x's dtype."""
-  x32 = x.astype(jnp.float32)
+  """(x - mean) / std * scale + bias over the last axis, in fp32 at least; returns x's dtype."""
+  x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   mean = jnp.mean(x32, axis=-1, keepdims=True)
   var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
   y = (x32 - mean) * jax.lax.rsqrt(var + eps)
   if scale is not None:
-    y = y * scale.astype(jnp.float32)
+    y = y * scale.astype(x32.dtype)
   if bias is not None:
-    y = y + bias.astype(jnp.float32)
+    y = y + bias.astype(x32.dtype)
   return y.astype(x.dtype)
 
 

@@ -90,6 +90,7 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "gr_kan": "layers.kan.gr_kan:gr_kan",
     "af_kan": "layers.kan.af_kan:AFKANFeedForward",
     "rwkv7_channel_mix": "layers.linear_attention.mixers.rwkv7_channel_mix:RWKV7ChannelMix",
+    "s_kan": "layers.kan.s_kan:SKANFeedForward",
   },
   "activation": {
     "relu": "layers.activations.fixed:relu",
@@ -115,6 +116,7 @@ _ENTRIES: dict[str, dict[str, str]] = {
     "helu": "layers.activations.helu:HeLU",
     "snake": "layers.activations.periodic:Snake",
     "sine": "layers.activations.periodic:Sine",
+    "velu": "layers.activations.velu:VeLU",
   },
   "norm": {
     "rmsnorm": "layers.norms:rmsnorm",

@@ -3,16 +3,20 @@
 MLP (`kind: mlp`): inputs [B, ...] flattened -> hidden layers -> [B, n_outputs]. `model.layer` picks
 the hidden layer: "linear" (Linear + registered activation `model.activation`), "kan" (B-spline
 KANLinear; its edge functions are the nonlinearity), "fourier_kan", "af_kan" (activation-function bases,
-ReLU-KAN style) or "fkan" (FKAN for implicit neural representations: a Fourier-KAN first layer of
-`grid_size` frequencies, then Linear + `model.activation` layers; the first layer's output also goes
-through the activation, a detail of the FKAN paper this code could not confirm). `update_grid(x, grid_size)`
-refits (and, with a larger grid_size, extends) every KAN layer's grid to the activations x produces.
+ReLU-KAN style; `model.options.af_kan.reduction` picks the paper's parameter-reduced layer), "s_kan" (each
+node selects its activation space; `model.options.s_kan` holds SKANLinear's options, e.g. spaces and
+select_step; `layers.kan.s_kan.prune(model)` is stage 3) or "fkan" (FKAN for implicit neural
+representations: a Fourier-KAN first layer of `grid_size` frequencies, then Linear + `model.activation`
+layers; the first layer's output also goes through the activation, a detail of the FKAN paper this code
+could not confirm). `update_grid(x, grid_size)` refits (and, with a larger grid_size, extends) every KAN
+layer's grid to the activations x produces.
 
 ConvNet (`kind: convnet`): LeNet-5 shape for 1-D signals [B, L, C] or images [B, H, W, C]:
 conv(6, k5) -> act -> avgpool 2 -> conv(16, k5) -> act -> avgpool 2 -> 120 -> act -> 84 -> act -> out,
 with the activation any registered one (learnable ones get their own per-layer parameters).
 """
 
+import functools
 import itertools
 import math
 
@@ -24,11 +28,12 @@ from flax import nnx
 from layers import registry
 from layers.context import LayerContext
 from layers.core import Linear, make_param
-from layers.kan.af_kan import AFKANLinear
+from layers.kan.af_kan import AFKANLinear, AFKANReducedLinear
 from layers.kan.fourier_kan import FourierKAN
 from layers.kan.kan_linear import KANLinear
+from layers.kan.s_kan import SKANLinear
 
-LAYERS = ("linear", "kan", "fourier_kan", "af_kan", "fkan")
+LAYERS = ("linear", "kan", "fourier_kan", "af_kan", "s_kan", "fkan")
 
 
 def mlp_model_config(hidden=(64, 64), *, layer: str = "linear", activation: str = "relu", n_outputs: int = 10,
@@ -82,8 +87,14 @@ class MLP(nnx.Module):
         if cfg.layer == "fkan":
           acts.append(_activation(cfg, b, rngs))
       elif cfg.layer == "af_kan":
-        layers.append(AFKANLinear(a, b, grid_size=cfg.grid_size, order=cfg.order, grid_range=tuple(cfg.grid_range),
-                                  axes=axes, **kw))
+        opts = dict(cfg.options.get("af_kan", {}))
+        reduction = opts.pop("reduction", "none")
+        layer = AFKANLinear if reduction == "none" else functools.partial(AFKANReducedLinear, reduction=reduction)
+        layers.append(layer(a, b, grid_size=cfg.grid_size, order=cfg.order, grid_range=tuple(cfg.grid_range),
+                            axes=axes, **opts, **kw))
+      elif cfg.layer == "s_kan":
+        layers.append(SKANLinear(a, b, grid_size=cfg.grid_size, order=cfg.order, grid_range=tuple(cfg.grid_range),
+                                 axes=axes, **dict(cfg.options.get("s_kan", {})), **kw))
       else:
         layers.append(Linear(a, b, axes=axes, use_bias=True, **kw))
         if i < len(widths) - 2:

@@ -31,3 +31,26 @@ def test_inr_data():
   x, y = inr_data.periodic_arrays(100, 2 * math.pi, 6 * math.pi, 1)
   assert x.min() >= 2 * math.pi and x.max() <= 6 * math.pi
   np.testing.assert_allclose(y, inr_data.periodic_target(x.astype(np.float64)), rtol=1e-5, atol=1e-6)
+
+
+def test_zoo_text_sweep_hands_each_activation_its_options():
+  """The LM reads options per block name, so the text sweep must put an activation's options on the `mlp`
+  feed-forward (a run of generalized_smelu with the defaults would be plain SmeLU)."""
+  from flax import nnx
+
+  import models
+  from train import sweep
+
+  spec = "experiments/activation_zoo.py:task=text,local"
+  runs = {r.overrides["model.activation"]: r for r in sweep.expand(spec, root="/nonexistent")
+          if r.overrides["seed"] == 0}
+  seen = {}
+  for act in activation_zoo.OPTIONS:
+    config = sweep.resolve(spec, runs[act].overrides)
+    model = nnx.eval_shape(lambda c=config: models.build(c.model, rngs=nnx.Rngs(0)))
+    acts = [m for _, m in nnx.iter_modules(model) if type(m).__name__ in ("GeneralizedSmeLU", "VeLU")]
+    assert acts, act
+    seen[act] = acts[0]
+  assert seen["generalized_smelu"].slope_left == 0.05 and seen["generalized_smelu"].offset == -0.05
+  assert seen["velu"].options["alpha"] == 2.0
+  assert activation_zoo.get_config("task=text,act=velu,local").model.options.mlp.activation_options.beta2 == 0.7

@@ -29,6 +29,21 @@ def test_plot_activations_from_params(tmp_path):
   assert out.stat().st_size > 10_000
 
 
+def test_velu_curve_is_the_layer_on_a_unit_rms_row():
+  from layers import registry
+  from layers.context import LayerContext
+
+  opts = dict(alpha=2.0, beta1=1.0, beta2=0.7)
+  act = registry.build("activation", "velu", LayerContext(d_model=401), rngs=nnx.Rngs(0), **opts)
+  act.lam[...] = np.array([1.5], np.float32)
+  x = np.linspace(-2.5, 2.5, 401)
+  x = x / np.sqrt(np.mean(x**2))  # a row of RMS 1
+  found = plot.find_activations({"mlp": {"act": {"lam": np.array([1.5])}}})
+  kind, ys = plot.curves(found["mlp/act"], x, velu=opts)
+  assert kind.startswith("velu")
+  np.testing.assert_allclose(ys[0], np.asarray(act(x[None].astype(np.float32)))[0], rtol=1e-5, atol=1e-6)
+
+
 def test_plot_run_reads_checkpoint_and_rebuilds_init(tmp_path):
   config = config_lib.load(f"{config_lib.PROJECT_ROOT / 'experiments/pau.py'}:local,act=pau_b")
   model = models.build(config.model, rngs=nnx.Rngs(0))

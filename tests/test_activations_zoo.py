@@ -160,3 +160,49 @@ def test_evonorm_in_convnet_and_vit():
     vit = ViT(vcfg, rngs=nnx.Rngs(0))
     out = vit(jax.random.normal(jax.random.key(0), (2, 8, 8, 3)))
     assert out.shape == (2, 3) and np.all(np.isfinite(out))
+
+
+def velu_reference(x, lam=1.0, alpha=0.1, beta1=0.1, beta2=0.1, gamma=0.1, momentum=0.9, eps=1e-6):
+  """VeLU written from the authors' formula in numpy (float64): the output and the unscaled activation."""
+  x = np.asarray(x, np.float64)
+  inv_rms = 1 / np.sqrt(np.mean(x**2, axis=-1, keepdims=True) + eps)
+  mix = np.arctan(beta1 * x) + np.arcsin(np.clip(beta2 * x, -1, 1))
+  a = x * sigmoid(alpha * mix) * (1 + gamma * np.tanh(momentum * inv_rms))
+  return lam * a, a
+
+
+def test_velu_closed_form_and_w2_regulariser():
+  from layers.aux import AuxLoss
+
+  opts = dict(alpha=2.0, beta1=1.0, beta2=0.7, gamma=0.3, momentum=0.9)
+  act = registry.build("activation", "velu", CTX, rngs=nnx.Rngs(0), lambda_ot=0.5, **opts)
+  act.lam[...] = jnp.array([1.7])
+  x = np.random.default_rng(0).normal(size=(3, 5, 8)) * 2  # |0.7 x| > 1 on some entries: the clip matters
+  y, aux = nnx.capture(act, AuxLoss)(jnp.asarray(x, jnp.float32))
+  ref, a = velu_reference(x, 1.7, **opts)
+  np.testing.assert_allclose(y, ref, rtol=2e-5, atol=2e-6)
+  w2 = a.mean() ** 2 + (a.std() - 1) ** 2
+  np.testing.assert_allclose(aux["velu_w2"].get_value()[0], 0.5 * w2, rtol=1e-5)
+  np.testing.assert_allclose(act(x[:1].astype(np.float32)), ref[:1], rtol=2e-5, atol=2e-6)  # rows: own stats
+  quiet = registry.build("activation", "velu", CTX, rngs=nnx.Rngs(0), lambda_ot=0.0)
+  assert not nnx.capture(quiet, AuxLoss)(jnp.ones((2, 8)))[1]
+  assert act(jnp.ones((2, 8), jnp.bfloat16)).dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match="lambda_ot"):
+    registry.build("activation", "velu", CTX, rngs=nnx.Rngs(0), lambda_ot=-1.0)
+
+
+def test_velu_gradients():
+  """Reverse-mode gradients (x, λ, through the RMS and the W2 term) match finite differences; where |β₂x| >= 1
+  the clipped asin passes a zero gradient, never inf / NaN."""
+  with jax.enable_x64(True):
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 6)))
+    kw = dict(alpha=2.0, beta1=1.0, beta2=0.3, gamma=0.3)
+
+    def loss(x, lam):
+      y, a = F.velu(x, lam, **kw)
+      return jnp.sum(jnp.sin(y)) + F.w2_to_standard_normal(a)
+
+    check_grads(loss, (x, jnp.asarray(1.3)), order=1, modes=("rev",), eps=1e-6)
+    edge = jnp.array([[-1 / 0.3, -5.0, 0.0, 5.0, 1 / 0.3]])
+    g = jax.grad(lambda x: jnp.sum(F.velu(x, jnp.asarray(1.0), **kw)[0]))(edge)
+    assert np.all(np.isfinite(g))

@@ -62,26 +62,29 @@ def test_gradients():
     check_grads(F.fourier_kan, (x, coeffs, bias), order=1, modes=("rev",))
 
 
-@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("order", [0, 1, 2, 3])
 def test_features_and_slopes_match_cox_de_boor(order):
-  """Closed-form uniform bases == Cox-de Boor (inside, outside, on knots), and both paths' analytic
+  """Cardinal uniform bases == Cox-de Boor (inside, outside, on knots), and both paths' analytic
   derivatives == autodiff of Cox-de Boor; a data grid takes the general path."""
   with jax.enable_x64(True):
     G = 4
     grid = F.uniform_grid(3, G, order, (-1.0, 1.5), dtype=jnp.float64)
     knots = np.asarray(grid[0])
-    x = np.concatenate([np.linspace(-3, 3, 97), knots[1:-1] + 1e-9, [knots[0] - 0.5, knots[-1] + 0.1]])
+    x = np.concatenate([np.linspace(-3, 3, 97), knots, knots[1:-1] + 1e-9, [knots[0] - 0.5, knots[-1] + 0.1]])
     x = jnp.asarray(np.stack([x, x * 0.7, -x], axis=1))  # [n, 3]
     data = F.data_grid(jnp.tanh(jax.random.normal(jax.random.key(0), (256, 3), jnp.float64)), G, order)
     assert bool(F.is_uniform(grid)) and not bool(F.is_uniform(data))
-    for g, path in ((grid, F._uniform_features), (data, F._general_features)):
-      feats, slopes = path(x, g, order)
-      np.testing.assert_allclose(feats[..., 0], jax.nn.silu(x), rtol=1e-12)
-      np.testing.assert_allclose(feats[..., 1:], F.b_spline_basis(x, g, order), atol=1e-12)
-      auto = jax.vmap(jax.jacfwd(lambda xi, g=g: F.b_spline_basis(xi[None], g, order)[0]))(x)  # [n, in, G+k, in]
-      expected = jnp.einsum("nicI->nic", auto * jnp.eye(3)[None, :, None, :])
-      np.testing.assert_allclose(slopes[..., 1:], expected, atol=1e-9)
-      np.testing.assert_allclose(slopes[..., 0], jax.vmap(jax.vmap(jax.grad(jax.nn.silu)))(x), rtol=1e-12)
+    for g, path in ((grid, F._uniform_bases), (data, F._general_bases)):
+      cdb = jnp.swapaxes(F.b_spline_basis(x, g, order), -1, -2)  # [n, G+k, in]
+      np.testing.assert_allclose(path(x, g, order, False), cdb, atol=1e-12)
+      feats, slopes = F.kan_features(x, g, order), F.kan_features(x, g, order, derivative=True)
+      np.testing.assert_allclose(feats[:, 0], jax.nn.silu(x), rtol=1e-12)
+      np.testing.assert_allclose(feats[:, 1:], cdb, atol=1e-12)
+      np.testing.assert_allclose(slopes[:, 0], jax.vmap(jax.vmap(jax.grad(jax.nn.silu)))(x), rtol=1e-12)
+      inside = np.all(np.abs(np.asarray(x)[:, :, None] - np.asarray(g)[None]) > 1e-6, axis=(1, 2))  # off knots
+      auto = jax.vmap(jax.jacfwd(lambda xi, g=g: F.b_spline_basis(xi[None], g, order)[0]))(x[inside])
+      expected = jnp.einsum("nicI->nci", auto * jnp.eye(3)[None, :, None, :])  # [n, G+k, in]
+      np.testing.assert_allclose(slopes[inside, 1:], expected, atol=1e-9)
 
 
 def test_gradients_on_a_data_grid():
@@ -118,8 +121,8 @@ def test_memory_no_edge_tensor():
 
   biggest = _largest_intermediate(grad(spline_fn), x, jnp.zeros((I, O)), jnp.zeros((I, G + k, O)))
   assert biggest <= N * I * (G + 2 * k) < N * I * (G + k) * O  # both paths: Cox-de Boor's order-0 indicators
-  uniform = _largest_intermediate(lambda x: F._uniform_features(x, grid, k), x)  # the uniform path's features
-  assert uniform <= N * I * (G + k + 1)
+  uniform = _largest_intermediate(lambda x: F._uniform_bases(x, grid, k, True), x)  # the uniform path
+  assert uniform <= N * I * (G + k)
   biggest = _largest_intermediate(grad(F.fourier_kan), x, jnp.zeros((2, I, G, O)), jnp.zeros((O,)))
   assert biggest <= N * 2 * I * G < N * I * G * O
 

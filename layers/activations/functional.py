@@ -1,5 +1,5 @@
 """Activations as pure functions: rational (PAU), group rational (KAT), PolyCom, Swish-β, APA / AGLU, CRReLU,
-(generalised) SmeLU, HeLU, Snake.
+(generalised) SmeLU, HeLU, Snake, VeLU (and its Wasserstein-2 regulariser).
 
 Every function evaluates in fp32 (fp64 for fp64 inputs) whatever the input dtype, polynomials by
 Horner's rule, and returns the input dtype. Rational coefficient order is ascending: numerator a_0..a_m,
@@ -184,3 +184,37 @@ def snake(x: jax.Array, a: jax.Array) -> jax.Array:
   ct = _f32(x)
   x32, a32 = x.astype(ct), a.astype(ct)
   return (x32 + jnp.square(jnp.sin(a32 * x32)) / a32).astype(x.dtype)
+
+
+def _safe_asin(u: jax.Array) -> jax.Array:
+  """asin(clip(u, -1, 1)) with a zero (not infinite) gradient where |u| >= 1; the same values."""
+  inside = jnp.abs(u) < 1
+  return jnp.where(inside, jnp.arcsin(jnp.where(inside, u, 0.0)), jnp.sign(u) * (jnp.pi / 2))
+
+
+def velu(x: jax.Array, lam: jax.Array, *, alpha: float = 0.1, beta1: float = 0.1, beta2: float = 0.1,
+         gamma: float = 0.1, momentum: float = 0.9, eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:
+  """VeLU (Shakarami et al., 2025): (λ · a, a), a = x σ(α (atan(β₁x) + asin(clip(β₂x, ±1)))) (1 + γ tanh(μ / r)).
+
+  r = sqrt(mean(x², last axis) + eps), each row's RMS over its features (so the scale depends on the row
+  only, never on the batch); μ is what the authors' code calls `momentum`. x [..., F], lam broadcasting
+  against x. Returns the output in x's dtype and the unscaled activation a (fp32 at least), which the
+  Wasserstein-2 regulariser (`w2_to_standard_normal`) reads.
+
+  >>> y, a = velu(jnp.linspace(-2.0, 2.0, 5), jnp.ones(()))
+  >>> y.shape, a.dtype
+  ((5,), dtype('float32'))
+  """
+  ct = _f32(x)
+  x32 = x.astype(ct)
+  inv_rms = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+  mix = jnp.arctan(beta1 * x32) + _safe_asin(beta2 * x32)
+  a = x32 * jax.nn.sigmoid(alpha * mix) * (1.0 + gamma * jnp.tanh(momentum * inv_rms))
+  return (lam.astype(ct) * a).astype(x.dtype), a
+
+
+def w2_to_standard_normal(a: jax.Array) -> jax.Array:
+  """Squared Wasserstein-2 distance between N(mean(a), std(a)²) and N(0, 1): mean(a)² + (std(a) - 1)², over
+  every element of a (fp32 scalar). VeLU's regulariser; its weight is λ_OT."""
+  a = a.astype(_f32(a))
+  return jnp.square(jnp.mean(a)) + jnp.square(jnp.std(a) - 1.0)

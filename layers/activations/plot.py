@@ -10,7 +10,8 @@ core and takes plain parameter pytrees (nested dicts of arrays).
 What each panel shows: rational / group rational F(x) (one line per group); PolyReLU exactly;
 PolyNorm as its response to standard-normal features, w0 x³/√15 + w1 x²/√3 + w2 x + b (N(x^k)
 divides by the RMS of x^k over the features, √E[x^(2k)] for x ~ N(0, 1)); Swish-β x·σ(βx), APA /
-AGLU, CRReLU and Snake exactly (per-channel parameters: at most 8 lines).
+AGLU, CRReLU and Snake exactly (per-channel parameters: at most 8 lines); VeLU as λ a(x) for a row of unit
+RMS (its shape options, `velu=`, come from the run's config).
 """
 
 import argparse
@@ -37,7 +38,7 @@ def find_activations(params: Any, prefix: str = "") -> dict[str, dict]:
   keys = set(params)
   leaves = {k: v for k, v in params.items() if not isinstance(v, dict)}
   found = {}
-  if {"numerator", "denominator"} <= keys or keys in ({"beta"}, {"kappa", "lam"}, {"eps"}, {"a"}):
+  if {"numerator", "denominator"} <= keys or keys in ({"beta"}, {"kappa", "lam"}, {"eps"}, {"a"}, {"lam"}):
     found[prefix or "."] = leaves
   elif keys == {"weight", "bias"} and np.shape(params["weight"]) == (3,) and np.shape(params["bias"]) == (1,):
     found[prefix or "."] = leaves
@@ -54,8 +55,14 @@ def _lines(values, n: int = 8) -> np.ndarray:
 
 
 def curves(leaves: dict, x: np.ndarray, *, version: str = "A", polycom: str = "polynorm",
-           gated: bool = False) -> tuple[str, list]:
-  """(kind, [y per line]) of one activation module on the grid x (`gated`: κ, λ are AGLU's, not APA's)."""
+           gated: bool = False, velu: dict | None = None) -> tuple[str, list]:
+  """(kind, [y per line]) of one activation module on the grid x (`gated`: κ, λ are AGLU's, not APA's;
+  `velu`: the VeLU options the run used, else the layer's defaults)."""
+  if set(leaves) == {"lam"}:
+    o = {"alpha": 0.1, "beta1": 0.1, "beta2": 0.1, "gamma": 0.1, "momentum": 0.9, **(velu or {})}
+    mix = np.arctan(o["beta1"] * x) + np.arcsin(np.clip(o["beta2"] * x, -1, 1))
+    a = x / (1 + np.exp(-o["alpha"] * mix)) * (1 + o["gamma"] * np.tanh(o["momentum"]))
+    return "velu (unit-RMS row)", [lam * a for lam in _lines(leaves["lam"])]
   if "kappa" in leaves:
     pairs = zip(_lines(leaves["kappa"]), np.maximum(_lines(leaves["lam"]), 1e-4))
     ys = [(lam * np.exp(-k * x) + 1) ** (-1 / lam) for k, lam in pairs]

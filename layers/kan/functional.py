@@ -1,11 +1,12 @@
-"""Pure math of Kolmogorov-Arnold layers: B-spline bases, B-spline KAN, Fourier KAN, grid refit.
+"""Pure math of Kolmogorov-Arnold layers: B-spline bases, B-spline KAN, Fourier KAN, grid refit, and the
+Chebyshev and Gaussian-RBF bases of S-KAN's activation spaces.
 
 B-spline KAN ("efficient" form): every edge i -> o carries phi_io(x) = w_io silu(x) + sum_c s_ioc B_c(x),
 so a layer is  y = silu(x) @ base_kernel + B(x) . spline_kernel  with B(x) the order-k B-spline bases
 on a per-input-channel grid of G + 2k + 1 knots (G intervals, k extra knots each side, G + k bases).
-`kan_linear` is one matmul of the features [silu(x_i), B_i(x_i)] [N, in * (G+k+1)] with the stacked
-kernels and a hand-written backward (analytic basis derivatives); on a uniform grid the bases come in
-closed form from the k + 1 non-zero local ones, otherwise from Cox-de Boor (whose order-0 indicators,
+`kan_linear` is one matmul of the features [silu(x_i), B_i(x_i)] [N, (G+k+1) * in] with the stacked
+kernels and a hand-written backward (analytic basis derivatives); on a uniform grid the bases are cardinal
+B-splines of (x - t_c) / h, computed per basis, otherwise Cox-de Boor (whose order-0 indicators,
 [N, in, G + 2k], are then the largest intermediate). Nothing of size [N, in, G + k, out] is formed.
 
 Fourier KAN: y_o = sum_i sum_{m=1..G} C0[i,m,o] cos(m x_i) + C1[i,m,o] sin(m x_i) + bias_o, computed as
@@ -13,6 +14,7 @@ features [N, 2, in, G] @ coeffs [2 * in * G, out]; [N, in, G, out] is never mate
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -58,73 +60,77 @@ def is_uniform(grid: jax.Array) -> jax.Array:
   return jnp.all(jnp.abs(grid - uniform) <= 1e-5 * (jnp.abs(lo) + jnp.abs(hi)))
 
 
-def _uniform_features(x: jax.Array, grid: jax.Array, order: int) -> tuple[jax.Array, jax.Array]:
-  """[silu(x), B_0..B_{G+k-1}(x)] and their x-derivatives, [..., in, G+k+1] each, on a uniform grid.
+def _cardinal(v: jax.Array, order: int) -> jax.Array:
+  """M_k(v), the cardinal B-spline of order k on [0, k + 1) (unit knots 0..k+1), elementwise.
 
-  With u = (x - t_0) / h = j + t (j an integer, t in [0, 1)), only B_{j-k}..B_j are non-zero, and
-  B_{j-k+r} = b_r(t) follows the local uniform Cox-de Boor recursion
-      b^p_r = ((t + p - r) b^{p-1}_{r-1} + (r + 1 - t) b^{p-1}_r) / p;
-  the derivative is dB_{j-k+r}/dx = (b^{k-1}_{r-1} - b^{k-1}_r) / h. O(k^2) work per input instead of
-  O(k (G + 2k)), and no [..., in, G+2k] indicator tensor.
+  k = 0: [0 <= v < 1] (Cox-de Boor's half-open interval). k >= 1: by symmetry about (k+1)/2, with
+  w = min(v, k + 1 - v), M_k = (1/k!) sum_{i < (k+1)/2} (-1)^i C(k+1, i) max(w - i, 0)^k: only the terms of
+  the left half, so no large cancelling powers (w <= (k+1)/2); w <= 0 outside the support gives 0.
   """
-  n_basis = grid.shape[-1] - order - 1
-  t0 = grid[:, 0]
-  h = (grid[:, -1] - grid[:, 0]) / (grid.shape[-1] - 1)
-  u = (x - t0) / h
-  j = jnp.floor(u)
-  t = u - j
-  levels = [[jnp.ones_like(t)]]
-  for p in range(1, order + 1):
-    prev = levels[-1]
-    levels.append([((t + p - r) * prev[r - 1] if r else 0.0) + ((r + 1 - t) * prev[r] if r < p else 0.0)
-                   for r in range(p + 1)])
-    levels[-1] = [v / p for v in levels[-1]]
-  slot = jnp.arange(n_basis, dtype=x.dtype) - j[..., None] + order  # basis c holds b_{c - j + k}
-
-  def place(values):  # the order + 1 local values -> [..., in, G+k]; x outside the grid matches no slot
-    return sum(jnp.where(slot == r, v[..., None], 0.0) for r, v in enumerate(values))
-
-  if order:
-    prev = levels[-2]
-    slope = [((prev[r - 1] if r else 0.0) - (prev[r] if r < order else 0.0)) / h for r in range(order + 1)]
-  else:
-    slope = [jnp.zeros_like(t)]
-  sig = jax.nn.sigmoid(x)
-  feats = jnp.concatenate([(x * sig)[..., None], place(levels[-1])], axis=-1)
-  slopes = jnp.concatenate([(sig * (1 + x * (1 - sig)))[..., None], place(slope)], axis=-1)
-  return feats, slopes
+  if not order:
+    return ((v >= 0) & (v < 1)).astype(v.dtype)
+  w = jnp.minimum(v, order + 1 - v)
+  total = sum((-1) ** i * math.comb(order + 1, i) * jnp.maximum(w - i, 0.0) ** order
+              for i in range(math.ceil((order + 1) / 2)))
+  return total / math.factorial(order)
 
 
-def _general_features(x: jax.Array, grid: jax.Array, order: int) -> tuple[jax.Array, jax.Array]:
-  """As `_uniform_features` for any knots: Cox-de Boor, and dB_c/dx from the order-(k-1) bases,
+def _uniform_bases(x: jax.Array, grid: jax.Array, order: int, derivative: bool) -> jax.Array:
+  """B_c(x) (or dB_c/dx) on a uniform grid: x [..., in] -> [..., G+k, in]. B_c(x) = M_k((x - t_c) / h) and
+  dB_c/dx = (M_{k-1}(v) - M_{k-1}(v - 1)) / h, h the knot spacing (`_cardinal`): a few FLOPs per value, each
+  computed where it is stored, vectorised along the input channels."""
+  h = (grid[:, -1] - grid[:, 0]) / (grid.shape[-1] - 1)  # [in]
+  v = (x[..., None, :] - grid[:, : grid.shape[-1] - order - 1].T) / h  # [..., G+k, in], from each basis' first knot
+  if not derivative:
+    return _cardinal(v, order)
+  if not order:
+    return jnp.zeros_like(v)
+  return (_cardinal(v, order - 1) - _cardinal(v - 1, order - 1)) / h
+
+
+def _general_bases(x: jax.Array, grid: jax.Array, order: int, derivative: bool) -> jax.Array:
+  """As `_uniform_bases` for any knots, by Cox-de Boor; dB_c/dx from the order-(k-1) bases,
   k (B^{k-1}_c / (t_{c+k} - t_c) - B^{k-1}_{c+1} / (t_{c+k+1} - t_{c+1}))."""
-  levels = _cox_de_boor(x, grid, order)
-  if order:
-    g, low = grid.astype(x.dtype), levels[-2]  # [..., in, G+k+1]
-    span = g[:, order:] - g[:, : -order]  # t_{c+k} - t_c, [in, G+k+1]
-    scaled = order * low / span
-    slope = scaled[..., :-1] - scaled[..., 1:]
+  levels = _cox_de_boor(x, grid, order)  # [..., in, G+2k-p]
+  if not derivative:
+    out = levels[-1]
+  elif not order:
+    out = jnp.zeros_like(levels[-1])
   else:
-    slope = jnp.zeros_like(levels[-1])
+    span = grid.astype(x.dtype)[:, order:] - grid.astype(x.dtype)[:, :-order]  # t_{c+k} - t_c, [in, G+k+1]
+    scaled = order * levels[-2] / span
+    out = scaled[..., :-1] - scaled[..., 1:]
+  return jnp.swapaxes(out, -1, -2)
+
+
+def _silu_and_slope(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   sig = jax.nn.sigmoid(x)
-  feats = jnp.concatenate([(x * sig)[..., None], levels[-1]], axis=-1)
-  slopes = jnp.concatenate([(sig * (1 + x * (1 - sig)))[..., None], slope], axis=-1)
-  return feats, slopes
+  return x * sig, sig * (1 + x * (1 - sig))
 
 
-def kan_features(x: jax.Array, grid: jax.Array, order: int) -> tuple[jax.Array, jax.Array]:
-  """Per input channel [silu(x), B(x)] and d/dx of each, x [..., in] -> 2 x [..., in, G+k+1] (fp32 at
-  least): the closed-form local bases when the grid is uniform, Cox-de Boor otherwise (a lax.cond on the
-  knots, which grid updates make data-dependent)."""
+def _by_grid(fn, x: jax.Array, grid: jax.Array, *args):
+  """fn(path, x, grid, *args) with path the uniform closed form when the grid is uniform, Cox-de Boor
+  otherwise (a lax.cond on the knots, which grid updates make data-dependent); x, grid in fp32 at least."""
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   grid = grid.astype(x.dtype)
-  return jax.lax.cond(is_uniform(grid), functools.partial(_uniform_features, order=order),
-                      functools.partial(_general_features, order=order), x, grid)
+  return jax.lax.cond(is_uniform(grid), functools.partial(fn, _uniform_bases), functools.partial(fn, _general_bases),
+                      x, grid, *args)
+
+
+def kan_features(x: jax.Array, grid: jax.Array, order: int, derivative: bool = False) -> jax.Array:
+  """Per input channel [silu(x), B_0(x), .., B_{G+k-1}(x)] (or their x-derivatives): x [..., in] ->
+  [..., G+k+1, in], fp32 at least, the feature index before the channel (the layout the spline matmul
+  reads, and the one XLA vectorises along the channels)."""
+  def stack(path, x, grid):
+    return jnp.concatenate([_silu_and_slope(x)[int(derivative)][..., None, :], path(x, grid, order, derivative)],
+                           axis=-2)
+
+  return _by_grid(stack, x, grid)
 
 
 def _kernel(base_kernel: jax.Array, spline_kernel: jax.Array, dtype) -> jax.Array:
-  """[base; spline] weights per input channel, flattened: [in * (G+k+1), out]."""
-  w = jnp.concatenate([base_kernel[:, None, :], spline_kernel], axis=1).astype(dtype)
+  """[base; spline] weights in the features' order (feature, then input channel): [(G+k+1) * in, out]."""
+  w = jnp.concatenate([base_kernel[None], jnp.swapaxes(spline_kernel, 0, 1)], axis=0).astype(dtype)
   return w.reshape(-1, w.shape[-1])
 
 
@@ -132,11 +138,12 @@ def _kernel(base_kernel: jax.Array, spline_kernel: jax.Array, dtype) -> jax.Arra
 def kan_linear(x: jax.Array, base_kernel: jax.Array, spline_kernel: jax.Array, grid: jax.Array,
                order: int) -> jax.Array:
   """silu(x) @ base_kernel + sum_{i,c} B_ic(x) spline_kernel[i, c, :], as one matmul of the per-input
-  features [silu(x_i), B_i0(x_i), ..] [..., in * (G+k+1)] with the stacked kernels.
+  features [silu(x_i), B_i0(x_i), ..] [..., (G+k+1) * in] with the stacked kernels.
 
   x [..., in], base_kernel [in, out], spline_kernel [in, G+k, out], grid [in, G+2k+1] -> [..., out] in
-  x's dtype (bases evaluated in fp32). The backward is hand-written: it recomputes the features and
-  their analytic x-derivatives (no autodiff through Cox-de Boor) and stores nothing larger than
+  x's dtype (bases evaluated in fp32). The backward is hand-written: it recomputes the features (for the
+  kernels' gradient) and folds their analytic x-derivatives into the input gradient's reduction (no
+  autodiff through Cox-de Boor, no stored derivative tensor); it stores nothing larger than
   [..., in, G+k+1]. The grid gets a zero gradient (it is state, moved by grid updates).
 
   >>> grid = uniform_grid(2, 5, 3)
@@ -146,25 +153,46 @@ def kan_linear(x: jax.Array, base_kernel: jax.Array, spline_kernel: jax.Array, g
   return _kan_forward(x, base_kernel, spline_kernel, grid, order)
 
 
+def _flat_features(x, grid, order):
+  """[N, (G+k+1) * in] features of x [..., in] in x's dtype."""
+  return kan_features(x, grid, order).astype(x.dtype).reshape(-1, (grid.shape[-1] - order) * x.shape[-1])
+
+
 def _kan_forward(x, base_kernel, spline_kernel, grid, order):
-  feats = kan_features(x, grid, order)[0].astype(x.dtype)
-  return jnp.dot(feats.reshape(*x.shape[:-1], -1), _kernel(base_kernel, spline_kernel, x.dtype))
+  y = jnp.dot(_flat_features(x, grid, order), _kernel(base_kernel, spline_kernel, x.dtype))
+  return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def _kan_fwd(x, base_kernel, spline_kernel, grid, order):
   return _kan_forward(x, base_kernel, spline_kernel, grid, order), (x, base_kernel, spline_kernel, grid)
 
 
+def _input_gradient(dfeats: jax.Array, x: jax.Array, grid: jax.Array, order: int) -> jax.Array:
+  """sum_c dfeats[..., c, i] dphi_c/dx_i: dfeats [N, G+k+1, in], x [N, in] -> [N, in] (fp32 at least).
+
+  Written as a sum of per-feature products (not a reduce over the feature axis): XLA:CPU then makes it one
+  elementwise pass over dfeats with the derivatives computed in registers, where a reduce is handed to a
+  library fusion that first materialises every intermediate of the derivatives' size."""
+  def accumulate(path, x, grid, dfeats):
+    slopes = path(x, grid, order, True)  # [N, G+k, in], only ever read slice by slice inside this sum
+    total = _silu_and_slope(x)[1] * dfeats[:, 0]
+    for c in range(slopes.shape[1]):
+      total = total + dfeats[:, c + 1] * slopes[:, c]
+    return total
+
+  return _by_grid(accumulate, x, grid, dfeats.astype(jnp.promote_types(x.dtype, jnp.float32)))
+
+
 def _kan_bwd(order, residuals, dy):
   x, base_kernel, spline_kernel, grid = residuals
-  feats, slopes = kan_features(x, grid, order)  # [..., in, G+k+1]
-  flat = feats.astype(x.dtype).reshape(-1, feats.shape[-2] * feats.shape[-1])  # [N, in*(G+k+1)]
-  dy2 = dy.reshape(-1, dy.shape[-1])  # [N, out]
-  dw = jnp.dot(flat.T, dy2.astype(x.dtype), preferred_element_type=jnp.float32)  # [in*(G+k+1), out]
-  dw = dw.reshape(*feats.shape[-2:], -1)
-  dfeats = jnp.dot(dy2.astype(x.dtype), _kernel(base_kernel, spline_kernel, x.dtype).T).reshape(feats.shape)
-  dx = jnp.sum(dfeats.astype(slopes.dtype) * slopes, axis=-1)  # [..., in]
-  return (dx.astype(x.dtype), dw[:, 0].astype(base_kernel.dtype), dw[:, 1:].astype(spline_kernel.dtype),
+  n_in, n_out = base_kernel.shape
+  x2 = x.reshape(-1, n_in)
+  dy2 = dy.reshape(-1, n_out).astype(x.dtype)  # [N, out]
+  flat = _flat_features(x2, grid, order)  # [N, (G+k+1) * in]
+  dw = jnp.dot(flat.T, dy2, preferred_element_type=jnp.float32).reshape(-1, n_in, n_out)  # [G+k+1, in, out]
+  dfeats = jnp.dot(dy2, _kernel(base_kernel, spline_kernel, x.dtype).T).reshape(x2.shape[0], -1, n_in)
+  dx = _input_gradient(dfeats, x2, grid, order).reshape(x.shape)
+  return (dx.astype(x.dtype), dw[0].astype(base_kernel.dtype), jnp.swapaxes(dw[1:], 0, 1).astype(spline_kernel.dtype),
           jnp.zeros_like(grid))
 
 
@@ -267,3 +295,23 @@ def fourier_kan(x: jax.Array, coeffs: jax.Array, bias: jax.Array | None = None) 
   if bias is not None:
     y = y + bias.astype(x.dtype)
   return y
+
+
+def chebyshev_features(x: jax.Array, degree: int) -> jax.Array:
+  """T_0..T_degree(tanh x) (ChebyKAN's basis; tanh maps the input into [-1, 1] without clipping):
+  x [..., in] -> [..., in, degree + 1], fp32 at least, by the recurrence T_{m+1} = 2 t T_m - T_{m-1}."""
+  t = jnp.tanh(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
+  terms = [jnp.ones_like(t), t]
+  for _ in range(degree - 1):
+    terms.append(2 * t * terms[-1] - terms[-2])
+  return jnp.stack(terms[: degree + 1], axis=-1)
+
+
+def rbf_features(x: jax.Array, n: int, grid_range=(-2.0, 2.0)) -> jax.Array:
+  """Gaussian bumps exp(-((x - c_m) / h)²) at n equally spaced centres c_m over grid_range, h their spacing
+  (FastKAN's basis): x [..., in] -> [..., in, n], fp32 at least."""
+  lo, hi = grid_range
+  dtype = jnp.promote_types(x.dtype, jnp.float32)
+  centres = jnp.linspace(lo, hi, n, dtype=dtype)
+  h = (hi - lo) / (n - 1)
+  return jnp.exp(-jnp.square((x.astype(dtype)[..., None] - centres) / h))
