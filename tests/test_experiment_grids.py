@@ -16,11 +16,11 @@ PAPER = {
   "experiments/delta_net.py:size=1.3b": (2048, {24}, "tfds_text", 5),
   "experiments/gated_delta_net.py": (1024, {21, 24}, "tfds_text", 7),
   "experiments/hybrid.py": (1024, {24}, "tfds_text", 10),
-  "experiments/moe.py": (1024, {24}, "tfds_text", 8),
+  "experiments/moe.py": (1024, {24}, "tfds_text", 11),
   "experiments/mom.py": (1024, {24}, "tfds_text", 2),
   "experiments/polycom.py": (2048, {24}, "tfds_text", 3),
   "experiments/kat.py": (192, {12}, "tfds_images", 7),
-  "experiments/karat.py": (192, {12}, "tfds_images", 3),
+  "experiments/karat.py": (192, {12}, "tfds_images", 4),
   "experiments/packing.py": (768, {12}, "tfds_text", 12),
 }
 
@@ -40,7 +40,7 @@ def test_paper_grid_keeps_paper_shapes_and_data(spec, tmp_path, capsys):
     assert (c.model.d_model, c.data.name) == (d_model, data), run.name
     assert len(parse(c.model.blocks)) in layers, (run.name, c.model.blocks)
     assert (c.model.dtype, c.model.param_dtype, c.model.remat) == ("bfloat16", "float32", "full")
-    assert c.mesh.shape.to_dict() == {"data": 1, "fsdp": -1, "tensor": 1, "expert": 1}
+    assert c.mesh.shape.to_dict() == {"data": 1, "fsdp": -1, "tensor": 1, "expert": 1, "sequence": 1}
 
 
 @pytest.mark.parametrize("spec", sorted({s.split(":")[0] for s in PAPER}))

@@ -60,7 +60,7 @@ def test_gated_deltaproduct_steps_widen_projections():
     registry.build("mixer", "gated_deltaproduct", _ctx(), rngs=nnx.Rngs(0), num_householder=0)
 
 
-def _rwkv_lm(blocks: str = "(rwkv7, rwkv7_channel_mix) * 3", remat: bool = False, **options) -> LM:
+def _rwkv_lm(blocks: str = "(rwkv7, rwkv7_channel_mix) * 3", remat: str = "none", **options) -> LM:
   cfg = tiny_lm().model
   cfg.update(dict(vocab_size=32, d_model=D, n_heads=H, n_kv_heads=H, d_ff=2 * D, norm="layernorm",
                   blocks=blocks, remat=remat))
@@ -71,7 +71,7 @@ def _rwkv_lm(blocks: str = "(rwkv7, rwkv7_channel_mix) * 3", remat: bool = False
 @functools.cache
 def _rwkv_run() -> dict:
   """One jitted pass over the RWKV-7 LM: forward, token-by-token decode, packed rows, remat gradients."""
-  model, remat = _rwkv_lm(), _rwkv_lm(remat=True)
+  model, remat = _rwkv_lm(), _rwkv_lm(remat="full")
   tokens = jax.random.randint(jax.random.key(2), (2, 12), 0, 32)
   seg = jnp.array([[0] * 5 + [1] * 7, [4] * 12], jnp.int32)
 
