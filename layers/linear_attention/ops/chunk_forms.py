@@ -223,19 +223,85 @@ def _chunk_forward(q, k, v, g, beta, s0, docs, size):
   return common.from_chunks(o), final, starts
 
 
+# Chunks per step of the outer scan of `_chunk_recurrence` (the largest divisor of N up to this): the
+# intra-chunk terms of one group are live at a time, so memory does not grow with T beyond the inputs, the
+# chunk-boundary states and the gradients, and each step's work stays cache-sized on CPU.
+GROUP_CHUNKS = 16
+
+
+def _group_count(n: int) -> int:
+  """Number of groups of at most GROUP_CHUNKS chunks that N chunks split into evenly."""
+  return n // max(d for d in range(1, min(n, GROUP_CHUNKS) + 1) if n % d == 0)
+
+
+def _to_groups(x: jax.Array | None, m: int, axis: int) -> jax.Array | None:
+  """Split `axis` into m groups and lead with them: [..., m*L, ...] -> [m, ..., L, ...] (None stays None)."""
+  if x is None:
+    return None
+  return jnp.moveaxis(x.reshape(*x.shape[:axis], m, x.shape[axis] // m, *x.shape[axis + 1:]), axis, 0)
+
+
+def _from_groups(x: jax.Array | None) -> jax.Array | None:
+  """[m, B, L, ...] -> [B, m*L, ...]."""
+  return None if x is None else jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1, *x.shape[3:])
+
+
+def _grouped_documents(docs: common.ChunkDocuments, m: int) -> tuple[common.ChunkDocuments, common.ChunkDocuments]:
+  """(per-group fields [m, B|1, 1, N/m, ...] or None, constant fields or None): fields with one chunk
+  (a row without segment_ids) broadcast over every group."""
+  split = [None if x.shape[2] == 1 and m > 1 else _to_groups(x, m, 2) for x in docs]
+  return common.ChunkDocuments(*split), common.ChunkDocuments(*(
+    x if y is None else None for x, y in zip(docs, split)))
+
+
+def _merge(per_group: common.ChunkDocuments, constant: common.ChunkDocuments) -> common.ChunkDocuments:
+  return common.ChunkDocuments(*(c if x is None else x for x, c in zip(per_group, constant)))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
 def _chunk_recurrence(q, k, v, g, beta, s0, docs, size):
   """chunk_linear (beta None) or chunk_delta: (o, final state); see those for the math."""
-  o, final, _ = _chunk_forward(q, k, v, g, beta, s0, docs, size)
+  (o, final), _ = _chunk_recurrence_fwd(q, k, v, g, beta, s0, docs, size)
   return o, final
 
 
 def _chunk_recurrence_fwd(q, k, v, g, beta, s0, docs, size):
-  o, final, starts = _chunk_forward(q, k, v, g, beta, s0, docs, size)
-  return (o, final), (q, k, v, g, beta, docs, starts)  # the inputs and the chunk-boundary states only
+  """A scan over groups of chunks (`GROUP_CHUNKS`), each the chunkwise-parallel `_chunk_forward`.
+  Residuals: the inputs and the states entering each chunk [m, B, H, N/m, K, V], nothing per step."""
+  m = _group_count(q.shape[1] // size)
+  per_group, constant = _grouped_documents(docs, m)
+
+  def body(s, x):
+    inputs, docs_j = x
+    o, final, starts = _chunk_forward(*inputs, s, _merge(docs_j, constant), size)
+    return final, (o, starts)
+
+  xs = (tuple(_to_groups(x, m, 1) for x in (q, k, v, g, beta)), per_group)
+  final, (o, starts) = jax.lax.scan(body, s0, xs)
+  return (_from_groups(o), final), (q, k, v, g, beta, docs, starts)
 
 
 def _chunk_recurrence_bwd(size, res, cts):
+  """The forward's group scan in reverse, each group through `_chunk_backward` (docs get no gradient)."""
+  q, k, v, g, beta, docs, starts = res
+  do, d_final = cts
+  m = starts.shape[0]
+  per_group, constant = _grouped_documents(docs, m)
+
+  def body(ds, x):
+    inputs, docs_j, starts_j, do_j = x
+    *grads, d_s = _chunk_backward(*inputs, _merge(docs_j, constant), starts_j, do_j, ds, size)
+    return d_s, tuple(grads)
+
+  xs = (tuple(_to_groups(x, m, 1) for x in (q, k, v, g, beta)), per_group, starts, _to_groups(do, m, 1))
+  d_s0, grads = jax.lax.scan(body, d_final, xs, reverse=True)
+  return (*map(_from_groups, grads), d_s0, None)
+
+
+_chunk_recurrence.defvjp(_chunk_recurrence_fwd, _chunk_recurrence_bwd)
+
+
+def _chunk_backward(q, k, v, g, beta, docs, starts, do, d_final, size):
   """Recompute the intra-chunk terms, run dS backwards over chunks, then every input gradient in parallel.
 
   With δ the per-step writes and dS_{n+1} the gradient w.r.t. the state leaving chunk n:
@@ -245,8 +311,6 @@ def _chunk_recurrence_bwd(size, res, cts):
   dx ⊙ x of every exp(±b) factor, summed back over the chunk (reverse cumsum). The decayed scores'
   backward is the autodiff of `decayed_scores` (recomputed, chunk-local).
   """
-  q, k, v, g, beta, docs, starts = res
-  do, d_final = cts
   qc, kc, vc, doc = (common.to_chunks(x, size) for x in (q, k, v, do))  # [B, H, N, C, K|V]
   bc = None if beta is None else common.to_chunks(beta, size)[..., None]  # [B, H, N, C, 1]
   cum = _cumulative(g, size)
@@ -298,7 +362,4 @@ def _chunk_recurrence_bwd(size, res, cts):
     dc = (d_grow * t.grow - d_fade).at[..., -1, :].add(d_last)
     dc = d_cum + (dc if cum.ndim == kc.ndim else jnp.sum(dc, -1))
     dg = common.from_chunks(jnp.flip(jnp.cumsum(jnp.flip(dc, 3), axis=3), 3))  # b_t sums g_1..g_t
-  return (common.from_chunks(dq), common.from_chunks(dk), common.from_chunks(dv), dg, d_beta, d_s0, None)
-
-
-_chunk_recurrence.defvjp(_chunk_recurrence_fwd, _chunk_recurrence_bwd)
+  return common.from_chunks(dq), common.from_chunks(dk), common.from_chunks(dv), dg, d_beta, d_s0
