@@ -44,12 +44,12 @@ def bench(name: str, steps: int, warmup: int) -> dict:
   batches = [global_batch(next(it), program.batch_sharding) for _ in range(4)]
   times, cpu_times = [], []
   for i in range(steps + warmup):
-    t, c = time.perf_counter(), time.process_time()
+    t, cpu0 = time.perf_counter(), time.process_time()
     state, m = program.train_step(state, batches[i % 4])
     jax.block_until_ready(m["loss"])
     if i >= warmup:
       times.append(time.perf_counter() - t)
-      cpu_times.append(time.process_time() - c)
+      cpu_times.append(time.process_time() - cpu0)
   dt = statistics.median(times)
   step_flops = flops.train_flops_per_step(program.setup.abstract_model, seq_len=seq_len,
                                           batch_size=c.data.batch_size)
