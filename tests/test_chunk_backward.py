@@ -77,7 +77,8 @@ def test_custom_backward_matches_autodiff_of_recurrent_form_in_float64(op, monke
 
 @pytest.mark.parametrize("size", [1, 48, 64])
 def test_unit_lower_inverse_matches_triangular_solve(size):
-  """Block doubling (C a power of two or not) against solve_triangular, on delta-rule-like A = β k.k."""
+  """Block doubling (C a power of two or not) and its closed-form backward against solve_triangular, on
+  delta-rule-like A = β k.k."""
   rng = np.random.default_rng(size)
   k = rng.standard_normal((3, size, 16)).astype(np.float32)
   k /= np.linalg.norm(k, axis=-1, keepdims=True)
@@ -87,3 +88,8 @@ def test_unit_lower_inverse_matches_triangular_solve(size):
   ref = jax.scipy.linalg.solve_triangular(eye + a, eye, lower=True, unit_diagonal=True)
   np.testing.assert_allclose(inv, ref, rtol=1e-4, atol=1e-4)
   np.testing.assert_array_equal(np.triu(np.asarray(inv), 1), 0.0)  # lower triangular, exactly
+  weights = jnp.asarray(rng.standard_normal(a.shape), jnp.float32)
+  grad = jax.jit(jax.grad(lambda a: jnp.sum(chunk_forms.unit_lower_inverse(a) * weights)))(jnp.asarray(a))
+  grad_ref = jax.grad(lambda a: jnp.sum(jax.scipy.linalg.solve_triangular(
+    eye + jnp.tril(a, -1), eye, lower=True, unit_diagonal=True) * weights))(jnp.asarray(a))
+  np.testing.assert_allclose(grad, grad_ref, rtol=1e-4, atol=1e-4)  # the closed-form backward

@@ -70,6 +70,7 @@ def decayed_scores(
 
 
 
+@jax.custom_vjp
 def unit_lower_inverse(a: jax.Array) -> jax.Array:
   """(I + A)⁻¹ for strictly lower-triangular A [..., C, C], by block doubling (block forward substitution).
 
@@ -77,7 +78,7 @@ def unit_lower_inverse(a: jax.Array) -> jax.Array:
   [[X11, 0], [−X22 A21 X11, X22]]; from 1 x 1 blocks (each 1), log2(C) levels of batched matmuls give the
   inverse (the row-by-row loop took C sequential steps). C is zero-padded to a power of two (identity rows).
   Matmuls, not lax.linalg.triangular_solve: on CPU that LAPACK call can deadlock when XLA runs two of them
-  at once on a small thread pool.
+  at once on a small thread pool. The backward pass is closed form (it stores only the inverse).
 
   Example:
     >>> a = jnp.tril(jnp.ones((3, 3)), -1)
@@ -101,6 +102,20 @@ def unit_lower_inverse(a: jax.Array) -> jax.Array:
     inv = jnp.concatenate([top, bottom], axis=-2)  # [..., m, 2s, 2s]
     s *= 2
   return inv[..., 0, :size, :size]
+
+
+def _inverse_fwd(a):
+  inv = unit_lower_inverse(a)
+  return inv, inv
+
+
+def _inverse_bwd(inv, grad):
+  # d(M⁻¹) = −M⁻¹ dM M⁻¹  =>  dL/dA = −M⁻ᵀ (dL/dM⁻¹) M⁻ᵀ, restricted to the strictly lower part.
+  inv_t = jnp.swapaxes(inv, -1, -2)
+  return (jnp.tril(-(inv_t @ grad @ inv_t), -1),)
+
+
+unit_lower_inverse.defvjp(_inverse_fwd, _inverse_bwd)
 
 
 def chunk_linear(
