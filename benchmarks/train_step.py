@@ -31,8 +31,9 @@ SIZES = {  # name: (LM_SIZES key or shape overrides, seq_len, batch)
 }
 
 
-def bench(name: str, steps: int, warmup: int) -> dict:
-  shape, seq_len, batch = SIZES[name]
+def bench(name: str, steps: int, warmup: int, batch: int | None = None) -> dict:
+  shape, seq_len, default_batch = SIZES[name]
+  batch = batch or default_batch
   c = common.base_config()
   common.mqar_data(c, vocab_size=256, num_pairs=16, seq_len=seq_len)
   c.model.update(shape)
@@ -80,13 +81,14 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--quick", action="store_true", help="3 timed steps, tiny only")
+  parser.add_argument("--batch", type=int, default=None, help="sequences per device (default: the size's)")
   parser.add_argument("--out", default="runs/benchmarks/train_step.json")
   args = parser.parse_args()
   sizes, steps = (["tiny"], 3) if args.quick else (args.sizes.split(","), args.steps)
   dev = jax.devices()[0]
   print(f"device: {dev.device_kind} x {jax.device_count()} ({dev.platform}); jax {jax.__version__}; "
         f"python {platform.python_version()}")
-  rows = [bench(s, steps, args.warmup) for s in sizes]
+  rows = [bench(s, steps, args.warmup, args.batch) for s in sizes]
   print(f"{'model':8} {'params':>12} {'T':>6} {'B':>4} {'ms/step':>10} {'tokens/s':>12} {'MFU':>8} {'cpu MFU':>8}")
   for r in rows:
     print(f"{r['model']:8} {r['params']:>12,} {r['seq_len']:>6} {r['batch']:>4} {r['step_ms']:>10.1f} "
