@@ -7,8 +7,10 @@ chunk_delta:        the WY/UT form of the delta rule (delta_rule, gated_delta_ru
 
 Both chunk forms run through one `jax.custom_vjp` (`_chunk_recurrence`): the forward keeps only the
 states entering each chunk ([B, H, N, K, V], the chunk-boundary states); the backward recomputes the
-intra-chunk terms, runs the state gradient backwards over chunks, then forms every input gradient chunk by
-chunk in parallel (the recompute-based backward of the reference GPU library's chunk kernels).
+intra-chunk terms, runs the state gradient backwards over chunks, then forms every input gradient with all
+chunks in parallel (the recompute-based backward of the reference GPU library's chunk kernels). Forward and
+backward walk the row in groups of GROUP_CHUNKS chunks (an outer scan), so only one group's intra-chunk
+terms are live at a time.
 """
 
 import functools
@@ -151,7 +153,7 @@ def chunk_delta(
   the unit lower-triangular system
     (I + A) δ = diag(β) V − diag(β) (K ⊙ exp(b)) S_n,   A_ts = β_t sum_c k_tc k_sc exp(b_tc − b_sc) for s < t,
   i.e. δ = U − W S_n with U = (I + A)⁻¹ diag(β) V and W = (I + A)⁻¹ diag(β) (K ⊙ exp(b)) (one
-  `unit_lower_inverse` per chunk, all chunks at once). Then
+  `unit_lower_inverse` per chunk, a group of chunks at once). Then
     o_t     = (q_t ⊙ exp(b_t)) S_n + sum_{s<=t} [sum_c q_tc k_sc exp(b_tc − b_sc)] δ_s
     S_{n+1} = diag(exp(b_C)) S_n + sum_s (k_s ⊙ exp(b_C − b_s)) δ_sᵀ
   and only δ = U − W S_n and the state update run sequentially over chunks. The decayed k.k and q.k
