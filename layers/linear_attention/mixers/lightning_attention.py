@@ -17,7 +17,7 @@ literally as a log decay of -(8h / H)(1 - l / L), which decays far faster. No he
 Lightning Attention-2 is this recurrence computed by tiles of B tokens: intra-block
 [(Q_i K_i^T) * M] V_i with M_ts = lambda^(t-s) for s <= t, inter-block Lambda Q_i KV with
 Lambda = diag(lambda, ..., lambda^B), and KV <- lambda^B KV + (lambda^B Lambda^-1 K_i)^T V_i. That is
-exactly the chunk form of `simple_gla` (ops/chunk_forms.py `chunk_scalar_gate`) with a constant log gate
+exactly the chunk form of `simple_gla` (ops/chunk_forms.py `chunk_linear`) with a constant log gate
 g = log lambda and chunk_size = B: there b_t = t g, so exp(b_t - b_s) = lambda^(t-s) (the intra mask M),
 exp(b_t) q_t S_n is Lambda Q_i KV, and S_{n+1} = exp(b_C) S_n + sum_s exp(b_C - b_s) k_s v_s^T is the KV
 update; the released kernels use tiles of 64 to 256 tokens. Not reproduced: LRPE's learned rotation of

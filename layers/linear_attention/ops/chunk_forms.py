@@ -1,11 +1,21 @@
-"""Chunkwise-parallel forms shared by several ops (the fast forms; each op's `_recurrent` is its spec).
+"""Chunkwise-parallel forms shared by several ops (the fast forms; each op's recurrent form is its spec).
 
-decayed_scores:    intra-chunk scores x_t . y_s exp(b_t − b_s) for a scalar or per-channel log decay.
-chunk_scalar_gate: scalar log decay per step (simple_gla; linear_attn without gates).
-chunk_delta:       the WY/UT form of the delta rule (gated_delta_rule, kda; delta_rule without gates).
+decayed_scores:     intra-chunk scores x_t . y_s exp(b_t − b_s) for a scalar or per-channel log decay.
+unit_lower_inverse: (I + A)⁻¹ for strictly lower-triangular A, by block doubling (matmuls only).
+chunk_linear:       gated linear attention, no / scalar / per-channel log decay (linear_attn, simple_gla, gla).
+chunk_delta:        the WY/UT form of the delta rule (delta_rule, gated_delta_rule, kda).
+
+Both chunk forms run through one `jax.custom_vjp` (`_chunk_recurrence`): the forward keeps only the
+states entering each chunk ([B, H, N, K, V], the chunk-boundary states); the backward recomputes the
+intra-chunk terms, runs the state gradient backwards over chunks, then forms every input gradient with all
+chunks in parallel (the recompute-based backward of the reference GPU library's chunk kernels). Forward and
+backward walk the row in groups of GROUP_CHUNKS chunks (an outer scan), so only one group's intra-chunk
+terms are live at a time.
 """
 
+import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,52 +71,39 @@ def decayed_scores(
     "bhnits,ij->bhnitjs", inside, jnp.eye(ns, dtype=inside.dtype)).reshape(*between.shape[:3], size, size)
 
 
-def chunk_scalar_gate(
-  q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None, s0: jax.Array, docs: common.ChunkDocuments,
-  size: int,
-) -> tuple[jax.Array, jax.Array]:
-  """Chunkwise form for a scalar log gate per step (g None: no decay, plain linear attention).
-
-  q, k [B, T, H, K], v [B, T, H, V], g [B, T, H] fp32 with T a multiple of `size`.
-  Within a chunk, b_t = g_1 + ... + g_t (local cumsum, <= 0 and decreasing) and
-    o_t     = exp(b_t) q_t S_n + sum_{s<=t} exp(b_t - b_s) (q_t . k_s) v_s
-    S_{n+1} = exp(b_C) S_n + sum_s exp(b_C - b_s) k_s v_sᵀ
-  Every exponent is <= 0, so nothing overflows whatever the decay. In a packed row the sums run over
-  s in t's document, S_n reaches only the document continuing from before the chunk, only the last
-  document writes S_{n+1}, and exp(b_C) S_n is dropped when a document starts inside the chunk (`docs`).
-  """
-  qc, kc, vc = (common.to_chunks(x, size) for x in (q, k, v))  # [B, H, N, C, K|V]
-  if g is None:
-    cum, q_in, k_out, chunk_decay = None, qc, kc, docs.carry
-  else:
-    cum = jnp.cumsum(common.to_chunks(g, size), axis=-1)  # [B, H, N, C]
-    last = cum[..., -1:]  # [B, H, N, 1]
-    q_in = qc * jnp.exp(cum)[..., None]
-    k_out = kc * jnp.exp(last - cum)[..., None]
-    chunk_decay = jnp.exp(last) * docs.carry  # [B, H, N, 1]
-  update = jnp.einsum("bhnck,bhncv->bhnkv", k_out * docs.last, vc)  # sum_s exp(b_C - b_s) k_s v_sᵀ
-  starts, final = common.scan_chunk_states(s0, chunk_decay, update)
-  scores = decayed_scores(qc, kc, cum, cum, docs, strict=False)  # masked, decayed q_t . k_s
-  o = jnp.einsum("bhncs,bhnsv->bhncv", scores, vc) + jnp.einsum("bhnck,bhnkv->bhncv", q_in * docs.first, starts)
-  return common.from_chunks(o), final
-
 
 @jax.custom_vjp
 def unit_lower_inverse(a: jax.Array) -> jax.Array:
-  """(I + A)⁻¹ for strictly lower-triangular A [..., C, C], by forward substitution over rows.
+  """(I + A)⁻¹ for strictly lower-triangular A [..., C, C], by block doubling (block forward substitution).
 
-  Row i of the inverse is e_i − A[i, :] (I + A)⁻¹ (rows < i already known). A loop of matmuls,
-  not lax.linalg.triangular_solve: on CPU that LAPACK call can deadlock when XLA runs two of them at
-  once on a small thread pool. The backward pass is closed form, so the loop stores nothing.
+  Knowing the inverses X11, X22 of two diagonal blocks, [[I + A11, 0], [A21, I + A22]]⁻¹ =
+  [[X11, 0], [−X22 A21 X11, X22]]; from 1 x 1 blocks (each 1), log2(C) levels of batched matmuls give the
+  inverse (the row-by-row loop took C sequential steps). C is zero-padded to a power of two (identity rows).
+  Matmuls, not lax.linalg.triangular_solve: on CPU that LAPACK call can deadlock when XLA runs two of them
+  at once on a small thread pool. The backward pass is closed form (it stores only the inverse).
+
+  Example:
+    >>> a = jnp.tril(jnp.ones((3, 3)), -1)
+    >>> bool(jnp.allclose(unit_lower_inverse(a) @ (jnp.eye(3) + a), jnp.eye(3)))
+    True
   """
   size = a.shape[-1]
-  eye = jnp.eye(size, dtype=a.dtype)
-
-  def row(i, inv):
-    new = eye[i] - jnp.einsum("...j,...jk->...k", a[..., i, :], inv)
-    return inv.at[..., i, :].set(new)
-
-  return jax.lax.fori_loop(0, size, row, jnp.zeros_like(a))
+  n = 1 << (size - 1).bit_length()
+  batch = a.shape[:-2]
+  a = jnp.pad(a, [(0, 0)] * len(batch) + [(0, n - size)] * 2)
+  inv = jnp.ones((*batch, n, 1, 1), a.dtype)  # inverses of the 1 x 1 diagonal blocks [..., n, 1, 1]
+  s = 1
+  while s < n:
+    m = n // (2 * s)
+    diag = jnp.diagonal(a.reshape(*batch, m, 2 * s, m, 2 * s), axis1=-4, axis2=-2)  # [..., 2s, 2s, m]
+    a21 = jnp.moveaxis(diag[..., s:, :s, :], -1, -3)  # [..., m, s, s]
+    pairs = inv.reshape(*batch, m, 2, s, s)
+    x11, x22 = pairs[..., 0, :, :], pairs[..., 1, :, :]
+    top = jnp.concatenate([x11, jnp.zeros_like(x11)], axis=-1)
+    bottom = jnp.concatenate([-(x22 @ a21 @ x11), x22], axis=-1)
+    inv = jnp.concatenate([top, bottom], axis=-2)  # [..., m, 2s, 2s]
+    s *= 2
+  return inv[..., 0, :size, :size]
 
 
 def _inverse_fwd(a):
@@ -123,6 +120,26 @@ def _inverse_bwd(inv, grad):
 unit_lower_inverse.defvjp(_inverse_fwd, _inverse_bwd)
 
 
+def chunk_linear(
+  q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None, s0: jax.Array, docs: common.ChunkDocuments,
+  size: int,
+) -> tuple[jax.Array, jax.Array]:
+  """Chunkwise gated linear attention S_t = diag(exp(g_t)) S_{t-1} + k_t v_tᵀ, o_t = S_tᵀ q_t.
+
+  q, k [B, T, H, K], v [B, T, H, V], fp32 with T a multiple of `size`; g the log decay: None (linear_attn),
+  [B, T, H] (one per head: simple_gla) or [B, T, H, K] (per key channel: gla). Within a chunk with start
+  state S_n and b_t = g_1 + ... + g_t (local cumsum, per channel, <= 0 and decreasing),
+    o_t     = (q_t ⊙ exp(b_t)) S_n + sum_{s<=t} [sum_c q_tc k_sc exp(b_tc − b_sc)] v_s
+    S_{n+1} = diag(exp(b_C)) S_n + sum_s (k_s ⊙ exp(b_C − b_s)) v_sᵀ
+  Every exponent is <= 0, so nothing overflows whatever the decay; the intra-chunk scores are
+  `decayed_scores` (sub-chunks for a per-channel decay). In a packed row the sums run over s in t's
+  document, S_n reaches only the document continuing from before the chunk, only the last document writes
+  S_{n+1}, and the decayed S_n is dropped when a document starts inside the chunk (`docs`).
+  Returns o [B, T, H, V] and the final state [B, H, K, V].
+  """
+  return _chunk_recurrence(q, k, v, g, None, s0, docs, size)
+
+
 def chunk_delta(
   q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None, beta: jax.Array, s0: jax.Array,
   docs: common.ChunkDocuments, size: int,
@@ -136,42 +153,230 @@ def chunk_delta(
   the unit lower-triangular system
     (I + A) δ = diag(β) V − diag(β) (K ⊙ exp(b)) S_n,   A_ts = β_t sum_c k_tc k_sc exp(b_tc − b_sc) for s < t,
   i.e. δ = U − W S_n with U = (I + A)⁻¹ diag(β) V and W = (I + A)⁻¹ diag(β) (K ⊙ exp(b)) (one
-  triangular solve per chunk, all chunks at once). Then
+  `unit_lower_inverse` per chunk, a group of chunks at once). Then
     o_t     = (q_t ⊙ exp(b_t)) S_n + sum_{s<=t} [sum_c q_tc k_sc exp(b_tc − b_sc)] δ_s
     S_{n+1} = diag(exp(b_C)) S_n + sum_s (k_s ⊙ exp(b_C − b_s)) δ_sᵀ
   and only δ = U − W S_n and the state update run sequentially over chunks. The decayed k.k and q.k
-  scores are `decayed_scores` (sub-chunks for a per-channel decay). In a packed row A and the scores keep
-  only pairs within a document (I + A is block-diagonal per document), S_n reaches (through W and q) only
-  the document continuing from before the chunk, only the last document writes S_{n+1}, and the decayed
-  S_n is dropped when a document starts inside the chunk (`docs`).
+  scores are `decayed_scores`. In a packed row A and the scores keep only pairs within a document
+  (I + A is block-diagonal per document), S_n reaches (through W and q) only the document continuing from
+  before the chunk, only the last document writes S_{n+1}, and the decayed S_n is dropped when a document
+  starts inside the chunk (`docs`). Returns o [B, T, H, V] and the final state [B, H, K, V].
   """
-  qc, kc, vc = (common.to_chunks(x, size) for x in (q, k, v))  # [B, H, N, C, K|V]
-  bc = common.to_chunks(beta, size)[..., None]  # [B, H, N, C, 1]
-  cum = None if g is None else jnp.cumsum(common.to_chunks(g, size), axis=3)  # b [B, H, N, C] or [B, H, N, C, K]
-  a = bc * decayed_scores(kc, kc, cum, cum, docs, strict=True)  # A [B, H, N, C, C]
-  scores = decayed_scores(qc, kc, cum, cum, docs, strict=False)  # [B, H, N, C, C]
+  return _chunk_recurrence(q, k, v, g, beta, s0, docs, size)
+
+
+class _Terms(NamedTuple):
+  """Intra-chunk terms of the chunk recurrence (all chunks at once), recomputed by the backward pass."""
+  grow: jax.Array | None  # exp(b_t) [B, H, N, C, K|1]; None without decay
+  fade: jax.Array | None  # exp(b_C − b_s) [B, H, N, C, K|1]
+  chunk_decay: jax.Array  # diag(exp(b_C)), 0 where a document starts inside the chunk [B|1, H|1, N, K|1]
+  q_in: jax.Array  # q_t ⊙ exp(b_t), on the continuing document [B, H, N, C, K]
+  k_out: jax.Array  # k_s ⊙ exp(b_C − b_s), on the last document [B, H, N, C, K]
+  u: jax.Array  # what each step writes given S_n = 0: v (linear) or U (delta) [B, H, N, C, V]
+  w: jax.Array | None  # W of the delta rule [B, H, N, C, K]; None for linear attention
+  inv: jax.Array | None  # (I + A)⁻¹ [B, H, N, C, C]
+
+
+def _scaled(x: jax.Array, factor: jax.Array | None) -> jax.Array:
+  return x if factor is None else x * factor
+
+
+def _cumulative(g: jax.Array | None, size: int) -> jax.Array | None:
+  """In-chunk cumulative log decay b [B, H, N, C] or [B, H, N, C, K] from g [B, T, H] or [B, T, H, K]."""
+  return None if g is None else jnp.cumsum(common.to_chunks(g, size), axis=3)
+
+
+def _scores(x, y, cum, docs, strict):
+  return decayed_scores(x, y, cum, cum, docs, strict=strict)
+
+
+def _terms(qc, kc, vc, cum, bc, kk, docs) -> _Terms:
+  """qc, kc [B, H, N, C, K], vc [B, H, N, C, V], cum from `_cumulative`, bc β [B, H, N, C, 1] or None
+  (linear attention), kk the strict decayed k.k scores [B, H, N, C, C] (delta rule)."""
   if cum is None:
-    k_in, k_out, q_in, chunk_decay = kc, kc, qc, docs.carry  # decay [B|1, 1, N, 1]
+    grow = fade = None
+    chunk_decay = docs.carry
   else:
-    cum = cum if cum.ndim == kc.ndim else cum[..., None]  # [B, H, N, C, K|1]
-    last = cum[..., -1, :]  # b_C [B, H, N, K|1]
-    k_in = kc * jnp.exp(cum)  # k_t ⊙ exp(b_t)
-    k_out = kc * jnp.exp(last[..., None, :] - cum)  # k_s ⊙ exp(b_C − b_s)
-    q_in = qc * jnp.exp(cum)
-    chunk_decay = jnp.exp(last) * docs.carry  # [B, H, N, K|1]
+    c = cum if cum.ndim == kc.ndim else cum[..., None]  # [B, H, N, C, K|1]
+    last = c[..., -1:, :]  # b_C [B, H, N, 1, K|1]
+    grow, fade = jnp.exp(c), jnp.exp(last - c)
+    chunk_decay = jnp.exp(last[..., 0, :]) * docs.carry
+  q_in, k_out = _scaled(qc, grow) * docs.first, _scaled(kc, fade) * docs.last
+  if bc is None:
+    return _Terms(grow, fade, chunk_decay, q_in, k_out, vc, None, None)
+  inv = unit_lower_inverse(bc * kk)  # (I + A)⁻¹
+  u = jnp.einsum("bhncs,bhnsv->bhncv", inv, bc * vc)
+  w = jnp.einsum("bhncs,bhnsk->bhnck", inv, bc * _scaled(kc, grow) * docs.first)
+  return _Terms(grow, fade, chunk_decay, q_in, k_out, u, w, inv)
 
-  inv = unit_lower_inverse(a)  # (I + A)⁻¹
-  u = jnp.einsum("bhncs,bhnsv->bhncv", inv, bc * vc)  # (I + A)⁻¹ diag(β) V
-  w = jnp.einsum("bhncs,bhnsk->bhnck", inv, bc * k_in * docs.first)  # (I + A)⁻¹ diag(β) (K ⊙ exp(b))
 
-  def step(s, x):  # s [B, H, K, V]
+def _corrections(t: _Terms, starts: jax.Array) -> jax.Array:
+  """What each step writes, δ = U − W S_n (v for linear attention) [B, H, N, C, V]."""
+  return t.u if t.w is None else t.u - jnp.einsum("bhnck,bhnkv->bhncv", t.w, starts)
+
+
+def _time_major(x: jax.Array | None) -> jax.Array | None:
+  return None if x is None else jnp.moveaxis(x, 2, 0)
+
+
+def _chunk_forward(q, k, v, g, beta, s0, docs, size):
+  """(o [B, T, H, V], final state [B, H, K, V], states entering each chunk [B, H, N, K, V])."""
+  qc, kc, vc = (common.to_chunks(x, size) for x in (q, k, v))  # [B, H, N, C, K|V]
+  bc = None if beta is None else common.to_chunks(beta, size)[..., None]  # [B, H, N, C, 1]
+  cum = _cumulative(g, size)
+  scores = _scores(qc, kc, cum, docs, strict=False)  # masked, decayed q_t . k_s [B, H, N, C, C]
+  kk = None if bc is None else _scores(kc, kc, cum, docs, strict=True)
+  t = _terms(qc, kc, vc, cum, bc, kk, docs)
+
+  def step(s, x):  # s [B, H, K, V]: the state entering chunk n
     u_n, w_n, k_n, d_n = x
-    delta = u_n - jnp.einsum("bhck,bhkv->bhcv", w_n, s)
-    nxt = d_n[..., None] * s + jnp.einsum("bhck,bhcv->bhkv", k_n, delta)
-    return nxt, (s, delta)
+    delta = u_n if w_n is None else u_n - jnp.einsum("bhck,bhkv->bhcv", w_n, s)
+    return d_n[..., None] * s + jnp.einsum("bhck,bhcv->bhkv", k_n, delta), s
 
-  xs = tuple(jnp.moveaxis(x, 2, 0) for x in (u, w, k_out * docs.last, chunk_decay))
-  final, (starts, delta) = jax.lax.scan(step, s0, xs)
-  starts, delta = jnp.moveaxis(starts, 0, 2), jnp.moveaxis(delta, 0, 2)  # [B, H, N, K, V], [B, H, N, C, V]
-  o = jnp.einsum("bhncs,bhnsv->bhncv", scores, delta) + jnp.einsum("bhnck,bhnkv->bhncv", q_in * docs.first, starts)
-  return common.from_chunks(o), final
+  final, starts = jax.lax.scan(step, s0, tuple(map(_time_major, (t.u, t.w, t.k_out, t.chunk_decay))))
+  starts = jnp.moveaxis(starts, 0, 2)  # [B, H, N, K, V]
+  o = jnp.einsum("bhncs,bhnsv->bhncv", scores, _corrections(t, starts)) + jnp.einsum(
+    "bhnck,bhnkv->bhncv", t.q_in, starts)
+  return common.from_chunks(o), final, starts
+
+
+# Chunks per step of the outer scan of `_chunk_recurrence` (the largest divisor of N up to this): the
+# intra-chunk terms of one group are live at a time, so memory does not grow with T beyond the inputs, the
+# chunk-boundary states and the gradients, and each step's work stays cache-sized on CPU.
+GROUP_CHUNKS = 16
+
+
+def _group_count(n: int) -> int:
+  """Number of groups of at most GROUP_CHUNKS chunks that N chunks split into evenly."""
+  return n // max(d for d in range(1, min(n, GROUP_CHUNKS) + 1) if n % d == 0)
+
+
+def _to_groups(x: jax.Array | None, m: int, axis: int) -> jax.Array | None:
+  """Split `axis` into m groups and lead with them: [..., m*L, ...] -> [m, ..., L, ...] (None stays None)."""
+  if x is None:
+    return None
+  return jnp.moveaxis(x.reshape(*x.shape[:axis], m, x.shape[axis] // m, *x.shape[axis + 1:]), axis, 0)
+
+
+def _from_groups(x: jax.Array | None) -> jax.Array | None:
+  """[m, B, L, ...] -> [B, m*L, ...]."""
+  return None if x is None else jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1, *x.shape[3:])
+
+
+def _grouped_documents(docs: common.ChunkDocuments, m: int) -> tuple[common.ChunkDocuments, common.ChunkDocuments]:
+  """(per-group fields [m, B|1, 1, N/m, ...] or None, constant fields or None): fields with one chunk
+  (a row without segment_ids) broadcast over every group."""
+  split = [None if x.shape[2] == 1 and m > 1 else _to_groups(x, m, 2) for x in docs]
+  return common.ChunkDocuments(*split), common.ChunkDocuments(*(
+    x if y is None else None for x, y in zip(docs, split)))
+
+
+def _merge(per_group: common.ChunkDocuments, constant: common.ChunkDocuments) -> common.ChunkDocuments:
+  return common.ChunkDocuments(*(c if x is None else x for x, c in zip(per_group, constant)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _chunk_recurrence(q, k, v, g, beta, s0, docs, size):
+  """chunk_linear (beta None) or chunk_delta: (o, final state); see those for the math."""
+  (o, final), _ = _chunk_recurrence_fwd(q, k, v, g, beta, s0, docs, size)
+  return o, final
+
+
+def _chunk_recurrence_fwd(q, k, v, g, beta, s0, docs, size):
+  """A scan over groups of chunks (`GROUP_CHUNKS`), each the chunkwise-parallel `_chunk_forward`.
+  Residuals: the inputs and the states entering each chunk [m, B, H, N/m, K, V], nothing per step."""
+  m = _group_count(q.shape[1] // size)
+  per_group, constant = _grouped_documents(docs, m)
+
+  def body(s, x):
+    inputs, docs_j = x
+    o, final, starts = _chunk_forward(*inputs, s, _merge(docs_j, constant), size)
+    return final, (o, starts)
+
+  xs = (tuple(_to_groups(x, m, 1) for x in (q, k, v, g, beta)), per_group)
+  final, (o, starts) = jax.lax.scan(body, s0, xs)
+  return (_from_groups(o), final), (q, k, v, g, beta, docs, starts)
+
+
+def _chunk_recurrence_bwd(size, res, cts):
+  """The forward's group scan in reverse, each group through `_chunk_backward` (docs get no gradient)."""
+  q, k, v, g, beta, docs, starts = res
+  do, d_final = cts
+  m = starts.shape[0]
+  per_group, constant = _grouped_documents(docs, m)
+
+  def body(ds, x):
+    inputs, docs_j, starts_j, do_j = x
+    *grads, d_s = _chunk_backward(*inputs, _merge(docs_j, constant), starts_j, do_j, ds, size)
+    return d_s, tuple(grads)
+
+  xs = (tuple(_to_groups(x, m, 1) for x in (q, k, v, g, beta)), per_group, starts, _to_groups(do, m, 1))
+  d_s0, grads = jax.lax.scan(body, d_final, xs, reverse=True)
+  return (*map(_from_groups, grads), d_s0, None)
+
+
+_chunk_recurrence.defvjp(_chunk_recurrence_fwd, _chunk_recurrence_bwd)
+
+
+def _chunk_backward(q, k, v, g, beta, docs, starts, do, d_final, size):
+  """Recompute the intra-chunk terms, run dS backwards over chunks, then every input gradient in parallel.
+
+  With δ the per-step writes and dS_{n+1} the gradient w.r.t. the state leaving chunk n:
+    dδ_n   = scoresᵀ do_n + K_out dS_{n+1}          dS_n = diag(exp(b_C)) dS_{n+1} + Q_inᵀ do_n − W_nᵀ dδ_n
+  (the only sequential part), then dU = dδ, dW = −dδ S_nᵀ, through U = (I + A)⁻¹ diag(β) V:
+  d(diag(β) V) = (I + A)⁻ᵀ dU and dA = −(I + A)⁻ᵀ dU Uᵀ (likewise for W), and the log decays collect
+  dx ⊙ x of every exp(±b) factor, summed back over the chunk (reverse cumsum). The decayed scores'
+  backward is the autodiff of `decayed_scores` (recomputed, chunk-local).
+  """
+  qc, kc, vc, doc = (common.to_chunks(x, size) for x in (q, k, v, do))  # [B, H, N, C, K|V]
+  bc = None if beta is None else common.to_chunks(beta, size)[..., None]  # [B, H, N, C, 1]
+  cum = _cumulative(g, size)
+  scores, scores_vjp = jax.vjp(functools.partial(_scores, docs=docs, strict=False), qc, kc, cum)
+  kk, kk_vjp = (None, None) if bc is None else jax.vjp(
+    functools.partial(_scores, docs=docs, strict=True), kc, kc, cum)
+  t = _terms(qc, kc, vc, cum, bc, kk, docs)
+  delta = _corrections(t, starts)  # [B, H, N, C, V]
+
+  def step(ds, x):  # ds [B, H, K, V]: gradient w.r.t. the state leaving chunk n
+    d_delta, k_n, d_n, w_n, q_n, do_n = x
+    d_delta = d_delta + jnp.einsum("bhck,bhkv->bhcv", k_n, ds)
+    ds_in = d_n[..., None] * ds + jnp.einsum("bhck,bhcv->bhkv", q_n, do_n)
+    if w_n is not None:
+      ds_in = ds_in - jnp.einsum("bhck,bhcv->bhkv", w_n, d_delta)
+    return ds_in, (ds, d_delta)
+
+  d_delta_o = jnp.einsum("bhncs,bhncv->bhnsv", scores, doc)  # through the intra-chunk outputs
+  xs = tuple(map(_time_major, (d_delta_o, t.k_out, t.chunk_decay, t.w, t.q_in, doc)))
+  d_s0, (ds_next, d_delta) = jax.lax.scan(step, d_final, xs, reverse=True)
+  ds_next, d_delta = jnp.moveaxis(ds_next, 0, 2), jnp.moveaxis(d_delta, 0, 2)  # [B,H,N,K,V], [B,H,N,C,V]
+
+  dq, dk, d_cum = scores_vjp(jnp.einsum("bhncv,bhnsv->bhncs", doc, delta))
+  d_q_in = jnp.einsum("bhncv,bhnkv->bhnck", doc, starts) * docs.first  # d(q ⊙ exp(b))
+  d_k_out = jnp.einsum("bhncv,bhnkv->bhnck", delta, ds_next) * docs.last  # d(k ⊙ exp(b_C − b))
+  d_k_in = None  # d(k ⊙ exp(b)) through W
+  if bc is None:
+    dv, d_beta = d_delta, None
+  else:
+    inv_t = jnp.swapaxes(t.inv, -1, -2)
+    d_bv = jnp.einsum("bhncs,bhnsv->bhncv", inv_t, d_delta)  # d(diag(β) V)
+    d_bk = -jnp.einsum("bhncs,bhnsv,bhnkv->bhnck", inv_t, d_delta, starts)  # d(diag(β) (K ⊙ exp(b)))
+    d_a = -(jnp.einsum("bhncv,bhnsv->bhncs", d_bv, t.u) + jnp.einsum("bhnck,bhnsk->bhncs", d_bk, t.w))
+    k_in = _scaled(kc, t.grow) * docs.first
+    dv = bc * d_bv
+    d_beta = jnp.sum(vc * d_bv, -1) + jnp.sum(k_in * d_bk, -1) + jnp.sum(d_a * kk, -1)  # [B, H, N, C]
+    d_k_in = bc * docs.first * d_bk
+    dx, dy, d_cum_kk = kk_vjp(bc * d_a)  # A = diag(β) kk: dA outside the strict lower part meets kk = 0
+    dk = dk + dx + dy
+    d_cum = None if cum is None else d_cum + d_cum_kk
+    d_beta = common.from_chunks(d_beta)
+  dq = dq + _scaled(d_q_in, t.grow)
+  dk = dk + _scaled(d_k_out, t.fade) + (0.0 if d_k_in is None else _scaled(d_k_in, t.grow))
+  dg = None
+  if cum is not None:
+    d_grow = d_q_in * qc + (0.0 if d_k_in is None else d_k_in * kc)  # [B, H, N, C, K]
+    d_fade = d_k_out * kc * t.fade
+    d_last = jnp.sum(d_fade, axis=3) + jnp.sum(starts * ds_next, -1) * t.chunk_decay  # [B, H, N, K]
+    dc = (d_grow * t.grow - d_fade).at[..., -1, :].add(d_last)
+    dc = d_cum + (dc if cum.ndim == kc.ndim else jnp.sum(dc, -1))
+    dg = common.from_chunks(jnp.flip(jnp.cumsum(jnp.flip(dc, 3), axis=3), 3))  # b_t sums g_1..g_t
+  return common.from_chunks(dq), common.from_chunks(dk), common.from_chunks(dv), dg, d_beta, d_s0

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from layers.linear_attention.ops import common
-from layers.linear_attention.ops.chunk_forms import decayed_scores
+from layers.linear_attention.ops.chunk_forms import chunk_linear
 
 
 def gla(
@@ -52,19 +52,4 @@ def _recurrent(q, k, v, gk, s0, starts):
 
 
 def _chunk(q, k, v, gk, s0, docs, size):
-  """Chunkwise GLA. In a chunk, b_t = gk_1 + ... + gk_t per channel (<= 0, decreasing) and
-    o_t     = (q_t * exp(b_t)) S_n + sum_{s<=t} [sum_k q_tk k_sk exp(b_tk - b_sk)] v_s
-    S_{n+1} = diag(exp(b_C)) S_n + sum_s (k_s * exp(b_C - b_s)) v_sᵀ
-  The intra-chunk scores are `decayed_scores` (secondary chunking: every exponent <= 0). In a packed row
-  the scores keep only pairs within a document, S_n reaches only the continuing document, only the last
-  document writes S_{n+1}, and diag(exp(b_C)) S_n is dropped when a document starts inside the chunk (`docs`).
-  """
-  qc, kc, vc = (common.to_chunks(x, size) for x in (q, k, v))  # [B, H, N, C, K|V]
-  cum = jnp.cumsum(common.to_chunks(gk, size), axis=-2)  # b [B, H, N, C, K]
-  last = cum[..., -1, :]  # b_C [B, H, N, K]
-  update = jnp.einsum("bhnck,bhncv->bhnkv", kc * jnp.exp(last[..., None, :] - cum) * docs.last, vc)
-  starts, final = common.scan_chunk_states(s0, jnp.exp(last) * docs.carry, update)
-  scores = decayed_scores(qc, kc, cum, cum, docs, strict=False)  # [B, H, N, C, C]
-  o = jnp.einsum("bhnck,bhnkv->bhncv", qc * jnp.exp(cum) * docs.first, starts) + jnp.einsum(
-    "bhncs,bhnsv->bhncv", scores, vc)
-  return common.from_chunks(o), final
+  return chunk_linear(q, k, v, gk, s0, docs, size)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from layers.linear_attention.ops import common
-from layers.linear_attention.ops.chunk_forms import chunk_scalar_gate
+from layers.linear_attention.ops.chunk_forms import chunk_linear
 
 
 def linear_attn(
@@ -26,8 +26,8 @@ def linear_attn(
   documents: a change of id zeroes the state before that step, so initial_state seeds only the row's
   first document and the final state is that of its last document).
   Returns o [B, T, H, V] in q's dtype and the final state [B, H, K, V] in fp32 (None unless
-  output_final_state). mode: "recurrent" (scan, the specification), "chunk" (the scalar-gate
-  chunk form of simple_gla without gates), "parallel" (one chunk over the whole sequence).
+  output_final_state). mode: "recurrent" (scan, the specification), "chunk" (the chunk form
+  of simple_gla without gates), "parallel" (one chunk over the whole sequence).
 
   Example (a row holding documents of 3 and 2 tokens; the second starts afresh):
     >>> q = k = jnp.ones((1, 5, 2, 8)); v = jnp.ones((1, 5, 2, 4))
@@ -50,4 +50,4 @@ def _recurrent(q, k, v, s0, starts):
 
 
 def _chunk(q, k, v, s0, docs, size):
-  return chunk_scalar_gate(q, k, v, None, s0, docs, size)
+  return chunk_linear(q, k, v, None, s0, docs, size)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from layers.linear_attention.ops import common
-from layers.linear_attention.ops.chunk_forms import chunk_scalar_gate
+from layers.linear_attention.ops.chunk_forms import chunk_linear
 
 
 def simple_gla(
@@ -38,7 +38,7 @@ def simple_gla(
   """
   b, t, h, _ = q.shape
   common.check_shape("g", g, (b, t, h))
-  return common.run(_recurrent, chunk_scalar_gate, q, k, v, (g,), scale=scale, initial_state=initial_state,
+  return common.run(_recurrent, chunk_linear, q, k, v, (g,), scale=scale, initial_state=initial_state,
                     output_final_state=output_final_state, mode=mode, chunk_size=chunk_size,
                     segment_ids=segment_ids)
 
