@@ -76,8 +76,8 @@ def test_sweep_refuses_a_changed_config_for_an_interrupted_run_before_writing(tm
   assert "--resume_with_changes=optim.lr" in err and "Traceback" not in err
   assert open(os.path.join(victim.workdir, "config.json")).read() == trained
   assert not os.path.exists(os.path.join(fresh.workdir, "config.json"))  # nothing written for any run
-  assert sweep.main(common[:-1] + ["--config.train.log_every=2"]) == 0  # benign: the run records it
-  assert sweep.main(common + ["--resume_with_changes=optim.lr"]) == 0
+  assert sweep.main([*common[:-1], "--config.train.log_every=2"]) == 0  # benign: the run records it
+  assert sweep.main([*common, "--resume_with_changes=optim.lr"]) == 0
   assert json.loads(open(os.path.join(victim.workdir, "config.json")).read())["optim"]["lr"] == 0.5
   script = open(root / "launch.sh").read()
   assert script.count("--resume_with_changes=optim.lr") == 4, script

@@ -68,7 +68,7 @@ def accepted(saved: dict, new: dict, accept: list[str], *, workdir: str,
   """The changes from the checkpoint's config `saved` to `new` that a resume takes; a ConfigError naming every
   refused key with both values and the two ways on. step None: the run's checkpoint step is not known here
   (the sweep compares with the run's config.json before launching it)."""
-  changes = diff(saved, new)
+  changes = diff(config_lib.upgrade(saved)[0], new)  # a config saved before a key existed meant its PREDATED value
   refused = [k for k in changes if not _under(k, BENIGN) and not _under(k, accept)]
   if refused:
     listed = ", ".join(f"{k} {_show(changes[k][0])} -> {_show(changes[k][1])}" for k in refused)
