@@ -139,7 +139,7 @@ def test_concurrent_runs_never_share_a_slot(monkeypatch, tmp_path):
   """run_local hands each running run a free slot: at no time do two runs hold the same GPUs."""
   held, clashes, lock = set(), [], threading.Lock()
 
-  def fake_launch(run, env):
+  def fake_launch(run, env, extra=()):
     with lock:
       if env["CUDA_VISIBLE_DEVICES"] in held:
         clashes.append(run.name)

@@ -11,7 +11,7 @@ from layers.aux import AuxLoss, LayerMetric
 from layers.context import LayerContext
 from layers.moe import dispatch, losses
 from layers.moe.experts import grouped_apply
-from layers.moe.routing import expert_choice_route, top_k_route
+from layers.moe.routing import expert_choice_route, select_top_k, top_k_route
 
 CTX = LayerContext(d_model=8, d_ff=16)
 E, K = 4, 2
@@ -41,6 +41,27 @@ def test_top_k_route_hand_made():
   sig = top_k_route(logits, 2, score="sigmoid")
   np.testing.assert_allclose(sig.weights, jax.nn.sigmoid(jnp.array([[2.0, 1.0], [3.0, 1.0]])), rtol=1e-6)
   np.testing.assert_allclose(jnp.sum(sig.probs, -1), 1.0, rtol=1e-6)
+
+
+def test_select_top_k_is_lax_top_k_and_stays_on_its_token_shards():
+  """Values and indices equal lax.top_k's (ties to the lower index, -inf rows with k above the finite count);
+  with tokens split over a sequence axis it compiles without the all-gather lax.top_k gets."""
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  from train import mesh as mesh_lib
+
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 4, (6, 12, 8)).astype(np.float32))  # many ties
+  x = x.at[0, :, 2:].set(-jnp.inf)
+  for k in (1, 3, 8):
+    for got, want in zip(select_top_k(x, k), jax.lax.top_k(x, k)):
+      np.testing.assert_array_equal(got, want)
+  mesh = mesh_lib.make_mesh(dict(data=2, sequence=4))
+  sharded = jax.device_put(x[:4], NamedSharding(mesh, P("data", "sequence")))
+  for fn, gathers in ((select_top_k, False), (jax.lax.top_k, True)):
+    with jax.set_mesh(mesh):
+      hlo = jax.jit(fn, static_argnums=1).lower(sharded, 2).compile().as_text()
+    assert ("all-gather" in hlo) == gathers, fn
 
 
 def test_expert_choice_route_hand_made():

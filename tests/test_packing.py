@@ -2,9 +2,11 @@
 the leaky baseline (document_masking off) equals plain concat-then-split, iterator state, config checks."""
 
 import json
+import logging
 import signal
 
 import grain
+import jax
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ from train import checkpoint, loop, metrics
 from train import config as config_lib
 from train.config import ConfigError
 from train.data import pipeline
-from train.data.packing import pack
+from train.data.packing import document_tokens, pack
 from train.validate import validate
 
 # Tokens name their document: 1x = document 1, ... EOS (0) ends each. Lengths 3, 1 (just EOS), 9, 2; rows hold
@@ -122,6 +124,7 @@ def test_text_batches_carry_segments_and_positions(text_cfg, packing):
   ends = np.concatenate([seg[:, 1:] != seg[:, :-1], np.zeros((32, 1), bool)], axis=1)  # last input of a segment
   assert ends.sum() > 0 and (w[ends] == 0).all() and (w[seg == 0] == 0).all()
   assert (packing == "concat") == (seg > 0).all()  # only first_fit pads
+  assert document_tokens(b) == (seg > 0).sum()
   cfg.document_masking = False
   leaky = _stacked(cfg)
   assert sorted(leaky) == ["inputs", "targets", "weights"]
@@ -130,6 +133,7 @@ def test_text_batches_carry_segments_and_positions(text_cfg, packing):
   assert (leaky["weights"] >= w).all() and leaky["weights"].sum() > w.sum() and (leaky["weights"][seg == 0] == 0).all()
   if packing == "concat":
     assert (leaky["weights"] == 1).all()
+  assert document_tokens(leaky) == (seg > 0).sum()  # the same rows: padding counted out from the weights alone
 
 
 def test_unknown_packing_is_a_config_error():
@@ -183,14 +187,23 @@ def test_lm_loss_on_packed_rows_is_the_token_weighted_mean_of_documents_alone():
   assert abs(leaky - sum(nll)) / sum(nll) > 2e-4  # 10x the tolerance: the test sees a leak (random init: small)
 
 
-def test_first_fit_masked_text_run_resumes_bit_exactly_after_a_kill(short_docs, tmp_path, capsys):
+def test_first_fit_masked_text_run_resumes_bit_exactly_after_a_kill(short_docs, tmp_path, capsys, caplog):
+  """... and its tokens_per_sec counts the batches' document tokens, padding left out; the run compiles its train
+  step once (the FLOP count of the step statistics reuses the executable)."""
   from tests.test_train_run import _launch, _wait_for_step
 
   c = short_docs.copy_and_resolve_references()
   c.data.packing = "first_fit"
   c.model.blocks = "(attention, swiglu)"  # one layer: less to compile
   c.train.update(dict(steps=8, ckpt_every=2, eval_every=8, tensorboard=False))  # one eval, at the end
-  loop.run(c, str(tmp_path / "whole"))
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    loop.run(c, str(tmp_path / "whole"))
+  assert sum("Finished XLA compilation of jit(train_step)" in r.getMessage() for r in caplog.records) == 1
+  it = pipeline.build(c.data, split="train", seed=0, train=True, batch_size=c.data.batch_size)
+  real = [int((next(it)["segment_ids"] > 0).sum()) for _ in range(8)]
+  assert min(real) < c.data.batch_size * c.data.seq_len  # padded
+  np.testing.assert_allclose([r["tokens_per_sec"] * r["step_time"] for r in metrics.read(tmp_path / "whole")], real,
+                             rtol=1e-9)
   config_lib.save(c, str(tmp_path / "cfg"))
   workdir = tmp_path / "killed"
   proc = _launch(tmp_path / "cfg" / "config.json", workdir, delay=0.3)

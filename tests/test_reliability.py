@@ -20,7 +20,7 @@ from etils import epath
 
 from tests.foundation_configs import tiny_lm
 from tests.test_train_run import _committed_checkpoints, _free_port, _launch, _wait_for_step
-from train import checkpoint, loop, metrics, report, sweep
+from train import checkpoint, config_changes, loop, metrics, report, sweep
 from train import config as config_lib
 from train import lock as lock_lib
 from train import mesh as mesh_lib
@@ -125,6 +125,26 @@ def test_accepted_shape_change_still_fails_naming_the_array(capsys, base, workdi
 def test_unknown_key_in_resume_with_changes(capsys, base, workdir):
   code, err = _cli(capsys, base, workdir, "--resume_with_changes=optim.lrr")
   assert code == 2 and "optim.lrr" in _one_line(err, "config error:") and "optim.lr" in err
+
+
+def test_a_config_saved_before_packing_existed_loads_resumes_and_keeps_its_leaky_rows(tmp_path, capsys):
+  """config.json / checkpoints written before data.packing and data.document_masking existed: loading fills in
+  what those runs did (concat rows, no masking) with a note, and a resume compares against that, so it goes on
+  unchanged but refuses to switch masking on silently."""
+  new = tiny_lm("text").to_dict()
+  old = json.loads(json.dumps(new, default=list))
+  del old["data"]["packing"], old["data"]["document_masking"]
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  capsys.readouterr()
+  config = config_lib.load(str(tmp_path / "config.json"))
+  assert "predates data.packing, data.document_masking; using data.packing='concat', data.document_masking=False" \
+         in capsys.readouterr().err
+  assert config.data.packing == "concat" and config.data.document_masking is False
+  validate(config)
+  assert config_changes.accepted(old, config.to_dict(), [], workdir="W", step=4) == {}
+  with pytest.raises(ConfigError, match=r"W was trained to step 4 with a different config: data.document_masking "
+                                        r"false -> true; .*--resume_with_changes=data.document_masking"):
+    config_changes.accepted(old, new, [], workdir="W", step=4)
 
 
 # --- the workdir lock ------------------------------------------------------------------------------------------

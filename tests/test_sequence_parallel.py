@@ -187,13 +187,7 @@ def test_ring_with_window_equals_unsharded(name, options):
   _mixer_grad(name, options).compare()
 
 
-# Known: lax.top_k over router scores split along tokens is all-gathered by XLA's partitioner (on CPU at
-# least; layers/moe/routing.py's top_k_route, shared with MoE), so MoM's routing grows with T.
-TOP_K_GATHERED = pytest.mark.xfail(strict=True, reason="lax.top_k routing is all-gathered (layers/moe/routing.py)")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=TOP_K_GATHERED) if n == "mom" else n
-                                  for n in registry.names("mixer")
+@pytest.mark.parametrize("name", [n for n in registry.names("mixer")
                                   if n not in ("attention", "karat", "forgetting_attention")])
 def test_linear_mixer_communication_does_not_grow_with_t(name):
   """Every collective of the compiled sharded forward + backward (per device, kind and operand shapes) at T

@@ -59,6 +59,35 @@ def test_sweep_runs_skips_finished_and_resumes_interrupted(tmp_path):
   assert any("no power-law fit" in n for n in result["notes"])  # one size per variant: says so
 
 
+def test_sweep_refuses_a_changed_config_for_an_interrupted_run_before_writing(tmp_path, capsys):
+  """An interrupted run keeps the config.json it was trained with: a changed key is refused, naming both values,
+  before any run's config is written; --resume_with_changes accepts it and hands the option to every run."""
+  root = tmp_path / "runs"
+  victim, fresh = sweep.expand(SPEC, str(root))[:2]
+  sweep.prepare(SPEC, victim)
+  (tmp_path / "runs" / victim.name / "checkpoints").mkdir()  # what an interrupted run leaves
+  assert victim.status == "interrupted" and fresh.status == "new"
+  trained = open(os.path.join(victim.workdir, "config.json")).read()
+  common = ["--config", SPEC, "--root", str(root), "--emit", "shell", "--config.optim.lr=0.5"]
+  capsys.readouterr()
+  assert sweep.main(common) == 2
+  err = capsys.readouterr().err
+  assert f"config error: {victim.workdir} was trained with a different config: optim.lr 0.0003 -> 0.5;" in err
+  assert "--resume_with_changes=optim.lr" in err and "Traceback" not in err
+  assert open(os.path.join(victim.workdir, "config.json")).read() == trained
+  assert not os.path.exists(os.path.join(fresh.workdir, "config.json"))  # nothing written for any run
+  assert sweep.main([*common[:-1], "--config.train.log_every=2"]) == 0  # benign: the run records it
+  assert sweep.main([*common, "--resume_with_changes=optim.lr"]) == 0
+  assert json.loads(open(os.path.join(victim.workdir, "config.json")).read())["optim"]["lr"] == 0.5
+  script = open(root / "launch.sh").read()
+  assert script.count("--resume_with_changes=optim.lr") == 4, script
+  for kind, name in (("slurm", "launch.slurm"), ("tpu-vm", "launch_tpu.sh")):
+    path = sweep.emit(kind, [victim], str(tmp_path / kind), extra=["--resume_with_changes=optim.lr"])
+    text = "".join(p.read_text() for p in (tmp_path / kind).iterdir())
+    assert os.path.basename(path) == name and "initialize=true --resume_with_changes=optim.lr" in text
+    assert all(subprocess.run(["bash", "-n", str(p)]).returncode == 0 for p in (tmp_path / kind).iterdir())
+
+
 @pytest.mark.parametrize("kind,needle", [("slurm", "#SBATCH --array=0-3"), ("tpu-vm", "--worker=all"),
                                          ("shell", "python -m train --config")])
 def test_emit_cluster_scripts(tmp_path, kind, needle):

@@ -49,13 +49,37 @@ def load_module(spec: str):
   return _import_file(path)
 
 
+# Keys added after runs began saving config.json, each with the value that reproduces what a run saved before
+# it existed did (not always today's default: before data.document_masking, rows were the leaky baseline).
+PREDATED = {"data.packing": "concat", "data.document_masking": False}
+
+
+def upgrade(tree: dict) -> tuple[dict, list[str]]:
+  """A saved config (plain dict) with the PREDATED keys it lacks filled in, and those keys."""
+  tree, added = json.loads(json.dumps(tree)), []
+  for key, value in PREDATED.items():
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+      node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf not in node:
+      node[leaf] = value
+      added.append(key)
+  return tree, added
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
-  """The locked ConfigDict named by an experiment spec or a saved config.json."""
+  """The locked ConfigDict named by an experiment spec or a saved config.json (one saved before a key
+  existed gets the value that key's absence meant, with a note)."""
   path, arg = split_spec(spec)
   if path.suffix == ".json":
     if not path.exists():
       raise ConfigError(f"config file {path} does not exist")
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    tree, added = upgrade(json.loads(path.read_text()))
+    if added:
+      print(f"note: {path} predates {', '.join(added)}; using " + ", ".join(f"{k}={PREDATED[k]!r}" for k in added)
+            + ", what runs did before these keys existed", file=sys.stderr)
+    config = ml_collections.ConfigDict(tree)
   else:
     module = load_module(spec)
     if not hasattr(module, "get_config"):

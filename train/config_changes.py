@@ -63,14 +63,17 @@ def _show(value: Any) -> str:
   return text if len(text) <= 60 else text[:57] + "..."
 
 
-def accepted(saved: dict, new: dict, accept: list[str], *, workdir: str, step: int) -> dict[str, tuple[Any, Any]]:
+def accepted(saved: dict, new: dict, accept: list[str], *, workdir: str,
+             step: int | None) -> dict[str, tuple[Any, Any]]:
   """The changes from the checkpoint's config `saved` to `new` that a resume takes; a ConfigError naming every
-  refused key with both values and the two ways on."""
-  changes = diff(saved, new)
+  refused key with both values and the two ways on. step None: the run's checkpoint step is not known here
+  (the sweep compares with the run's config.json before launching it)."""
+  changes = diff(config_lib.upgrade(saved)[0], new)  # a config saved before a key existed meant its PREDATED value
   refused = [k for k in changes if not _under(k, BENIGN) and not _under(k, accept)]
   if refused:
     listed = ", ".join(f"{k} {_show(changes[k][0])} -> {_show(changes[k][1])}" for k in refused)
-    raise ConfigError(f"{workdir} was trained to step {step} with a different config: {listed}; resume with its "
+    trained = "was trained" + (f" to step {step}" if step is not None else "")
+    raise ConfigError(f"{workdir} {trained} with a different config: {listed}; resume with its "
                       f"config (--config {workdir}/config.json) or accept the change with "
                       f"--resume_with_changes={','.join(refused)} (recorded in {workdir}/{HISTORY})")
   return changes

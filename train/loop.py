@@ -24,7 +24,7 @@ from train import checkpoint, config_changes, flops, lock, memory, metrics, opti
 from train import config as config_lib
 from train import mesh as mesh_lib
 from train import state as state_lib
-from train.data import pipeline
+from train.data import packing, pipeline
 from train.step import make_eval_step, make_train_step
 
 SUMMARY = "summary.json"  # written when a run completes; sweeps skip runs that have it
@@ -169,7 +169,8 @@ def build_program(config, mesh: Mesh) -> Program:
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
   train_step = jax.jit(mesh_lib.with_activation_rules(
     make_train_step(setup.graphdef, tx, lr, loss=config.train.loss, grad_accum=config.optim.grad_accum,
-                    label_smoothing=config.train.get("label_smoothing", 0.0)), rules, mesh),
+                    label_smoothing=config.train.get("label_smoothing", 0.0),
+                    count_tokens=packing.document_tokens if pipeline.pads(config.data) else None), rules, mesh),
     in_shardings=(setup.shardings, batch_sharding), out_shardings=(setup.shardings, None), donate_argnums=0)
   top_ks = tuple(config.train.get("eval_top_k", ()))
   check_eval_top_k(setup.abstract_model, top_ks)
@@ -373,6 +374,7 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
     trace = profiling.StepTrace(config.train.get("profile_steps", ()), workdir)
     cleanup.callback(trace.close)
     rates, last, timed = [], None, False  # timed: the interval since the last record holds no compilation
+    counted = []  # padded data: each step's real tokens since the last record (tokens_per_sec leaves padding out)
     batch = first
     last_time, last_step = time.perf_counter(), start
     for step in range(start, steps):
@@ -381,6 +383,8 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
       gbatch = global_batch(batch, program.batch_sharding)
       trace.before(step + 1)
       state, m = program.train_step(state, gbatch)
+      if "tokens" in m:
+        counted.append(m.pop("tokens"))
       done = step + 1
       trace.after(done, state)
       extend = done in extensions  # after this step's update, logged and evaluated on the old grid first
@@ -391,11 +395,12 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
         m = jax.device_get(m)
         now = time.perf_counter()
         dt = (now - last_time) / (done - last_step)
-        last_time, last_step = now, done
+        tokens = sum(jax.device_get(counted)) / (done - last_step) if counted else tokens_per_step
+        last_time, last_step, counted = now, done, []
         bad = int(jax.device_get(state["first_bad_step"]))
         if bad >= 0:
           raise _nonfinite(bad, ckpt, workdir)
-        record = {**m, "step_time": dt, "tokens_per_sec": tokens_per_step / dt,
+        record = {**m, "step_time": dt, "tokens_per_sec": tokens / dt,
                   "examples_per_sec": config.data.batch_size / dt,
                   "mfu": static["flops_per_step"] / dt / peak, **static}
         if timed:

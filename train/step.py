@@ -93,7 +93,11 @@ def all_finite(tree) -> jax.Array:
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, lr: optax.Schedule, *, loss: str,
-                    grad_accum: int = 1, label_smoothing: float = 0.0):
+                    grad_accum: int = 1, label_smoothing: float = 0.0,
+                    count_tokens: Callable[[dict], jax.Array] | None = None):
+  """(state, batch) -> (state, metrics). count_tokens(batch): the batch's real (non-padding) tokens, returned
+  as metrics["tokens"] for data that pads (train.data.packing.document_tokens)."""
+
   def objective(params, rest, mb, total_weight):
     outputs, aux, metrics, rest = forward(graphdef, params, rest, mb)
     sums = task_sums(outputs, mb, loss, label_smoothing)
@@ -134,6 +138,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr: optax.Schedu
       **{f"aux/{k}": v for k, v in aux.items()},
       **{f"layers/{k}": v for k, v in metrics.items()},
     }
+    if count_tokens is not None:
+      out["tokens"] = count_tokens(batch)
     new_state = {
       "params": params, "opt_state": opt_state, "rest": rest, "step": step + 1,
       "first_bad_step": jnp.where(~finite & (state["first_bad_step"] < 0), step + 1, state["first_bad_step"]),

@@ -5,7 +5,9 @@ The experiment file's `sweep(add)` (or `sweep(add, arg)`, given the ARG after th
 `--config.a.b=v` overrides apply to every run first, then each run's own overrides. Each run gets
 its own workdir, named from its overrides, under --root (default runs/<file>[-<arg>]); its resolved
 config is written there before it starts. Finished runs (summary.json present) are skipped;
-interrupted ones resume from their checkpoints.
+interrupted ones resume from their checkpoints, with the config they were trained with: a sweep whose
+config for such a run changed in a key that is not benign (train/config_changes.py) refuses before anything
+is written or launched, unless `--resume_with_changes=KEY,...` names the key (then every run gets that option).
 
 --parallel N runs N local processes; on a GPU host each gets its own GPUs (CUDA_VISIBLE_DEVICES),
 or, with fewer GPUs than runs, an equal share of one GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION).
@@ -130,18 +132,30 @@ def command(run: Run, extra: Sequence[str] = ()) -> list[str]:
           "--workdir", run.workdir, *extra]
 
 
-def prepare(spec: str, run: Run, common: Sequence[str] = ()) -> None:
-  """Write the run's resolved config so the launch command needs nothing but its workdir.
+def checked(spec: str, run: Run, common: Sequence[str] = (), accept: Sequence[str] = ()):
+  """The run's resolved config, validated; a ConfigError if it cannot run.
 
-  Checked here without starting a JAX backend (on a GPU host that would take the memory the runs need),
-  so against a mesh of exactly the sizes the config fixes; the run checks its real device count itself.
+  Checked without starting a JAX backend (on a GPU host that would take the memory the runs need), so against
+  a mesh of exactly the sizes the config fixes; the run checks its real device count itself. An interrupted
+  run must resume with the config.json it was trained with, except for benign keys and those named in
+  `accept` (--resume_with_changes): any other change is refused, naming each key with both values.
   """
-  from train import validate
+  from train import config_changes, validate
 
   config = resolve(spec, run.overrides, common)
   fixed = math.prod(s for s in config.mesh.shape.values() if s > 0) * math.prod(config.mesh.dcn_shape.values())
   validate.validate(config, num_devices=fixed, process_count=1)
-  config_lib.save(config, run.workdir)
+  config_changes.check_names(config, list(accept))
+  saved = paths.path(run.workdir) / "config.json"
+  if run.status == "interrupted" and saved.exists():
+    config_changes.accepted(config_lib.load(str(saved)).to_dict(), config.to_dict(), list(accept),
+                            workdir=run.workdir, step=None)
+  return config
+
+
+def prepare(spec: str, run: Run, common: Sequence[str] = (), accept: Sequence[str] = ()) -> None:
+  """Write the run's checked config (`checked`) so the launch command needs nothing but its workdir."""
+  config_lib.save(checked(spec, run, common, accept), run.workdir)
 
 
 def visible_gpus() -> list[str]:
@@ -175,21 +189,23 @@ def run_env(slot: int, parallel: int, gpus: Sequence[str]) -> dict[str, str]:
           "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / sharing:.3f}"}
 
 
-def launch(run: Run, env: dict[str, str] | None = None) -> int:
-  """Run one training process with `env` added; its output goes to WORKDIR/log.txt (a remote log is
-  written when it ends)."""
+def launch(run: Run, env: dict[str, str] | None = None, extra: Sequence[str] = ()) -> int:
+  """Run one training process with `env` added and `extra` arguments; its output goes to WORKDIR/log.txt
+  (a remote log is written when it ends)."""
   env = {**os.environ, "PYTHONPATH": str(config_lib.PROJECT_ROOT), **(env or {})}
   log = paths.path(run.workdir) / "log.txt"
   if paths.is_remote(log):
-    done = subprocess.run(command(run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    done = subprocess.run(command(run, extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env)
     paths.append(log, done.stdout)
     return done.returncode
   with log.open("a") as f:
-    return subprocess.run(command(run), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    return subprocess.run(command(run, extra), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
 
 
-def run_local(runs: list[Run], parallel: int, gpus: Sequence[str]) -> dict[str, int]:
-  """Run `runs` in `parallel` worker slots, each run with its slot's environment; {name: return code}."""
+def run_local(runs: list[Run], parallel: int, gpus: Sequence[str], extra: Sequence[str] = ()) -> dict[str, int]:
+  """Run `runs` in `parallel` worker slots, each run with its slot's environment and `extra` arguments;
+  {name: return code}."""
   parallel = max(parallel, 1)
   slots: queue.SimpleQueue = queue.SimpleQueue()
   for slot in range(parallel):
@@ -198,7 +214,7 @@ def run_local(runs: list[Run], parallel: int, gpus: Sequence[str]) -> dict[str, 
   def in_slot(run: Run) -> int:
     slot = slots.get()
     try:
-      return launch(run, run_env(slot, parallel, gpus))
+      return launch(run, run_env(slot, parallel, gpus), extra)
     finally:
       slots.put(slot)
 
@@ -254,8 +270,9 @@ nohup setsid bash -c '
   set -o pipefail
   cd ~/{tag}
   for W in "${{@:3}}"; do
-    PYTHONUNBUFFERED=1 "$1" -m train --config "$W/config.json" --workdir "$W" --config.distributed.initialize=true \\
-      2>&1 | "$1" -m train.tee "$W/logs/$2.txt" || echo "run $W failed (exit $?)"
+    PYTHONUNBUFFERED=1 "$1" -m train --config "$W/config.json" --workdir "$W" \\
+      --config.distributed.initialize=true{extra} 2>&1 | "$1" -m train.tee "$W/logs/$2.txt" \\
+      || echo "run $W failed (exit $?)"
   done
   rm -f ~/{tag}.pid
 ' queue "$ABLAX_PYTHON" "$WORKER" "${{RUNS[@]}}" > /dev/null 2>&1 < /dev/null &
@@ -288,14 +305,14 @@ cd {src}
 W="${{RUNS[$SLURM_ARRAY_TASK_ID]}}"
 mkdir -p "$W"
 srun --ntasks-per-node=1 python -m train --config "$W/config.json" --workdir "$W" \\
-  --config.distributed.initialize=true 2>&1 | python -m train.tee "$W/log.txt"
+  --config.distributed.initialize=true{extra} 2>&1 | python -m train.tee "$W/log.txt"
 """
 
 
 def emit(kind: str, runs: list[Run], root: str, *, spec: str = "", partition: str = "gpu", time: str = "24:00:00",
-         nodes: int = 1, gpus_per_node: int = 8, env: str = "") -> str:
+         nodes: int = 1, gpus_per_node: int = 8, env: str = "", extra: Sequence[str] = ()) -> str:
   """Write a launch script for `runs` into `root` (a remote root: into ./launch-<root>); returns its path
-  (see the module docstring).
+  (see the module docstring). `extra`: arguments added to every run's training command.
 
   slurm: `partition`, `time`, `nodes` and `gpus_per_node` per run; `env` is the virtualenv activated on
   the nodes (default: this Python's). Workdirs must be on storage every host sees.
@@ -306,14 +323,15 @@ def emit(kind: str, runs: list[Run], root: str, *, spec: str = "", partition: st
   tag = "ablax-" + hashlib.sha256(str(paths.path(root)).encode()).hexdigest()[:8]  # per sweep, on the workers
   src = shlex.quote(str(config_lib.PROJECT_ROOT))
   files: dict[str, str] = {}
+  args = "".join(" " + shlex.quote(x) for x in extra)
   if kind == "shell":
-    cmds = [" ".join(shlex.quote(x) for x in ["python", "-m", "train", *command(r)[3:]]) for r in runs]
+    cmds = [" ".join(shlex.quote(x) for x in ["python", "-m", "train", *command(r, extra)[3:]]) for r in runs]
     files["launch.sh"] = "#!/usr/bin/env bash\nset -e\ncd " + src + "\n" + "\n".join(cmds) + "\n"
   elif kind == "tpu-vm":
     worker = f"{tag}-worker.sh"
     files["launch_tpu.sh"] = _TPU_LAUNCH.format(n=len(runs), spec=spec, root=root, script="launch_tpu.sh",
                                                 tag=tag, src=src, worker=worker)
-    files[worker] = _TPU_WORKER.format(script="launch_tpu.sh", tag=tag, runs=_bash_array("RUNS", workdirs))
+    files[worker] = _TPU_WORKER.format(script="launch_tpu.sh", tag=tag, runs=_bash_array("RUNS", workdirs), extra=args)
   elif kind == "slurm":
     if nodes < 1 or gpus_per_node < 1:
       raise ValueError(f"--nodes and --gpus-per-node must be >= 1, got {nodes} and {gpus_per_node}")
@@ -325,7 +343,7 @@ def emit(kind: str, runs: list[Run], root: str, *, spec: str = "", partition: st
       name=_short(os.path.basename(os.path.normpath(root))), partition=partition, time=time, nodes=nodes,
       gpus=gpus_per_node, last=len(runs) - 1, output=output, n=len(runs), spec=spec, script="launch.slurm",
       activate=shlex.quote(os.path.join(env, "bin", "activate")), src=src,
-      device_ids=",".join(map(str, range(gpus_per_node))), runs=_bash_array("RUNS", workdirs))
+      device_ids=",".join(map(str, range(gpus_per_node))), runs=_bash_array("RUNS", workdirs), extra=args)
   else:
     raise ValueError(f"--emit must be one of {EMIT_KINDS}, got {kind!r}")
   for name, body in files.items():
@@ -344,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--parallel", type=int, default=1, help="local runs at a time (GPUs split between them)")
   parser.add_argument("--dry-run", action="store_true", help="list the runs and their status only")
   parser.add_argument("--emit", choices=EMIT_KINDS, default=None, help="write a launch script instead of running")
+  parser.add_argument("--resume_with_changes", default="", metavar="KEY,...",
+                      help="config keys or sections interrupted runs may resume with changed (python -m train's "
+                           "option, given to every run)")
   slurm = parser.add_argument_group("--emit slurm")
   slurm.add_argument("--partition", default="gpu")
   slurm.add_argument("--time", default="24:00:00", help="time limit per run, SLURM's format")
@@ -364,25 +385,28 @@ def main(argv: list[str] | None = None) -> int:
   if args.dry_run:
     return 0
   todo = [r for r in runs if r.status != "done"]
-  try:
-    for r in todo:
-      prepare(args.config, r, common)
+  accept = [k for k in args.resume_with_changes.split(",") if k]
+  extra = [f"--resume_with_changes={','.join(accept)}"] if accept else []
+  try:  # every run checked before any config.json is written
+    configs = [checked(args.config, r, common, accept) for r in todo]
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
+  for r, config in zip(todo, configs):
+    config_lib.save(config, r.workdir)
   if args.emit:
     if not todo:
       print("every run is done; nothing to launch")
       return 0
     try:
       path = emit(args.emit, todo, root, spec=args.config, partition=args.partition, time=args.time,
-                  nodes=args.nodes, gpus_per_node=args.gpus_per_node, env=args.env)
+                  nodes=args.nodes, gpus_per_node=args.gpus_per_node, env=args.env, extra=extra)
     except ValueError as e:
       print(f"error: {e}", file=sys.stderr)
       return 2
     print(f"wrote {path} ({len(todo)} runs)")
     return 0
-  codes = run_local(todo, args.parallel, visible_gpus() if args.parallel > 1 else [])
+  codes = run_local(todo, args.parallel, visible_gpus() if args.parallel > 1 else [], extra)
   failed = [n for n, c in codes.items() if c != 0]
   print(f"{len(todo) - len(failed)} runs finished, {len(runs) - len(todo)} skipped (done), "
         f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''} (logs: <workdir>/log.txt)")

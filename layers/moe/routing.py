@@ -46,6 +46,27 @@ def expert_probs(logits: jax.Array, score: str) -> jax.Array:
   raise ValueError(f"unknown router score {score!r}; choose from {SCORES}")
 
 
+def select_top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """jax.lax.top_k along the last axis: values and int32 indices [..., k] of x [..., n], largest first, ties to
+  the lower index. Computed as k passes of a max and the first index holding it: reductions, which a sharded
+  step keeps local to each shard of the other axes, where XLA's partitioner all-gathers lax.top_k's operand
+  (tokens split over a sequence axis).
+
+    >>> [v.tolist() for v in select_top_k(jnp.array([1.0, 3.0, 3.0, -jnp.inf]), 3)]
+    [[3.0, 3.0, 1.0], [1, 2, 0]]
+  """
+  taken = jnp.zeros(x.shape, bool)
+  positions = jnp.arange(x.shape[-1])
+  values, indices = [], []
+  for _ in range(k):
+    best = jnp.max(jnp.where(taken, -jnp.inf, x), axis=-1)
+    index = jnp.argmax(~taken & (x == best[..., None]), axis=-1)  # the first untaken one (-inf ties included)
+    taken = taken | (positions == index[..., None])
+    values.append(best)
+    indices.append(index)
+  return jnp.stack(values, -1), jnp.stack(indices, -1).astype(jnp.int32)
+
+
 def top_k_route(logits: jax.Array, top_k: int, *, score: str = "softmax", renormalize: bool = False,
                 bias: jax.Array | None = None, n_groups: int = 1, top_groups: int = 1,
                 scale: float = 1.0) -> TokenChoice:
@@ -69,11 +90,11 @@ def top_k_route(logits: jax.Array, top_k: int, *, score: str = "softmax", renorm
   choose = scores if bias is None else scores + jax.lax.stop_gradient(bias.astype(jnp.float32))
   if n_groups > 1:
     grouped = choose.reshape(*choose.shape[:-1], n_groups, n_experts // n_groups)
-    group_score = jnp.sum(jax.lax.top_k(grouped, min(2, grouped.shape[-1]))[0], axis=-1)  # [N, G]
-    best = jax.lax.top_k(group_score, top_groups)[1]  # [N, top_groups]
+    group_score = jnp.sum(select_top_k(grouped, min(2, grouped.shape[-1]))[0], axis=-1)  # [N, G]
+    best = select_top_k(group_score, top_groups)[1]  # [N, top_groups]
     keep = jnp.any(best[..., :, None] == jnp.arange(n_groups), axis=-2)  # [N, G]
     choose = jnp.where(jnp.repeat(keep, n_experts // n_groups, axis=-1), choose, -jnp.inf)
-  experts = jax.lax.top_k(choose, top_k)[1]
+  experts = select_top_k(choose, top_k)[1]
   weights = jnp.take_along_axis(scores, experts, axis=-1)
   if renormalize:
     weights = weights / jnp.sum(weights, axis=-1, keepdims=True)

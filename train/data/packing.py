@@ -56,6 +56,20 @@ def lm_example(row: dict, *, masking: bool) -> dict[str, np.ndarray]:
           "positions": positions[:-1].astype(np.int32)}
 
 
+def document_tokens(batch: dict):
+  """The input tokens of a batch of packed LM examples [B, T] that belong to a document (padding excluded), as
+  the array type of the batch (numpy, or jax inside a jitted step).
+
+  With document masking, those of segment > 0. Without (the leaky baseline: no segment_ids), padding is each
+  row's tail and a target weighs 0 only there, one position behind its input: a row holds its weighted targets
+  + 1 document tokens, at most T.
+  """
+  if "segment_ids" in batch:
+    return (batch["segment_ids"] > 0).sum()
+  weights = batch["weights"]
+  return ((weights > 0).sum(-1) + 1).clip(max=weights.shape[-1]).sum()
+
+
 def pack(docs: grain.IterDataset, seq_len: int, *, packing: str, masking: bool, rows: int) -> grain.IterDataset:
   """Documents {"tokens": int32 [n]} -> LM examples of seq_len tokens (see the module docstring).
 

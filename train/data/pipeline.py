@@ -24,6 +24,11 @@ def read_options(cfg) -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=500 if threads else 0)
 
 
+def pads(cfg) -> bool:
+  """Whether examples can hold padding: documents packed first_fit (count them with packing.document_tokens)."""
+  return cfg.name in registry.DOCUMENTS and cfg.packing == "first_fit"
+
+
 def build(cfg, *, split: str, seed: int, train: bool, batch_size: int, process_index: int = 0,
           process_count: int = 1) -> grain.DatasetIterator:
   """An infinite iterator of numpy batches {"inputs", "targets", "weights"} for this process; packed text
@@ -32,6 +37,9 @@ def build(cfg, *, split: str, seed: int, train: bool, batch_size: int, process_i
   cfg: the `config.data` section; batch_size: the per-process batch.
   """
   src = registry.lookup(cfg.name)(cfg, split=split, seed=seed)
+  if isinstance(src, Documents) != (cfg.name in registry.DOCUMENTS):
+    raise TypeError(f"data source {cfg.name!r} returns a {type(src).__name__}: list it in train/data/registry.py's "
+                    "DOCUMENTS exactly when it returns Documents")
   ds = src.docs if isinstance(src, Documents) else src
   if len(ds) < process_count:
     raise ValueError(f"data split {split!r} of {cfg.name!r} has {len(ds)} records, fewer than "

@@ -24,6 +24,9 @@ _SOURCES = {
 # pipeline reads them in the iterating thread unless data.read_threads says otherwise.
 IN_MEMORY = frozenset({"mqar", "mnist1d", "digits", "function_fit", "inr"})
 
+# Sources of variable-length documents (a train.data.documents.Documents), packed into rows by the pipeline.
+DOCUMENTS = frozenset({"text", "tfds_text"})
+
 
 def names() -> list[str]:
   return sorted(_SOURCES)
