@@ -7,11 +7,15 @@
 
 Every block is a registry feed-forward with hidden = 4d: `mlp` with the activation named in the
 row, `swiglu` for SwiGLU (three matrices, so 1.5x the matmul work of the others). A row is the
-median of `--repeats` timed runs of one jitted step (gradients of sum(output) w.r.t. all parameters
-and the input) after a warm-up run; the rows' runs are interleaved (round robin), so a machine
-shared with other jobs slows every row alike. "act only" times the same step for the activation alone on the
-[tokens, 4d] hidden tensor. Memory is XLA's compiled temp allocation of the block step (and the
-device's peak where the backend reports one). Ratios are to the GELU row.
+median of `--repeats` timed runs of one jitted step (gradients of the loss sum(output²) / 2 w.r.t. all
+parameters and the input: a loss whose gradient needs the forward output, as training's does; with a
+linear loss such as sum(output) XLA drops the block's last matmul and the activation's forward value)
+after a warm-up run; the rows' runs are interleaved (round robin), so a machine shared with other jobs
+slows every row alike, and the process's CPU time per step is reported beside the wall time (the steadier
+number under load; on an idle machine wall time also shows how well a step uses every core). "act only"
+times the same step for the activation alone on the [tokens, 4d] hidden tensor. Memory is XLA's compiled
+temp allocation of the block step (and the device's peak where the backend reports one). Ratios are to
+the GELU row.
 """
 
 import argparse
@@ -44,8 +48,9 @@ BLOCKS = {
 
 
 def compiled_step(fn, args: tuple) -> tuple:
-  """(compiled jit(grad(sum(fn(*args)))) w.r.t. every argument, its args, compiled temp MiB)."""
-  step = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a).astype(jnp.float32)), argnums=tuple(range(len(args)))))
+  """(compiled jit(grad(sum(fn(*args)²) / 2)) w.r.t. every argument, its args, compiled temp MiB)."""
+  step = jax.jit(jax.grad(lambda *a: 0.5 * jnp.sum(jnp.square(fn(*a).astype(jnp.float32))),
+                          argnums=tuple(range(len(args)))))
   compiled = step.lower(*args).compile()
   mem = compiled.memory_analysis()
   temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
@@ -71,17 +76,21 @@ def build(label: str, ffn: str, options: dict, ctx: LayerContext, x: jax.Array) 
 
 
 def time_all(rows: list[dict], repeats: int) -> None:
-  """Median ms of each row's steps, interleaving the rows so that load drift hits all of them alike."""
+  """Median wall and CPU ms of each row's steps, interleaving the rows so that load drift hits all of them
+  alike."""
   times = {(i, j): [] for i in range(len(rows)) for j in range(2)}
+  cpu = {(i, j): [] for i in range(len(rows)) for j in range(2)}
   for _ in range(repeats):
     for i, row in enumerate(rows):
       for j, (compiled, args, _) in enumerate(row["steps"]):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         jax.block_until_ready(compiled(*args))
         times[i, j].append((time.perf_counter() - t0) * 1e3)
+        cpu[i, j].append((time.process_time() - c0) * 1e3)
   for i, row in enumerate(rows):
     del row["steps"]
     row["ms"], row["act_ms"] = (statistics.median(times[i, j]) for j in range(2))
+    row["cpu_ms"], row["act_cpu_ms"] = (statistics.median(cpu[i, j]) for j in range(2))
     row["ms_all"], row["act_ms_all"] = times[i, 0], times[i, 1]
 
 
@@ -109,13 +118,14 @@ def main() -> None:
   time_all(rows, args.repeats)
   base = rows[0]
   print(f"{'block':<22} {'params':>11} {'ms(fwd+bwd)':>12} {'tokens/s':>11} {'temp MiB':>9} {'vs gelu':>8} "
-        f"{'act only ms':>12} {'vs gelu':>8}")
+        f"{'cpu ms':>9} {'vs gelu':>8} {'act only ms':>12} {'vs gelu':>8} {'act cpu ms':>11} {'vs gelu':>8}")
   for r in rows:
     r["tokens_per_s"] = tokens / (r["ms"] / 1e3)
-    r["ratio"] = r["ms"] / base["ms"]
-    r["act_ratio"] = r["act_ms"] / base["act_ms"]
+    for key in ("ms", "cpu_ms", "act_ms", "act_cpu_ms"):
+      r[key.replace("ms", "ratio")] = r[key] / base[key]
     print(f"{r['block']:<22} {r['params']:>11,} {r['ms']:>12.2f} {r['tokens_per_s']:>11,.0f} "
-          f"{r['temp_mib']:>9.1f} {r['ratio']:>7.2f}x {r['act_ms']:>12.2f} {r['act_ratio']:>7.2f}x")
+          f"{r['temp_mib']:>9.1f} {r['ratio']:>7.2f}x {r['cpu_ms']:>9.1f} {r['cpu_ratio']:>7.2f}x "
+          f"{r['act_ms']:>12.2f} {r['act_ratio']:>7.2f}x {r['act_cpu_ms']:>11.1f} {r['act_cpu_ratio']:>7.2f}x")
   stats = device.memory_stats() or {}
   peak = stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
   out = pathlib.Path(args.out)
