@@ -3,14 +3,14 @@
 What it compares: each name in the `activation` registry (fixed: relu, leaky_relu, gelu, gelu_tanh, silu,
 swish, relu2, tanh, sigmoid, identity, smelu, generalized_smelu, helu, sine; learnable: rational (PAU),
 group_rational (KAT), polynorm / polyrelu (PolyCom), swish_beta, apa, aglu (APA paper), crrelu (EAFO),
-snake) in
+snake, velu) in
 * mnist1d: an MLP 40 -> 64 -> 64 -> 10 (256-wide at paper scale) on MNIST-1D, eval accuracy;
 * text: a 2-layer decoder LM (attention, mlp) on byte-level local text, eval loss;
 at equal parameters (the activations' own parameters are a handful of scalars per layer, group_rational
 a few per group). Papers' claims: PAU matches or beats the best fixed activation on small vision nets;
 PolyNorm beats SwiGLU in LLMs; APA/AGLU beat ReLU/SiLU on long-tailed vision tasks; CRReLU beats ReLU/GELU
 on CIFAR / ViT; SmeLU matches ReLU's accuracy with better reproducibility; HeLU closes part of ReLU's gap
-to GELU; Snake extrapolates periodic data (see experiments/inr.py); SIREN's sine is for INRs, not
+to GELU; VeLU beats ReLU / GELU / Swish on image classification; Snake extrapolates periodic data (see experiments/inr.py); SIREN's sine is for INRs, not
 classification (expected to do poorly here).
 
 One run / the whole zoo (runs the sweep, skipping finished runs; prints the table; plots the learned shapes
@@ -19,8 +19,8 @@ of the learnable activations of the seed-0 runs to <root>/learned_shapes.png):
   python -m experiments.activation_zoo --task mnist1d --scale local [--parallel 2]
   python -m experiments.activation_zoo --task text --scale local
 Measured locally (mnist1d, `--scale local`: MLP 64-64, 600 steps, batch 100, seeds 0-2, eval accuracy on 1000
-test examples, 2 CPU cores under heavy load, ~40 min for the 69 runs at --parallel 2), mean ± std:
-  polyrelu .538 ± .020 | aglu .536 ± .006 | gelu .534 ± .003 | gelu_tanh .534 ± .003 | polynorm .530 ± .013 |
+test examples, 2 CPU cores under heavy load, ~40 min for the 72 runs at --parallel 2), mean ± std:
+  polyrelu .538 ± .020 | velu .537 ± .013 | aglu .536 ± .006 | gelu .534 ± .003 | gelu_tanh .534 ± .003 | polynorm .530 ± .013 |
   group_rational .528 ± .006 | swish_beta .526 ± .022 | silu = swish .523 ± .008 | rational .521 ± .010 |
   crrelu .515 ± .017 | relu2 .513 ± .010 | leaky_relu .511 ± .011 | relu .508 ± .011 | helu .508 ± .010 |
   snake .506 ± .016 | generalized_smelu .502 ± .010 | smelu .502 ± .005 | tanh .476 ± .012 | sine .469 ± .043 |
