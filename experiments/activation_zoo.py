@@ -10,8 +10,8 @@ at equal parameters (the activations' own parameters are a handful of scalars pe
 a few per group). Papers' claims: PAU matches or beats the best fixed activation on small vision nets;
 PolyNorm beats SwiGLU in LLMs; APA/AGLU beat ReLU/SiLU on long-tailed vision tasks; CRReLU beats ReLU/GELU
 on CIFAR / ViT; SmeLU matches ReLU's accuracy with better reproducibility; HeLU closes part of ReLU's gap
-to GELU; VeLU beats ReLU / GELU / Swish on image classification; Snake extrapolates periodic data (see experiments/inr.py); SIREN's sine is for INRs, not
-classification (expected to do poorly here).
+to GELU; VeLU beats ReLU / GELU / Swish on image classification; Snake extrapolates periodic data (see
+experiments/inr.py); SIREN's sine is for INRs, not classification (expected to do poorly here).
 
 One run / the whole zoo (runs the sweep, skipping finished runs; prints the table; plots the learned shapes
 of the learnable activations of the seed-0 runs to <root>/learned_shapes.png):
@@ -20,14 +20,14 @@ of the learnable activations of the seed-0 runs to <root>/learned_shapes.png):
   python -m experiments.activation_zoo --task text --scale local
 Measured locally (mnist1d, `--scale local`: MLP 64-64, 600 steps, batch 100, seeds 0-2, eval accuracy on 1000
 test examples, 2 CPU cores under heavy load, ~40 min for the 72 runs at --parallel 2), mean ± std:
-  polyrelu .538 ± .020 | velu .537 ± .013 | aglu .536 ± .006 | gelu .534 ± .003 | gelu_tanh .534 ± .003 | polynorm .530 ± .013 |
-  group_rational .528 ± .006 | swish_beta .526 ± .022 | silu = swish .523 ± .008 | rational .521 ± .010 |
-  crrelu .515 ± .017 | relu2 .513 ± .010 | leaky_relu .511 ± .011 | relu .508 ± .011 | helu .508 ± .010 |
-  snake .506 ± .016 | generalized_smelu .502 ± .010 | smelu .502 ± .005 | tanh .476 ± .012 | sine .469 ± .043 |
-  apa .324 ± .006 | identity .322 ± .008 | sigmoid .312 ± .002. Smooth and learnable activations lead the
-  ReLU family by 1-3 points at this scale, within about two standard deviations of each other; APA (a
-  sigmoid-shaped gate, as the paper uses it for classifier heads) trains like sigmoid in hidden layers, and
-  AGLU is the form for hidden layers. The text task was not run in this session (command above).
+  polyrelu .538 ± .020 | velu .537 ± .013 | aglu .536 ± .006 | gelu .534 ± .003 | gelu_tanh .534 ± .003 |
+  polynorm .530 ± .013 | group_rational .528 ± .006 | swish_beta .526 ± .022 | silu = swish .523 ± .008 |
+  rational .521 ± .010 | crrelu .515 ± .017 | relu2 .513 ± .010 | leaky_relu .511 ± .011 | relu .508 ± .011 |
+  helu .508 ± .010 | snake .506 ± .016 | generalized_smelu .502 ± .010 | smelu .502 ± .005 | tanh .476 ± .012 |
+  sine .469 ± .043 | apa .324 ± .006 | identity .322 ± .008 | sigmoid .312 ± .002. Smooth and learnable
+  activations lead the ReLU family by 1-3 points at this scale, within about two standard deviations of each
+  other; APA (a sigmoid-shaped gate, as the paper uses it for classifier heads) trains like sigmoid in hidden
+  layers, and AGLU is the form for hidden layers. The text task was not run in this session (command above).
 """
 
 import argparse
@@ -91,15 +91,12 @@ def sweep(add, arg: str | None = None) -> None:
 
 
 def table(root: str, task: str) -> str:
-  """Markdown: per activation, the final eval accuracy (mnist1d) or eval loss (text), mean ± std over seeds."""
-  from train import report
-
+  """Markdown: per activation, the final eval accuracy (mnist1d) or eval loss (text) of the finished runs, mean ±
+  std over seeds."""
   key = "eval_accuracy" if task == "mnist1d" else "eval_loss"
   values: dict[str, list[float]] = {}
-  for run in report.collect(root):
-    evals = [r[key] for r in run["records"] if r.get(key) is not None]
-    if evals:
-      values.setdefault(run["config"]["model.activation"], []).append(evals[-1])
+  for config, value in common.final_evals(root, key):
+    values.setdefault(config["model.activation"], []).append(value)
   lines = [f"| activation | {key} | seeds |", "|---|---|---|"]
   order = sorted(values, key=lambda a: -statistics.mean(values[a]) if task == "mnist1d" else statistics.mean(values[a]))
   for act in order:
