@@ -5,13 +5,19 @@
     python -m benchmarks.activations --dtype bfloat16 --out runs/benchmarks/activations_gpu.json
     python -m benchmarks.activations --only "gelu,rational (A 5/4)"   # a subset of rows (GELU always first)
 
+A second table times the norm-activation layers (EvoNorm-B0 / S0) against the LayerNorm + GELU they replace.
+
 Every block is a registry feed-forward with hidden = 4d: `mlp` with the activation named in the
 row, `swiglu` for SwiGLU (three matrices, so 1.5x the matmul work of the others). A row is the
-median of `--repeats` timed runs of one jitted step (gradients of sum(output) w.r.t. all parameters
-and the input) after a warm-up run; the rows' runs are interleaved (round robin), so a machine
-shared with other jobs slows every row alike. "act only" times the same step for the activation alone on the
-[tokens, 4d] hidden tensor. Memory is XLA's compiled temp allocation of the block step (and the
-device's peak where the backend reports one). Ratios are to the GELU row.
+median of `--repeats` timed runs of one jitted step (gradients of the loss sum(output²) / 2 w.r.t. all
+parameters and the input: a loss whose gradient needs the forward output, as training's does; with a
+linear loss such as sum(output) XLA drops the block's last matmul and the activation's forward value)
+after a warm-up run; the rows' runs are interleaved (round robin), so a machine shared with other jobs
+slows every row alike, and the process's CPU time per step is reported beside the wall time (the steadier
+number under load; on an idle machine wall time also shows how well a step uses every core). "act only"
+times the same step for the activation alone on the [tokens, 4d] hidden tensor. Memory is XLA's compiled
+temp allocation of the block step (and the device's peak where the backend reports one). Ratios are to
+the GELU row.
 """
 
 import argparse
@@ -41,11 +47,19 @@ BLOCKS = {
   **{name: ("mlp", {"activation": name}) for name in ("apa", "aglu", "crrelu", "smelu", "generalized_smelu",
                                                        "helu", "snake", "sine", "velu")},
 }
+# label: (norm, activation after it): the norm-activation layers vs the norm + GELU they replace, on the hidden
+# tensor as [8, tokens / 8, 4d] (EvoNorm-B0 needs token axes for its instance variance)
+NORM_ACTS = {
+  "layernorm + gelu": ("layernorm", "gelu"),
+  "evonorm_b0": ("evonorm_b0", "identity"),
+  "evonorm_s0": ("evonorm_s0", "identity"),
+}
 
 
 def compiled_step(fn, args: tuple) -> tuple:
-  """(compiled jit(grad(sum(fn(*args)))) w.r.t. every argument, its args, compiled temp MiB)."""
-  step = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a).astype(jnp.float32)), argnums=tuple(range(len(args)))))
+  """(compiled jit(grad(sum(fn(*args)²) / 2)) w.r.t. every argument, its args, compiled temp MiB)."""
+  step = jax.jit(jax.grad(lambda *a: 0.5 * jnp.sum(jnp.square(fn(*a).astype(jnp.float32))),
+                          argnums=tuple(range(len(args)))))
   compiled = step.lower(*args).compile()
   mem = compiled.memory_analysis()
   temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
@@ -70,19 +84,35 @@ def build(label: str, ffn: str, options: dict, ctx: LayerContext, x: jax.Array) 
   return {"block": label, "params": n_params, "temp_mib": block_step[2], "steps": (block_step, act_step)}
 
 
+def build_norm(label: str, norm: str, activation: str, ctx: LayerContext, h: jax.Array) -> dict:
+  """The compiled step of a registry norm followed by an activation on h [B, T, F]."""
+  ctx = ctx.with_features(h.shape[-1])
+  graphdef, params, rest = nnx.split(registry.build("norm", norm, ctx, rngs=nnx.Rngs(0)), nnx.Param, ...)
+  act = registry.build("activation", activation, ctx, rngs=nnx.Rngs(0))
+  # rest (EvoNorm-B0's running variance, updated in training mode) is traced too: its gradient is zero
+  step = compiled_step(lambda p, r, h: act(nnx.merge(graphdef, p, r)(h)), (params, rest, h))
+  n_params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+  return {"block": label, "params": n_params, "temp_mib": step[2], "steps": (step,)}
+
+
 def time_all(rows: list[dict], repeats: int) -> None:
-  """Median ms of each row's steps, interleaving the rows so that load drift hits all of them alike."""
-  times = {(i, j): [] for i in range(len(rows)) for j in range(2)}
+  """Median wall and CPU ms of each row's steps, interleaving the rows so that load drift hits all of them
+  alike."""
+  times = {(i, j): [] for i, row in enumerate(rows) for j in range(len(row["steps"]))}
+  cpu = {key: [] for key in times}
   for _ in range(repeats):
     for i, row in enumerate(rows):
       for j, (compiled, args, _) in enumerate(row["steps"]):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         jax.block_until_ready(compiled(*args))
         times[i, j].append((time.perf_counter() - t0) * 1e3)
-  for i, row in enumerate(rows):
+        cpu[i, j].append((time.process_time() - c0) * 1e3)
+  for (i, j), t in times.items():
+    prefix = ("", "act_")[j]  # the block (or norm) step, then the activation alone
+    rows[i].update({f"{prefix}ms": statistics.median(t), f"{prefix}cpu_ms": statistics.median(cpu[i, j]),
+                    f"{prefix}ms_all": t})
+  for row in rows:
     del row["steps"]
-    row["ms"], row["act_ms"] = (statistics.median(times[i, j]) for j in range(2))
-    row["ms_all"], row["act_ms_all"] = times[i, 0], times[i, 1]
 
 
 def main() -> None:
@@ -93,10 +123,12 @@ def main() -> None:
   p.add_argument("--out", default="runs/benchmarks/activations.json")
   p.add_argument("--only", default="", help="comma-separated row labels to run (the GELU baseline always runs)")
   args = p.parse_args()
-  only = {"gelu", *args.only.split(",")} if args.only else set(BLOCKS)
-  unknown = only - set(BLOCKS)
+  only = {"gelu", *args.only.split(",")} if args.only else {*BLOCKS, *NORM_ACTS}
+  unknown = only - {*BLOCKS, *NORM_ACTS}
   if unknown:
-    raise SystemExit(f"unknown rows {sorted(unknown)}; rows are {list(BLOCKS)}")
+    raise SystemExit(f"unknown rows {sorted(unknown)}; rows are {[*BLOCKS, *NORM_ACTS]}")
+  if only & set(NORM_ACTS):
+    only.add("layernorm + gelu")
   tokens, d = (1024, 256) if args.quick else (8192, 1024)
   dtype = jnp.dtype(args.dtype)
   ctx = LayerContext(d_model=d, d_ff=4 * d, dtype=dtype)
@@ -106,16 +138,26 @@ def main() -> None:
         f"dtype {dtype.name}, tokens {tokens}, d {d}, hidden {4 * d}, median of {args.repeats}")
   x = jax.random.normal(jax.random.key(0), (tokens, d), dtype)
   rows = [build(label, ffn, options, ctx, x) for label, (ffn, options) in BLOCKS.items() if label in only]
-  time_all(rows, args.repeats)
+  h = jax.random.normal(jax.random.key(1), (8, tokens // 8, 4 * d), dtype)
+  norm_rows = [build_norm(label, norm, act, ctx, h) for label, (norm, act) in NORM_ACTS.items() if label in only]
+  time_all(rows + norm_rows, args.repeats)
   base = rows[0]
   print(f"{'block':<22} {'params':>11} {'ms(fwd+bwd)':>12} {'tokens/s':>11} {'temp MiB':>9} {'vs gelu':>8} "
-        f"{'act only ms':>12} {'vs gelu':>8}")
+        f"{'cpu ms':>9} {'vs gelu':>8} {'act only ms':>12} {'vs gelu':>8} {'act cpu ms':>11} {'vs gelu':>8}")
   for r in rows:
     r["tokens_per_s"] = tokens / (r["ms"] / 1e3)
-    r["ratio"] = r["ms"] / base["ms"]
-    r["act_ratio"] = r["act_ms"] / base["act_ms"]
+    for key in ("ms", "cpu_ms", "act_ms", "act_cpu_ms"):
+      r[key.replace("ms", "ratio")] = r[key] / base[key]
     print(f"{r['block']:<22} {r['params']:>11,} {r['ms']:>12.2f} {r['tokens_per_s']:>11,.0f} "
-          f"{r['temp_mib']:>9.1f} {r['ratio']:>7.2f}x {r['act_ms']:>12.2f} {r['act_ratio']:>7.2f}x")
+          f"{r['temp_mib']:>9.1f} {r['ratio']:>7.2f}x {r['cpu_ms']:>9.1f} {r['cpu_ratio']:>7.2f}x "
+          f"{r['act_ms']:>12.2f} {r['act_ratio']:>7.2f}x {r['act_cpu_ms']:>11.1f} {r['act_cpu_ratio']:>7.2f}x")
+  if norm_rows:
+    print(f"\n{'norm-activation':<22} {'params':>11} {'ms(fwd+bwd)':>12} {'vs ln+gelu':>11} {'cpu ms':>9} "
+          f"{'vs ln+gelu':>11}   (on the [8, {tokens // 8}, {4 * d}] hidden tensor)")
+    for r in norm_rows:
+      r["ratio"], r["cpu_ratio"] = r["ms"] / norm_rows[0]["ms"], r["cpu_ms"] / norm_rows[0]["cpu_ms"]
+      print(f"{r['block']:<22} {r['params']:>11,} {r['ms']:>12.2f} {r['ratio']:>10.2f}x {r['cpu_ms']:>9.1f} "
+            f"{r['cpu_ratio']:>10.2f}x")
   stats = device.memory_stats() or {}
   peak = stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
   out = pathlib.Path(args.out)
@@ -124,6 +166,7 @@ def main() -> None:
     "device": device.device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
     "flax": flax.__version__, "python": platform.python_version(), "dtype": dtype.name, "tokens": tokens,
     "d_model": d, "hidden": 4 * d, "repeats": args.repeats, "peak_device_mib": peak, "rows": rows,
+    "norm_rows": norm_rows,
   }, indent=2))
   print(f"(device peak MiB: {peak}) -> {out}")
 

@@ -3,7 +3,7 @@
     python -m benchmarks.kan                 # the issues' settings (below)
     python -m benchmarks.kan --quick         # small shapes, for a CPU smoke run
     python -m benchmarks.kan --dtype bfloat16 --out runs/benchmarks/kan_gpu.json
-    python -m benchmarks.kan --tables spline          # only the spline-layer table (also: ffn, mixer)
+    python -m benchmarks.kan --tables spline          # only the spline-layer table (also: profile, ffn, mixer)
 
 Three tables, each against its baseline row:
 * spline layer: one B-spline KAN layer (8192 x 256 -> 256, G = 5, k = 3) vs a dense layer of the same
@@ -15,6 +15,8 @@ Three tables, each against its baseline row:
   pruning); GR-KAN as KAT and the parameter-reduced AF-KAN: the MLP's widths plus a few coefficients), vs the
   GELU MLP.
 * mixer: Fourier-KArAt vs softmax attention (T = 256 tokens per sequence).
+* profile (not in the default set): where the spline layer's step goes, vs the dense step: the features
+  alone (silu and the bases), the forward, the step without and with the input gradient.
 A row is the median of `--repeats` timed runs of one jitted step (gradients of the loss sum(output²) / 2
 w.r.t. every parameter and the input: a loss whose gradient needs the forward output, as training's does;
 with a linear loss such as sum(output) XLA drops the last matmul of the forward) after a warm-up, the rows
@@ -39,6 +41,7 @@ from flax import nnx
 from layers import registry
 from layers.context import LayerContext
 from layers.core import Linear
+from layers.kan import functional
 from layers.kan.kan_linear import KANLinear
 
 FFNS = {
@@ -56,12 +59,14 @@ MIXERS = {
 }
 
 
-def spline_layers(width: int, grid_size: int, order: int) -> dict:
-  """label -> module: dense, ours, and the jaxkan anchor when it is installed."""
+def spline_layers(width: int, grid_size: int, order: int, anchor: bool = True) -> dict:
+  """label -> module: dense, ours, and (`anchor`) the jaxkan anchor when it is installed."""
   layers = {
     "dense": Linear(width, width, use_bias=True, rngs=nnx.Rngs(0)),
     "kan_linear (ours)": KANLinear(width, width, grid_size=grid_size, order=order, rngs=nnx.Rngs(0)),
   }
+  if not anchor:
+    return layers
   try:
     from jaxkan.layers.Spline import SplineLayer
   except ImportError:
@@ -75,18 +80,38 @@ def n_params(module: nnx.Module) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(nnx.state(module, nnx.Param))))
 
 
-def compile_step(module: nnx.Module, x: jax.Array) -> dict:
-  """The compiled fwd+bwd step of `module` on x, warmed up, with its compiled temp MiB."""
+def compile_fn(fn, *args) -> dict:
+  """jit(fn) compiled for args and warmed up: its runner and compiled temp MiB."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  mem = compiled.memory_analysis()
+  jax.block_until_ready(compiled(*args))
+  return {"run": lambda: compiled(*args),
+          "temp_mib": (getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0) / 2**20}
+
+
+def compile_step(module: nnx.Module, x: jax.Array, argnums: tuple[int, ...] = (0, 1)) -> dict:
+  """The compiled fwd+bwd step of `module` on x (gradients to the parameters (0) and the input (1))."""
   graphdef, params, rest = nnx.split(module, nnx.Param, ...)
 
   def loss(params, x):
     return 0.5 * jnp.sum(jnp.square(nnx.merge(graphdef, params, rest)(x).astype(jnp.float32)))
 
-  compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile()
-  mem = compiled.memory_analysis()
-  jax.block_until_ready(compiled(params, x))
-  return {"run": lambda: compiled(params, x), "params": n_params(module),
-          "temp_mib": (getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0) / 2**20}
+  return {**compile_fn(jax.grad(loss, argnums=argnums), params, x), "params": n_params(module)}
+
+
+def spline_profile(dense: Linear, layer: KANLinear, x: jax.Array) -> list[tuple[str, dict]]:
+  """Where the spline layer's step goes: the dense step (the base), then the layer's features (silu and the
+  bases, [N, G+k+1, in]), its forward (features and the matmul), its step with the parameters' gradients
+  only (no input gradient) and with both."""
+  graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+  return [
+    ("dense (fwd+bwd)", compile_step(dense, x)),
+    ("features", {**compile_fn(lambda x, g: functional.kan_features(x, g, layer.order), x, layer.grid[...]),
+                  "params": 0}),
+    ("forward", {**compile_fn(lambda p, x: nnx.merge(graphdef, p, rest)(x), params, x), "params": n_params(layer)}),
+    ("fwd+bwd, d params", compile_step(layer, x, argnums=(0,))),
+    ("fwd+bwd, d params, dx", compile_step(layer, x)),
+  ]
 
 
 def time_rows(rows: list[dict], repeats: int) -> None:
@@ -109,11 +134,12 @@ def main() -> None:
   p.add_argument("--dtype", default="float32", help="compute dtype (params stay float32)")
   p.add_argument("--repeats", type=int, default=10)
   p.add_argument("--out", default="runs/benchmarks/kan.json")
-  p.add_argument("--tables", default="spline,ffn,mixer", help="comma-separated subset of spline, ffn, mixer")
+  p.add_argument("--tables", default="spline,ffn,mixer",
+                 help="comma-separated subset of spline, profile, ffn, mixer")
   args = p.parse_args()
   wanted = set(args.tables.split(","))
-  if not wanted <= {"spline", "ffn", "mixer"}:
-    raise SystemExit(f"--tables takes spline, ffn, mixer; got {args.tables}")
+  if not wanted <= {"spline", "profile", "ffn", "mixer"}:
+    raise SystemExit(f"--tables takes spline, profile, ffn, mixer; got {args.tables}")
   tokens, d, heads, T, width = (1024, 128, 4, 128, 64) if args.quick else (8192, 512, 8, 256, 256)
   dtype = jnp.dtype(args.dtype)
   ctx = LayerContext(d_model=d, n_heads=heads, d_ff=4 * d, activation="gelu", dtype=dtype)
@@ -133,21 +159,27 @@ def main() -> None:
     extra = {"max_len": T} if kind == "mixer" else {}
     tables[kind] = [(label, registry.build(kind, name, ctx, rngs=nnx.Rngs(0), **options, **extra), x)
                     for label, (name, options) in table.items()]
+  compiled = {kind: [(label, compile_step(module, x)) for label, module, x in entries]
+              for kind, entries in tables.items()}
+  if "profile" in wanted:
+    layers = spline_layers(width, 5, 3, anchor=False)
+    compiled["spline profile"] = spline_profile(layers["dense"], layers["kan_linear (ours)"],
+                                                jax.random.uniform(key, (tokens, width), dtype, -1.0, 1.0))
   rows = []
-  for kind, entries in tables.items():
-    table = [{"kind": kind, "layer": label, **compile_step(module, x)} for label, module, x in entries]
+  for kind, entries in compiled.items():
+    table = [{"kind": kind, "layer": label, **step} for label, step in entries]
     time_rows(table, args.repeats)
     rows += table
   anchor = next((r for r in rows if r["layer"] == "jaxkan SplineLayer"), None)
-  print(f"{'layer':<20} {'params':>10} {'ms(fwd+bwd)':>12} {'tokens/s':>12} {'temp MiB':>10} {'vs base':>8} "
+  print(f"{'layer':<24} {'params':>10} {'ms(fwd+bwd)':>12} {'tokens/s':>12} {'temp MiB':>10} {'vs base':>8} "
         f"{'cpu ms':>9} {'vs base':>8} {'vs jaxkan':>10}")
-  for kind in tables:
+  for kind in compiled:
     base = next(r for r in rows if r["kind"] == kind)
     for r in (r for r in rows if r["kind"] == kind):
       r["tokens_per_s"] = tokens / (r["ms"] / 1e3)
       r["ratio"], r["cpu_ratio"] = r["ms"] / base["ms"], r["cpu_ms"] / base["cpu_ms"]
       vs = f"{r['ms'] / anchor['ms']:>9.2f}x" if kind == "spline layer" and anchor else ""
-      print(f"{r['layer']:<20} {r['params']:>10,} {r['ms']:>12.3f} {r['tokens_per_s']:>12,.0f} "
+      print(f"{r['layer']:<24} {r['params']:>10,} {r['ms']:>12.3f} {r['tokens_per_s']:>12,.0f} "
             f"{r['temp_mib']:>10.1f} {r['ratio']:>7.2f}x {r['cpu_ms']:>9.1f} {r['cpu_ratio']:>7.2f}x {vs}")
   stats = device.memory_stats() or {}
   peak = stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
@@ -158,7 +190,7 @@ def main() -> None:
     "flax": flax.__version__, "dtype": dtype.name, "tokens": tokens, "d_model": d, "seq_len": T,
     "spline_width": width, "peak_device_mib": peak, "rows": rows,
   }, indent=2))
-  print(f"(vs base: spline rows vs dense, ffn rows vs the GELU MLP, mixer rows vs softmax attention; "
+  print(f"(vs base: spline and profile rows vs dense, ffn rows vs the GELU MLP, mixer rows vs softmax attention; "
         f"device peak MiB {peak}) -> {out}")
 
 

@@ -206,6 +206,19 @@ def config_diff(base: ml_collections.ConfigDict, other: ml_collections.ConfigDic
   return out
 
 
+def final_evals(root: str, key: str) -> list[tuple[dict, float]]:
+  """(flat config, value of `key` at the last step) of every finished run under `root`: a run still going (or
+  stopped early) is left out, so a results table never mixes its intermediate evals with final ones."""
+  from train import report
+
+  out = []
+  for run in report.collect(root):
+    evals = [r for r in run["records"] if r.get(key) is not None]
+    if evals and evals[-1]["step"] >= run["config"]["train.steps"]:
+      out.append((run["config"], evals[-1][key]))
+  return out
+
+
 def _value(config: ml_collections.ConfigDict, key: str):
   for part in key.split("."):
     config = config[part]

@@ -94,17 +94,12 @@ def sweep(add, arg: str | None = None) -> None:
 
 
 def table(root: str, task: str) -> str:
-  """Markdown: per model, PSNR (image) or extrapolation MSE (periodic), mean ± std over seeds."""
-  from train import report
-
+  """Markdown: per model, PSNR (image) or extrapolation MSE (periodic) of the finished runs, mean ± std over
+  seeds."""
   per_model: dict[str, list[float]] = {}
-  for run in report.collect(root):
-    cfg = run["config"]
+  for cfg, mse in common.final_evals(root, "eval_loss"):
     label = next(k for k, o in MODELS.items() if all(cfg.get(key) == v for key, v in o.items()))
-    evals = [r["eval_loss"] for r in run["records"] if r.get("eval_loss") is not None]
-    if evals:
-      mse = evals[-1]
-      per_model.setdefault(label, []).append(10 * math.log10(4.0 / mse) if task == "image" else mse)
+    per_model.setdefault(label, []).append(10 * math.log10(4.0 / mse) if task == "image" else mse)
   metric = "PSNR (dB)" if task == "image" else "extrapolation MSE"
   lines = [f"| model | {metric} | seeds |", "|---|---|---|"]
   for label, values in per_model.items():

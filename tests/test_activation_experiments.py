@@ -54,3 +54,17 @@ def test_zoo_text_sweep_hands_each_activation_its_options():
   assert seen["generalized_smelu"].slope_left == 0.05 and seen["generalized_smelu"].offset == -0.05
   assert seen["velu"].options["alpha"] == 2.0
   assert activation_zoo.get_config("task=text,act=velu,local").model.options.mlp.activation_options.beta2 == 0.7
+
+
+def test_zoo_table_counts_finished_runs_only(tmp_path):
+  """A run still going (its last eval before train.steps) stays out of the table; finished ones give mean ± std."""
+  import json
+
+  for name, act, evals in (("a", "relu", {100: 3.0, 300: 2.5}), ("b", "relu", {100: 3.1, 300: 2.7}),
+                           ("c", "gelu", {100: 2.0})):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(json.dumps({"model": {"activation": act}, "train": {"steps": 300}}))
+    (tmp_path / name / "metrics.jsonl").write_text(
+      "".join(json.dumps({"step": step, "eval_loss": loss}) + "\n" for step, loss in evals.items()))
+  rows = activation_zoo.table(str(tmp_path), "text").splitlines()[2:]
+  assert rows == ["| relu | 2.6000 ± 0.1414 | 2 |"]

@@ -55,6 +55,25 @@ def test_af_kan_ffn_and_mlp_layers():
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
+def test_fkan_matches_formula():
+  """FKAN's MLP from its formula in numpy: a Fourier-KAN first layer
+  h_o = Σ_i Σ_m C0[i,m,o] cos(m x_i) + C1[i,m,o] sin(m x_i) + b_o, the activation, then Linear layers."""
+  from models.mlp import MLP, mlp_model_config
+
+  cfg = mlp_model_config(hidden=(6, 5), layer="fkan", activation="tanh", n_outputs=2, in_features=3, grid_size=4)
+  model = MLP(cfg, rngs=nnx.Rngs(1))
+  nnx.update(model, jax.tree.map(lambda p: p + 0.1, nnx.state(model, nnx.Param)))  # non-zero biases
+  x = np.random.default_rng(0).uniform(-3, 3, (7, 3))
+  c, b = (np.asarray(v[...], np.float64) for v in (model.layers[0].coeffs, model.layers[0].bias))
+  m = np.arange(1, 5)
+  mx = x[:, :, None] * m  # [N, in, G]
+  h = np.tanh(np.einsum("nim,imo->no", np.cos(mx), c[0]) + np.einsum("nim,imo->no", np.sin(mx), c[1]) + b)
+  for i, layer in enumerate(model.layers[1:]):
+    h = h @ np.asarray(layer.kernel[...], np.float64) + np.asarray(layer.bias[...], np.float64)
+    h = np.tanh(h) if i == 0 else h
+  np.testing.assert_allclose(model(jnp.asarray(x, jnp.float32)), h, rtol=2e-5, atol=2e-5)
+
+
 def skan_reference(x, spaces, kernels, logits, mask, grid_size=5, order=3, grid_range=(-1.0, 1.0)):
   """S-KAN from its formula in numpy / scipy (float64): y_j = Σ_s softmax_s(θ_:j)[s] Σ_ic K_s[i,c,j] φ_sc(x_i)."""
   from scipy.interpolate import BSpline
