@@ -6,6 +6,7 @@ op and the golden vectors: outputs, final state, every gradient, packed rows. Lo
 interpret mode skips; Triton -> PTX and Mosaic's TPU compiler passes need the device and are untested here.
 """
 
+import doctest
 import functools
 
 import jax
@@ -138,3 +139,11 @@ def test_mixer_option_reaches_the_op(name, options):
                            **options)
     jaxpr = str(jax.make_jaxpr(lambda x, m=model: m(x, segment_ids=jnp.asarray(SEGMENT_IDS)))(x))
     assert ("pallas_call" in jaxpr) == (implementation == "pallas"), implementation
+
+
+def test_docstring_example_runs():
+  runner = doctest.DocTestRunner()
+  for test in doctest.DocTestFinder().find(pallas.chunk_scan.chunk_scan, "chunk_scan",
+                                           globs=vars(pallas.chunk_scan)):
+    runner.run(test)
+  assert runner.summarize().failed == 0 and runner.summarize().attempted > 0

@@ -34,6 +34,16 @@ def chunk_scan(
   xs, masks [R, T, F] fp32 (R = batch x heads rows, T a multiple of `chunk`); s0 [R, K, V] fp32.
   backend None picks by platform at lowering: Triton on GPU, Mosaic on TPU, the Mosaic kernel in Pallas
   interpret mode elsewhere (CPU: correct, slow); "triton" | "mosaic" force one (with `interpret` on CPU).
+
+  Example (plain causal linear attention as a step: S_t = S_{t-1} + k_t v_tᵀ, o_t = S_tᵀ q_t):
+    >>> def step(s, xs, masks):
+    ...   q, k, v = xs
+    ...   row, col = index_grid(q.shape[0])
+    ...   return dot(q, s) + dot(jnp.where(row >= col, dot(q, k, (1, 1)), 0.0), v), s + dot(k, v, (0, 0))
+    >>> x, s0 = jnp.ones((2, 32, 16)), jnp.zeros((2, 16, 16))
+    >>> o, final = chunk_scan(step, (x, x, x), (), s0, chunk=16, backend="mosaic", interpret=True)
+    >>> o.shape, float(o[0, 31, 0]), float(final[0, 0, 0])
+    ((2, 32, 16), 512.0, 32.0)
   """
   if backend not in (None, *BACKENDS):
     raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
