@@ -2,7 +2,8 @@
 
 Each grid step sees one chunk's blocks [C, F] (C a multiple of 8, F the full feature width, as Mosaic's tiling
 requires); the backward grid walks the chunks in reverse through its index maps. See chunk_scan.py for the step
-contract.
+contract. Per-step scalars (gates, beta, document masks) come as [R, T, 1] columns, which TPU tiling pads to 128
+lanes (as the TPU flash-attention kernel's lane-broadcast segment ids): a known cost, unmeasured.
 """
 
 import jax
