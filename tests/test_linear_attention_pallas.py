@@ -88,10 +88,21 @@ def test_kernel_equals_xla_op_on_packed_rows(op, backend):
   _assert_close(kernel_runner(op, backend)(args, seg), op_runner(op, "xla")(args, seg))
 
 
+@pytest.mark.parametrize("backend", pallas.chunk_scan.BACKENDS)
+def test_forward_alone_equals_xla_op(backend):
+  """Without a gradient the forward kernel stores no chunk states (a different kernel from the VJP's forward)."""
+  (q, k, v, g, beta, s0), _, _ = make_inputs("gated_delta_rule", 40, key=8, b=2, dk=16, dv=16)
+  chunk = functools.partial(KERNELS["gated_delta_rule"], backend=backend, interpret=True)
+  kw = dict(initial_state=s0, output_final_state=True, chunk_size=32, segment_ids=jnp.asarray(SEGMENT_IDS))
+  got = jax.jit(lambda *a: common.run(None, chunk, *a[:3], a[3:], scale=None, mode="chunk", **kw))(q, k, v, g, beta)
+  _assert_close(got, jax.jit(lambda *a: la.gated_delta_rule(*a, **kw))(q, k, v, g, beta))
+
+
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 @pytest.mark.parametrize("op", OPS)
 def test_lowers_for_accelerators(op, platform):
-  """Forward and backward kernels lower to Mosaic (tpu) / Triton (cuda) IR, packed rows included."""
+  """Forward and backward kernels lower to Mosaic (tpu) / Triton (cuda) IR, packed rows included; nothing falls
+  back to XLA."""
   b, t, h, dk, dv = 1, 128, 2, 64, 64
   shapes = [(b, t, h, dk), (b, t, h, dk), (b, t, h, dv), *((b, t, h, dk) if n == "gk" else (b, t, h)
                                                            for n in GATES[op]), (b, h, dk, dv)]
@@ -103,13 +114,14 @@ def test_lowers_for_accelerators(op, platform):
     return jnp.sum(o) + jnp.sum(ht)
 
   specs = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
-  exported = jax.export.export(
-    jax.jit(jax.grad(loss, argnums=tuple(range(len(shapes))))), platforms=[platform],
-    disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
-  )(*specs, segment_ids=jax.ShapeDtypeStruct((b, t), jnp.int32))
-  text = exported.mlir_module()
   target = "tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton"
-  assert text.count(target) == 2, f"expected a forward and a backward {target} kernel"  # nothing fell back to XLA
+  # with a gradient: the VJP's forward (storing chunk states) and the backward; without: the plain forward
+  for program, kernels in ((jax.grad(loss, argnums=tuple(range(len(shapes)))), 2), (loss, 1)):
+    exported = jax.export.export(
+      jax.jit(program), platforms=[platform],
+      disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )(*specs, segment_ids=jax.ShapeDtypeStruct((b, t), jnp.int32))
+    assert exported.mlir_module().count(target) == kernels, f"expected {kernels} {target} kernel(s)"
 
 
 def test_rejects_unsupported_arguments():

@@ -52,12 +52,12 @@ def chunk_scan(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
 def _scan(step, chunk, backend, interpret, xs, masks, s0):
-  o, _, final = _dispatch("forward", backend, interpret, step, chunk, xs, masks, s0)
+  o, _, final = _dispatch("forward", backend, interpret, step, chunk, xs, masks, s0, store_states=False)
   return o, final
 
 
 def _scan_fwd(step, chunk, backend, interpret, xs, masks, s0):
-  o, states, final = _dispatch("forward", backend, interpret, step, chunk, xs, masks, s0)
+  o, states, final = _dispatch("forward", backend, interpret, step, chunk, xs, masks, s0, store_states=True)
   return (o, final), (xs, masks, states)
 
 
@@ -71,11 +71,14 @@ def _scan_bwd(step, chunk, backend, interpret, res, cotangents):
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
-def _dispatch(direction: str, backend: str | None, interpret: bool, step: Step, chunk: int, *args):
+def _dispatch(direction: str, backend: str | None, interpret: bool, step: Step, chunk: int, *args, **static):
+  """Run the forward or backward kernel of `backend` (None: by platform). static: the forward's store_states
+  (only the VJP's forward stores the chunk-entry states)."""
   modules = {"triton": triton_scan, "mosaic": mosaic_scan}
 
   def kernel(name, interp):
-    return functools.partial(getattr(modules[name], direction), step, chunk, _CORES[direction], interpret=interp)
+    return functools.partial(getattr(modules[name], direction), step, chunk, _CORES[direction], interpret=interp,
+                             **static)
 
   if backend is not None:
     return kernel(backend, interpret)(*args)

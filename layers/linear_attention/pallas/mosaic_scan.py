@@ -29,15 +29,15 @@ def _chunk_state_spec(dk: int, dv: int, n: int, reverse: bool) -> pl.BlockSpec:
   return pl.BlockSpec((None, None, dk, dv), lambda r, i: (r, n - 1 - i if reverse else i, 0, 0))
 
 
-def forward(step, chunk, core, xs, masks, s0, *, interpret):
-  """(o [R, T, V], states entering each chunk [R, N, K, V], final state [R, K, V])."""
+def forward(step, chunk, core, xs, masks, s0, *, interpret, store_states):
+  """(o [R, T, V], states entering each chunk [R, N, K, V] or None unless store_states, final state [R, K, V])."""
   rows, t, _ = xs[0].shape
   n, (_, dk, dv) = t // chunk, s0.shape
   nx, nm = len(xs), len(masks)
 
   def kernel(*refs):
     x_refs, m_refs, s0_ref = refs[:nx], refs[nx:nx + nm], refs[nx + nm]
-    o_ref, states_ref, final_ref, state = refs[nx + nm + 1:]
+    o_ref, *states_ref, final_ref, state = refs[nx + nm + 1:]
     i = pl.program_id(1)
 
     @pl.when(i == 0)
@@ -45,7 +45,8 @@ def forward(step, chunk, core, xs, masks, s0, *, interpret):
       state[...] = s0_ref[...]
 
     s = state[...]
-    states_ref[...] = s
+    if store_states:
+      states_ref[0][...] = s
     o, s = core(step, s, tuple(r[...] for r in x_refs), tuple(r[...] for r in m_refs))
     o_ref[...] = o
     state[...] = s
@@ -54,14 +55,17 @@ def forward(step, chunk, core, xs, masks, s0, *, interpret):
     def _():
       final_ref[...] = s
 
-  out_shape = (jax.ShapeDtypeStruct((rows, t, dv), jnp.float32), jax.ShapeDtypeStruct((rows, n, dk, dv), jnp.float32),
-               jax.ShapeDtypeStruct((rows, dk, dv), jnp.float32))
-  return pl.pallas_call(
-    kernel, out_shape=out_shape, grid=(rows, n),
+  states = [(jax.ShapeDtypeStruct((rows, n, dk, dv), jnp.float32), _chunk_state_spec(dk, dv, n, False))
+            ] if store_states else []
+  o, *states, final = pl.pallas_call(
+    kernel, grid=(rows, n),
+    out_shape=(jax.ShapeDtypeStruct((rows, t, dv), jnp.float32), *(shape for shape, _ in states),
+               jax.ShapeDtypeStruct((rows, dk, dv), jnp.float32)),
     in_specs=[*(_chunk_spec(chunk, a.shape[-1], n, False) for a in (*xs, *masks)), _state_spec(s0.shape)],
-    out_specs=[_chunk_spec(chunk, dv, n, False), _chunk_state_spec(dk, dv, n, False), _state_spec(s0.shape)],
+    out_specs=[_chunk_spec(chunk, dv, n, False), *(spec for _, spec in states), _state_spec(s0.shape)],
     scratch_shapes=[pltpu.VMEM((dk, dv), jnp.float32)], compiler_params=_PARAMS, interpret=interpret,
     name="chunk_scan_forward")(*xs, *masks, s0)
+  return o, (states[0] if store_states else None), final
 
 
 def backward(step, chunk, core, xs, masks, states, do, dfinal, *, interpret):

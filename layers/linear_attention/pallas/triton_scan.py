@@ -17,31 +17,34 @@ def _row(shape: tuple[int, ...]) -> pl.BlockSpec:
   return pl.BlockSpec((None, *shape[1:]), lambda r: (r,) + (0,) * (len(shape) - 1))
 
 
-def forward(step, chunk, core, xs, masks, s0, *, interpret):
-  """(o [R, T, V], states entering each chunk [R, N, K, V], final state [R, K, V])."""
+def forward(step, chunk, core, xs, masks, s0, *, interpret, store_states):
+  """(o [R, T, V], states entering each chunk [R, N, K, V] or None unless store_states, final state [R, K, V])."""
   rows, t, _ = xs[0].shape
   n, (_, dk, dv) = t // chunk, s0.shape
   nx, nm = len(xs), len(masks)
 
   def kernel(*refs):
     x_refs, m_refs, s0_ref = refs[:nx], refs[nx:nx + nm], refs[nx + nm]
-    o_ref, states_ref, final_ref = refs[nx + nm + 1:]
+    o_ref, *states_ref, final_ref = refs[nx + nm + 1:]
 
     def body(i, s):
       at = pl.ds(i * chunk, chunk)
-      states_ref[i] = s
+      if store_states:
+        states_ref[0][i] = s
       o, s = core(step, s, tuple(r[at, :] for r in x_refs), tuple(r[at, :] for r in m_refs))
       o_ref[at, :] = o
       return s
 
     final_ref[...] = jax.lax.fori_loop(0, n, body, s0_ref[...])
 
-  out_shape = (jax.ShapeDtypeStruct((rows, t, dv), jnp.float32), jax.ShapeDtypeStruct((rows, n, dk, dv), jnp.float32),
+  states = [jax.ShapeDtypeStruct((rows, n, dk, dv), jnp.float32)] if store_states else []
+  out_shape = (jax.ShapeDtypeStruct((rows, t, dv), jnp.float32), *states,
                jax.ShapeDtypeStruct((rows, dk, dv), jnp.float32))
-  return pl.pallas_call(
+  o, *states, final = pl.pallas_call(
     kernel, out_shape=out_shape, grid=(rows,), in_specs=[_row(a.shape) for a in (*xs, *masks, s0)],
     out_specs=[_row(o.shape) for o in out_shape], compiler_params=_PARAMS, interpret=interpret,
     name="chunk_scan_forward")(*xs, *masks, s0)
+  return o, (states[0] if store_states else None), final
 
 
 def backward(step, chunk, core, xs, masks, states, do, dfinal, *, interpret):
