@@ -12,6 +12,12 @@ resets). Time is the median of several runs after a warm-up (wall clock; "cpu ms
 time, summed over threads, which is the steadier number on a shared host); memory is XLA's compiled
 estimate (temp + argument + output).
 
+Mode "pallas" (gla, gated_delta_rule) runs the chunk form with implementation="pallas" (the Pallas kernels:
+Triton on GPU, Mosaic on TPU); its "vs unpacked" column is the ratio to the XLA chunk form in the same run.
+It needs a GPU or TPU (on CPU the kernels run in Pallas interpret mode, which is not a speed number); no device
+timing of it exists yet. Measure it with
+  python -m benchmarks.linear_attention --ops gla,gated_delta_rule --modes chunk,pallas
+
 The "matmul floor" row times, at each T, only the twelve batched [64 x 64] @ [64 x 64] products that
 chunk-mode linear_attn's forward (4) and backward (8) cannot avoid (chunk 64, outputs written): no
 chunked form can beat it on this device, so recurrent / floor bounds the chunk-vs-recurrent speedup.
@@ -40,6 +46,7 @@ MEAN_DOCUMENT = 512
 OPS = ("linear_attn", "simple_gla", "gla", "delta_rule", "gated_delta_rule", "kda", "gated_delta_product",
        "dplr_delta_rule")
 HOUSEHOLDER = 2  # gated_delta_product's steps per token
+PALLAS_OPS = ("gla", "gated_delta_rule")  # ops with Pallas kernels (mode "pallas")
 # ops that are not linear-attention ops, and their modes ("packed" added when asked for)
 ATTENTION_MODES = {"softmax": ("causal",), "forgetting": ("blockwise", "quadratic")}
 
@@ -78,7 +85,8 @@ def _segment_ids(b: int, t: int) -> jax.Array:
 
 
 def _loss_fn(op: str, mode: str) -> Callable[..., jax.Array]:
-  """sum(o) of `op` in `mode`; for mode "packed" the last argument is segment_ids."""
+  """sum(o) of `op` in `mode`; for mode "packed" the last argument is segment_ids; "pallas" is the chunk form
+  through the Pallas kernels."""
   packed = mode == "packed"
 
   def loss(*args):
@@ -89,7 +97,9 @@ def _loss_fn(op: str, mode: str) -> Callable[..., jax.Array]:
       return jnp.sum(forgetting_attention(*args, mode="blockwise" if packed else mode, **options))
     if op == "gated_delta_product":
       options["num_householder"] = HOUSEHOLDER
-    o, _ = getattr(la, op)(*args, mode="chunk" if packed else mode, **options)
+    if mode == "pallas":
+      options["implementation"] = "pallas"
+    o, _ = getattr(la, op)(*args, mode="chunk" if mode in ("packed", "pallas") else mode, **options)
     return jnp.sum(o)
 
   return loss
@@ -142,10 +152,14 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--ops", default=",".join((*OPS, *ATTENTION_MODES, "floor")),
                       help="ops to time; 'forgetting' is forgetting attention, 'floor' the matmul floor row")
   parser.add_argument("--modes", default="chunk,packed,recurrent",
-                      help="chunk, recurrent, parallel, packed (chunk with segment_ids)")
+                      help="chunk, recurrent, parallel, packed (chunk with segment_ids), pallas (chunk through the "
+                           "Pallas kernels: gla and gated_delta_rule on GPU / TPU)")
   parser.add_argument("--max-gib", type=float, default=6.0, help="skip programs needing more memory")
   parser.add_argument("--out", default="runs/benchmarks/linear_attention.json")
   args = parser.parse_args(argv)
+  if "pallas" in args.modes.split(",") and jax.default_backend() not in ("gpu", "tpu"):
+    parser.error("mode 'pallas' times the Pallas kernels, which need a GPU or TPU (on CPU they run in interpret "
+                 "mode, not a speed number): drop it from --modes or run on a device")
   lengths = (512, 4096) if args.quick else (512, 1024, 2048, 4096, 8192, 16384)
   if args.lengths:
     lengths = tuple(int(t) for t in args.lengths.split(","))
@@ -167,16 +181,18 @@ def main(argv: list[str] | None = None) -> None:
     for op in sorted(args.ops.split(","), key=lambda name: name != "softmax"):  # softmax first
       op_modes = {name: (*m, "packed") if "packed" in modes else m for name, m in ATTENTION_MODES.items()}
       for mode in {**op_modes, "floor": ("12 dots",)}.get(op, modes):
+        if mode == "pallas" and op not in PALLAS_OPS:
+          continue
         row = measure(op, mode, b, t, repeats, args.max_gib * 2**30)
         if mode in ("chunk", "causal", "blockwise"):
           unpacked_sec[op, t] = row["seconds"]
         if op == "softmax" and mode == "causal":
           softmax_sec[t] = row["seconds"]
         row["vs_softmax"] = row["seconds"] / softmax_sec[t] if t in softmax_sec else float("nan")
-        row["vs_unpacked"] = row["seconds"] / unpacked_sec.get((op, t), float("nan")) if mode == "packed" \
-          else float("nan")
+        row["vs_unpacked"] = row["seconds"] / unpacked_sec.get((op, t), float("nan")) \
+          if mode in ("packed", "pallas") else float("nan")
         rows.append(row)
-        unpacked = f"{row['vs_unpacked']:10.2f}x" if mode == "packed" else ""
+        unpacked = f"{row['vs_unpacked']:10.2f}x" if mode in ("packed", "pallas") else ""
         print(f"{op:20} {mode:10} {t:6d} {b:4d} {row['seconds'] * 1e3:12.1f} {row['cpu_seconds'] * 1e3:9.0f} "
               f"{row['tokens_per_s']:11.0f} {row['peak_bytes'] / 2**20:9.1f} {row['vs_softmax']:9.2f}x {unpacked}",
               flush=True)

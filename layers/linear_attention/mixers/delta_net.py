@@ -22,6 +22,7 @@ from layers.linear_attention.mixers.decay_gate import DecayGate
 from layers.linear_attention.mixers.head_norm import HeadNorm
 from layers.linear_attention.mixers.recurrent_mixer import Cache, Documents, RecurrentMixer, l2_normalize, split_heads
 from layers.linear_attention.ops import delta_rule, gated_delta_product, gated_delta_rule
+from layers.linear_attention.pallas.chunk_scan import check_implementation
 
 
 class DeltaNet(RecurrentMixer):
@@ -30,11 +31,18 @@ class DeltaNet(RecurrentMixer):
 
   def __init__(self, ctx: LayerContext, *, gated: bool, expand_k: float, expand_v: float, conv_size: int,
                use_gate: bool, allow_neg_eigval: bool, norm_eps: float, mode: str, chunk_size: int,
-               rngs: nnx.Rngs, gate_activation: str = "silu", num_householder: int | None = None):
+               rngs: nnx.Rngs, gate_activation: str = "silu", num_householder: int | None = None,
+               implementation: str = "xla"):
     """num_householder: None runs one delta step per token (delta_rule / gated_delta_rule); n runs n steps
     per token through gated_delta_product, each with its own k, v and beta (n times the k / v / beta
-    projection and conv widths, step j of a token read from the j-th slice)."""
+    projection and conv widths, step j of a token read from the j-th slice).
+    implementation: "xla" or "pallas" (gated_delta_rule's kernel for the chunk form: gated, no num_householder;
+    decode steps stay recurrent)."""
     h, dk, dv = ctx.n_heads, int(ctx.head_dim * expand_k), int(ctx.head_dim * expand_v)
+    check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=dk, dv=dv)
+    if implementation == "pallas" and (not gated or num_householder is not None):
+      raise ValueError("implementation='pallas' has a kernel for gated_delta_rule only: use gated_delta_net "
+                       "without num_householder, or implementation='xla'")
     n = num_householder or 1
     self.q_proj = self._linear(ctx, ctx.d_model, h * dk, ("embed", "heads"), rngs=rngs)
     self.k_proj = self._linear(ctx, ctx.d_model, n * h * dk, ("embed", "heads"), rngs=rngs)
@@ -51,7 +59,7 @@ class DeltaNet(RecurrentMixer):
     self.beta_scale = 2.0 if allow_neg_eigval else 1.0
     self.num_householder = num_householder
     self.n_heads, self.state_k, self.state_v = h, dk, dv
-    self.mode, self.chunk_size = mode, chunk_size
+    self.mode, self.chunk_size, self.implementation = mode, chunk_size, implementation
 
   def extra_flops_per_token(self, seq_len: int) -> float:
     """A token runs num_householder delta steps (chunks over the interleaved steps)."""
@@ -75,7 +83,8 @@ class DeltaNet(RecurrentMixer):
     elif g is None:
       o, state = recur(delta_rule, q, k, v, beta)
     else:
-      o, state = recur(gated_delta_rule, q, k, v, g, beta)
+      op = functools.partial(gated_delta_rule, implementation=self.implementation if mode == "chunk" else "xla")
+      o, state = recur(op, q, k, v, g, beta)
     gate = None if self.g_proj is None else split_heads(self.g_proj(x), self.n_heads)
     y = self.o_proj(self.norm(o, gate).reshape(*x.shape[:-1], -1))
     return y, self._new_cache(cache, state, convs)
@@ -93,9 +102,9 @@ def delta_net(ctx: LayerContext, *, rngs: nnx.Rngs, expand_k: float = 1.0, expan
 def gated_delta_net(ctx: LayerContext, *, rngs: nnx.Rngs, expand_k: float = 1.0, expand_v: float = 2.0,
                     conv_size: int = 4, use_gate: bool = True, gate_activation: str = "silu",
                     allow_neg_eigval: bool = False, norm_eps: float = 1e-5, mode: str = "chunk",
-                    chunk_size: int = 64) -> DeltaNet:
+                    chunk_size: int = 64, implementation: str = "xla") -> DeltaNet:
   """Gated DeltaNet with the paper's defaults (value dim 2x head_dim, SiLU-gated output norm;
   gate_activation="sigmoid" is Kimi Linear's GDN-H baseline)."""
   return DeltaNet(ctx, gated=True, expand_k=expand_k, expand_v=expand_v, conv_size=conv_size,
                   use_gate=use_gate, gate_activation=gate_activation, allow_neg_eigval=allow_neg_eigval,
-                  norm_eps=norm_eps, mode=mode, chunk_size=chunk_size, rngs=rngs)
+                  norm_eps=norm_eps, mode=mode, chunk_size=chunk_size, implementation=implementation, rngs=rngs)

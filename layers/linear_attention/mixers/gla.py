@@ -5,6 +5,8 @@ gk_t = logsigmoid(W_2 W_1 x_t + b) / gate_logit_normalizer (16: decays stay clos
 the readout is normalised per head and gated by SiLU(W_g x). An optional short conv on q/k/v.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -13,13 +15,16 @@ from layers.context import LayerContext
 from layers.linear_attention.mixers.head_norm import HeadNorm
 from layers.linear_attention.mixers.recurrent_mixer import Cache, Documents, RecurrentMixer, split_heads
 from layers.linear_attention.ops import gla
+from layers.linear_attention.pallas.chunk_scan import check_implementation
 
 
 class GLA(RecurrentMixer):
   def __init__(self, ctx: LayerContext, *, expand_k: float, expand_v: float, gate_low_rank_dim: int,
                gate_logit_normalizer: float, use_output_gate: bool, conv_size: int, norm_eps: float,
-               mode: str, chunk_size: int, rngs: nnx.Rngs):
+               mode: str, chunk_size: int, rngs: nnx.Rngs, implementation: str = "xla"):
+    """implementation: "xla" or "pallas" (the op's kernel for the chunk form; decode steps stay recurrent)."""
     h, dk, dv = ctx.n_heads, int(ctx.head_dim * expand_k), int(ctx.head_dim * expand_v)
+    check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=dk, dv=dv)
     self.q_proj = self._linear(ctx, ctx.d_model, h * dk, ("embed", "heads"), rngs=rngs)
     self.k_proj = self._linear(ctx, ctx.d_model, h * dk, ("embed", "heads"), rngs=rngs)
     self.v_proj = self._linear(ctx, ctx.d_model, h * dv, ("embed", "heads"), rngs=rngs)
@@ -36,7 +41,7 @@ class GLA(RecurrentMixer):
     self.o_proj = self._linear(ctx, h * dv, ctx.d_model, ("heads", "embed"), rngs=rngs)
     self.gate_logit_normalizer = gate_logit_normalizer
     self.n_heads, self.state_k, self.state_v = h, dk, dv
-    self.mode, self.chunk_size = mode, chunk_size
+    self.mode, self.chunk_size, self.implementation = mode, chunk_size, implementation
 
   def mix(self, x: jax.Array, cache: Cache | None, mode: str,
           docs: Documents) -> tuple[jax.Array, Cache | None]:
@@ -47,7 +52,8 @@ class GLA(RecurrentMixer):
     logits = self.gk_up(self.gk_down(x)).astype(jnp.float32)
     gk = jax.nn.log_sigmoid(logits) / self.gate_logit_normalizer  # [B, T, H*K] fp32, <= 0
     q, k, v, gk = (split_heads(z, self.n_heads) for z in (q, k, v, gk))
-    o, state = self._recur(gla, q, k, v, gk, cache=cache, mode=mode, segment_ids=docs.segment_ids)
+    op = functools.partial(gla, implementation=self.implementation if mode == "chunk" else "xla")
+    o, state = self._recur(op, q, k, v, gk, cache=cache, mode=mode, segment_ids=docs.segment_ids)
     gate = None if self.g_proj is None else split_heads(self.g_proj(x), self.n_heads)
     y = self.o_proj(self.norm(o, gate).reshape(*x.shape[:-1], -1))
     return y, self._new_cache(cache, state, convs)
@@ -55,8 +61,10 @@ class GLA(RecurrentMixer):
 
 def gla_mixer(ctx: LayerContext, *, rngs: nnx.Rngs, expand_k: float = 0.5, expand_v: float = 1.0,
               gate_low_rank_dim: int = 16, gate_logit_normalizer: float = 16.0, use_output_gate: bool = True,
-              conv_size: int = 0, norm_eps: float = 1e-5, mode: str = "chunk", chunk_size: int = 64) -> GLA:
+              conv_size: int = 0, norm_eps: float = 1e-5, mode: str = "chunk", chunk_size: int = 64,
+              implementation: str = "xla") -> GLA:
   """GLA with the paper's defaults (key dim = head_dim / 2); conv_size > 0 adds a short conv on q/k/v."""
   return GLA(ctx, expand_k=expand_k, expand_v=expand_v, gate_low_rank_dim=gate_low_rank_dim,
              gate_logit_normalizer=gate_logit_normalizer, use_output_gate=use_output_gate,
-             conv_size=conv_size, norm_eps=norm_eps, mode=mode, chunk_size=chunk_size, rngs=rngs)
+             conv_size=conv_size, norm_eps=norm_eps, mode=mode, chunk_size=chunk_size,
+             implementation=implementation, rngs=rngs)

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 
 from layers.linear_attention.ops import common
 from layers.linear_attention.ops.chunk_forms import chunk_delta
+from layers.linear_attention.pallas import chunk_scan
+from layers.linear_attention.pallas import gated_delta_rule as pallas_gated_delta_rule
 
 
 def gated_delta_rule(
@@ -20,6 +22,7 @@ def gated_delta_rule(
   mode: str = "chunk",
   chunk_size: int = 64,
   segment_ids: jax.Array | None = None,
+  implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array | None]:
   """Delta-rule state update with a scalar log decay g_t <= 0 per head and step.
 
@@ -31,6 +34,11 @@ def gated_delta_rule(
   Returns o [B, T, H, V] in q's dtype and the final state [B, H, K, V] in fp32 (None unless
   output_final_state). mode: "recurrent" (scan, the specification), "chunk" (WY/UT transform with
   a triangular solve per chunk, the fast form), "parallel" (one chunk over the whole sequence).
+  implementation: "xla" (the forms above) or "pallas" (mode "chunk" only: the Pallas kernel of
+  layers/linear_attention/pallas/gated_delta_rule.py, Triton on GPU, Mosaic on TPU, interpret mode on CPU;
+  chunk_size a multiple of 16, K and V powers of two >= 16). Tested on CPU in interpret mode (outputs, final
+  state, gradients, packed rows, golden vectors) and lowered with jax.export for "cuda" and "tpu"; never run on a
+  GPU/TPU.
 
   Example (a row holding documents of 3 and 2 tokens; the second starts afresh):
     >>> q = k = jnp.full((1, 5, 2, 4), 0.5); v = jnp.ones((1, 5, 2, 4))
@@ -43,7 +51,9 @@ def gated_delta_rule(
   b, t, h, _ = q.shape
   common.check_shape("g", g, (b, t, h))
   common.check_shape("beta", beta, (b, t, h))
-  return common.run(recurrent, chunk_delta, q, k, v, (g, beta), scale=scale, initial_state=initial_state,
+  chunk_scan.check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=q.shape[-1], dv=v.shape[-1])
+  chunk = pallas_gated_delta_rule.chunk if implementation == "pallas" else chunk_delta
+  return common.run(recurrent, chunk, q, k, v, (g, beta), scale=scale, initial_state=initial_state,
                     output_final_state=output_final_state, mode=mode, chunk_size=chunk_size,
                     segment_ids=segment_ids)
 

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 
 from layers.linear_attention.ops import common
 from layers.linear_attention.ops.chunk_forms import chunk_linear
+from layers.linear_attention.pallas import chunk_scan
+from layers.linear_attention.pallas import gla as pallas_gla
 
 
 def gla(
@@ -19,6 +21,7 @@ def gla(
   mode: str = "chunk",
   chunk_size: int = 64,
   segment_ids: jax.Array | None = None,
+  implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array | None]:
   """Linear attention with a data-dependent log decay gk_t <= 0 per head, step and key channel.
 
@@ -29,6 +32,10 @@ def gla(
   Returns o [B, T, H, V] in q's dtype and the final state [B, H, K, V] in fp32 (None unless
   output_final_state). mode: "recurrent" (scan, the specification), "chunk" (chunkwise matmuls
   with secondary chunking, the fast form), "parallel" (one chunk over the whole sequence).
+  implementation: "xla" (the forms above) or "pallas" (mode "chunk" only: the Pallas kernel of
+  layers/linear_attention/pallas/gla.py, Triton on GPU, Mosaic on TPU, interpret mode on CPU; chunk_size a
+  multiple of 16, K and V powers of two >= 16). Tested on CPU in interpret mode (outputs, final state,
+  gradients, packed rows, golden vectors) and lowered with jax.export for "cuda" and "tpu"; never run on a GPU/TPU.
 
   Example (a row holding documents of 3 and 2 tokens; the second starts afresh):
     >>> q = k = jnp.ones((1, 5, 2, 8)); v = jnp.ones((1, 5, 2, 4)); gk = jnp.full((1, 5, 2, 8), -0.5)
@@ -37,7 +44,9 @@ def gla(
     ((1, 5, 2, 4), (1, 2, 8, 4), True)
   """
   common.check_shape("gk", gk, k.shape)
-  return common.run(_recurrent, _chunk, q, k, v, (gk,), scale=scale, initial_state=initial_state,
+  chunk_scan.check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=q.shape[-1], dv=v.shape[-1])
+  chunk = pallas_gla.chunk if implementation == "pallas" else _chunk
+  return common.run(_recurrent, chunk, q, k, v, (gk,), scale=scale, initial_state=initial_state,
                     output_final_state=output_final_state, mode=mode, chunk_size=chunk_size,
                     segment_ids=segment_ids)
 
