@@ -121,8 +121,12 @@ def describe(config) -> str:
     shape.append(f"{len(parse(m.blocks))} layers")
   shape += [f"d_model={m.d_model}" if "d_model" in m else "", f"{m.get('dtype', 'float32')}"]
   data = d.get("tfds_name") or d.get("corpus") or ""
+  from train import isoflop
+
+  size = isoflop.run_size(config)  # LMs: parameters, tokens and analytic training FLOPs
   return (" ".join(x for x in shape if x) + f"; data {d.name}{f' ({data})' if data else ''}, batch {d.batch_size}"
-          + (f" x {d.seq_len}" if m.kind == "lm" else "") + f", {config.train.steps} steps")
+          + (f" x {d.seq_len}" if m.kind == "lm" else "") + f", {config.train.steps} steps"
+          + (f"; {size['params']:,} params, {size['tokens']:.3g} tokens, {size['flops']:.3g} FLOPs" if size else ""))
 
 
 def command(run: Run, extra: Sequence[str] = ()) -> list[str]:
@@ -342,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--config", required=True, help="experiments/FILE.py[:ARG]")
   parser.add_argument("--root", default=None, help="parent of the run workdirs (default runs/<file>[-<arg>])")
   parser.add_argument("--parallel", type=int, default=1, help="local runs at a time (GPUs split between them)")
-  parser.add_argument("--dry-run", action="store_true", help="list the runs and their status only")
+  parser.add_argument("--dry-run", action="store_true",
+                      help="list the runs, their status, shape and (LMs) parameters, tokens and FLOPs only")
   parser.add_argument("--emit", choices=EMIT_KINDS, default=None, help="write a launch script instead of running")
   slurm = parser.add_argument_group("--emit slurm")
   slurm.add_argument("--partition", default="gpu")
