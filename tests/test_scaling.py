@@ -141,3 +141,15 @@ def test_isoflop_plan_spends_each_budget_with_the_models_own_flops():
     isoflop.plan(config, [1e9], shapes, sizes=5)
   with pytest.raises(ConfigError, match="5-9 model sizes"):
     isoflop.plan(config, [1e11], shapes, sizes=3)
+
+
+def test_sweep_dry_run_lists_params_tokens_and_flops_of_the_plan(capsys):
+  from train import sweep
+
+  assert sweep.main(["--config", "experiments/scaling.py:local", "--dry-run"]) == 0
+  out = capsys.readouterr().out
+  listed = [line for line in out.splitlines() if line.startswith("new")]
+  sizes = [line for line in out.splitlines() if "params," in line]
+  assert len(listed) == len(sizes) == 40  # 2 variants x 4 budgets x 5 sizes
+  assert sum("(gated_delta_net, swiglu)" in line for line in listed) == 20
+  assert sum(line.endswith("; 34,976 params, 3.87e+05 tokens, 1e+11 FLOPs") for line in sizes) == 1, sizes[:5]

@@ -96,6 +96,7 @@ def fit(variants: dict, *, bootstrap: int, seed: int = 0) -> list[str]:
         setattr(v, attr, call(*args, bootstrap=bootstrap, seed=seed))
       except scaling.NoFit as e:
         notes.append(f"{v.label}: no {name} fit: {e}")
+    notes += [f"{v.label}: isoFLOP budget left out, {why}" for why in (v.isoflop.skipped if v.isoflop else [])]
   return notes
 
 
