@@ -35,3 +35,19 @@ def test_cooldown_branch_equals_a_run_sized_to_its_end(tmp_path):
   c.optim.schedule = "cosine"
   with pytest.raises(ConfigError, match="need a constant-lr run"):
     cooldowns.branch_config(c, 6, 2)
+
+
+def test_wsd_decay_steps_and_shapes():
+  from experiments import common
+  from train import optim, validate
+
+  c = common.base_config()
+  c.optim.update(dict(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule="wsd", decay_steps=20, decay_shape="1-sqrt"))
+  lr = optim.schedule(c.optim, 110)
+  assert float(lr(89)) == pytest.approx(1.0) and float(lr(90)) == pytest.approx(1.0)
+  assert float(lr(95)) == pytest.approx(0.1 + 0.9 * (1 - 0.5)) and float(lr(110)) == pytest.approx(0.1)
+  c.optim.decay_shape = "linear"
+  assert float(optim.schedule(c.optim, 110)(95)) == pytest.approx(1.0 - 0.9 * 0.25)
+  c.optim.decay_shape = "cosine"
+  with pytest.raises(ConfigError, match=r"optim\.decay_shape='cosine'; choose one of"):
+    validate.validate(c, num_devices=1, process_count=1)
