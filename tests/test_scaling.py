@@ -153,3 +153,8 @@ def test_sweep_dry_run_lists_params_tokens_and_flops_of_the_plan(capsys):
   assert len(listed) == len(sizes) == 40  # 2 variants x 4 budgets x 5 sizes
   assert sum("(gated_delta_net, swiglu)" in line for line in listed) == 20
   assert sum(line.endswith("; 34,976 params, 3.87e+05 tokens, 1e+11 FLOPs") for line in sizes) == 1, sizes[:5]
+
+
+def test_fits_refuse_non_finite_or_non_positive_values():
+  with pytest.raises(ValueError, match=r"runs \[1\] have a value that is not finite"):
+    scaling.fit_parametric([1e6, 2e6, 3e6], [1e8, 1e8, 1e8], [3.0, float("nan"), 2.0])

@@ -9,7 +9,8 @@ Frontier: per variant L(C) = E + A C^-alpha through its compute-optimal points (
 budget has 3 sizes, else the best run of the budget), with a bootstrap band and a predictive interval
 (bootstrap spread plus resampled residuals) for extrapolation; compute multiplier of a variant against a
 baseline: the compute the baseline needs to reach the variant's loss, over the variant's compute.
-Where the data cannot constrain a fit, `NoFit` says why instead of returning a number.
+Bootstrap resamples are refitted all at once (`_refit`, Levenberg-Marquardt on the same objective, started at
+the full-data fit). Where the data cannot constrain a fit, `NoFit` says why instead of returning a number.
 
   python -m train.scaling fit FILE.csv [--bootstrap 1000] [--seed 0]   # rows params,tokens,loss -> one JSON line
 """
@@ -36,13 +37,21 @@ class NoFit(ValueError):
   """The data cannot constrain this fit; the message says why and what to add."""
 
 
+def _bounds(samples, axis=None, confidence: float = CONFIDENCE, *, drop_nan: bool = False):
+  """(lower, upper) central percentiles over `axis`, each taken at a sample (no interpolation, so an infinite
+  sample gives an infinite bound, never inf - inf = nan); NaN samples are dropped if `drop_nan`, else count as
+  +inf (a resample the fit failed on says the data do not pin the value down)."""
+  tail = 50 * (1 - confidence)
+  pct = np.nanpercentile if drop_nan else np.percentile
+  s = np.asarray(samples, np.float64) if drop_nan else np.where(np.isnan(samples), np.inf, samples)
+  return pct(s, tail, axis=axis, method="lower"), pct(s, 100 - tail, axis=axis, method="higher")
+
+
 def interval(samples, confidence: float = CONFIDENCE) -> tuple[float, float]:
-  """Central percentile interval of bootstrap `samples` (non-finite samples count as +inf; none: nan)."""
+  """Central percentile interval of bootstrap `samples` (NaN samples count as +inf; no samples: nan)."""
   if np.size(samples) == 0:
     return float("nan"), float("nan")
-  s = np.where(np.isfinite(samples), samples, np.inf)
-  tail = 50 * (1 - confidence)
-  return float(np.percentile(s, tail)), float(np.percentile(s, 100 - tail))
+  return tuple(float(b) for b in _bounds(samples, confidence=confidence))
 
 
 def _resample_weights(n: int, bootstrap: int, rng: np.random.Generator) -> np.ndarray:
@@ -51,11 +60,15 @@ def _resample_weights(n: int, bootstrap: int, rng: np.random.Generator) -> np.nd
 
 
 def _arrays(*columns) -> list[np.ndarray]:
+  """The columns as float64 vectors; ValueError unless they have one length and every value is finite and > 0."""
   out = [np.asarray(c, np.float64).ravel() for c in columns]
   if len({len(c) for c in out}) != 1:
     raise ValueError(f"columns of different lengths: {[len(c) for c in out]}")
-  ok = np.all([np.isfinite(c) & (c > 0) for c in out], axis=0)
-  return [c[ok] for c in out]
+  bad = np.flatnonzero(~np.all([np.isfinite(c) & (c > 0) for c in out], axis=0))
+  if len(bad):
+    raise ValueError(f"runs {bad[:5].tolist()}{'...' if len(bad) > 5 else ''} have a value that is not finite and "
+                     "positive (parameters, tokens, FLOPs and losses must be); drop those runs")
+  return out
 
 
 # ----------------------------------------------------------------------------------------- approach 3
@@ -310,7 +323,7 @@ class IsoflopFit:
   def band(self, name: str, flops) -> tuple[np.ndarray, np.ndarray]:
     s = self.samples[name]
     pred = np.exp(s[:, :1] + s[:, 1:] * np.log(np.asarray(flops, np.float64))[None])
-    return np.nanpercentile(pred, 50 * (1 - CONFIDENCE), 0), np.nanpercentile(pred, 100 - 50 * (1 - CONFIDENCE), 0)
+    return _bounds(pred, 0, drop_nan=True)
 
   def to_json(self) -> dict:
     return {"a": self.a, "b": self.b, "loss_exponent": self.laws["loss"][1], "N_coef": self.laws["params"][0],
@@ -439,18 +452,14 @@ class Frontier:
 
   def band(self, flops) -> tuple[np.ndarray, np.ndarray]:
     """Confidence band of the frontier at `flops` (bootstrap percentiles)."""
-    curves = self._sample_curves(flops)
-    tail = 50 * (1 - CONFIDENCE)
-    return np.nanpercentile(curves, tail, 0), np.nanpercentile(curves, 100 - tail, 0)
+    return _bounds(self._sample_curves(flops), 0, drop_nan=True)
 
   def predict(self, flops, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(L, lo, hi) at `flops`: the prediction and its predictive interval (each resample's curve times the
     exponential of a residual drawn from the fit's ln-loss residuals)."""
     curves = self._sample_curves(flops)
     noise = np.random.default_rng(seed).choice(self.residuals, size=curves.shape)
-    tail = 50 * (1 - CONFIDENCE)
-    draws = curves * np.exp(noise)
-    return self(np.atleast_1d(flops)), np.nanpercentile(draws, tail, 0), np.nanpercentile(draws, 100 - tail, 0)
+    return (self(np.atleast_1d(flops)), *_bounds(curves * np.exp(noise), 0, drop_nan=True))
 
   def compute_for(self, loss) -> np.ndarray:
     """The compute at which this frontier reaches `loss` (inf at or below its floor E)."""
@@ -511,9 +520,10 @@ def compute_multiplier(variant: Frontier, baseline: Frontier, flops) -> tuple[np
   v, b = variant.samples[:k], baseline.samples[:k]
   loss = v[:, :1] + v[:, 1:2] * c[None] ** -v[:, 2:3]
   ms = _inverse(loss, b[:, :1], b[:, 1:2], b[:, 2:3]) / c[None]
-  ms = ms[np.all(np.isfinite(v), 1) & np.all(np.isfinite(b), 1)]
-  tail = 50 * (1 - CONFIDENCE)
-  return m, np.percentile(ms, tail, 0), np.percentile(ms, 100 - tail, 0)
+  ms = ms[np.all(np.isfinite(v), 1) & np.all(np.isfinite(b), 1)]  # resamples whose frontier fit failed: none
+  if not len(ms):
+    return m, np.full_like(c, np.nan), np.full_like(c, np.nan)
+  return (m, *_bounds(ms, 0))
 
 
 # ----------------------------------------------------------------------------------------- synthetic runs

@@ -60,6 +60,9 @@ def points(runs: list[dict], rows: list[dict], variant_keys: list[str]) -> tuple
     final = row["eval_loss"] if row["eval_loss"] is not None else row["loss"]
     if cfg.get("model.kind", "lm") != "lm" or not row["flops"] or not row["params"] or final is None:
       continue
+    if not math.isfinite(final):
+      notes.append(f"{run['run']}: final loss {final}; not a point")
+      continue
     if row["steps"] != cfg.get("train.steps"):
       notes.append(f"{run['run']}: unfinished ({row['steps']} of {cfg.get('train.steps')} steps); not a point")
       continue
