@@ -10,7 +10,7 @@ Paper scale (TPU / GPU; bf16, FSDP; C4 from TFDS or data.tfds_name=..., with you
   python -m train.sweep --config experiments/scaling.py --root gs://bucket/scaling --emit tpu-vm \
     --config.data.spm_model=TOK
   python -m train.report gs://bucket/scaling --baseline attention --target-flops 1e20
-Local (2 CPU cores; 40 runs of 100-700 steps; widths 16-128, 2 layers, byte-level text):
+Local (2 CPU cores; 40 runs of 50-1900 steps, widths 16-80 at 2 layers, byte-level text):
   python -m train.sweep --config experiments/scaling.py:local --parallel 2
   python -m train.report runs/scaling-local --baseline attention --target-flops 1e13
 Expect: not measured yet at either scale (no sweep has been run for this file); the paper reports Gated
