@@ -111,8 +111,9 @@ def resolve(spec: str, overrides: dict, common: Sequence[str] = ()):
   return config
 
 
-def describe(config) -> str:
-  """One line of what a run trains: model shape, data, batch and steps."""
+def describe(config, sizes: bool = True) -> str:
+  """One line of what a run trains: model shape, data, batch and steps (and, with `sizes`, an LM's parameters,
+  tokens and analytic FLOPs, from its abstract model: about a second per paper-scale model)."""
   m, d = config.model, config.data
   shape = [f"{m.kind}"]
   if "blocks" in m:
@@ -123,7 +124,7 @@ def describe(config) -> str:
   data = d.get("tfds_name") or d.get("corpus") or ""
   from train import isoflop
 
-  size = isoflop.run_size(config)  # LMs: parameters, tokens and analytic training FLOPs
+  size = isoflop.run_size(config) if sizes else None  # LMs: parameters, tokens and analytic training FLOPs
   return (" ".join(x for x in shape if x) + f"; data {d.name}{f' ({data})' if data else ''}, batch {d.batch_size}"
           + (f" x {d.seq_len}" if m.kind == "lm" else "") + f", {config.train.steps} steps"
           + (f"; {size['params']:,} params, {size['tokens']:.3g} tokens, {size['flops']:.3g} FLOPs" if size else ""))
@@ -348,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--parallel", type=int, default=1, help="local runs at a time (GPUs split between them)")
   parser.add_argument("--dry-run", action="store_true",
                       help="list the runs, their status, shape and (LMs) parameters, tokens and FLOPs only")
+  parser.add_argument("--no-sizes", action="store_true", help="--dry-run without parameters, tokens and FLOPs "
+                      "(each takes building the run's abstract model)")
   parser.add_argument("--emit", choices=EMIT_KINDS, default=None, help="write a launch script instead of running")
   slurm = parser.add_argument_group("--emit slurm")
   slurm.add_argument("--partition", default="gpu")
@@ -365,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
   for r in runs:
     print(f"{r.status:12} {r.workdir}  {r.overrides}")
     if args.dry_run:
-      print(f"{'':12} {describe(resolve(args.config, r.overrides, common))}")
+      print(f"{'':12} {describe(resolve(args.config, r.overrides, common), sizes=not args.no_sizes)}")
   if args.dry_run:
     return 0
   todo = [r for r in runs if r.status != "done"]
