@@ -1,4 +1,5 @@
-"""Scaling-law fits (train/scaling.py) on synthetic runs from a known L(N, D), the fit CLI, and isoFLOP planning."""
+"""Scaling-law fits (train/scaling.py, train/frontier.py) on synthetic runs from a known L(N, D), the fit CLI,
+and isoFLOP planning."""
 
 import functools
 import json
@@ -8,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from train import isoflop, scaling
+from train import frontier, isoflop, scaling
 from train.config import ConfigError
 
 TRUTH = {**scaling.CHINCHILLA, "a": 0.28 / 0.62, "b": 0.34 / 0.62}
@@ -29,7 +30,7 @@ def _parametric():
 @functools.cache
 def _frontier(seed: int, compute_factor: float):
   r = _runs(seed, compute_factor)
-  return scaling.fit_frontier(r["flops"], r["loss"], r["params"], r["tokens"], bootstrap=200, seed=seed)
+  return frontier.fit_frontier(r["flops"], r["loss"], r["params"], r["tokens"], bootstrap=200, seed=seed)
 
 
 def test_parametric_fit_recovers_the_law_inside_its_intervals():
@@ -73,10 +74,10 @@ def test_isoflop_and_parametric_approaches_agree():
 def test_variant_at_k_times_compute_has_multiplier_k(k):
   baseline, variant = _frontier(0, 1.0), _frontier(1, k)
   c = np.array([3e17, 3e18, 1e19])
-  m, lo, hi = scaling.compute_multiplier(variant, baseline, c)
+  m, lo, hi = frontier.compute_multiplier(variant, baseline, c)
   np.testing.assert_allclose(m, k, rtol=0.15)
   assert np.all(lo <= k) and np.all(k <= hi), (m, lo, hi)
-  same = scaling.compute_multiplier(baseline, baseline, c)[0]
+  same = frontier.compute_multiplier(baseline, baseline, c)[0]
   np.testing.assert_allclose(same, 1.0, rtol=1e-9)
 
 
@@ -101,7 +102,7 @@ def test_fits_refuse_data_that_cannot_constrain_them():
   with pytest.raises(scaling.NoFit, match="2 distinct sizes at this budget"):
     scaling.fit_isoflop(*(r[k][two_sizes] for k in ("params", "tokens", "loss", "flops")), bootstrap=5)
   with pytest.raises(scaling.NoFit, match="frontier E \\+ A C\\^-alpha needs at least 4"):
-    scaling.fit_frontier(r["flops"][r["flops"] < 2e18], r["loss"][r["flops"] < 2e18], bootstrap=5)
+    frontier.fit_frontier(r["flops"][r["flops"] < 2e18], r["loss"][r["flops"] < 2e18], bootstrap=5)
   edge = np.arange(len(r["loss"])) % 7 < 3  # the three smallest sizes: the minimum lies beyond them
   with pytest.raises(scaling.NoFit, match="beyond the largest size"):
     scaling.parabola(*(r[k][edge][:3] for k in ("params", "tokens", "loss", "flops")))

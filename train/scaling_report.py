@@ -1,6 +1,6 @@
-"""The scaling section of `python -m train.report`: train/scaling.py's fits on a sweep's honest points, a table
-and the plots (isoFLOP parabolas with their minima, N*(C) and D*(C), frontiers with bands and extrapolation,
-compute multipliers).
+"""The scaling section of `python -m train.report`: train/scaling.py's and train/frontier.py's fits on a sweep's
+honest points, a table and the plots (isoFLOP parabolas with their minima, N*(C) and D*(C), frontiers with
+bands and extrapolation, compute multipliers).
 
 A point is a run's final loss (eval loss where it has one) with its parameters N, tokens D and analytic FLOPs C,
 and only if its schedule ended there: finished runs with a decaying schedule (cosine, or WSD: a cooldown branch
@@ -23,6 +23,7 @@ import numpy as np
 
 from models.block_pattern import parse_groups
 from train import scaling
+from train.frontier import Frontier, compute_multiplier, fit_frontier
 
 DECAYING = ("cosine", "wsd")
 NOT_VARIANT = ("model.blocks", "optim.schedule", "optim.decay_shape")  # cosine runs and cooldown branches pool
@@ -40,7 +41,7 @@ class Variant:
   seeds: list
   parametric: scaling.ParametricFit | None = None
   isoflop: scaling.IsoflopFit | None = None
-  frontier: scaling.Frontier | None = None
+  frontier: Frontier | None = None
 
 
 def layer_types(blocks: str) -> str:
@@ -94,7 +95,7 @@ def fit(variants: dict, *, bootstrap: int, seed: int = 0) -> list[str]:
     for attr, name, call, args in (
         ("parametric", "approach 3", scaling.fit_parametric, (v.params, v.tokens, v.loss)),
         ("isoflop", "isoFLOP", scaling.fit_isoflop, (v.params, v.tokens, v.loss, v.flops)),
-        ("frontier", "frontier", scaling.fit_frontier, (v.flops, v.loss, v.params, v.tokens))):
+        ("frontier", "frontier", fit_frontier, (v.flops, v.loss, v.params, v.tokens))):
       try:
         setattr(v, attr, call(*args, bootstrap=bootstrap, seed=seed))
       except scaling.NoFit as e:
@@ -139,7 +140,7 @@ def markdown(variants: dict, baseline: str | None, target_flops: float | None) -
     else:
       cells += ["-", "-"]
     if f and base is not None and base.frontier is not None and base is not v:
-      m, lo, hi = scaling.compute_multiplier(f, base.frontier, target)
+      m, lo, hi = compute_multiplier(f, base.frontier, target)
       cells.append(f"{m[0]:.3g} [{lo[0]:.3g}, {hi[0]:.3g}]")
     else:
       cells.append("-")
@@ -252,7 +253,7 @@ def plot_multiplier(variants: dict, baseline: str | None, save, target_flops: fl
   for label, v in others.items():
     hi_c = max(v.flops.max(), target_flops or 0)
     grid = np.geomspace(v.flops.min(), hi_c, 60)
-    m, lo, hi = scaling.compute_multiplier(v.frontier, base.frontier, grid)
+    m, lo, hi = compute_multiplier(v.frontier, base.frontier, grid)
     ax.plot(grid, m, color=colours[label], lw=1.4, label=label)
     ax.fill_between(grid, lo, np.minimum(hi, 1e6), color=colours[label], alpha=0.2)
   ax.set_xscale("log")
