@@ -87,7 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.optim = ml_collections.ConfigDict(dict(
-    lr=3e-4, schedule="cosine", warmup_steps=100, decay_fraction=0.2, min_lr_ratio=0.1,
+    lr=3e-4, schedule="cosine", warmup_steps=100, min_lr_ratio=0.1,
+    decay_fraction=0.2, decay_steps=0, decay_shape="linear",  # wsd: the decay (decay_steps > 0 overrides fraction)
     b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0, grad_accum=1,
     groups=ml_collections.ConfigDict({
       "activation": ml_collections.ConfigDict(dict(lr_mult=1.0, weight_decay=0.0)),

@@ -1,4 +1,4 @@
-"""Sweeps (expansion, skip finished, resume interrupted, cluster scripts), reports and power-law fits,
+"""Sweeps (expansion, skip finished, resume interrupted, cluster scripts), reports and their scaling section,
 and analytic FLOPs against XLA's cost analysis."""
 
 import json
@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from tests.test_train_run import _launch, _wait_for_step
-from train import metrics, report, sweep
-from train.scaling import fit_power_law
+from train import metrics, report, scaling, sweep
 
 SPEC = "tests/data/sweep_experiment.py:steps=6"
 
@@ -56,7 +55,7 @@ def test_sweep_runs_skips_finished_and_resumes_interrupted(tmp_path):
   assert len(result["rows"]) == 4
   assert "| blocks | n |" in result["markdown"] and "± " in result["markdown"]  # seeds averaged: n = 2
   assert all(os.path.getsize(p) > 1000 for p in result["plots"])
-  assert any("no power-law fit" in n for n in result["notes"])  # one size per variant: says so
+  assert any("no approach 3 fit" in n and "need at least 6" in n for n in result["notes"])  # one size: says so
 
 
 def test_sweep_refuses_a_changed_config_for_an_interrupted_run_before_writing(tmp_path, capsys):
@@ -100,40 +99,40 @@ def test_emit_cluster_scripts(tmp_path, kind, needle):
   assert all(subprocess.run(["bash", "-n", str(p)]).returncode == 0 for p in scripts)
 
 
-def _fake_run(root, name, config, losses, flops_per_step):
+def _final_run(root, name: str, blocks: str, *, params: float, tokens: int, flops: float, loss: float,
+               schedule: str = "cosine", done: bool = True, seed: int = 0) -> None:
+  """A finished run's workdir as the report reads it (one token per step, so steps = tokens)."""
   d = root / name
   d.mkdir(parents=True)
-  (d / "config.json").write_text(json.dumps(config))
-  with open(d / "metrics.jsonl", "w") as f:
-    for step, loss in enumerate(losses, 1):
-      f.write(json.dumps({"step": step, "loss": loss, "flops_per_step": flops_per_step, "params": 1000}) + "\n")
+  cfg = {"model": {"kind": "lm", "blocks": blocks}, "seed": seed, "optim": {"schedule": schedule},
+         "data": {"name": "text", "batch_size": 1, "seq_len": 1}, "train": {"steps": tokens}}
+  (d / "config.json").write_text(json.dumps(cfg))
+  step = tokens if done else tokens // 2
+  (d / "metrics.jsonl").write_text(json.dumps({"step": step, "loss": loss, "eval_loss": loss, "params": params,
+                                               "flops_per_step": flops / tokens}) + "\n")
 
 
-def test_report_recovers_power_law_exponent(tmp_path):
-  rng = np.random.default_rng(0)
-  truth = {"attention": (1.8, 400.0, 0.25), "gla": (2.0, 900.0, 0.3)}
-  for mixer, (e, a, alpha) in truth.items():
-    for i, width in enumerate([32, 64, 96, 128, 192, 256, 384]):
-      steps, fps = 10, 1e9 * 2 ** i
-      final = e + a * (fps * steps) ** (-alpha) * (1 + 0.003 * rng.standard_normal())
-      cfg = {"model": {"blocks": f"({mixer}, swiglu) * 2", "d_model": width}, "seed": 0}
-      _fake_run(tmp_path, f"{mixer}-{width}", cfg, [final + 1.0] * (steps - 1) + [final], fps)
-  result = report.report(str(tmp_path))
-  for mixer, (_, _, alpha) in truth.items():
-    note = next(n for n in result["notes"] if mixer in n)
-    fitted = float(note.split("α = ")[1].split(" ")[0])
-    assert fitted == pytest.approx(alpha, rel=0.05), note
-  rows = list(open(tmp_path / "runs.csv"))
-  assert len(rows) == 15 and rows[0].startswith("run,")
-
-
-def test_power_law_fit_errors_and_uncertainty():
-  c = np.logspace(10, 15, 6)
-  fit = fit_power_law(c, 2.0 + 50 * c ** -0.2)
-  assert fit.alpha == pytest.approx(0.2, rel=1e-3) and fit.E == pytest.approx(2.0, rel=1e-3)
-  assert np.isfinite(fit.alpha_err) and fit.alpha_err < 0.01
-  with pytest.raises(ValueError, match="at least 4 runs"):
-    fit_power_law([1e10, 1e11, 1e12], [3.0, 2.5, 2.2])
+def test_report_scaling_section_finds_the_compute_multiplier(tmp_path):
+  """Two layer types at 2 and 3 depths (depth is size, not variant); gla is attention at 2x compute."""
+  for mixer, k in (("attention", 1.0), ("gla", 2.0)):
+    r = scaling.synthetic_runs(np.logspace(17, 20, 5), 7, compute_factor=k, seed=int(k))
+    for i, (n, d, c, y) in enumerate(zip(r["params"], r["tokens"], r["flops"], r["loss"])):
+      _final_run(tmp_path, f"{mixer}-{i}", f"({mixer}, swiglu) * {2 + i % 2}", params=n, tokens=round(d), flops=c,
+                 loss=y)
+  _final_run(tmp_path, "unfinished", "(gla, swiglu) * 2", params=1e8, tokens=10**9, flops=6e17, loss=1.0, done=False)
+  _final_run(tmp_path, "constant-lr", "(gla, swiglu) * 2", params=1e8, tokens=10**9, flops=6e17, loss=1.0,
+             schedule="constant")
+  result = report.report(str(tmp_path), baseline="attention", target_flops=1e19, bootstrap=100)
+  table = result["scaling_markdown"]
+  rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines()[3:]}
+  assert set(rows) == {"(attention, swiglu)", "(gla, swiglu)"} and rows["(gla, swiglu)"][1] == "35"
+  multiplier, lo, hi = (float(x.strip("[],")) for x in rows["(gla, swiglu)"][-1].split(" ")[:3])
+  assert multiplier == pytest.approx(2.0, rel=0.2) and lo <= 2.0 <= hi, table
+  notes = "\n".join(result["notes"])
+  assert "unfinished (500000000 of 1000000000 steps)" in notes and "'constant' ends without a decay" in notes
+  assert "one seed per point" in notes
+  names = {os.path.basename(p) for p in result["plots"]}
+  assert {"isoflop.png", "optimal_allocation.png", "frontier.png", "multiplier.png"} <= names
 
 
 def test_analytic_flops_match_xla_cost_analysis_on_baseline_lm():
@@ -161,8 +160,9 @@ def test_isoflop_curves_and_mqar_plot_from_synthetic_runs(tmp_path):
   for budget in (1e12, 1e13, 1e14):
     for params in (1e5, 1e6, 1e7):
       steps = 10
-      loss = 2.0 + (np.log10(params) - np.log10(budget) / 2 + 1) ** 2 * 0.1
-      cfg = {"model": {"blocks": "(gla, swiglu) * 2", "d_model": int(params ** 0.5)}, "data": {"name": "mqar"}}
+      loss = 2.0 + (np.log10(params) - np.log10(budget) / 2 + 0.5) ** 2 * 0.1  # minima inside the sizes
+      cfg = {"model": {"blocks": "(gla, swiglu) * 2", "d_model": int(params ** 0.5)}, "optim": {"schedule": "cosine"},
+             "data": {"name": "mqar", "batch_size": 4, "seq_len": 8, "vocab_size": 64}, "train": {"steps": steps}}
       d = tmp_path / f"c{budget:.0e}-p{params:.0e}"
       d.mkdir()
       (d / "config.json").write_text(json.dumps(cfg))
@@ -170,7 +170,7 @@ def test_isoflop_curves_and_mqar_plot_from_synthetic_runs(tmp_path):
         for step in range(1, steps + 1):
           f.write(json.dumps({"step": step, "loss": loss, "flops_per_step": budget / steps, "params": params,
                               "eval_accuracy": 0.5}) + "\n")
-  result = report.report(str(tmp_path))
+  result = report.report(str(tmp_path), bootstrap=20)
   names = {os.path.basename(p) for p in result["plots"]}
-  assert {"isoflop.png", "mqar_accuracy.png", "scaling.png"} <= names
+  assert {"isoflop.png", "mqar_accuracy.png", "optimal_allocation.png", "frontier.png"} <= names, result["notes"]
   assert all(os.path.getsize(p) > 1000 for p in result["plots"])

@@ -11,12 +11,26 @@ import optax
 from flax import nnx
 
 SCHEDULES = ("cosine", "wsd", "constant")
+DECAY_SHAPES = ("linear", "1-sqrt")
+
+
+def _decay(peak: float, floor: float, steps: int, shape: str) -> optax.Schedule:
+  """peak -> floor over `steps`: linear, or 1-sqrt (floor + (peak - floor)(1 - sqrt(t / steps)), the cooldown
+  shape that does best in Hägele et al., 2024)."""
+  if shape == "linear":
+    return optax.linear_schedule(peak, floor, steps)
+  if shape == "1-sqrt":
+    return lambda t: floor + (peak - floor) * (1 - jnp.sqrt(jnp.clip(t / steps, 0.0, 1.0)))
+  raise ValueError(f"optim.decay_shape must be one of {DECAY_SHAPES}, got {shape!r}")
 
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:
   """lr(step): linear warmup to cfg.lr, then cosine / WSD / constant down to lr * min_lr_ratio.
 
   Warmup is lr * (step + 1) / warmup_steps, so the very first update already moves the parameters.
+  WSD holds the peak and decays over the last decay_steps (0: decay_fraction of the steps after warmup) with
+  decay_shape, so a WSD run branched at step s into a decay of k steps (train/cooldowns.py) follows exactly
+  the schedule of a WSD run of s + k steps.
   """
   if cfg.schedule not in SCHEDULES:
     raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
@@ -25,10 +39,10 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
   rest = max(total_steps - warmup, 1)
   if cfg.schedule == "cosine":
     after = optax.cosine_decay_schedule(peak, rest, alpha=cfg.min_lr_ratio)
-  elif cfg.schedule == "wsd":  # warmup-stable-decay: hold the peak, then decay linearly at the end
-    decay = max(int(rest * cfg.decay_fraction), 1)
+  elif cfg.schedule == "wsd":  # warmup-stable-decay: hold the peak, then decay at the end
+    decay = min(cfg.get("decay_steps", 0) or max(int(rest * cfg.decay_fraction), 1), rest)
     after = optax.join_schedules(
-      [optax.constant_schedule(peak), optax.linear_schedule(peak, floor, decay)], [rest - decay])
+      [optax.constant_schedule(peak), _decay(peak, floor, decay, cfg.get("decay_shape", "linear"))], [rest - decay])
   else:
     after = optax.constant_schedule(peak)
   if warmup == 0:

@@ -6,8 +6,10 @@ config keys that differ between runs (the swept keys), and writes:
   stdout                a markdown table grouped by the swept keys (mean ± std over seeds)
   loss_vs_step.png      training (and eval) loss curves per run
   loss_vs_flops.png     the same against cumulative training FLOPs
-  scaling.png           eval loss vs compute per variant, L(C) = E + A C^-alpha fitted to its frontier
-  isoflop.png           loss vs parameters at (nearly) fixed compute, when the sweep has that
+  scaling section        (train/scaling_report.py) fits on final losses of finished runs whose schedule decayed:
+                        a table of fits (approach 2 and 3, frontier, prediction at --target-flops, compute
+                        multiplier vs --baseline) and isoflop.png, optimal_allocation.png, frontier.png,
+                        multiplier.png where the data constrain them (the notes say why not otherwise)
   mqar_accuracy.png     MQAR answer accuracy vs decoding-state size (or width) per variant
   stdout (2nd table)    for runs evaluated at several expert counts (train.eval_top_k, SMoE-Dropout's
                         self-slimming): the final eval loss at each k, grouped like the main table
@@ -31,8 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from train import metrics as metrics_lib
-from train import paths
-from train.scaling import fit_power_law
+from train import paths, scaling_report
 
 IGNORED_PREFIXES = ("distributed.", "train.progress", "train.tensorboard", "data.data_dir")
 
@@ -202,85 +203,6 @@ def plot_curves(runs: list[dict], rows: list[dict], variant: list[str], out: str
   return written
 
 
-def final_loss(row: dict):
-  return row["eval_loss"] if row["eval_loss"] is not None else row["loss"]
-
-
-def compute_points(run: dict) -> list[tuple[float, float]]:
-  """(training FLOPs so far, eval loss) at each eval of a run; its final train loss if it never evaluated."""
-  rec = run["records"]
-  fps = _last(rec, "flops_per_step")
-  if not fps:
-    return []
-  evals = [(r["step"] * fps, r["eval_loss"]) for r in rec if r.get("eval_loss") is not None]
-  return evals or [(rec[-1]["step"] * fps, rec[-1]["loss"])]
-
-
-def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-  """The compute-efficient frontier: points no cheaper point beats (Kaplan et al.'s envelope)."""
-  out, best = [], math.inf
-  for c, loss in sorted(points):
-    if loss < best:
-      out.append((c, loss))
-      best = loss
-  return out
-
-
-def plot_scaling(runs: list[dict], rows: list[dict], variant: list[str], out: str) -> tuple[str, list[str]]:
-  """Eval loss vs compute per variant (all runs, all evals) and L(C) fitted to its frontier."""
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  notes = []
-  by_variant: dict[str, list[tuple[float, float]]] = defaultdict(list)
-  for run, row in zip(runs, rows):
-    by_variant[variant_label(row, variant)].extend(compute_points(run))
-  for label, points in by_variant.items():
-    if not points:
-      continue
-    pts = ax.scatter(*zip(*points), s=10, alpha=0.5, label=label)
-    edge = frontier(points)
-    try:
-      fit = fit_power_law(*zip(*edge))
-    except ValueError as e:
-      notes.append(f"{label}: no power-law fit: {e}")
-      continue
-    if not fit.constrained:
-      notes.append(f"{label}: power-law fit not constrained by these points ({fit.label()}); "
-                   "add sizes or steps to the sweep")
-      continue
-    cs = [c for c, _ in edge]
-    grid = [cs[0] * (cs[-1] / cs[0]) ** (i / 50) for i in range(51)]
-    ax.plot(grid, fit(grid), color=pts.get_facecolor()[0], lw=1.2, label=fit.label())
-    notes.append(f"{label}: {fit.label()} (E = {fit.E:.3g} ± {fit.E_err:.2g}, {fit.n} frontier points)")
-  ax.set_xscale("log")
-  ax.set_xlabel("training compute C (FLOPs)")
-  ax.set_ylabel("eval loss (train loss for runs without eval)")
-  ax.set_title("loss vs compute; lines: L(C) = E + A·C^-α fitted to each variant's frontier")
-  ax.legend(fontsize=6)
-  return _save(fig, os.path.join(out, "scaling.png")), notes
-
-
-def plot_isoflop(rows: list[dict], variant: list[str], out: str) -> str | None:
-  """Loss vs params within compute buckets (0.1 decade) that hold >= 3 sizes."""
-  buckets: dict[tuple, list[dict]] = defaultdict(list)
-  for r in rows:
-    if r["flops"] and r["params"] and final_loss(r) is not None:
-      buckets[(variant_label(r, variant), round(math.log10(r["flops"]), 1))].append(r)
-  curves = {k: v for k, v in buckets.items() if len({m["params"] for m in v}) >= 3}
-  if not curves:
-    return None
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for (label, decade), members in sorted(curves.items()):
-    members = sorted(members, key=lambda m: m["params"])
-    ax.plot([m["params"] for m in members], [final_loss(m) for m in members], marker="o",
-            label=f"{label}, C≈1e{decade}")
-  ax.set_xscale("log")
-  ax.set_xlabel("parameters")
-  ax.set_ylabel("final loss")
-  ax.set_title("isoFLOP curves")
-  ax.legend(fontsize=6)
-  return _save(fig, os.path.join(out, "isoflop.png"))
-
-
 def plot_mqar(runs: list[dict], rows: list[dict], variant: list[str], out: str) -> str | None:
   """Answer accuracy vs decoding-state size (KV cache or recurrent state, bytes per sequence) per
   variant; vs model width for runs that did not log a state size."""
@@ -308,9 +230,10 @@ def plot_mqar(runs: list[dict], rows: list[dict], variant: list[str], out: str) 
   return _save(fig, os.path.join(out, "mqar_accuracy.png"))
 
 
-def report(root: str, out: str | None = None) -> dict:
+def report(root: str, out: str | None = None, *, baseline: str | None = None, target_flops: float | None = None,
+           bootstrap: int = 1000) -> dict:
   """Write runs.csv and the plots; returns {"markdown", "top_k_markdown" (None unless runs were evaluated at
-  several k), "csv", "plots", "notes", "rows"}."""
+  several k), "scaling_markdown" (None without scaling points), "csv", "plots", "notes", "rows"}."""
   runs = collect(root)
   if not runs:
     raise ValueError(f"no runs (directories with config.json and metrics.jsonl) under {root}")
@@ -326,11 +249,14 @@ def report(root: str, out: str | None = None) -> dict:
   writer.writerows(rows)
   paths.path(csv_path).write_text(table.getvalue())
   plots = plot_curves(runs, rows, variant, out)
-  scaling, notes = plot_scaling(runs, rows, variant, out)
-  plots.append(scaling)
-  plots += [p for p in (plot_isoflop(rows, variant, out), plot_mqar(runs, rows, variant, out)) if p]
+  plots += [p for p in (plot_mqar(runs, rows, variant, out),) if p]
+  # --- scaling section (train/scaling_report.py): fits on honest final points, their table and plots
+  scaling = scaling_report.section(runs, rows, variant, lambda fig, name: _save(fig, os.path.join(out, name)),
+                                   baseline=baseline, target_flops=target_flops, bootstrap=bootstrap)
+  plots += scaling["plots"]
+  # ---
   return {"markdown": grouped_markdown(rows, keys), "top_k_markdown": top_k_markdown(runs, keys), "csv": csv_path,
-          "plots": plots, "notes": notes, "rows": rows}
+          "scaling_markdown": scaling["markdown"], "plots": plots, "notes": scaling["notes"], "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,15 +264,23 @@ def main(argv: list[str] | None = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("runs_dir")
   parser.add_argument("--out", default=None, help="where to write runs.csv and plots (default RUNS_DIR)")
+  parser.add_argument("--baseline", default=None, help="the variant compute multipliers are against (a substring "
+                      "of its label, e.g. attention; default: the first variant with a frontier)")
+  parser.add_argument("--target-flops", type=float, default=None, help="extrapolate frontiers and multipliers to "
+                      "this compute (default: the largest run's)")
+  parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of the runs for the fits' intervals")
   args = parser.parse_args(argv)
   try:
-    result = report(args.runs_dir, args.out)
+    result = report(args.runs_dir, args.out, baseline=args.baseline, target_flops=args.target_flops,
+                    bootstrap=args.bootstrap)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(result["markdown"])
   if result["top_k_markdown"]:
     print("\n" + result["top_k_markdown"])
+  if result["scaling_markdown"]:
+    print("\n" + result["scaling_markdown"])
   for note in result["notes"]:
     print(note)
   print(f"\nwrote {result['csv']} and {', '.join(result['plots'])}")

@@ -113,8 +113,9 @@ def resolve(spec: str, overrides: dict, common: Sequence[str] = ()):
   return config
 
 
-def describe(config) -> str:
-  """One line of what a run trains: model shape, data, batch and steps."""
+def describe(config, sizes: bool = True) -> str:
+  """One line of what a run trains: model shape, data, batch and steps (and, with `sizes`, an LM's parameters,
+  tokens and analytic FLOPs, from its abstract model: about a second per paper-scale model)."""
   m, d = config.model, config.data
   shape = [f"{m.kind}"]
   if "blocks" in m:
@@ -123,8 +124,12 @@ def describe(config) -> str:
     shape.append(f"{len(parse(m.blocks))} layers")
   shape += [f"d_model={m.d_model}" if "d_model" in m else "", f"{m.get('dtype', 'float32')}"]
   data = d.get("tfds_name") or d.get("corpus") or ""
+  from train import isoflop
+
+  size = isoflop.run_size(config) if sizes else None  # LMs: parameters, tokens and analytic training FLOPs
   return (" ".join(x for x in shape if x) + f"; data {d.name}{f' ({data})' if data else ''}, batch {d.batch_size}"
-          + (f" x {d.seq_len}" if m.kind == "lm" else "") + f", {config.train.steps} steps")
+          + (f" x {d.seq_len}" if m.kind == "lm" else "") + f", {config.train.steps} steps"
+          + (f"; {size['params']:,} params, {size['tokens']:.3g} tokens, {size['flops']:.3g} FLOPs" if size else ""))
 
 
 def command(run: Run, extra: Sequence[str] = ()) -> list[str]:
@@ -360,7 +365,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--config", required=True, help="experiments/FILE.py[:ARG]")
   parser.add_argument("--root", default=None, help="parent of the run workdirs (default runs/<file>[-<arg>])")
   parser.add_argument("--parallel", type=int, default=1, help="local runs at a time (GPUs split between them)")
-  parser.add_argument("--dry-run", action="store_true", help="list the runs and their status only")
+  parser.add_argument("--dry-run", action="store_true",
+                      help="list the runs, their status, shape and (LMs) parameters, tokens and FLOPs only")
+  parser.add_argument("--no-sizes", action="store_true", help="--dry-run without parameters, tokens and FLOPs "
+                      "(each takes building the run's abstract model)")
   parser.add_argument("--emit", choices=EMIT_KINDS, default=None, help="write a launch script instead of running")
   parser.add_argument("--resume_with_changes", default="", metavar="KEY,...",
                       help="config keys or sections interrupted runs may resume with changed (python -m train's "
@@ -381,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
   for r in runs:
     print(f"{r.status:12} {r.workdir}  {r.overrides}")
     if args.dry_run:
-      print(f"{'':12} {describe(resolve(args.config, r.overrides, common))}")
+      print(f"{'':12} {describe(resolve(args.config, r.overrides, common), sizes=not args.no_sizes)}")
   if args.dry_run:
     return 0
   todo = [r for r in runs if r.status != "done"]

@@ -18,7 +18,7 @@ from train.data import documents, local_text_builder
 from train.data import registry as data_registry
 from train.data.packing import PACKINGS
 from train.data.tokenizer import BYTE_VOCAB, get_tokenizer
-from train.optim import SCHEDULES
+from train.optim import DECAY_SHAPES, SCHEDULES
 from train.step import LOSSES
 
 
@@ -78,6 +78,7 @@ NUMERIC_OPTIONS: dict[str, Range] = {
   "data.augment.erase_prob": FRACTION, "data.augment.mixup_alpha": NON_NEGATIVE,
   "data.augment.cutmix_alpha": NON_NEGATIVE, "data.augment.num_classes": Range(0, integer=True),
   "optim.lr": POSITIVE, "optim.warmup_steps": Range(0, integer=True), "optim.decay_fraction": FRACTION,
+  "optim.decay_steps": Range(0, integer=True, note="0: decay_fraction"),
   "optim.min_lr_ratio": FRACTION, "optim.b1": MOMENTUM, "optim.b2": MOMENTUM,
   "optim.eps": Range(0, lo_open=True, note="0 turns a zero gradient into 0/0 = NaN"),
   "optim.weight_decay": NON_NEGATIVE, "optim.clip_norm": Range(0, note="0 disables clipping"),
@@ -212,6 +213,8 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
     check_vocab(config)
   check_corpus(config)
   _require(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r}; choose one of {SCHEDULES}")
+  _require(o.get("decay_shape", "linear") in DECAY_SHAPES,
+           f"optim.decay_shape={o.get('decay_shape')!r}; choose one of {DECAY_SHAPES}")
   _require(t.loss in LOSSES, f"train.loss={t.loss!r}; choose one of {LOSSES}")
   check_grid_extend(config)
   profile = tuple(t.get("profile_steps", ()))
