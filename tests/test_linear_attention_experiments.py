@@ -51,7 +51,7 @@ def test_paper_shapes():
 def _mqar_run(mixer, width, lr, seed, accs):
   config = {"model.blocks": f"({mixer}, swiglu) * 2", "model.d_model": width, "data.num_pairs": 8, "optim.lr": lr,
             "seed": seed}
-  records = [{"step": 10 * (i + 1), "loss": 1.0, "eval_accuracy": a, "eval_accuracy_se": 0.01,
+  records = [{"step": 10 * (i + 1), "loss": 1.0, "accuracy": a, "eval_accuracy": a, "eval_accuracy_se": 0.01,
               "eval_unigram_accuracy": 0.07} for i, a in enumerate(accs)]
   return {"run": f"{mixer}-{lr}-{seed}", "config": config, "records": records}
 
@@ -63,7 +63,7 @@ def test_mqar_study_reports_the_best_lr_per_cell_over_seeds():
   cells = mqar_study.best(mqar_study.study_rows(runs))
   gla = next(c for c in cells if c["mixer"] == "gla")
   assert (gla["lr"], gla["n"]) == (3e-3, 2) and gla["mean"] == pytest.approx(0.85)
-  assert gla["std"] == pytest.approx(0.0707, abs=1e-4) and gla["curve"] == [(10, 0.3), (20, pytest.approx(0.85))]
+  assert gla["std"] == pytest.approx(0.0707, abs=1e-4) and gla["curve"][0] == (10, pytest.approx(0.3))
   lines = mqar_study.table(cells, (32, 64), (8,)).splitlines()
   assert lines[2] == "gla | 8 | 0.850 ± 0.071 (lr 3e-03, n=2) | -"
   assert lines[3] == "attention_kv_shift | 8 | - | 1.000 ± 0.000 (lr 1e-03, n=1)"
@@ -74,5 +74,5 @@ def test_mqar_study_grid_selects_a_subset_and_runs_seeds_by_default():
   assert full["seeds"] == (0, 1) and "attention_kv_shift" in full["mixers"]
   part = mqar_study.grid("local,grid_mixers=attention+gla,grid_lrs=3e-3,grid_seeds=0")
   assert part["mixers"] == ("attention", "gla") and part["lrs"] == (3e-3,) and part["seeds"] == (0,)
-  with pytest.raises(ValueError, match="grid_mixers has.*known mixers"):
+  with pytest.raises(ValueError, match=r"grid_mixers has.*known mixers"):
     mqar_study.grid("local,grid_mixers=attn")

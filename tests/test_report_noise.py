@@ -77,7 +77,8 @@ def test_report_table_smooths_train_loss_and_shows_seed_spread_and_eval_error(tm
   assert "| 2 |" in row  # two seeds in one group
   assert f"2.6 ± {np.std([2.5, 2.7], ddof=1):.2g}" in row and f"{2.7:.4g} ± " in row  # train loss, eval loss
   assert "| 0.02 / - |" in row  # mean eval standard error of the loss; no accuracy
-  assert any("loss 5.25, accuracy 0.0625" in n for n in result["notes"])
+  assert result["baselines"] == ["eval set's input-blind baseline (unigram / chance): loss 5.25, accuracy 0.0625"]
+  assert any(p.endswith("seed_spread.png") for p in result["plots"])
 
 
 def test_ema_is_debiased_and_follows_a_step():

@@ -10,6 +10,7 @@ config keys that differ between runs (the swept keys), and writes:
   scaling.png           eval loss vs compute per variant, L(C) = E + A C^-alpha fitted to its frontier
   isoflop.png           loss vs parameters at (nearly) fixed compute, when the sweep has that
   mqar_accuracy.png     MQAR answer accuracy vs decoding-state size (or width) per variant, chance dashed
+  seed_spread.png       final eval accuracy (or loss) per group: seeds as dots, mean ± std, baseline dashed
   stdout (2nd table)    for runs evaluated at several expert counts (train.eval_top_k, SMoE-Dropout's
                         self-slimming): the final eval loss at each k, grouped like the main table
 Variants are the swept keys with non-numeric values (e.g. model.blocks); numeric swept keys
@@ -317,6 +318,33 @@ def plot_isoflop(rows: list[dict], variant: list[str], out: str) -> str | None:
   return _save(fig, os.path.join(out, "isoflop.png"))
 
 
+def plot_seed_spread(rows: list[dict], keys: list[str], out: str) -> str | None:
+  """Final eval metric (accuracy where logged, else loss) per group of the swept keys: each seed a dot, the
+  mean ± std a bar, the eval set's baseline dashed; None unless some group has several seeds."""
+  group_keys = [k for k in keys if k.split(".")[-1] != "seed"]
+  groups: dict[str, list[dict]] = defaultdict(list)
+  for r in rows:
+    groups[variant_label(r, group_keys)].append(r)
+  if all(len(m) < 2 for m in groups.values()):
+    return None
+  metric = "eval_accuracy" if all(r["eval_accuracy"] is not None for r in rows) else "eval_loss"
+  fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(groups)), 4))
+  for i, members in enumerate(groups.values()):
+    vals = [m[metric] for m in members if m[metric] is not None]
+    if vals:
+      ax.scatter([i] * len(vals), vals, s=10, color="k", zorder=3)
+      ax.errorbar([i], [statistics.fmean(vals)], yerr=[statistics.stdev(vals) if len(vals) > 1 else 0.0],
+                  fmt="o", capsize=4, color="C0")
+  base = {r["eval_unigram_" + metric.split("_")[1]] for r in rows} - {None}
+  for b in base:
+    ax.axhline(b, color="gray", ls="--", lw=0.8, label="unigram / chance")
+  ax.set_xticks(range(len(groups)), list(groups), rotation=20, ha="right", fontsize=7)
+  ax.set_ylabel(f"final {metric} (dots: seeds; bars: mean ± std)")
+  if base:
+    ax.legend(fontsize=7)
+  return _save(fig, os.path.join(out, "seed_spread.png"))
+
+
 def plot_mqar(runs: list[dict], rows: list[dict], variant: list[str], out: str) -> str | None:
   """Answer accuracy vs decoding-state size (KV cache or recurrent state, bytes per sequence) per
   variant; vs model width for runs that did not log a state size."""
@@ -348,7 +376,7 @@ def plot_mqar(runs: list[dict], rows: list[dict], variant: list[str], out: str) 
 
 def report(root: str, out: str | None = None) -> dict:
   """Write runs.csv and the plots; returns {"markdown", "top_k_markdown" (None unless runs were evaluated at
-  several k), "csv", "plots", "notes", "rows"}."""
+  several k), "csv", "plots", "notes" (the fits), "baselines" (the eval sets' input-blind scores), "rows"}."""
   runs = collect(root)
   if not runs:
     raise ValueError(f"no runs (directories with config.json and metrics.jsonl) under {root}")
@@ -365,11 +393,11 @@ def report(root: str, out: str | None = None) -> dict:
   paths.path(csv_path).write_text(table.getvalue())
   plots = plot_curves(runs, rows, variant, out)
   scaling, notes = plot_scaling(runs, rows, variant, out)
-  notes = baseline_notes(rows) + notes
   plots.append(scaling)
-  plots += [p for p in (plot_isoflop(rows, variant, out), plot_mqar(runs, rows, variant, out)) if p]
+  plots += [p for p in (plot_isoflop(rows, variant, out), plot_mqar(runs, rows, variant, out),
+                         plot_seed_spread(rows, keys, out)) if p]
   return {"markdown": grouped_markdown(rows, keys), "top_k_markdown": top_k_markdown(runs, keys), "csv": csv_path,
-          "plots": plots, "notes": notes, "rows": rows}
+          "plots": plots, "notes": notes, "baselines": baseline_notes(rows), "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
   print(result["markdown"])
   if result["top_k_markdown"]:
     print("\n" + result["top_k_markdown"])
-  for note in result["notes"]:
+  for note in result["baselines"] + result["notes"]:
     print(note)
   print(f"\nwrote {result['csv']} and {', '.join(result['plots'])}")
   return 0
