@@ -40,7 +40,7 @@ def get_config(arg: str | None = None):
     common.text_data(c, seq_len=128)
     c.data.batch_size = 16
     c.optim.update(common.adamw(lr=3e-3, warmup=15, weight_decay=0.1))
-    steps, eval_every, eval_steps = 150, 75, 16  # eval: 16 x 16 rows x 128 bytes = 32k fixed bytes
+    steps, eval_every, eval_steps = 150, 50, 16  # eval: 16 x 16 rows x 128 bytes = 32k fixed bytes
   else:
     common.mqar_data(c, vocab_size=32, num_pairs=4, seq_len=32)
     c.data.batch_size = 32

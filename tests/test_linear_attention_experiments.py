@@ -76,3 +76,19 @@ def test_mqar_study_grid_selects_a_subset_and_runs_seeds_by_default():
   assert part["mixers"] == ("attention", "gla") and part["lrs"] == (3e-3,) and part["seeds"] == (0,)
   with pytest.raises(ValueError, match=r"grid_mixers has.*known mixers"):
     mqar_study.grid("local,grid_mixers=attn")
+
+
+def test_quickstart_grids_validate_with_seeds_and_a_large_fixed_eval_set():
+  from train import sweep
+
+  for task, n_runs in (("text", 6), ("mqar", 3)):
+    spec = f"experiments/quickstart.py:{task}"
+    runs = sweep.expand(spec)
+    assert len(runs) == n_runs
+    for run in runs:
+      c = sweep.resolve(spec, run.overrides)
+      validate.validate(c, num_devices=1)
+      assert c.train.eval_every % c.train.log_every == 0  # evals happen only on logged steps
+  assert {r.overrides["seed"] for r in sweep.expand("experiments/quickstart.py:text")} == {0, 1}
+  c = sweep.resolve("experiments/quickstart.py:mqar", {})
+  assert c.train.eval_steps * c.data.batch_size == c.data.eval_examples == 1024
