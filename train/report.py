@@ -218,10 +218,10 @@ def plot_curves(runs: list[dict], rows: list[dict], variant: list[str], out: str
       ev = [(r["step"] * (fps if x_key == "flops" else 1), r["eval_loss"]) for r in rec if "eval_loss" in r]
       if ev:
         ax.scatter(*zip(*ev), s=12, color=line.get_color())
-    for loss, _ in dict.fromkeys((r["eval_unigram_loss"], 0) for r in rows if r["eval_unigram_loss"] is not None):
-      ax.axhline(loss, color="gray", ls="--", lw=0.8)
+    for loss in dict.fromkeys(r["eval_unigram_loss"] for r in rows if r["eval_unigram_loss"] is not None):
+      ax.axhline(loss, color="gray", ls="--", lw=0.8, label=f"eval set's unigram / chance: {loss:.3g}")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("loss (lines: train, smoothed; dots: eval; dashed: eval set's unigram / chance)")
+    ax.set_ylabel("loss (lines: train, smoothed; dots: eval)")
     if x_key == "flops":
       ax.set_xscale("log")
     ax.set_title(f"loss vs {xlabel}")
