@@ -15,9 +15,10 @@ Paper-like scale (GPU / TPU; vocab 8192, 512 tokens, up to 128 pairs, widths 64.
   python -m train.sweep --config experiments/mqar_study.py --emit slurm
   python -m experiments.mqar_study --scale paper
 Local (2 CPU cores; vocab 32, 32 tokens, batch 32, 3000 steps with 10% warm-up, eval on 1024 held-out
-sequences): the whole grid is 14 mixers x 3 widths x 3 pair counts x 3 lrs x 2 seeds (756 runs); a subset:
-  nice -n 10 python -m experiments.mqar_study --mixers attention,attention_kv_shift,linear_attention,\\
-    gated_delta_net --widths 64 --pairs 4 --lrs 3e-3,1e-2 --seeds 0
+sequences): the whole grid is 14 mixers x 3 widths x 3 pair counts x 3 lrs x 2 seeds (756 runs); the
+subset measured below:
+  nice -n 10 python -m experiments.mqar_study --mixers attention,attention_kv_shift --widths 64 --pairs 4 \\
+    --lrs 3e-3,1e-2 --seeds 0
 One run through the shared CLI:
   python -m train --config experiments/mqar_study.py:local,mixer=attention,width=64,pairs=4,lr=3e-3 \\
     --workdir runs/mqar/x
