@@ -68,9 +68,9 @@ def _run(root, name, seed, losses, eval_loss, se):
 
 
 def test_report_table_smooths_train_loss_and_shows_seed_spread_and_eval_error(tmp_path):
-  # 20 logged steps: the reported train loss is the mean of the last 2 (10%), not the last single batch.
-  _run(tmp_path, "seed-0", 0, [3.0] * 18 + [2.0, 4.0], 2.5, 0.01)
-  _run(tmp_path, "seed-1", 1, [3.0] * 18 + [2.2, 2.6], 2.7, 0.03)
+  # 20 logged steps: the reported train loss is the mean of the last 5 (10%, at least 5), not the last batch.
+  _run(tmp_path, "seed-0", 0, [9.0] * 15 + [3.0, 3.0, 3.0, 2.0, 4.0], 2.5, 0.01)
+  _run(tmp_path, "seed-1", 1, [9.0] * 15 + [3.0, 3.0, 3.0, 1.4, 1.6], 2.7, 0.03)
   result = report.report(str(tmp_path))
   assert [r["loss"] for r in result["rows"]] == pytest.approx([3.0, 2.4])
   row = result["markdown"].splitlines()[2]

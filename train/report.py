@@ -3,8 +3,9 @@
 Collects every run (a directory with config.json and metrics.jsonl) under RUNS_DIR, finds the
 config keys that differ between runs (the swept keys), and writes:
   runs.csv              one row per run: swept values, final losses/accuracies, params, FLOPs
-  stdout                a markdown table grouped by the swept keys (mean ± std over seeds; train loss smoothed
-                        over the last SMOOTH of the logged steps; eval_se: the eval set's own standard error)
+  stdout                a markdown table grouped by the swept keys (mean ± std over seeds; train loss averaged
+                        over the last SMOOTH (>= SMOOTH_MIN) of the logged steps; eval_se: the eval set's own
+                        standard error)
   loss_vs_step.png      training (and eval) loss curves per run, the eval set's unigram baseline dashed
   loss_vs_flops.png     the same against cumulative training FLOPs
   scaling.png           eval loss vs compute per variant, L(C) = E + A C^-alpha fitted to its frontier
@@ -37,7 +38,8 @@ from train import paths
 from train.scaling import fit_power_law
 
 IGNORED_PREFIXES = ("distributed.", "train.progress", "train.tensorboard", "data.data_dir")
-SMOOTH = 0.1  # the train loss / accuracy reported is the mean over the last 10% of the logged steps
+SMOOTH, SMOOTH_MIN = 0.1, 5  # the train loss / accuracy reported: mean over the last 10% of the logged steps
+# (at least 5 of them: single text batches differ by tenths of a nat)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -82,9 +84,10 @@ def _last(records: list[dict], key: str):
 
 
 def smoothed(records: list[dict], key: str):
-  """Mean of `key` over the last SMOOTH of the records that log it (one batch is noisy); None if none do."""
+  """Mean of `key` over the last SMOOTH (at least SMOOTH_MIN) of the records that log it (one batch is noisy);
+  None if none do."""
   vals = [r[key] for r in records if r.get(key) is not None]
-  tail = vals[-max(1, round(len(vals) * SMOOTH)):]
+  tail = vals[-max(SMOOTH_MIN, round(len(vals) * SMOOTH)):]
   return statistics.fmean(tail) if tail else None
 
 
