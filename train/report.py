@@ -11,7 +11,7 @@ config keys that differ between runs (the swept keys), and writes:
   scaling.png           eval loss vs compute per variant, L(C) = E + A C^-alpha fitted to its frontier
   isoflop.png           loss vs parameters at (nearly) fixed compute, when the sweep has that
   mqar_accuracy.png     MQAR answer accuracy vs decoding-state size (or width) per variant, chance dashed
-  seed_spread.png       final eval accuracy (or loss) per group: seeds as dots, mean ± std, baseline dashed
+  seed_spread.png       final eval loss per group: seeds as dots, mean ± std, baseline dashed
   stdout (2nd table)    for runs evaluated at several expert counts (train.eval_top_k, SMoE-Dropout's
                         self-slimming): the final eval loss at each k, grouped like the main table
 Variants are the swept keys with non-numeric values (e.g. model.blocks); numeric swept keys
@@ -322,27 +322,28 @@ def plot_isoflop(rows: list[dict], variant: list[str], out: str) -> str | None:
 
 
 def plot_seed_spread(rows: list[dict], keys: list[str], out: str) -> str | None:
-  """Final eval metric (accuracy where logged, else loss) per group of the swept keys: each seed a dot, the
-  mean ± std a bar, the eval set's baseline dashed; None unless some group has several seeds."""
+  """Final eval loss per group of the swept keys: each seed a dot, the mean ± std a bar, the eval set's
+  unigram / chance loss dashed; None unless some group has several seeds."""
   group_keys = [k for k in keys if k.split(".")[-1] != "seed"]
   groups: dict[str, list[dict]] = defaultdict(list)
   for r in rows:
     groups[variant_label(r, group_keys)].append(r)
   if all(len(m) < 2 for m in groups.values()):
     return None
-  metric = "eval_accuracy" if all(r["eval_accuracy"] is not None for r in rows) else "eval_loss"
-  fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(groups)), 4))
+  metric = "eval_loss"
+  fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(groups)), 4.5))
   for i, members in enumerate(groups.values()):
     vals = [m[metric] for m in members if m[metric] is not None]
     if vals:
       ax.scatter([i] * len(vals), vals, s=10, color="k", zorder=3)
       ax.errorbar([i], [statistics.fmean(vals)], yerr=[statistics.stdev(vals) if len(vals) > 1 else 0.0],
                   fmt="o", capsize=4, color="C0")
-  base = {r["eval_unigram_" + metric.split("_")[1]] for r in rows} - {None}
+  base = {r["eval_unigram_loss"] for r in rows} - {None}
   for b in base:
     ax.axhline(b, color="gray", ls="--", lw=0.8, label="unigram / chance")
   ax.set_xticks(range(len(groups)), list(groups), rotation=20, ha="right", fontsize=7)
-  ax.set_ylabel(f"final {metric} (dots: seeds; bars: mean ± std)")
+  ax.set_ylabel("final eval loss")
+  ax.set_title("dots: seeds; bars: mean ± std over seeds", fontsize=9)
   if base:
     ax.legend(fontsize=7)
   return _save(fig, os.path.join(out, "seed_spread.png"))
