@@ -176,7 +176,7 @@ def table(cells: list[dict], widths, pairs) -> str:
           "-" if c is None else f"{c['mean']:.3f} ± {c['std']:.3f} (lr {c['lr']:.0e}, n={c['n']})" for c in found))
   se = [c["se"] for c in cells if c["se"] is not None]
   if se:
-    lines.append(f"\neval standard error of one run's accuracy: {min(se):.3f}..{max(se):.3f}")
+    lines.append(f"\neval standard error of one run's accuracy: {min(se):.4f}..{max(se):.4f}")
   return "\n".join(lines)
 
 
