@@ -17,14 +17,14 @@ One run through the shared CLI, or one task's grid through the sweep runner:
     --config.model.blocks="(gla, swiglu) * 2"
   python -m train.sweep --config experiments/quickstart.py:mqar --root runs/quickstart/mqar
 Measured (this file's grids, 2 CPU cores shared with ~8 other jobs at load average 32-41, so wall times are
-upper bounds: text 44 min, MQAR 31 min run at the same time; on a quiet 2-core machine not yet measured, the
+upper bounds: text 44 min, MQAR 28 min run at the same time; on a quiet 2-core machine not yet measured, the
 target being <= 4 minutes):
   text, eval loss on 32k fixed bytes (mean ± std over seeds 0 and 1; eval standard error 0.01; unigram
   entropy 3.20): attention 2.716 ± 0.031, GLA 2.527 ± 0.043, Gated DeltaNet 2.508 ± 0.070. Both linear
   mixers lead attention by ~0.2 nats, 3-6 seed standard deviations, after 150 steps (attention learns
   slower early); GLA vs Gated DeltaNet is within noise.
-  mqar, eval accuracy on 1024 sequences ± its standard error (chance 0.067): Gated DeltaNet 0.999 ± 0.0005
-  by step 1000 (0.986 at 500), attention 0.958 ± 0.003 at 2000 (0.36 at 1000, 0.90 at 1500: its induction
+  mqar, eval accuracy on 1024 sequences ± its standard error (chance 0.067): Gated DeltaNet 1.000 (all 4096
+  answers; 0.986 at step 500, 0.999 at 1000), attention 0.958 ± 0.003 at 2000 (0.36 at 1000, 0.90 at 1500: its induction
   step forms late), linear attention 0.261 ± 0.007 with eval loss 1.387 = ln 4 (it learns that the answer
   is one of the 4 context values, and recalls none).
 No scaling fit is printed: one size per mixer cannot constrain one (experiments/*.py sweep sizes for that).
