@@ -33,6 +33,11 @@ DEFAULT_RULES = {
 }
 
 
+# Study files sweep seeds by default: LOCAL_SEEDS at CPU scale (cheap, noisy runs; the report shows mean ± std),
+# one seed at paper scale unless the file says otherwise.
+LOCAL_SEEDS = (0, 1)
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """'local,size=340m' -> {local: True, size: '340m'} over `defaults` (typed by the defaults).
 

@@ -31,14 +31,19 @@ def test_mqar_labels_answer_each_query():
     ex = ds[i]
     x, y, w = ex["inputs"], ex["targets"], ex["weights"]
     assert x.shape == y.shape == w.shape == (40,)
-    np.testing.assert_array_equal(x[1:], y[:-1])  # next-token targets
     keys, values = x[0:12:2], x[1:12:2]
     assert len(set(keys.tolist())) == 6 and keys.max() < 32 and values.min() >= 32
+    assert len(set(values.tolist())) == 6
     pairs = dict(zip(keys.tolist(), values.tolist()))
     asked = np.nonzero(w)[0]
     assert len(asked) == 4 and asked.min() >= 12  # queries come after the context
     for t in asked:
       assert x[t] in pairs and y[t] == pairs[x[t]]
+    unweighted = np.ones(40, bool)
+    unweighted[asked] = False
+    np.testing.assert_array_equal(x[1:][unweighted[:-1]], y[:-1][unweighted[:-1]])  # next-token targets elsewhere
+    # Answers are targets only: the query region holds query keys and zeros (no elimination shortcut).
+    assert set(x[12:].tolist()) <= set(keys.tolist()) | {0}
     assert w.sum() == 4 and set(np.unique(w)) <= {0.0, 1.0}
 
 

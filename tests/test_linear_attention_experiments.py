@@ -48,11 +48,47 @@ def test_paper_shapes():
   assert c.model.head_dim == 0 and c.model.d_model == 64  # local runs drop the paper's head shape
 
 
-def test_mqar_study_table_reads_report_rows():
-  rows = mqar_study.study_rows([
-    {"model.blocks": "(gla, swiglu) * 2", "model.d_model": 32, "data.num_pairs": 8, "eval_accuracy": 0.5},
-    {"model.blocks": "(attention, swiglu) * 2", "model.d_model": 64, "data.num_pairs": 8, "eval_accuracy": 0.9},
-  ])
-  assert rows[0] == {"mixer": "gla", "width": 32, "pairs": 8, "eval_accuracy": 0.5}
-  lines = mqar_study.table(rows, (32, 64), (8,)).splitlines()
-  assert lines[2] == "gla | 8 | 0.500 | -" and lines[3] == "attention | 8 | - | 0.900"
+def _mqar_run(mixer, width, lr, seed, accs):
+  config = {"model.blocks": f"({mixer}, swiglu) * 2", "model.d_model": width, "data.num_pairs": 8, "optim.lr": lr,
+            "seed": seed}
+  records = [{"step": 10 * (i + 1), "loss": 1.0, "accuracy": a, "eval_accuracy": a, "eval_accuracy_se": 0.01,
+              "eval_unigram_accuracy": 0.07} for i, a in enumerate(accs)]
+  return {"run": f"{mixer}-{lr}-{seed}", "config": config, "records": records}
+
+
+def test_mqar_study_reports_the_best_lr_per_cell_over_seeds():
+  runs = [_mqar_run("gla", 32, 1e-3, s, [0.2, a]) for s, a in ((0, 0.5), (1, 0.7))]
+  runs += [_mqar_run("gla", 32, 3e-3, s, [0.3, a]) for s, a in ((0, 0.9), (1, 0.8))]
+  runs += [_mqar_run("attention_kv_shift", 64, 1e-3, 0, [0.4, 1.0])]
+  cells = mqar_study.best(mqar_study.study_rows(runs))
+  gla = next(c for c in cells if c["mixer"] == "gla")
+  assert (gla["lr"], gla["n"]) == (3e-3, 2) and gla["mean"] == pytest.approx(0.85)
+  assert gla["std"] == pytest.approx(0.0707, abs=1e-4) and gla["curve"][0] == (10, pytest.approx(0.3))
+  lines = mqar_study.table(cells, (32, 64), (8,)).splitlines()
+  assert lines[2] == "gla | 8 | 0.850 ± 0.071 (lr 3e-03, n=2) | -"
+  assert lines[3] == "attention_kv_shift | 8 | - | 1.000 ± 0.000 (lr 1e-03, n=1)"
+
+
+def test_mqar_study_grid_selects_a_subset_and_runs_seeds_by_default():
+  full = mqar_study.grid("local")
+  assert full["seeds"] == (0, 1) and "attention_kv_shift" in full["mixers"]
+  part = mqar_study.grid("local,grid_mixers=attention+gla,grid_lrs=3e-3,grid_seeds=0")
+  assert part["mixers"] == ("attention", "gla") and part["lrs"] == (3e-3,) and part["seeds"] == (0,)
+  with pytest.raises(ValueError, match=r"grid_mixers has.*known mixers"):
+    mqar_study.grid("local,grid_mixers=attn")
+
+
+def test_quickstart_grids_validate_with_seeds_and_a_large_fixed_eval_set():
+  from train import sweep
+
+  for task, n_runs in (("text", 6), ("mqar", 3)):
+    spec = f"experiments/quickstart.py:{task}"
+    runs = sweep.expand(spec)
+    assert len(runs) == n_runs
+    for run in runs:
+      c = sweep.resolve(spec, run.overrides)
+      validate.validate(c, num_devices=1)
+      assert c.train.eval_every % c.train.log_every == 0  # evals happen only on logged steps
+  assert {r.overrides["seed"] for r in sweep.expand("experiments/quickstart.py:text")} == {0, 1}
+  c = sweep.resolve("experiments/quickstart.py:mqar", {})
+  assert c.train.eval_steps * c.data.batch_size == c.data.eval_examples == 1024

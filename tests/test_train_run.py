@@ -86,6 +86,9 @@ def test_workdir_holds_config_metrics_events_checkpoints(uninterrupted):
               "params_non_embedding", "flops_per_step"):
     assert all(np.isfinite(r[key]) for r in records), key
   assert "eval_loss" in records[4] and "eval_accuracy" in records[-1]
+  # the eval set's own noise and input-blind baseline come with every eval
+  assert 0 < records[4]["eval_loss_se"] < records[4]["eval_loss"] and 0 < records[4]["eval_accuracy_se"] < 0.5
+  assert records[4]["eval_unigram_loss"] == records[-1]["eval_unigram_loss"] > 0
   assert records[0]["params"] > records[0]["params_non_embedding"] > 0
   assert records[0]["params_active"] == records[0]["params"]  # dense model: every parameter is active
   # KV caches of both attention layers at T = 24: 2 layers x [(k, v) x 24 x 2 kv heads x 8 dims x 4 bytes

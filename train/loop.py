@@ -5,6 +5,7 @@ metrics and checkpoints in the workdir. Resumes automatically from the workdir's
 import contextlib
 import dataclasses
 import json
+import math
 import signal
 import statistics
 import sys
@@ -20,7 +21,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from layers.flops import active_params
-from train import checkpoint, config_changes, flops, lock, memory, metrics, optim, paths, profiling, validate
+from train import baselines, checkpoint, config_changes, flops, lock, memory, metrics, optim, paths, profiling, validate
 from train import config as config_lib
 from train import mesh as mesh_lib
 from train import state as state_lib
@@ -121,7 +122,9 @@ def _tokens_per_example(batch: dict) -> int:
 def evaluate(eval_fn, state, cfg, eval_iter, eval_start: dict, batch_sharding) -> dict:
   """Weighted loss / accuracy over the first eval_steps batches of the eval split (the same batches
   every time: the iterator is rewound to `eval_start`); with train.eval_top_k also eval_loss/top_k=k (and
-  eval_accuracy/top_k=k) for each k."""
+  eval_accuracy/top_k=k) for each k. eval_loss_se / eval_accuracy_se: their standard errors over the
+  eval positions taken as independent (per-position losses' spread / sqrt(weight); binomial for accuracy),
+  which understates the error where positions of one sequence are correlated (text)."""
   eval_iter.set_state(eval_start)
   total: dict[str, float] = {}
   for _ in range(cfg.train.eval_steps):
@@ -133,6 +136,11 @@ def evaluate(eval_fn, state, cfg, eval_iter, eval_start: dict, batch_sharding) -
     out["eval_loss" + suffix] = total["loss" + suffix] / w
     if cfg.train.loss == "xent":
       out["eval_accuracy" + suffix] = total["correct" + suffix] / w
+  if "loss_sq" in total:
+    w = max(total["weight"], 1.0)
+    out["eval_loss_se"] = math.sqrt(max(total["loss_sq"] / w - out["eval_loss"] ** 2, 0.0) / w)
+    if "eval_accuracy" in out:
+      out["eval_accuracy_se"] = math.sqrt(out["eval_accuracy"] * (1 - out["eval_accuracy"]) / w)
   return out
 
 
@@ -325,6 +333,8 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
     except (ValueError, FileNotFoundError) as e:  # the data sources' own checks of config.data
       raise config_lib.ConfigError(f"data: {e}") from None
     eval_start = eval_iter.get_state()
+    # the eval set's input-blind baseline (this process's share), logged with every eval
+    eval_baseline = baselines.unigram(next(eval_iter) for _ in range(config.train.eval_steps))
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every=config.train.ckpt_every,
                                    keep=config.train.keep_ckpts, async_save=config.train.async_ckpt)
     cleanup.callback(ckpt.close)
@@ -407,7 +417,8 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
           rates.append(record["tokens_per_sec"])
         last, timed = record, True
         if done % config.train.eval_every == 0 or done == steps or extend:
-          record.update(evaluate(program.eval_step, state, config, eval_iter, eval_start, program.batch_sharding))
+          record.update(evaluate(program.eval_step, state, config, eval_iter, eval_start, program.batch_sharding),
+                        **eval_baseline)
         writer.write(done, record)
         if progress is not None:
           progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)

@@ -3,14 +3,17 @@
 Collects every run (a directory with config.json and metrics.jsonl) under RUNS_DIR, finds the
 config keys that differ between runs (the swept keys), and writes:
   runs.csv              one row per run: swept values, final losses/accuracies, params, FLOPs
-  stdout                a markdown table grouped by the swept keys (mean ± std over seeds)
-  loss_vs_step.png      training (and eval) loss curves per run
+  stdout                a markdown table grouped by the swept keys (mean ± std over seeds; train loss averaged
+                        over the last SMOOTH (>= SMOOTH_MIN) of the logged steps; eval_se: the eval set's own
+                        standard error)
+  loss_vs_step.png      training (and eval) loss curves per run, the eval set's unigram baseline dashed
   loss_vs_flops.png     the same against cumulative training FLOPs
   scaling section        (train/scaling_report.py) fits on final losses of finished runs whose schedule decayed:
                         a table of fits (approach 2 and 3, frontier, prediction at --target-flops, compute
                         multiplier vs --baseline) and isoflop.png, optimal_allocation.png, frontier.png,
                         multiplier.png where the data constrain them (the notes say why not otherwise)
   mqar_accuracy.png     MQAR answer accuracy vs decoding-state size (or width) per variant
+  seed_spread.png       final eval loss per group: seeds as dots, mean ± std, baseline dashed
   stdout (2nd table)    for runs evaluated at several expert counts (train.eval_top_k, SMoE-Dropout's
                         self-slimming): the final eval loss at each k, grouped like the main table
 Variants are the swept keys with non-numeric values (e.g. model.blocks); numeric swept keys
@@ -36,6 +39,8 @@ from train import metrics as metrics_lib
 from train import paths, scaling_report
 
 IGNORED_PREFIXES = ("distributed.", "train.progress", "train.tensorboard", "data.data_dir")
+SMOOTH, SMOOTH_MIN = 0.1, 5  # the train loss / accuracy reported: mean over the last 10% of the logged steps
+# (at least 5 of them: single text batches differ by tenths of a nat)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -79,14 +84,24 @@ def _last(records: list[dict], key: str):
   return None
 
 
+def smoothed(records: list[dict], key: str):
+  """Mean of `key` over the last SMOOTH (at least SMOOTH_MIN) of the records that log it (one batch is noisy);
+  None if none do."""
+  vals = [r[key] for r in records if r.get(key) is not None]
+  tail = vals[-max(SMOOTH_MIN, round(len(vals) * SMOOTH)):]
+  return statistics.fmean(tail) if tail else None
+
+
 def summarize(run: dict, keys: list[str]) -> dict:
   rec = run["records"]
   steps = rec[-1]["step"]
   flops_per_step = _last(rec, "flops_per_step")
   return {
     "run": run["run"], **{k: run["config"].get(k) for k in keys}, "steps": steps,
-    "loss": _last(rec, "loss"), "eval_loss": _last(rec, "eval_loss"),
-    "accuracy": _last(rec, "accuracy"), "eval_accuracy": _last(rec, "eval_accuracy"),
+    "loss": smoothed(rec, "loss"), "eval_loss": _last(rec, "eval_loss"), "eval_loss_se": _last(rec, "eval_loss_se"),
+    "accuracy": smoothed(rec, "accuracy"), "eval_accuracy": _last(rec, "eval_accuracy"),
+    "eval_accuracy_se": _last(rec, "eval_accuracy_se"), "eval_unigram_loss": _last(rec, "eval_unigram_loss"),
+    "eval_unigram_accuracy": _last(rec, "eval_unigram_accuracy"),
     "params": _last(rec, "params"), "params_non_embedding": _last(rec, "params_non_embedding"),
     "flops": flops_per_step * steps if flops_per_step else None,
     "tokens_per_sec": _last(rec, "tokens_per_sec"), "decode_state_bytes": _last(rec, "decode_state_bytes"),
@@ -122,7 +137,7 @@ def grouped_markdown(rows: list[dict], keys: list[str]) -> str:
   for r in rows:
     groups[tuple(json.dumps(r[k]) for k in group_keys)].append(r)
   cols = ["loss", "eval_loss", "accuracy", "eval_accuracy", "params", "flops", "tokens_per_sec"]
-  header = [k.split(".")[-1] for k in group_keys] + ["n"] + cols
+  header = [k.split(".")[-1] for k in group_keys] + ["n"] + cols[:4] + ["eval_se"] + cols[4:]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for members in groups.values():
     cells = [_fmt(members[0][k]) for k in group_keys] + [str(len(members))]
@@ -134,8 +149,20 @@ def grouped_markdown(rows: list[dict], keys: list[str]) -> str:
         cells.append(f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}")
       else:
         cells.append(_fmt(statistics.mean(vals)))
+      if c == "eval_accuracy":  # the eval set's standard error (mean over the group's runs): loss / accuracy
+        ses = [_fmt(statistics.mean(v)) if (v := [m[k] for m in members if m[k] is not None]) else "-"
+               for k in ("eval_loss_se", "eval_accuracy_se")]
+        cells.append(" / ".join(ses))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def baseline_notes(rows: list[dict]) -> list[str]:
+  """One line per distinct eval-set baseline (runs on the same data share one)."""
+  seen = dict.fromkeys((r["eval_unigram_loss"], r["eval_unigram_accuracy"]) for r in rows
+                       if r["eval_unigram_loss"] is not None)
+  return [f"eval set's input-blind baseline (unigram / chance): loss {loss:.4g}, accuracy {acc:.4g}"
+          for loss, acc in seen]
 
 
 TOP_K_LOSS = "eval_loss/top_k="
@@ -189,18 +216,59 @@ def plot_curves(runs: list[dict], rows: list[dict], variant: list[str], out: str
       rec = run["records"]
       fps = _last(rec, "flops_per_step") or math.nan
       xs = [r["step"] * (fps if x_key == "flops" else 1) for r in rec]
-      (line,) = ax.plot(xs, [r["loss"] for r in rec], label=f"{variant_label(row, variant)} [{run['run']}]", lw=1)
+      losses = [r["loss"] for r in rec]
+      (line,) = ax.plot(xs, ema(losses), label=f"{variant_label(row, variant)} [{run['run']}]", lw=1)
+      ax.plot(xs, losses, color=line.get_color(), lw=0.5, alpha=0.25)
       ev = [(r["step"] * (fps if x_key == "flops" else 1), r["eval_loss"]) for r in rec if "eval_loss" in r]
       if ev:
         ax.scatter(*zip(*ev), s=12, color=line.get_color())
+    for loss in dict.fromkeys(r["eval_unigram_loss"] for r in rows if r["eval_unigram_loss"] is not None):
+      ax.axhline(loss, color="gray", ls="--", lw=0.8, label=f"eval set's unigram / chance: {loss:.3g}")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("loss (lines: train, dots: eval)")
+    ax.set_ylabel("loss (lines: train, smoothed; dots: eval)")
     if x_key == "flops":
       ax.set_xscale("log")
     ax.set_title(f"loss vs {xlabel}")
     ax.legend(fontsize=6, loc="upper right")
     written.append(_save(fig, os.path.join(out, name)))
   return written
+
+
+def ema(values: list[float], span: int = 10) -> list[float]:
+  """Exponential moving average (weight 2 / (span + 1)), debiased at the start as Adam's moments are."""
+  out, avg, alpha = [], 0.0, 2.0 / (span + 1)
+  for i, v in enumerate(values, 1):
+    avg = (1 - alpha) * avg + alpha * v
+    out.append(avg / (1 - (1 - alpha) ** i))
+  return out
+
+
+def plot_seed_spread(rows: list[dict], keys: list[str], out: str) -> str | None:
+  """Final eval loss per group of the swept keys: each seed a dot, the mean ± std a bar, the eval set's
+  unigram / chance loss dashed; None unless some group has several seeds."""
+  group_keys = [k for k in keys if k.split(".")[-1] != "seed"]
+  groups: dict[str, list[dict]] = defaultdict(list)
+  for r in rows:
+    groups[variant_label(r, group_keys)].append(r)
+  if all(len(m) < 2 for m in groups.values()):
+    return None
+  metric = "eval_loss"
+  fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(groups)), 4.5))
+  for i, members in enumerate(groups.values()):
+    vals = [m[metric] for m in members if m[metric] is not None]
+    if vals:
+      ax.scatter([i] * len(vals), vals, s=10, color="k", zorder=3)
+      ax.errorbar([i], [statistics.fmean(vals)], yerr=[statistics.stdev(vals) if len(vals) > 1 else 0.0],
+                  fmt="o", capsize=4, color="C0")
+  base = {r["eval_unigram_loss"] for r in rows} - {None}
+  for b in base:
+    ax.axhline(b, color="gray", ls="--", lw=0.8, label="unigram / chance")
+  ax.set_xticks(range(len(groups)), list(groups), rotation=20, ha="right", fontsize=7)
+  ax.set_ylabel("final eval loss")
+  ax.set_title("dots: seeds; bars: mean ± std over seeds", fontsize=9)
+  if base:
+    ax.legend(fontsize=7)
+  return _save(fig, os.path.join(out, "seed_spread.png"))
 
 
 def plot_mqar(runs: list[dict], rows: list[dict], variant: list[str], out: str) -> str | None:
@@ -220,6 +288,8 @@ def plot_mqar(runs: list[dict], rows: list[dict], variant: list[str], out: str) 
   for label, pts in sorted(points.items()):
     pts = sorted(pts)
     ax.plot(*zip(*pts), marker="o", label=label)
+  for chance in sorted({r["eval_unigram_accuracy"] for r in rows if r["eval_unigram_accuracy"] is not None}):
+    ax.axhline(chance, color="gray", ls="--", lw=0.8, label=f"chance {chance:.3g}")
   ax.set_xscale("log", base=2)
   ax.set_ylim(-0.02, 1.02)
   xlabel = "decoding state per sequence (bytes)" if by_state else "model width d_model"
@@ -233,7 +303,8 @@ def plot_mqar(runs: list[dict], rows: list[dict], variant: list[str], out: str) 
 def report(root: str, out: str | None = None, *, baseline: str | None = None, target_flops: float | None = None,
            bootstrap: int = 1000) -> dict:
   """Write runs.csv and the plots; returns {"markdown", "top_k_markdown" (None unless runs were evaluated at
-  several k), "scaling_markdown" (None without scaling points), "csv", "plots", "notes", "rows"}."""
+  several k), "scaling_markdown" (None without scaling points), "csv", "plots", "notes", "baselines" (the eval
+  sets' input-blind scores), "rows"}."""
   runs = collect(root)
   if not runs:
     raise ValueError(f"no runs (directories with config.json and metrics.jsonl) under {root}")
@@ -249,14 +320,15 @@ def report(root: str, out: str | None = None, *, baseline: str | None = None, ta
   writer.writerows(rows)
   paths.path(csv_path).write_text(table.getvalue())
   plots = plot_curves(runs, rows, variant, out)
-  plots += [p for p in (plot_mqar(runs, rows, variant, out),) if p]
+  plots += [p for p in (plot_mqar(runs, rows, variant, out), plot_seed_spread(rows, keys, out)) if p]
   # --- scaling section (train/scaling_report.py): fits on honest final points, their table and plots
   scaling = scaling_report.section(runs, rows, variant, lambda fig, name: _save(fig, os.path.join(out, name)),
                                    baseline=baseline, target_flops=target_flops, bootstrap=bootstrap)
   plots += scaling["plots"]
   # ---
   return {"markdown": grouped_markdown(rows, keys), "top_k_markdown": top_k_markdown(runs, keys), "csv": csv_path,
-          "scaling_markdown": scaling["markdown"], "plots": plots, "notes": scaling["notes"], "rows": rows}
+          "scaling_markdown": scaling["markdown"], "plots": plots, "notes": scaling["notes"],
+          "baselines": baseline_notes(rows), "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + result["top_k_markdown"])
   if result["scaling_markdown"]:
     print("\n" + result["scaling_markdown"])
-  for note in result["notes"]:
+  for note in result["baselines"] + result["notes"]:
     print(note)
   print(f"\nwrote {result['csv']} and {', '.join(result['plots'])}")
   return 0

@@ -22,7 +22,8 @@ MODEL_FIELDS = ("segment_ids", "positions")  # [B, T] int32 of packed text (trai
 
 
 def task_sums(outputs: jax.Array, batch: dict, loss: str, label_smoothing: float = 0.0) -> dict:
-  """Weighted sums: {"loss", "weight", "correct"}; loss in fp32.
+  """Weighted sums: {"loss", "loss_sq" (of the squared per-position losses, for a standard error), "weight",
+  "correct"}; loss in fp32.
 
   xent: outputs [..., C] logits, targets [...] int (or [..., C] soft labels); mse: outputs and
   targets [..., out]. weights [...] (0 masks a position out).
@@ -42,7 +43,8 @@ def task_sums(outputs: jax.Array, batch: dict, loss: str, label_smoothing: float
     correct = jnp.zeros_like(per)
   else:
     raise ValueError(f"train.loss must be one of {LOSSES}, got {loss!r}")
-  return {"loss": jnp.sum(w * per), "weight": jnp.sum(w), "correct": jnp.sum(w * correct)}
+  return {"loss": jnp.sum(w * per), "loss_sq": jnp.sum(w * per * per), "weight": jnp.sum(w),
+          "correct": jnp.sum(w * correct)}
 
 
 def _by_name(state: nnx.State, reduce: Callable) -> dict[str, jax.Array]:

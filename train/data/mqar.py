@@ -1,10 +1,14 @@
 """Multi-query associative recall (MQAR, Zoology): index-addressed, deterministic examples.
 
 A sequence opens with `num_pairs` key-value pairs `k1 v1 k2 v2 ...`, then a query region where
-`num_queries` of those keys reappear, each followed by its value; every other query-region
-token is 0. Keys come from [1, V/2), values from [V/2, V); keys in one example are distinct.
-As next-token prediction, the weighted positions are the query keys, whose target is the value:
-loss and accuracy count only those.
+`num_queries` of those keys reappear at random even offsets; every other query-region token is 0.
+Keys come from [1, V/2), values from [V/2, V); keys and values in one example are distinct.
+The weighted positions are the query keys, whose target is the value: loss and accuracy count only
+those. As in Zoology, an answer is only a target, never an input: were the values written after their
+query keys, a model could answer the last queries by elimination (the one context value not yet
+repeated) without recalling anything; softmax attention finds that shortcut and stalls near 0.57 at
+4 pairs (1/4, 1/3, 1/2 and 1 for the 1st..4th query), the misordering of issue 18.
+Elsewhere the target is the next input token, with weight 0.
 """
 
 import grain
@@ -40,7 +44,7 @@ class MQAR:
     rng = np.random.default_rng([self.seed, self.split_id, int(index)])
     half = self.vocab_size // 2
     keys = rng.choice(np.arange(1, half), size=self.num_pairs, replace=False)
-    values = rng.integers(half, self.vocab_size, size=self.num_pairs)
+    values = rng.choice(np.arange(half, self.vocab_size), size=self.num_pairs, replace=False)
     seq = np.zeros(self.seq_len + 1, np.int32)
     seq[0:2 * self.num_pairs:2] = keys
     seq[1:2 * self.num_pairs:2] = values
@@ -49,10 +53,11 @@ class MQAR:
     slots = np.sort(rng.choice(region // 2, size=self.num_queries, replace=False)) * 2 + 2 * self.num_pairs
     asked = rng.choice(self.num_pairs, size=self.num_queries, replace=False)
     seq[slots] = keys[asked]
-    seq[slots + 1] = values[asked]
+    targets = seq[1:].copy()
+    targets[slots] = values[asked]
     weights = np.zeros(self.seq_len, np.float32)
     weights[slots] = 1.0
-    return {"inputs": seq[:-1], "targets": seq[1:], "weights": weights}
+    return {"inputs": seq[:-1], "targets": targets, "weights": weights}
 
 
 def source(cfg, *, split: str, seed: int) -> grain.MapDataset:
