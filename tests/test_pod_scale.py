@@ -25,11 +25,11 @@ def test_hybrid_mesh_keeps_each_slice_inside_the_ici_axes():
   devices = jax.devices()  # 8 fake CPU devices, here in 2 slices of 4 (interleaved, to see the grouping work)
   slice_of = {d: d.id % 2 for d in devices}.__getitem__
   mesh = mesh_lib.make_mesh({"fsdp": -1}, devices, dcn_shape={"data": 2}, slice_of=slice_of)
-  assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1, "expert": 1}
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1, "expert": 1, "sequence": 1}
   for i, row in enumerate(mesh.devices[:, :, 0, 0]):  # along data: one slice per index; fsdp: inside a slice
     assert {slice_of(d) for d in row} == {i}
   mesh = mesh_lib.make_mesh({"fsdp": 2, "tensor": 2}, devices, dcn_shape={"fsdp": 2}, slice_of=slice_of)
-  assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2, "expert": 1}
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2, "expert": 1, "sequence": 1}
   for half in (mesh.devices[0, :2], mesh.devices[0, 2:]):  # fsdp = dcn 2 x ici 2: outer half = one slice
     assert len({slice_of(d) for d in half.flat}) == 1
 
@@ -142,5 +142,5 @@ def test_memory_cli_plans_a_run_on_more_devices_than_here():
                         "--config.data.batch_size=32"],
                        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
   assert out.returncode == 0, out.stderr[-2000:]
-  assert "on 16 devices (mesh {'data': 4, 'fsdp': 4, 'tensor': 1, 'expert': 1})" in out.stdout, out.stdout
+  assert "on 16 devices (mesh {'data': 4, 'fsdp': 4, 'tensor': 1, 'expert': 1, 'sequence': 1})" in out.stdout, out.stdout
   assert "2 examples per device" in out.stdout and "does not fit in 90% of 0.0001 GiB" in out.stdout
