@@ -142,5 +142,6 @@ def test_memory_cli_plans_a_run_on_more_devices_than_here():
                         "--config.data.batch_size=32"],
                        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
   assert out.returncode == 0, out.stderr[-2000:]
-  assert "on 16 devices (mesh {'data': 4, 'fsdp': 4, 'tensor': 1, 'expert': 1, 'sequence': 1})" in out.stdout, out.stdout
+  mesh = "{'data': 4, 'fsdp': 4, 'tensor': 1, 'expert': 1, 'sequence': 1}"
+  assert f"on 16 devices (mesh {mesh})" in out.stdout, out.stdout
   assert "2 examples per device" in out.stdout and "does not fit in 90% of 0.0001 GiB" in out.stdout
