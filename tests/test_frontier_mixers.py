@@ -227,7 +227,7 @@ def test_bfloat16_compute(name):
   assert _rel(np.asarray(y, np.float32), _forward(f32, x)) < 5e-2
 
 
-def test_experiment_variants_validate():
+def test_experiment_variants_validate(spm_model):
   from experiments import deltaproduct, forgetting_transformer, kimi_linear, rwkv7
   from train import config as config_lib
   from train import validate
@@ -240,7 +240,10 @@ def test_experiment_variants_validate():
            + ["experiments/forgetting_transformer.py:variant=transformer_pro", "experiments/kimi_linear.py:size=1.7b",
               "experiments/rwkv7.py:size=1.5b,variant=rwkv7_no_vres", "experiments/deltaproduct.py:variant=dp3"])
   for spec in specs:
-    validate.validate(config_lib.load(spec), num_devices=1)
+    config = config_lib.load(spec)
+    if ":local" not in spec and "spm_model" in config.data:  # paper scale reads C4 through a SentencePiece model
+      config_lib.override(config, "data.spm_model", spm_model)
+    validate.validate(config, num_devices=1)
 
 
 def test_experiment_paper_shapes_and_sweeps():
