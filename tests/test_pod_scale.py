@@ -26,7 +26,7 @@ def test_hybrid_mesh_keeps_each_slice_inside_the_ici_axes():
   slice_of = {d: d.id % 2 for d in devices}.__getitem__
   mesh = mesh_lib.make_mesh({"fsdp": -1}, devices, dcn_shape={"data": 2}, slice_of=slice_of)
   assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1, "expert": 1, "sequence": 1}
-  for i, row in enumerate(mesh.devices[:, :, 0, 0]):  # along data: one slice per index; fsdp: inside a slice
+  for i, row in enumerate(mesh.devices[:, :, 0, 0, 0]):  # along data: one slice per index; fsdp: inside a slice
     assert {slice_of(d) for d in row} == {i}
   mesh = mesh_lib.make_mesh({"fsdp": 2, "tensor": 2}, devices, dcn_shape={"fsdp": 2}, slice_of=slice_of)
   assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2, "expert": 1, "sequence": 1}

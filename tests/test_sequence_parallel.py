@@ -353,10 +353,12 @@ def test_validation_of_the_sequence_axis(key, value, match):
     validate.validate(c)
 
 
-def test_long_context_experiment_configs():
+def test_long_context_experiment_configs(spm_model):
   """Paper scale validates on 64 devices in 8 processes (sequence shards across hosts); :local on 8; the sweep."""
-  validate.validate(long_context.get_config(), num_devices=64, process_count=8)
-  validate.validate(long_context.get_config("seq_len=262144,shards=64"), num_devices=64, process_count=8)
+  for arg in (None, "seq_len=262144,shards=64"):
+    c = long_context.get_config(arg)
+    c.data.spm_model = spm_model  # paper scale reads PG-19 through a SentencePiece model
+    validate.validate(c, num_devices=64, process_count=8)
   local = long_context.get_config("local")
   validate.validate(local, num_devices=8, process_count=1)
   assert local.mesh.shape.sequence == 4 and "attention" in local.model.blocks
