@@ -83,7 +83,7 @@ def check_scan(cfg) -> None:
     return
   for mixer, _ in parse(cfg.blocks):
     layer = None if mixer == NONE else registry.lookup("mixer", resolve(mixer, cfg.get("options"))[0])
-    if inspect.isclass(layer) and "layer_values" in inspect.signature(layer.__call__).parameters:
+    if inspect.isclass(layer) and _takes_layer_values(layer):
       raise ValueError(f"model.scan_layers=True with mixer {mixer!r}, which shares values across layers "
                        "(layer_values, e.g. RWKV-7's value residual) that a scan over stacked layers does not "
                        "carry; set model.scan_layers=False")
