@@ -24,6 +24,7 @@ split slightly more so: the paper's gain, measured on 100B-token runs, does not 
 """
 
 from experiments import common
+from models.lm import LM_SIZES
 
 SEEDS = (0, 1)
 SPLITS = {  # variant -> (sub-layers M, experts per sub-layer K)
@@ -49,7 +50,7 @@ def get_config(arg: str | None = None):
   c = common.lm_config(size=arg.size)
   common.text_data(c, seq_len=2048)
   c.optim.update(common.adamw(lr=3e-4, warmup=2000, schedule="cosine", clip=1.0))
-  n_layers = common.LM_SIZES[arg.size]["n_layers"]
+  n_layers = LM_SIZES[arg.size]["n_layers"]
   if arg.local:
     c = common.shrink_for_cpu(c, steps=300)
     n_layers = 2

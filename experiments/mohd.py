@@ -25,6 +25,7 @@ confirmed here, with the caveats that only the ffns are sparsified and 300 steps
 """
 
 from experiments import common
+from models.lm import LM_SIZES
 
 VARIANTS = ("dense", "mohd", "dense_half")
 SEEDS = (0, 1)
@@ -46,7 +47,7 @@ def get_config(arg: str | None = None):
   c = common.lm_config(size=arg.size)
   common.text_data(c, seq_len=2048)
   c.optim.update(common.adamw(lr=3e-4, warmup=2000, schedule="cosine", clip=1.0))
-  n_layers = common.LM_SIZES[arg.size]["n_layers"]
+  n_layers = LM_SIZES[arg.size]["n_layers"]
   if arg.local:
     c = common.shrink_for_cpu(c, steps=300)
     n_layers = 2

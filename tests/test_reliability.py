@@ -331,7 +331,7 @@ def test_nonfinite_step_is_never_saved(tmp_path, monkeypatch):
   ("optim.decay_fraction", 1.5, r"optim.decay_fraction=1.5 is out of range"),
   ("optim.groups.activation.lr_mult", -1.0, r"optim.groups.activation.lr_mult=-1.0 is out of range"),
   ("train.label_smoothing", 1.0, r"train.label_smoothing=1.0 is out of range"),
-  ("train.grid_update_every", -1, r"train.grid_update_every=-1 is out of range"),
+  ("train.kan_grid.update_every", -1, r"train.kan_grid.update_every=-1 is out of range"),
   ("model.d_ff", 0, r"model.d_ff=0 is out of range"),
   ("data.seq_len", 0, r"data.seq_len=0 is out of range"),
   ("data.augment.erase_prob", 1.5, r"data.augment.erase_prob=1.5 is out of range"),

@@ -198,10 +198,10 @@ def test_bf16_compute_keeps_fp32_params_and_optimizer_state():
 
 def test_kan_grid_update_in_the_shared_loop(tmp_path):
   from train import config as config_lib
-  from train import loop
+  from train import kan_grid, loop
 
   c = config_lib.load("experiments/kan.py:local,grid=5")
-  config_lib.apply_overrides(c, ["--config.train.grid_update_every=2", "--config.train.steps=4",
+  config_lib.apply_overrides(c, ["--config.train.kan_grid.update_every=2", "--config.train.steps=4",
                                  "--config.train.progress=false", "--config.mesh.shape.data=8",
                                  "--config.data.batch_size=200"])
   p = build_program(c, mesh_lib.make_mesh(c.mesh.shape))
@@ -211,7 +211,9 @@ def test_kan_grid_update_in_the_shared_loop(tmp_path):
   before = jax.device_get(state)
   predict = jax.jit(lambda s, x: state_lib.model_from(p.setup, s)(x))
   y_before = predict(state, batch["inputs"])
-  state = p.grid_update(state, batch)
+  hook = kan_grid.KanGrid(c, build_program)
+  hook.check(p)
+  state = hook.update(p)(state, batch)
   after = jax.device_get(state)
   grids = [(a, b) for a, b in zip(jax.tree.leaves(before["rest"]), jax.tree.leaves(after["rest"]))]
   assert grids and all(not np.allclose(a, b) for a, b in grids)  # knots moved to the data
@@ -219,6 +221,6 @@ def test_kan_grid_update_in_the_shared_loop(tmp_path):
   summary = loop.run(c, str(tmp_path))  # the loop calls it every 2 steps
   assert summary["steps"] == 4 and np.isfinite(summary["eval_loss"])
   lm = tiny_lm()
-  lm.train.grid_update_every = 2
-  with pytest.raises(config_lib.ConfigError, match=r"grid_update_every.*no update_grid"):
-    build_program(lm, mesh_lib.make_mesh(c.mesh.shape))
+  lm.train.kan_grid.update_every = 2
+  with pytest.raises(config_lib.ConfigError, match=r"kan_grid.update_every.*no update_grid"):
+    kan_grid.KanGrid(lm, build_program).check(build_program(lm, mesh_lib.make_mesh(c.mesh.shape)))

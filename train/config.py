@@ -22,8 +22,53 @@ from train import paths
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+# Keys that moved since runs were saved (old dotted key -> new one); `upgrade` applies them.
+MOVED = {
+  "train.grid_update_every": "train.kan_grid.update_every",
+  "train.grid_update_until": "train.kan_grid.update_until",
+  "train.grid_extend": "train.kan_grid.extend",
+}
+
+
 class ConfigError(ValueError):
   """A config problem the user can fix; the message says what and how."""
+
+
+def run_defaults() -> dict[str, ml_collections.ConfigDict]:
+  """The sections every run has whatever its model, with their defaults from the modules that read them."""
+  from train import loop, optim  # they import this module
+  from train import mesh as mesh_lib
+  from train.data import pipeline
+
+  return {"data": pipeline.defaults(), "optim": optim.defaults(), "train": loop.defaults(),
+          "mesh": mesh_lib.defaults(), "distributed": loop.distributed_defaults()}
+
+
+def upgrade(saved: dict) -> dict:
+  """A config dict saved by an earlier version in today's layout: moved keys (MOVED) at their new place,
+  keys added since to the run_defaults() sections filled with their defaults. Today's configs pass unchanged."""
+  saved = json.loads(json.dumps(saved))
+  for old, new in MOVED.items():
+    *parents, leaf = old.split(".")
+    node = saved
+    for part in parents:
+      node = node.get(part, {})
+    if leaf in node:
+      *new_parents, new_leaf = new.split(".")
+      target = saved
+      for part in new_parents:
+        target = target.setdefault(part, {})
+      target[new_leaf] = node.pop(leaf)
+
+  def fill(node: dict, defaults: dict) -> None:
+    for key, value in defaults.items():
+      if key not in node:
+        node[key] = value
+      elif isinstance(value, dict) and isinstance(node[key], dict):
+        fill(node[key], value)
+
+  fill(saved, {k: v.to_dict() for k, v in run_defaults().items()})
+  return saved
 
 
 def _import_file(path: epath.Path):
@@ -55,7 +100,7 @@ def load(spec: str) -> ml_collections.ConfigDict:
   if path.suffix == ".json":
     if not path.exists():
       raise ConfigError(f"config file {path} does not exist")
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    config = ml_collections.ConfigDict(upgrade(json.loads(path.read_text())))
   else:
     module = load_module(spec)
     if not hasattr(module, "get_config"):

@@ -7,10 +7,22 @@ coefficients), `"no_decay"` (norms, gates, biases), else "default". 0/1-D parame
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 
 SCHEDULES = ("cosine", "wsd", "constant")
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """The base config's `optim` section."""
+  return ml_collections.ConfigDict(dict(
+    lr=3e-4, schedule="cosine", warmup_steps=100, decay_fraction=0.2, min_lr_ratio=0.1,
+    b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0, grad_accum=1,
+    groups=ml_collections.ConfigDict({
+      "activation": ml_collections.ConfigDict(dict(lr_mult=1.0, weight_decay=0.0)),
+    }),
+  ))
 
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:
