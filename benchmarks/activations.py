@@ -15,11 +15,11 @@ device's peak where the backend reports one). Ratios are to the GELU row.
 """
 
 import argparse
+import functools
 import json
 import pathlib
 import platform
 import statistics
-import time
 
 import flax
 import jax
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import timing
 from layers import registry
 from layers.context import LayerContext
 
@@ -47,10 +48,8 @@ def compiled_step(fn, args: tuple) -> tuple:
   """(compiled jit(grad(sum(fn(*args)))) w.r.t. every argument, its args, compiled temp MiB)."""
   step = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a).astype(jnp.float32)), argnums=tuple(range(len(args)))))
   compiled = step.lower(*args).compile()
-  mem = compiled.memory_analysis()
-  temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
   jax.block_until_ready(compiled(*args))  # warm-up
-  return compiled, args, temp / 2**20
+  return compiled, args, timing.temp_mib(compiled)
 
 
 def build(label: str, ffn: str, options: dict, ctx: LayerContext, x: jax.Array) -> dict:
@@ -72,17 +71,13 @@ def build(label: str, ffn: str, options: dict, ctx: LayerContext, x: jax.Array) 
 
 def time_all(rows: list[dict], repeats: int) -> None:
   """Median ms of each row's steps, interleaving the rows so that load drift hits all of them alike."""
-  times = {(i, j): [] for i in range(len(rows)) for j in range(2)}
-  for _ in range(repeats):
-    for i, row in enumerate(rows):
-      for j, (compiled, args, _) in enumerate(row["steps"]):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times[i, j].append((time.perf_counter() - t0) * 1e3)
+  runs = {(i, j): functools.partial(compiled, *args) for i, row in enumerate(rows)
+          for j, (compiled, args, _) in enumerate(row["steps"])}
+  times = timing.interleaved(runs, repeats, warmup=False)
   for i, row in enumerate(rows):
     del row["steps"]
-    row["ms"], row["act_ms"] = (statistics.median(times[i, j]) for j in range(2))
-    row["ms_all"], row["act_ms_all"] = times[i, 0], times[i, 1]
+    row["ms_all"], row["act_ms_all"] = ([s * 1e3 for s in times[i, j].wall] for j in range(2))
+    row["ms"], row["act_ms"] = statistics.median(row["ms_all"]), statistics.median(row["act_ms_all"])
 
 
 def main() -> None:

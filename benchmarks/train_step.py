@@ -15,7 +15,9 @@ import time
 
 import jax
 
-from experiments import common
+from experiments import common  # the MQAR data preset
+from models.lm import lm_model_config
+from train import config as config_lib
 from train import flops
 from train import mesh as mesh_lib
 from train.data import pipeline
@@ -30,7 +32,7 @@ SIZES = {  # name: (LM_SIZES key or shape overrides, seq_len, batch)
 
 def bench(name: str, steps: int, warmup: int) -> dict:
   shape, seq_len, batch = SIZES[name]
-  c = common.base_config()
+  c = config_lib.base_config(lm_model_config())
   common.mqar_data(c, vocab_size=256, num_pairs=16, seq_len=seq_len)
   c.model.update(shape)
   c.data.batch_size = batch * jax.device_count()

@@ -11,9 +11,7 @@ from collections.abc import Callable, Sequence
 import ml_collections
 
 from models import lm
-from train import loop, optim
-from train import mesh as mesh_lib
-from train.data import pipeline
+from train import config as config_lib
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -47,16 +45,9 @@ def blocks(mixer: str, ffn: str, n_layers: int) -> str:
 
 def base_config() -> ml_collections.ConfigDict:
   """Every section and field a run has, with defaults from their owners (the LM's in models/lm.py, the
-  loop's, optimizer's, mesh's and data pipeline's in train/); experiment files override."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model = lm.lm_model_config()
-  c.data = pipeline.defaults()
-  c.optim = optim.defaults()
-  c.train = loop.defaults()
-  c.mesh = mesh_lib.defaults()
-  c.distributed = loop.distributed_defaults()
-  return c
+  loop's, optimizer's, mesh's and data pipeline's in train/: train.config.base_config); experiment files
+  override."""
+  return config_lib.base_config(lm.lm_model_config())
 
 
 def lm_config(size: str = "small") -> ml_collections.ConfigDict:
@@ -106,6 +97,24 @@ def mqar_data(c: ml_collections.ConfigDict, *, vocab_size: int = 256, num_pairs:
   c.data.update(dict(name="mqar", seq_len=seq_len, vocab_size=vocab_size, num_pairs=num_pairs,
                      num_queries=num_queries, train_examples=100_000, eval_examples=1_000))
   c.model.vocab_size = vocab_size
+
+
+def paper_lm(tokens: float, *, data: Callable[[ml_collections.ConfigDict], None] | None = None,
+             **model) -> ml_collections.ConfigDict:
+  """The linear-attention papers' LM recipe (GLA, DeltaNet, Gated DeltaNet and their hybrids): the LM with the
+  `model` fields given (d_model, n_heads, d_ff, ...), pre-training text at 2K context in 0.5M-token batches
+  (256 x 2048; or `data(c)` sets another task), AdamW lr 3e-4 with 1000 warmup steps, cosine, clip 1.0,
+  weight decay 0.01, as many steps as `tokens` takes, at pod scale. The caller sets model.blocks."""
+  c = lm_config("340m")
+  c.model.update(model)
+  if data is None:
+    pretraining_data(c, seq_len=2048)
+    c.data.batch_size = 256
+  else:
+    data(c)
+  c.optim.update(adamw(lr=3e-4, warmup=1000, schedule="cosine", clip=1.0, weight_decay=0.01))
+  c.train.steps = int(tokens // (c.data.batch_size * c.data.seq_len))
+  return pod_scale(c)
 
 
 def pod_scale(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -44,6 +44,12 @@ def run_defaults() -> dict[str, ml_collections.ConfigDict]:
           "mesh": mesh_lib.defaults(), "distributed": loop.distributed_defaults()}
 
 
+def base_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A run's config: seed 0, the `model` section (from models/, e.g. models.lm.lm_model_config()) and every
+  other section with its defaults (run_defaults())."""
+  return ml_collections.ConfigDict(dict(seed=0, model=model, **run_defaults()))
+
+
 def upgrade(saved: dict) -> dict:
   """A config dict saved by an earlier version in today's layout: moved keys (MOVED) at their new place,
   keys added since to the run_defaults() sections filled with their defaults. Today's configs pass unchanged."""
