@@ -3,7 +3,7 @@
   python -m benchmarks.train_step [--quick] [--out runs/benchmarks/train_step.json]
 
 Each row: median step time over timed steps after warm-up (compilation excluded), tokens/s,
-analytic FLOPs per step and MFU against the peak of train.flops (measured matmul on CPU).
+analytic FLOPs per step and MFU against the peak of train.mfu (measured matmul on CPU).
 """
 
 import argparse
@@ -18,8 +18,8 @@ import jax
 from experiments import common  # the MQAR data preset
 from models.lm import lm_model_config
 from train import config as config_lib
-from train import flops
 from train import mesh as mesh_lib
+from train import mfu
 from train.data import pipeline
 from train.loop import build_program, global_batch
 
@@ -49,9 +49,9 @@ def bench(name: str, steps: int, warmup: int) -> dict:
     if i >= warmup:
       times.append(time.perf_counter() - t)
   dt = statistics.median(times)
-  step_flops = flops.train_flops_per_step(program.setup.abstract_model, seq_len=seq_len,
+  step_flops = mfu.train_flops_per_step(program.setup.abstract_model, seq_len=seq_len,
                                           batch_size=c.data.batch_size)
-  peak, source = flops.peak_flops()
+  peak, source = mfu.peak_flops()
   params = sum(int(v.size) for v in jax.tree.leaves(program.setup.abstract_params))
   return {"model": name, "params": params, "seq_len": seq_len, "batch": c.data.batch_size,
           "step_ms": dt * 1e3, "tokens_per_sec": c.data.batch_size * seq_len / dt,

@@ -27,8 +27,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from layers.flops import active_params
-from train import checkpoint, config_changes, flops, hooks, lock, memory, metrics, optim, paths, profiling, validate
+from layers.forward_flops import active_params
+from train import checkpoint, config_changes, hooks, lock, memory, metrics, mfu, optim, paths, profiling, validate
 from train import config as config_lib
 from train import mesh as mesh_lib
 from train import state as state_lib
@@ -241,7 +241,7 @@ def step_statistics(program: Program, config, first: dict, run_hooks: Sequence[h
                                       global_batch(first, program.batch_sharding)).compile()
   xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
   if config.model.kind == "lm":
-    step_flops = flops.train_flops_per_step(program.setup.abstract_model, seq_len=_tokens_per_example(first),
+    step_flops = mfu.train_flops_per_step(program.setup.abstract_model, seq_len=_tokens_per_example(first),
                                             batch_size=config.data.batch_size)
   else:  # image / MLP models: XLA's count (conv and patch weights are reused across positions)
     step_flops = xla_flops * program.mesh.size  # per-device cost analysis of the SPMD program
@@ -338,7 +338,7 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
     first = next(train_iter)
     tokens_per_step = _tokens_per_example(first) * config.data.batch_size
     static = step_statistics(program, config_at(start), first, run_hooks)
-    peak, peak_source = flops.peak_flops()
+    peak, peak_source = mfu.peak_flops()
 
     progress = None
     if is_main and config.train.progress:

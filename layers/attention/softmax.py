@@ -22,7 +22,7 @@ from layers.attention.sequence_parallel import METHODS, sequence_parallel_attent
 from layers.attention.softmax_attention import softmax_attention
 from layers.context import LayerContext
 from layers.core import Linear
-from layers.flops import causal_context
+from layers.forward_flops import causal_context
 
 
 class Attention(nnx.Module):

@@ -25,7 +25,7 @@ from layers import segments
 from layers.attention import kv_cache
 from layers.context import LayerContext
 from layers.core import Linear, make_param
-from layers.flops import causal_context, forward_flops_per_token
+from layers.forward_flops import causal_context, forward_flops_per_token
 from layers.kan.fourier_kan import fourier_kan_init
 from layers.kan.functional import fourier_features
 
