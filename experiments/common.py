@@ -1,4 +1,4 @@
-"""Shared presets for experiment files: the base config, model sizes, optimizer recipes, data, CPU shrink.
+"""Shared presets for experiment files: the base config, the paper-LM recipe, optimizer recipes, data, CPU shrink.
 
 Every experiment's `get_config(arg)` starts from `base_config()` (so every run has every section)
 and changes what its paper changes. One place decides what "local" means: `shrink_for_cpu`.

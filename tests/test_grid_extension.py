@@ -6,6 +6,7 @@ bad schedules fail."""
 import json
 import os
 
+import chex
 import jax
 import numpy as np
 import optax
@@ -69,7 +70,7 @@ def test_loop_extends_the_grid_at_the_scheduled_steps(uninterrupted):
 def test_models_load_builds_the_grid_in_force_at_the_checkpoint(uninterrupted):
   workdir, _ = uninterrupted
   loaded = nnx.to_pure_dict(nnx.state(models.load(str(workdir)), nnx.Param))
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded), _final_state(_config(), workdir)["params"])
+  chex.assert_trees_all_equal(jax.device_get(loaded), _final_state(_config(), workdir)["params"])
 
 
 def test_extension_keeps_the_function_and_restarts_the_optimizer():
@@ -136,7 +137,7 @@ def test_resume_after_kills_restores_the_extended_shapes(uninterrupted, tmp_path
   loop.run(c, str(tmp_path))
   a, b = metrics.read(workdir_a), metrics.read(tmp_path)
   assert [(r["step"], r["loss"], r["params"]) for r in a] == [(r["step"], r["loss"], r["params"]) for r in b]
-  jax.tree.map(np.testing.assert_array_equal, _final_state(c, workdir_a), _final_state(c, tmp_path))
+  chex.assert_trees_all_equal(_final_state(c, workdir_a), _final_state(c, tmp_path))
 
 
 @pytest.mark.parametrize("schedule,match", [

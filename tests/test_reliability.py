@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -259,7 +260,7 @@ def test_restore_falls_back_past_a_corrupt_checkpoint(case, workdir, program, st
   ckpt.close()
   err = capfd.readouterr().err
   assert step == 2 and meta["step"] == 2 and data == {"next_index": 16}
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), step2_state)
+  chex.assert_trees_all_equal(jax.device_get(state), step2_state)
   line = _one_line(err, "checkpoint 4 skipped:")
   assert f"{workdir}/checkpoints/{named}" in line
   [kept] = glob.glob(str(workdir / "skipped_checkpoints" / "4-*"))  # moved aside, never deleted

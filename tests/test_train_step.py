@@ -1,5 +1,6 @@
 """The sharded train step: mesh equivalence, real updates, grad accumulation, schedules, groups."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,8 +52,7 @@ def test_sharded_step_equals_single_device(config, program):
   for a, b in zip(m8, m1):
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
     np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6),
-               s8["params"], s1["params"])
+  chex.assert_trees_all_close(jax.device_get(s8["params"]), jax.device_get(s1["params"]), rtol=2e-4, atol=2e-6)
 
 
 def test_params_and_optimizer_state_really_change(config, program):
@@ -85,8 +85,7 @@ def test_gradient_accumulation_matches_full_batch(config, program):
     config.optim.grad_accum = 1
   np.testing.assert_allclose(m_acc[0]["loss"], m_full[0]["loss"], rtol=1e-5)
   np.testing.assert_allclose(m_acc[0]["grad_norm"], m_full[0]["grad_norm"], rtol=1e-4)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6),
-               acc["params"], full["params"])
+  chex.assert_trees_all_close(jax.device_get(acc["params"]), jax.device_get(full["params"]), rtol=2e-4, atol=2e-6)
 
 
 def test_schedules():
