@@ -50,7 +50,7 @@ def bench(name: str, steps: int, warmup: int) -> dict:
       times.append(time.perf_counter() - t)
   dt = statistics.median(times)
   step_flops = mfu.train_flops_per_step(program.setup.abstract_model, seq_len=seq_len,
-                                          batch_size=c.data.batch_size)
+                                        batch_size=c.data.batch_size)
   peak, source = mfu.peak_flops()
   params = sum(int(v.size) for v in jax.tree.leaves(program.setup.abstract_params))
   return {"model": name, "params": params, "seq_len": seq_len, "batch": c.data.batch_size,

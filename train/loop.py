@@ -242,7 +242,7 @@ def step_statistics(program: Program, config, first: dict, run_hooks: Sequence[h
   xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
   if config.model.kind == "lm":
     step_flops = mfu.train_flops_per_step(program.setup.abstract_model, seq_len=_tokens_per_example(first),
-                                            batch_size=config.data.batch_size)
+                                          batch_size=config.data.batch_size)
   else:  # image / MLP models: XLA's count (conv and patch weights are reused across positions)
     step_flops = xla_flops * program.mesh.size  # per-device cost analysis of the SPMD program
   out = {**param_counts(program.setup), "flops_per_step": step_flops, "xla_flops_per_step_per_device": xla_flops}
