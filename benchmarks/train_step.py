@@ -15,25 +15,24 @@ import time
 
 import jax
 
-from experiments import common  # the MQAR data preset
 from models.lm import lm_model_config
 from train import config as config_lib
 from train import mesh as mesh_lib
 from train import mfu
-from train.data import pipeline
+from train.data import mqar, pipeline
 from train.loop import build_program, global_batch
 
 SIZES = {  # name: (LM_SIZES key or shape overrides, seq_len, batch)
-  "tiny": (dict(d_model=128, n_heads=4, d_ff=384, blocks=common.blocks("attention", "swiglu", 2)), 256, 8),
-  "small": (dict(d_model=256, n_heads=4, d_ff=768, blocks=common.blocks("attention", "swiglu", 4)), 256, 8),
-  "125m": (dict(d_model=768, n_heads=12, d_ff=2048, blocks=common.blocks("attention", "swiglu", 12)), 1024, 8),
+  "tiny": (dict(d_model=128, n_heads=4, d_ff=384, blocks="(attention, swiglu) * 2"), 256, 8),
+  "small": (dict(d_model=256, n_heads=4, d_ff=768, blocks="(attention, swiglu) * 4"), 256, 8),
+  "125m": (dict(d_model=768, n_heads=12, d_ff=2048, blocks="(attention, swiglu) * 12"), 1024, 8),
 }
 
 
 def bench(name: str, steps: int, warmup: int) -> dict:
   shape, seq_len, batch = SIZES[name]
   c = config_lib.base_config(lm_model_config())
-  common.mqar_data(c, vocab_size=256, num_pairs=16, seq_len=seq_len)
+  c.data.update(mqar.data_config(vocab_size=256, num_pairs=16, seq_len=seq_len))
   c.model.update(shape)
   c.data.batch_size = batch * jax.device_count()
   c.train.steps = steps + warmup

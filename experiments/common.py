@@ -12,6 +12,7 @@ import ml_collections
 
 from models import lm
 from train import config as config_lib
+from train.data import mqar
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -94,8 +95,7 @@ def pretraining_data(c: ml_collections.ConfigDict, *, seq_len: int = 2048, tfds_
 def mqar_data(c: ml_collections.ConfigDict, *, vocab_size: int = 256, num_pairs: int = 16,
               seq_len: int = 128, num_queries: int = 0) -> None:
   """Multi-query associative recall (Zoology); loss and accuracy on answer positions only."""
-  c.data.update(dict(name="mqar", seq_len=seq_len, vocab_size=vocab_size, num_pairs=num_pairs,
-                     num_queries=num_queries, train_examples=100_000, eval_examples=1_000))
+  c.data.update(mqar.data_config(vocab_size=vocab_size, num_pairs=num_pairs, seq_len=seq_len, num_queries=num_queries))
   c.model.vocab_size = vocab_size
 
 
