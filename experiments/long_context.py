@@ -42,7 +42,7 @@ def get_config(arg: str | None = None):
   shape = SIZES[arg.size]
   c = common.lm_config("tiny")
   c.model.update(d_model=shape["d_model"], n_heads=shape["n_heads"], d_ff=shape["d_ff"], vocab_size=32000,
-                 dtype="bfloat16", param_dtype="float32", remat=True)
+                 dtype="bfloat16", param_dtype="float32", remat="full")
   c.data.update(dict(name="tfds_text", tfds_name="pg19", text_field="book_text", spm_model="",
                      seq_len=arg.seq_len, batch_size=4))
   c.optim.update(common.adamw(lr=3e-4, warmup=200, schedule="cosine", clip=1.0, weight_decay=0.01))
@@ -54,7 +54,7 @@ def get_config(arg: str | None = None):
   if arg.local:
     c = common.shrink_for_cpu(c, steps=200)
     common.text_data(c, seq_len=256)
-    c.model.update(vocab_size=256, remat=False)
+    c.model.update(vocab_size=256, remat="none")
     c.data.batch_size = 8
     c.mesh.shape.update(dict(data=-1, fsdp=1, sequence=min(arg.shards, 4)))
     n_layers = 4
