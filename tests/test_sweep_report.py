@@ -137,8 +137,8 @@ def test_report_scaling_section_finds_the_compute_multiplier(tmp_path):
 
 def test_analytic_flops_match_xla_cost_analysis_on_baseline_lm():
   from experiments import common
-  from train import flops
   from train import mesh as mesh_lib
+  from train import mfu
   from train.data import pipeline
   from train.loop import build_program, global_batch
 
@@ -151,7 +151,7 @@ def test_analytic_flops_match_xla_cost_analysis_on_baseline_lm():
   p = build_program(c, mesh_lib.make_mesh(dict(data=1), devices=jax.devices()[:1]))
   batch = next(pipeline.build(c.data, split="train", seed=0, train=True, batch_size=8))
   xla = p.train_step.lower(p.init_state(), global_batch(batch, p.batch_sharding)).compile().cost_analysis()["flops"]
-  analytic = flops.train_flops_per_step(p.setup.abstract_model, seq_len=128, batch_size=8)
+  analytic = mfu.train_flops_per_step(p.setup.abstract_model, seq_len=128, batch_size=8)
   assert analytic == pytest.approx(xla, rel=0.10)
 
 
