@@ -52,6 +52,16 @@ def workdir(base, tmp_path):
   return tmp_path / "run"
 
 
+def test_evals_happen_on_eval_every_even_between_log_steps(tmp_path):
+  # eval_every 2 is no multiple of log_every 3: evals at 2 and 4 still happen (the step is logged for them)
+  c = _config()
+  c.train.update(dict(log_every=3, eval_every=2, ckpt_every=4))
+  loop.run(c, str(tmp_path / "run"))
+  records = metrics.read(tmp_path / "run")
+  assert [r["step"] for r in records] == [2, 3, 4]
+  assert ["eval_loss" in r for r in records] == [True, False, True]
+
+
 def _cli(capsys, base, workdir, *args) -> tuple[int, str]:
   capsys.readouterr()
   code = main(["--config", str(base / "cfg" / "config.json"), "--workdir", str(workdir), *args])

@@ -401,7 +401,8 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
       for hook in run_hooks:
         state = hook.after_update(done, program, state, gbatch)
       forced = any(hook.log_now(done) for hook in run_hooks)
-      if done % config.train.log_every == 0 or done == steps or forced:
+      evaluate_now = done % config.train.eval_every == 0 or done == steps or forced  # whatever log_every says
+      if done % config.train.log_every == 0 or evaluate_now:
         m = jax.device_get(m)
         now = time.perf_counter()
         dt = (now - last_time) / (done - last_step)
@@ -416,9 +417,10 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
         if timed:
           rates.append(record["tokens_per_sec"])
         last, timed = record, True
-        if done % config.train.eval_every == 0 or done == steps or forced:
+        if evaluate_now:
           record.update(evaluate(program.eval_step, state, config, eval_iter, eval_start, program.batch_sharding),
                         **eval_baseline)
+          last_time = time.perf_counter()  # the next interval's rate times training, not this evaluation
         writer.write(done, record)
         if progress is not None:
           progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
