@@ -2,7 +2,8 @@
 
 Collects every run (a directory with config.json and metrics.jsonl) under RUNS_DIR, finds the
 config keys that differ between runs (the swept keys), and writes:
-  runs.csv              one row per run: swept values, final losses/accuracies, params, FLOPs
+  runs.csv              one row per run: swept values, final losses/accuracies, params, FLOPs, finished (False:
+                        the run stopped before train.steps; the table's n counts such runs as "unfinished")
   stdout                a markdown table grouped by the swept keys (mean ± std over seeds; train loss averaged
                         over the last SMOOTH (>= SMOOTH_MIN) of the logged steps; eval_se: the eval set's own
                         standard error)
@@ -97,6 +98,7 @@ def summarize(run: dict, keys: list[str]) -> dict:
   flops_per_step = _last(rec, "flops_per_step")
   return {
     "run": run["run"], **{k: run["config"].get(k) for k in keys}, "steps": steps,
+    "finished": steps >= run["config"].get("train.steps", steps),
     "loss": smoothed(rec, "loss"), "eval_loss": _last(rec, "eval_loss"), "eval_loss_se": _last(rec, "eval_loss_se"),
     "accuracy": smoothed(rec, "accuracy"), "eval_accuracy": _last(rec, "eval_accuracy"),
     "eval_accuracy_se": _last(rec, "eval_accuracy_se"), "eval_unigram_loss": _last(rec, "eval_unigram_loss"),
@@ -139,7 +141,9 @@ def grouped_markdown(rows: list[dict], keys: list[str]) -> str:
   header = [k.split(".")[-1] for k in group_keys] + ["n"] + cols[:4] + ["eval_se"] + cols[4:]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for members in groups.values():
-    cells = [_fmt(members[0][k]) for k in group_keys] + [str(len(members))]
+    unfinished = sum(not m["finished"] for m in members)  # their numbers are mid-run, not final
+    cells = [_fmt(members[0][k]) for k in group_keys] + [f"{len(members)}" + (f" ({unfinished} unfinished)"
+                                                                              if unfinished else "")]
     for c in cols:
       vals = [m[c] for m in members if m[c] is not None]
       if not vals:
