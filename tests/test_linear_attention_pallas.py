@@ -19,7 +19,6 @@ from layers import linear_attention as la
 from layers import registry
 from layers.context import LayerContext
 from layers.linear_attention import pallas
-from layers.linear_attention.mixers.delta_net import DeltaNet
 from layers.linear_attention.ops import common
 from tests.test_linear_attention_ops import GATES, GOLDEN, make_inputs, rel_rmse
 
@@ -135,10 +134,9 @@ def test_rejects_unsupported_arguments():
   args, _, _ = make_inputs("gated_delta_rule", 8, dk=24, dv=16)
   with pytest.raises(ValueError, match=r"K \(q/k head dim\) a power of two >= 16"):
     la.gated_delta_rule(*args[:-1], implementation="pallas")
-  with pytest.raises(ValueError, match="gated_delta_rule only"):
-    DeltaNet(LayerContext(d_model=32, n_heads=2), gated=False, expand_k=1.0, expand_v=1.0, conv_size=4,
-             use_gate=False, allow_neg_eigval=False, norm_eps=1e-5, mode="chunk", chunk_size=64, rngs=nnx.Rngs(0),
-             implementation="pallas")
+  with pytest.raises(ValueError, match="has no option 'implementation'"):  # no kernel for the plain delta rule
+    registry.build("mixer", "delta_net", LayerContext(d_model=32, n_heads=2), rngs=nnx.Rngs(0),
+                   implementation="pallas")
 
 
 @pytest.mark.parametrize("name, options", [("gla", {"expand_k": 1.0}), ("gated_delta_net", {})])

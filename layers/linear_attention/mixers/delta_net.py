@@ -48,9 +48,6 @@ class DeltaNet(RecurrentMixer):
     decode steps stay recurrent)."""
     h, dk, dv = ctx.n_heads, int(ctx.head_dim * expand_k), int(ctx.head_dim * expand_v)
     check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=dk, dv=dv)
-    if implementation == "pallas" and (not gated or num_householder is not None):
-      raise ValueError("implementation='pallas' has a kernel for gated_delta_rule only: use gated_delta_net "
-                       "without num_householder, or implementation='xla'")
     n = num_householder or 1
     self.q_proj = self._linear(ctx, ctx.d_model, h * dk, ("embed", "heads"), rngs=rngs)
     self.k_proj = self._linear(ctx, ctx.d_model, n * h * dk, ("embed", "heads"), rngs=rngs)
