@@ -132,10 +132,10 @@ def delta_rows(t: int, memory_t: int) -> list[dict]:
 
 
 def dplr_rows(t: int, memory_t: int) -> list[dict]:
-  """The op (custom VJP) and XLA autodiff of its chunk form (`_chunk_fwd`, the forward without the custom VJP)
-  on RWKV-7-like inputs: a = −κ̂, b = κ̂ ⊙ lr, k, v, per-channel log decay gk."""
+  """The op (custom VJP) and XLA autodiff of its chunk form (`_forward` over all chunks at once: the op before
+  its custom VJP) on RWKV-7-like inputs: a = −κ̂, b = κ̂ ⊙ lr, k, v, per-channel log decay gk."""
   def autodiff(q, k, v, a, b, gk):
-    return common.run(dplr._recurrent, lambda *x: dplr._chunk_fwd(*x)[0], q, k, v, (a, b, gk), scale=None,
+    return common.run(dplr._recurrent, lambda *x: dplr._forward(*x)[:2], q, k, v, (a, b, gk), scale=None,
                       initial_state=None, output_final_state=False, mode="chunk", chunk_size=CHUNK,
                       segment_ids=None)[0]
 

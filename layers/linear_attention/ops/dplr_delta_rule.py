@@ -8,7 +8,12 @@ import jax
 import jax.numpy as jnp
 
 from layers.linear_attention.ops import common
-from layers.linear_attention.ops.chunk_forms import decayed_scores, unit_lower_inverse
+from layers.linear_attention.ops.chunk_forms import (
+  decayed_scores,
+  grouped_backward,
+  grouped_forward,
+  unit_lower_inverse,
+)
 
 
 def dplr_delta_rule(
@@ -86,9 +91,10 @@ def _chunk(q, k, v, a, b, gk, s0, docs, size):
   In a packed row every score keeps only pairs within a document (I − A_ab is block-diagonal per document),
   S_n reaches (through Ã and q) only the document continuing from before the chunk, only the last document
   writes S_{n+1}, and the decayed S_n is dropped when a document starts inside the chunk (`docs`).
-  Backward (`_chunk_bwd`): the forward keeps only the inputs and the states entering each chunk
-  [B, H, N, K, V]; the backward recomputes the chunk-local terms (`_terms`, all chunks at once), runs the
-  state gradient backwards over chunks, and pulls the terms' gradients back to the inputs through their VJP.
+  Backward (`_chunk_bwd`): the forward keeps only the inputs and the states entering each chunk; the
+  backward walks groups of chunks in reverse (chunk_forms.grouped_backward), recomputes a group's
+  chunk-local terms (`_terms`), runs the state gradient backwards over its chunks and pulls the terms'
+  gradients back to the inputs through their VJP (`_backward`), so one group's intermediates are live at a time.
   """
   (o, final), _ = _chunk_fwd(q, k, v, a, b, gk, s0, docs, size)
   return o, final
@@ -134,8 +140,8 @@ def _reads(t: _Terms, starts: jax.Array) -> jax.Array:
   return t.u + jnp.einsum("bhnck,bhnkv->bhncv", t.w, starts)  # U = u + W S_n [B, H, N, C, V]
 
 
-def _chunk_fwd(q, k, v, a, b, gk, s0, docs, size):
-  """((o, final state), residuals): the inputs and the states entering each chunk, nothing per step."""
+def _forward(q, k, v, a, b, gk, s0, docs, size):
+  """(o [B, T, H, V], final state [B, H, K, V], states entering each chunk [B, H, N, K, V]) of one group."""
   t = _terms(q, k, v, a, b, gk, docs, size)
 
   def step(s, x):  # s [B, H, K, V]
@@ -145,16 +151,14 @@ def _chunk_fwd(q, k, v, a, b, gk, s0, docs, size):
 
   final, starts = jax.lax.scan(step, s0, tuple(jnp.moveaxis(x, 2, 0) for x in (t.u, t.w, t.b_out, t.kv, t.decay)))
   starts = jnp.moveaxis(starts, 0, 2)  # [B, H, N, K, V]
-  return (_output(t, starts, _reads(t, starts)), final), (q, k, v, a, b, gk, docs, starts)
+  return _output(t, starts, _reads(t, starts)), final, starts
 
 
-def _chunk_bwd(size, res, cts):
-  """dS runs backwards over chunks (the only sequential part):
+def _backward(q, k, v, a, b, gk, docs, starts, do, d_final, size):
+  """Gradients of one group: dS runs backwards over its chunks (the only sequential part),
     dU_n = q_bᵀ do_n + b_out dS_{n+1},   dS_n = diag(decay) dS_{n+1} + q_inᵀ do_n + W_nᵀ dU_n,
   then the terms' cotangents (dW = dU S_nᵀ, d b_out = U dS_{n+1}ᵀ, d kv = dS_{n+1}, ...) go back to the
-  inputs through the VJP of `_terms` (recomputed, chunk-local; docs get no gradient)."""
-  q, k, v, a, b, gk, docs, starts = res
-  do, d_final = cts
+  inputs through the VJP of `_terms` (recomputed, chunk-local). Returns (dq, dk, dv, da, db, dgk, dS_0)."""
   t, terms_vjp = jax.vjp(lambda *x: _terms(*x, docs, size), q, k, v, a, b, gk)
   reads = _reads(t, starts)
   doc = common.to_chunks(do, size)  # [B, H, N, C, V]
@@ -175,7 +179,19 @@ def _chunk_bwd(size, res, cts):
     b_out=jnp.einsum("bhncv,bhnkv->bhnck", reads, ds_next), kv=ds_next, decay=jnp.sum(starts * ds_next, -1),
     q_in=jnp.einsum("bhncv,bhnkv->bhnck", doc, starts), q_b=jnp.einsum("bhncv,bhnsv->bhncs", doc, reads),
     o_v=doc)
-  return (*terms_vjp(d_terms), d_s0, None)
+  return (*terms_vjp(d_terms), d_s0)
+
+
+def _chunk_fwd(q, k, v, a, b, gk, s0, docs, size):
+  """((o, final state), residuals): the inputs and the states entering each chunk, nothing per step."""
+  o, final, starts = grouped_forward(_forward, (q, k, v, a, b, gk), s0, docs, size)
+  return (o, final), (q, k, v, a, b, gk, docs, starts)
+
+
+def _chunk_bwd(size, res, cts):
+  *inputs, docs, starts = res
+  grads, d_s0 = grouped_backward(_backward, tuple(inputs), docs, starts, *cts, size)
+  return (*grads, d_s0, None)
 
 
 _chunk.defvjp(_chunk_fwd, _chunk_bwd)
