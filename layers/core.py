@@ -56,7 +56,10 @@ class Linear(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:  # [..., in] -> [..., out]
-    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    # One [N, in] @ [in, out] matmul: on [B, T, in] the kernel gradient contracts two axes, for which XLA's CPU
+    # backend copies both operands transposed first (benchmarks/train_step.py: the d=512 step's largest ops).
+    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), self.kernel[...].astype(self.dtype))
+    y = y.reshape(*x.shape[:-1], y.shape[-1])
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
