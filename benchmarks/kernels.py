@@ -2,14 +2,16 @@
 
     python -m benchmarks.kernels              # the issue's shapes (below)
     python -m benchmarks.kernels --quick      # small shapes: a CPU smoke run
-    python -m benchmarks.kernels --tables delta,spline   # a subset of delta, rational, spline
+    python -m benchmarks.kernels --tables delta,spline   # a subset of delta, dplr, rational, spline
 
-Three tables, each against its first row and its anchor (the public code, or jax GELU), with compiled peak
+Four tables, each against its first row and its anchor (the public code, or jax GELU), with compiled peak
 memory:
 * delta: chunked gated delta rule, B=1 H=4 K=V=64 T=4096 fp32, gradients to q, k, v, g, beta: ours
   (`gated_delta_rule`, chunk 64) vs the public pure-JAX one of a large JAX LLM framework (MaxText's
   Qwen3-Next `jax_chunk_gated_delta_rule`, compute_dtype float32); their outputs are compared first.
   Below it, compiled peak memory only (not run) at T=16384 for both.
+* dplr: the DPLR delta rule (RWKV-7), same shapes and chunk, gradients to q, k, v, a, b, gk: its recompute-based
+  custom VJP vs XLA autodiff of the same chunk form (the op before it had one); T=16384 peak memory below.
 * rational: PAU version A 5/4 on [8192, 4096] with coefficient gradients vs jax GELU.
 * spline: one B-spline KAN layer 8192 x 256 -> 256 (G=5, k=3), gradients to parameters and input, vs a
   dense layer and vs the public JAX KAN library's `SplineLayer` (benchmarks.kan's rows).
@@ -27,6 +29,7 @@ A missing anchor's row is skipped with a message.
 
 import argparse
 import ast
+import importlib
 import json
 import os
 import pathlib
@@ -46,12 +49,15 @@ from benchmarks.kan import spline_layers, time_rows
 from layers import linear_attention as la
 from layers import registry
 from layers.context import LayerContext
+from layers.linear_attention.ops import common
 
 MAXTEXT = "maxtext==0.2.5"
 MAXTEXT_FILE, MAXTEXT_FUNCTION = "maxtext/models/qwen3.py", "jax_chunk_gated_delta_rule"
+dplr = importlib.import_module("layers.linear_attention.ops.dplr_delta_rule")  # the module (the package exports the op)
 ANCHORS = pathlib.Path(os.environ.get("ABLAX_ANCHORS", "~/.cache/ablax/anchors")).expanduser()
 H, DK, DV, CHUNK = 4, 64, 64, 64
-ANCHOR = {"delta": "maxtext jax_chunk_gated_delta_rule", "rational": "jax.nn.gelu", "spline": "jaxkan SplineLayer"}
+ANCHOR = {"delta": "maxtext jax_chunk_gated_delta_rule", "rational": "jax.nn.gelu", "spline": "jaxkan SplineLayer",
+          "dplr": "dplr_delta_rule, autodiff of the chunk form"}
 
 
 def fetch_anchors() -> None:
@@ -125,6 +131,27 @@ def delta_rows(t: int, memory_t: int) -> list[dict]:
   return rows
 
 
+def dplr_rows(t: int, memory_t: int) -> list[dict]:
+  """The op (custom VJP) and XLA autodiff of its chunk form (`_forward` over all chunks at once: the op before
+  its custom VJP) on RWKV-7-like inputs: a = −κ̂, b = κ̂ ⊙ lr, k, v, per-channel log decay gk."""
+  def autodiff(q, k, v, a, b, gk):
+    return common.run(dplr._recurrent, lambda *x: dplr._forward(*x)[:2], q, k, v, (a, b, gk), scale=None,
+                      initial_state=None, output_final_state=False, mode="chunk", chunk_size=CHUNK,
+                      segment_ids=None)[0]
+
+  def ours(q, k, v, a, b, gk):
+    return la.dplr_delta_rule(q, k, v, a, b, gk, chunk_size=CHUNK)[0]
+
+  def inputs(t):
+    q, kappa, v, g, lr = delta_inputs(t, jax.random.key(1))
+    return q, v[..., :DK], v, -kappa, kappa * lr[..., None], jnp.broadcast_to(g[..., None], q.shape)
+
+  fns = {ANCHOR["dplr"]: autodiff, "dplr_delta_rule (ours, custom VJP)": ours}
+  rows = [compile_row(label, fn, inputs(t)) for label, fn in fns.items()]
+  return rows + [{**compile_row(f"{label} T={memory_t}", fn, inputs(memory_t), run=False), "memory_only": True}
+                 for label, fn in fns.items()]
+
+
 def rational_rows(tokens: int, width: int) -> list[dict]:
   ctx = LayerContext(d_model=width, d_ff=width)
   rational = registry.build("activation", "rational", ctx.with_features(width), rngs=nnx.Rngs(0))
@@ -148,20 +175,22 @@ def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--quick", action="store_true", help="T=512 (memory T=1024), 1024 tokens")
   p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--tables", default="delta,rational,spline", help="comma-separated subset of delta, rational, spline")
+  p.add_argument("--tables", default="delta,dplr,rational,spline",
+                 help="comma-separated subset of delta, dplr, rational, spline")
   p.add_argument("--fetch-anchors", action="store_true", help="download the MaxText wheel into the anchor cache")
   p.add_argument("--out", default="runs/benchmarks/kernels.json")
   args = p.parse_args(argv)
   wanted = args.tables.split(",")
-  if not set(wanted) <= {"delta", "rational", "spline"}:
-    raise SystemExit(f"--tables takes delta, rational, spline; got {args.tables}")
+  if not set(wanted) <= {"delta", "dplr", "rational", "spline"}:
+    raise SystemExit(f"--tables takes delta, dplr, rational, spline; got {args.tables}")
   if args.fetch_anchors:
     fetch_anchors()
   t, memory_t, tokens = (512, 1024, 1024) if args.quick else (4096, 16384, 8192)
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
         f"flax {flax.__version__}, python {platform.python_version()}, float32, median of {args.repeats}")
-  builders = {"delta": lambda: delta_rows(t, memory_t), "rational": lambda: rational_rows(tokens, 4096 // 8
-              if args.quick else 4096), "spline": lambda: spline_rows(tokens, 256)}
+  builders = {"delta": lambda: delta_rows(t, memory_t), "dplr": lambda: dplr_rows(t, memory_t),
+              "rational": lambda: rational_rows(tokens, 4096 // 8 if args.quick else 4096),
+              "spline": lambda: spline_rows(tokens, 256)}
   rows = []
   print(f"{'table':<9} {'row':<44} {'ms(fwd+bwd)':>12} {'cpu ms':>9} {'vs base':>8} {'cpu vs base':>12} "
         f"{'vs anchor':>10} {'cpu vs anchor':>14} {'peak MiB':>9}")

@@ -1,6 +1,6 @@
-"""The chunk forms' hand-derived backward (chunk_forms._chunk_recurrence) against autodiff of the recurrent
-specification in float64 (packed documents and several chunk groups included), and the block-doubling
-(I + A)⁻¹ against a triangular solve."""
+"""The chunk forms' hand-derived backward (chunk_forms._chunk_recurrence, dplr_delta_rule._chunk) against
+autodiff of the recurrent specification in float64 (packed documents and several chunk groups included), and
+the block-doubling (I + A)⁻¹ against a triangular solve."""
 
 import importlib
 
@@ -13,9 +13,9 @@ from layers import segments
 from layers.linear_attention.ops import chunk_forms, common
 
 # the op modules (the package exports the op functions under the same names)
-linear_attn, simple_gla, gla, delta_rule, gated_delta_rule, kda = (importlib.import_module(
+linear_attn, simple_gla, gla, delta_rule, gated_delta_rule, kda, dplr_delta_rule = (importlib.import_module(
   f"layers.linear_attention.ops.{name}") for name in ("linear_attn", "simple_gla", "gla", "delta_rule",
-                                                       "gated_delta_rule", "kda"))
+                                                       "gated_delta_rule", "kda", "dplr_delta_rule"))
 
 # op -> (recurrent form, chunk form, log gate per step: None / "head" / "channel", has beta)
 OPS = {
@@ -25,6 +25,7 @@ OPS = {
   "delta_rule": (delta_rule._recurrent, delta_rule._chunk, None, True),
   "gated_delta_rule": (gated_delta_rule.recurrent, chunk_forms.chunk_delta, "head", True),
   "kda": (kda.recurrent, chunk_forms.chunk_delta, "channel", True),
+  "dplr_delta_rule": (dplr_delta_rule._recurrent, dplr_delta_rule._chunk, "dplr", False),
 }
 B, T, H, DK, DV, SIZE = 2, 64, 2, 4, 5, 16
 # row 0 one document; row 1 documents starting inside a chunk (10, 40) and at a chunk / group boundary (32)
@@ -32,9 +33,16 @@ SEGMENT_IDS = np.array([[0] * T, [0] * 10 + [1] * 22 + [2] * 8 + [3] * 24])
 
 
 def inputs(op: str, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-  """q, k, v, gates / beta, s0, do, d_final in float64 (unit q, k for the delta rules, gates down to -2)."""
+  """q, k, v, gates / beta, s0, do, d_final in float64 (unit q, k for the delta rules, gates down to -2;
+  dplr: a = −κ̂, b = κ̂ ⊙ lr with a unit κ̂, RWKV-7's ranges)."""
   _, _, gate, has_beta = OPS[op]
   q, k = rng.standard_normal((2, B, T, H, DK))
+  if gate == "dplr":
+    kappa = rng.standard_normal((B, T, H, DK))
+    kappa /= np.linalg.norm(kappa, axis=-1, keepdims=True)
+    steps = (-kappa, kappa * rng.uniform(0.0, 1.0, (B, T, H, 1)), rng.uniform(-2.0, 0.0, (B, T, H, DK)))
+    return (q, k, rng.standard_normal((B, T, H, DV)), *steps, rng.standard_normal((B, H, DK, DV)),
+            rng.standard_normal((B, T, H, DV)), rng.standard_normal((B, H, DK, DV)))
   if has_beta:
     q, k = (x / np.linalg.norm(x, axis=-1, keepdims=True) for x in (q, k))
   steps = []

@@ -15,6 +15,7 @@ terms are live at a time.
 
 import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -283,36 +284,50 @@ def _chunk_recurrence(q, k, v, g, beta, s0, docs, size):
 
 
 def _chunk_recurrence_fwd(q, k, v, g, beta, s0, docs, size):
-  """A scan over groups of chunks (`GROUP_CHUNKS`), each the chunkwise-parallel `_chunk_forward`.
-  Residuals: the inputs and the states entering each chunk [m, B, H, N/m, K, V], nothing per step."""
-  m = _group_count(q.shape[1] // size)
-  per_group, constant = _grouped_documents(docs, m)
-
-  def body(s, x):
-    inputs, docs_j = x
-    o, final, starts = _chunk_forward(*inputs, s, _merge(docs_j, constant), size)
-    return final, (o, starts)
-
-  xs = (tuple(_to_groups(x, m, 1) for x in (q, k, v, g, beta)), per_group)
-  final, (o, starts) = jax.lax.scan(body, s0, xs)
-  return (_from_groups(o), final), (q, k, v, g, beta, docs, starts)
+  """`grouped_forward` of `_chunk_forward`; residuals: the inputs and the chunk-entry states, nothing per step."""
+  o, final, starts = grouped_forward(_chunk_forward, (q, k, v, g, beta), s0, docs, size)
+  return (o, final), (q, k, v, g, beta, docs, starts)
 
 
 def _chunk_recurrence_bwd(size, res, cts):
-  """The forward's group scan in reverse, each group through `_chunk_backward` (docs get no gradient)."""
+  """`grouped_backward` of `_chunk_backward` (docs get no gradient)."""
   q, k, v, g, beta, docs, starts = res
-  do, d_final = cts
+  grads, d_s0 = grouped_backward(_chunk_backward, (q, k, v, g, beta), docs, starts, *cts, size)
+  return (*grads, d_s0, None)
+
+
+def grouped_forward(forward: Callable, inputs: tuple, s0: jax.Array, docs: common.ChunkDocuments, size: int):
+  """A scan over groups of chunks (`GROUP_CHUNKS`), each `forward(*inputs_j, s, docs_j, size) -> (o_j, final_j,
+  starts_j)` (chunkwise parallel inside the group): only one group's intra-chunk terms are live at a time.
+  inputs [B, T, H, ...] (None passes through). Returns o [B, T, H, V], the final state [B, H, K, V] and the
+  states entering each chunk [m, B, H, N/m, K, V] (the residual of a recompute-based backward)."""
+  m = _group_count(inputs[0].shape[1] // size)
+  per_group, constant = _grouped_documents(docs, m)
+
+  def body(s, x):
+    xs, docs_j = x
+    o, final, starts = forward(*xs, s, _merge(docs_j, constant), size)
+    return final, (o, starts)
+
+  final, (o, starts) = jax.lax.scan(body, s0, (tuple(_to_groups(x, m, 1) for x in inputs), per_group))
+  return _from_groups(o), final, starts
+
+
+def grouped_backward(backward: Callable, inputs: tuple, docs: common.ChunkDocuments, starts: jax.Array,
+                     do: jax.Array, d_final: jax.Array, size: int) -> tuple[tuple, jax.Array]:
+  """`grouped_forward`'s scan in reverse, each group through `backward(*inputs_j, docs_j, starts_j, do_j, ds,
+  size) -> (*input grads, d state entering the group)`. Returns (the inputs' gradients [B, T, H, ...], d s0)."""
   m = starts.shape[0]
   per_group, constant = _grouped_documents(docs, m)
 
   def body(ds, x):
-    inputs, docs_j, starts_j, do_j = x
-    *grads, d_s = _chunk_backward(*inputs, _merge(docs_j, constant), starts_j, do_j, ds, size)
+    xs, docs_j, starts_j, do_j = x
+    *grads, d_s = backward(*xs, _merge(docs_j, constant), starts_j, do_j, ds, size)
     return d_s, tuple(grads)
 
-  xs = (tuple(_to_groups(x, m, 1) for x in (q, k, v, g, beta)), per_group, starts, _to_groups(do, m, 1))
+  xs = (tuple(_to_groups(x, m, 1) for x in inputs), per_group, starts, _to_groups(do, m, 1))
   d_s0, grads = jax.lax.scan(body, d_final, xs, reverse=True)
-  return (*map(_from_groups, grads), d_s0, None)
+  return tuple(map(_from_groups, grads)), d_s0
 
 
 _chunk_recurrence.defvjp(_chunk_recurrence_fwd, _chunk_recurrence_bwd)

@@ -1,11 +1,19 @@
 """Diagonal-plus-low-rank (DPLR) delta rule, the RWKV-7 state transition:
 S_t = (diag(exp(gk_t)) + b_t a_tᵀ) S_{t-1} + k_t v_tᵀ."""
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 from layers.linear_attention.ops import common
-from layers.linear_attention.ops.chunk_forms import decayed_scores, unit_lower_inverse
+from layers.linear_attention.ops.chunk_forms import (
+  decayed_scores,
+  grouped_backward,
+  grouped_forward,
+  unit_lower_inverse,
+)
 
 
 def dplr_delta_rule(
@@ -63,6 +71,7 @@ def _recurrent(q, k, v, a, b, gk, s0, starts):
   return common.scan_time(step, s0, (q, k, v, a, b, gk), starts)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
 def _chunk(q, k, v, a, b, gk, s0, docs, size):
   """Chunkwise DPLR delta rule. In a chunk with start state S_n, let B_t = gk_1 + ... + gk_t (per channel,
   <= 0, decreasing; B_0 = 0) and u_t = S_{t-1}ᵀ a_t [V], the value the rank-one term reads. Unrolling
@@ -82,7 +91,28 @@ def _chunk(q, k, v, a, b, gk, s0, docs, size):
   In a packed row every score keeps only pairs within a document (I − A_ab is block-diagonal per document),
   S_n reaches (through Ã and q) only the document continuing from before the chunk, only the last document
   writes S_{n+1}, and the decayed S_n is dropped when a document starts inside the chunk (`docs`).
+  Backward (`_chunk_bwd`): the forward keeps only the inputs and the states entering each chunk; the
+  backward walks groups of chunks in reverse (chunk_forms.grouped_backward), recomputes a group's
+  chunk-local terms (`_terms`), runs the state gradient backwards over its chunks and pulls the terms'
+  gradients back to the inputs through their VJP (`_backward`), so one group's intermediates are live at a time.
   """
+  (o, final), _ = _chunk_fwd(q, k, v, a, b, gk, s0, docs, size)
+  return o, final
+
+
+class _Terms(NamedTuple):
+  """Chunk-local terms of `_chunk` (all chunks at once), recomputed by the backward pass."""
+  u: jax.Array  # (I − A_ab)⁻¹ A_ak V [B, H, N, C, V]
+  w: jax.Array  # (I − A_ab)⁻¹ Ã [B, H, N, C, K]
+  b_out: jax.Array  # b_s ⊙ exp(B_C − B_s), last document only [B, H, N, C, K]
+  kv: jax.Array  # sum_s (k_s ⊙ exp(B_C − B_s)) v_sᵀ [B, H, N, K, V]
+  decay: jax.Array  # diag(exp(B_C)), 0 where a document starts inside the chunk [B, H, N, K]
+  q_in: jax.Array  # q_t ⊙ exp(B_t), continuing document only [B, H, N, C, K]
+  q_b: jax.Array  # decayed q.b scores [B, H, N, C, C]
+  o_v: jax.Array  # sum_{s<=t} [q_t . (k_s ⊙ exp(B_t − B_s))] v_s [B, H, N, C, V]
+
+
+def _terms(q, k, v, a, b, gk, docs, size) -> _Terms:
   qc, kc, vc, ac, bc = (common.to_chunks(x, size) for x in (q, k, v, a, b))  # [B, H, N, C, K|V]
   cum = jnp.cumsum(common.to_chunks(gk, size), axis=-2)  # B_t [B, H, N, C, K]
   prev = jnp.concatenate([jnp.zeros_like(cum[..., :1, :]), cum[..., :-1, :]], axis=-2)  # B_{t-1}, exact
@@ -92,21 +122,76 @@ def _chunk(q, k, v, a, b, gk, s0, docs, size):
   q_k = decayed_scores(qc, kc, cum, cum, docs, strict=False)
   q_b = decayed_scores(qc, bc, cum, cum, docs, strict=False)
   inv = unit_lower_inverse(-a_b)  # (I − A_ab)⁻¹
-  u = jnp.einsum("bhncs,bhnsv->bhncv", inv, jnp.einsum("bhncs,bhnsv->bhncv", a_k, vc))  # (I − A_ab)⁻¹ A_ak V
-  w = jnp.einsum("bhncs,bhnsk->bhnck", inv, ac * jnp.exp(prev) * docs.first)  # (I − A_ab)⁻¹ Ã
+  u = jnp.einsum("bhncs,bhnsv->bhncv", inv, jnp.einsum("bhncs,bhnsv->bhncv", a_k, vc))
+  w = jnp.einsum("bhncs,bhnsk->bhnck", inv, ac * jnp.exp(prev) * docs.first)
   out = jnp.exp(last[..., None, :] - cum) * docs.last  # exp(B_C − B_s), last document only
-  kv = jnp.einsum("bhnck,bhncv->bhnkv", kc * out, vc)  # sum_s (k_s ⊙ exp(B_C − B_s)) v_sᵀ
-  decay = jnp.exp(last) * docs.carry  # [B, H, N, K]
+  return _Terms(u=u, w=w, b_out=bc * out, kv=jnp.einsum("bhnck,bhncv->bhnkv", kc * out, vc),
+                decay=jnp.exp(last) * docs.carry, q_in=qc * jnp.exp(cum) * docs.first, q_b=q_b,
+                o_v=jnp.einsum("bhncs,bhnsv->bhncv", q_k, vc))
+
+
+def _output(t: _Terms, starts: jax.Array, reads: jax.Array) -> jax.Array:
+  """o [B, T, H, V] from the terms, the states entering each chunk and the reads U = u + W S_n."""
+  return common.from_chunks(jnp.einsum("bhnck,bhnkv->bhncv", t.q_in, starts) + t.o_v
+                            + jnp.einsum("bhncs,bhnsv->bhncv", t.q_b, reads))
+
+
+def _reads(t: _Terms, starts: jax.Array) -> jax.Array:
+  return t.u + jnp.einsum("bhnck,bhnkv->bhncv", t.w, starts)  # U = u + W S_n [B, H, N, C, V]
+
+
+def _forward(q, k, v, a, b, gk, s0, docs, size):
+  """(o [B, T, H, V], final state [B, H, K, V], states entering each chunk [B, H, N, K, V]) of one group."""
+  t = _terms(q, k, v, a, b, gk, docs, size)
 
   def step(s, x):  # s [B, H, K, V]
     u_n, w_n, b_n, kv_n, d_n = x
-    reads = u_n + jnp.einsum("bhck,bhkv->bhcv", w_n, s)  # U = u + W S_n
-    nxt = d_n[..., None] * s + kv_n + jnp.einsum("bhck,bhcv->bhkv", b_n, reads)
-    return nxt, (s, reads)
+    reads = u_n + jnp.einsum("bhck,bhkv->bhcv", w_n, s)
+    return d_n[..., None] * s + kv_n + jnp.einsum("bhck,bhcv->bhkv", b_n, reads), s
 
-  xs = tuple(jnp.moveaxis(x, 2, 0) for x in (u, w, bc * out, kv, decay))
-  final, (starts, reads) = jax.lax.scan(step, s0, xs)
-  starts, reads = jnp.moveaxis(starts, 0, 2), jnp.moveaxis(reads, 0, 2)  # [B, H, N, K, V], [B, H, N, C, V]
-  o = (jnp.einsum("bhnck,bhnkv->bhncv", qc * jnp.exp(cum) * docs.first, starts)
-       + jnp.einsum("bhncs,bhnsv->bhncv", q_k, vc) + jnp.einsum("bhncs,bhnsv->bhncv", q_b, reads))
-  return common.from_chunks(o), final
+  final, starts = jax.lax.scan(step, s0, tuple(jnp.moveaxis(x, 2, 0) for x in (t.u, t.w, t.b_out, t.kv, t.decay)))
+  starts = jnp.moveaxis(starts, 0, 2)  # [B, H, N, K, V]
+  return _output(t, starts, _reads(t, starts)), final, starts
+
+
+def _backward(q, k, v, a, b, gk, docs, starts, do, d_final, size):
+  """Gradients of one group: dS runs backwards over its chunks (the only sequential part),
+    dU_n = q_bᵀ do_n + b_out dS_{n+1},   dS_n = diag(decay) dS_{n+1} + q_inᵀ do_n + W_nᵀ dU_n,
+  then the terms' cotangents (dW = dU S_nᵀ, d b_out = U dS_{n+1}ᵀ, d kv = dS_{n+1}, ...) go back to the
+  inputs through the VJP of `_terms` (recomputed, chunk-local). Returns (dq, dk, dv, da, db, dgk, dS_0)."""
+  t, terms_vjp = jax.vjp(lambda *x: _terms(*x, docs, size), q, k, v, a, b, gk)
+  reads = _reads(t, starts)
+  doc = common.to_chunks(do, size)  # [B, H, N, C, V]
+
+  def step(ds, x):  # ds [B, H, K, V]: gradient w.r.t. the state leaving chunk n
+    d_reads, b_n, d_n, w_n, q_n, do_n = x
+    d_reads = d_reads + jnp.einsum("bhck,bhkv->bhcv", b_n, ds)
+    ds_in = d_n[..., None] * ds + jnp.einsum("bhck,bhcv->bhkv", q_n, do_n) + jnp.einsum(
+      "bhck,bhcv->bhkv", w_n, d_reads)
+    return ds_in, (ds, d_reads)
+
+  d_reads_o = jnp.einsum("bhncs,bhncv->bhnsv", t.q_b, doc)  # through the intra-chunk outputs
+  xs = tuple(jnp.moveaxis(x, 2, 0) for x in (d_reads_o, t.b_out, t.decay, t.w, t.q_in, doc))
+  d_s0, (ds_next, d_reads) = jax.lax.scan(step, d_final, xs, reverse=True)
+  ds_next, d_reads = jnp.moveaxis(ds_next, 0, 2), jnp.moveaxis(d_reads, 0, 2)  # [B,H,N,K,V], [B,H,N,C,V]
+  d_terms = _Terms(
+    u=d_reads, w=jnp.einsum("bhncv,bhnkv->bhnck", d_reads, starts),
+    b_out=jnp.einsum("bhncv,bhnkv->bhnck", reads, ds_next), kv=ds_next, decay=jnp.sum(starts * ds_next, -1),
+    q_in=jnp.einsum("bhncv,bhnkv->bhnck", doc, starts), q_b=jnp.einsum("bhncv,bhnsv->bhncs", doc, reads),
+    o_v=doc)
+  return (*terms_vjp(d_terms), d_s0)
+
+
+def _chunk_fwd(q, k, v, a, b, gk, s0, docs, size):
+  """((o, final state), residuals): the inputs and the states entering each chunk, nothing per step."""
+  o, final, starts = grouped_forward(_forward, (q, k, v, a, b, gk), s0, docs, size)
+  return (o, final), (q, k, v, a, b, gk, docs, starts)
+
+
+def _chunk_bwd(size, res, cts):
+  *inputs, docs, starts = res
+  grads, d_s0 = grouped_backward(_backward, tuple(inputs), docs, starts, *cts, size)
+  return (*grads, d_s0, None)
+
+
+_chunk.defvjp(_chunk_fwd, _chunk_bwd)
