@@ -9,11 +9,13 @@ crosses slice boundaries:
   linear attention:   one all-gather of per-slice state summaries (layers.linear_attention.sequence_parallel)
   short convolutions, token shifts: the previous slice's last W-1 inputs (`with_halo`, one collective-permute)
   softmax and forgetting attention: K/V all-gathered or passed round a ring (layers.attention.sequence_parallel)
+  block-local softmax (diag_attention): the block_size - 1 keys / values before the slice (`preceding`, a halo)
 Packed documents stay exact: `boundaries` says which slices begin with a new document and numbers the
-documents globally, from one all-gather of three ints per row and slice. A layer without such a hook is
+documents globally, from one all-gather of four ints per row and slice. A layer without such a hook is
 still exact under the mesh (the compiler gathers what it needs), only not sequence-parallel.
 Positions (RoPE): give them with the batch, as packed batches carry them; derived from segment_ids under
-the mesh, the compiler all-gathers the [B, T] ids once per forward.
+the mesh, the compiler all-gathers the [B, T] ids once per forward (`document_positions` derives them inside a
+layer's shard_map from the boundaries instead).
 
 T must be a multiple of R (`check_length`): slices are never padded, because padding one layer's input
 would shift every later token; pick data.seq_len as a multiple of mesh.shape.sequence.
