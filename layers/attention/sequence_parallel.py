@@ -20,9 +20,9 @@ Block-local softmax (block_softmax_attention, DiagAttention): a token sees only 
 W - 1 tokens before it, so a shard needs only the W - 1 tokens before its slice (keys, values, positions,
 document ids; layers.sequence_parallel.preceding: one collective-permute of [B, W - 1, H, K + V] when
 W - 1 <= L), whatever the documents: communication independent of T, and no K/V gathered. Nothing is exchanged
-when the shard boundaries are block boundaries, known before tracing only without documents (no segment_ids,
-positions 0..T-1) and with W dividing L; packed rows restart blocks at every document, so their blocks can
-straddle any boundary and always take the halo.
+when the shard boundaries are block boundaries, known before tracing only when neither segment_ids nor positions
+are given and W divides L; packed rows restart blocks at every document, so their blocks can straddle any
+boundary, and given positions are not known until run time: both take the halo (the LM always gives positions).
 """
 
 import functools
