@@ -25,10 +25,10 @@ import json
 import pathlib
 import platform
 import re
-import statistics
-import time
 
 import jax
+
+from benchmarks import timing
 
 ASYNC_START = "-start"
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
@@ -75,9 +75,9 @@ def _setup_devices(n: int) -> None:
 
 
 def _lm_config(args):
-  from experiments import common
+  from models.lm import lm_model_config
 
-  c = common.lm_config("tiny").model
+  c = lm_model_config("tiny")
   c.update(dict(d_model=args.d_model, n_heads=args.heads, n_kv_heads=args.heads, d_ff=3 * args.d_model,
                 vocab_size=256, blocks=args.blocks))
   c.options = dict(attention=dict(sequence_parallel="all_gather"))
@@ -113,19 +113,12 @@ def measure(args, seq_len: int, shards: int, method: str) -> dict:
     compiled = step.lower(*inputs).compile()
     memory = compiled.memory_analysis()
     comm = collective_bytes(compiled.as_text())
-    jax.block_until_ready(compiled(*inputs))
-    times, cpu = [], []
-    for _ in range(args.repeats):
-      start, start_cpu = time.perf_counter(), time.process_time()
-      jax.block_until_ready(compiled(*inputs))
-      times.append(time.perf_counter() - start)
-      cpu.append(time.process_time() - start_cpu)
+    seconds, cpu_seconds = timing.median_seconds(compiled, inputs, args.repeats)
   return {"shards": shards, "attention": method, "T": seq_len, "B": args.batch,
           "memory_bytes_per_device": int(memory.temp_size_in_bytes + memory.argument_size_in_bytes
                                          + memory.output_size_in_bytes),
           "temp_bytes_per_device": int(memory.temp_size_in_bytes),
-          "collective_bytes_per_device": comm, "seconds": statistics.median(times),
-          "cpu_seconds": statistics.median(cpu)}
+          "collective_bytes_per_device": comm, "seconds": seconds, "cpu_seconds": cpu_seconds}
 
 
 # The gate arguments of the ops --ops takes, in order: g [B, T, H] log decay, gk [B, T, H, K], beta [B, T, H].
@@ -182,6 +175,24 @@ def _main_ops(args, seq_lens, shard_counts) -> list[dict]:
   return rows
 
 
+def _main_lm(args, seq_lens, shard_counts) -> list[dict]:
+  _setup_devices(max(shard_counts))
+  rows = []
+  print(f"{jax.default_backend()} x{jax.device_count()}, B={args.batch}, {args.blocks}, d_model={args.d_model}")
+  print(f"{'T':>6} {'shards':>6} {'attention':>10} {'MiB/device':>10} {'temp MiB':>9} {'comm KiB':>9} "
+        f"{'seconds':>8} {'cpu s':>7}  collectives")
+  for seq_len in seq_lens:
+    for shards in shard_counts:
+      for method in args.methods.split(",") if shards > 1 else ["all_gather"]:
+        row = measure(args, seq_len, shards, method)
+        rows.append(row)
+        comm = row["collective_bytes_per_device"]
+        print(f"{seq_len:>6} {shards:>6} {method if shards > 1 else '-':>10} "
+              f"{row['memory_bytes_per_device'] / 2**20:>10.1f} {row['temp_bytes_per_device'] / 2**20:>9.1f} "
+              f"{sum(comm.values()) / 2**10:>9.1f} {row['seconds']:>8.3f} {row['cpu_seconds']:>7.2f}  {comm}")
+  return rows
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--seq-len", default="2048", help="one length, or several (comma-separated)")
@@ -209,24 +220,6 @@ def main(argv=None) -> None:
     meta = {"backend": jax.default_backend(), "devices": jax.device_count(), "jax": jax.__version__,
             "machine": platform.machine(), "blocks": args.blocks, "d_model": args.d_model}
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-
-
-def _main_lm(args, seq_lens, shard_counts) -> list[dict]:
-  _setup_devices(max(shard_counts))
-  rows = []
-  print(f"{jax.default_backend()} x{jax.device_count()}, B={args.batch}, {args.blocks}, d_model={args.d_model}")
-  print(f"{'T':>6} {'shards':>6} {'attention':>10} {'MiB/device':>10} {'temp MiB':>9} {'comm KiB':>9} "
-        f"{'seconds':>8} {'cpu s':>7}  collectives")
-  for seq_len in seq_lens:
-    for shards in shard_counts:
-      for method in args.methods.split(",") if shards > 1 else ["all_gather"]:
-        row = measure(args, seq_len, shards, method)
-        rows.append(row)
-        comm = row["collective_bytes_per_device"]
-        print(f"{seq_len:>6} {shards:>6} {method if shards > 1 else '-':>10} "
-              f"{row['memory_bytes_per_device'] / 2**20:>10.1f} {row['temp_bytes_per_device'] / 2**20:>9.1f} "
-              f"{sum(comm.values()) / 2**10:>9.1f} {row['seconds']:>8.3f} {row['cpu_seconds']:>7.2f}  {comm}")
-  return rows
 
 
 if __name__ == "__main__":
