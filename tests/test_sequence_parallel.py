@@ -266,16 +266,16 @@ def test_forgetting_attention_equals_unsharded(method):
   _close(got, want)
 
 
-@pytest.mark.parametrize("block_size, segment_ids, exchanged", [
-  (4, None, set()),  # shard boundaries are block boundaries: nothing to exchange
-  (30, SEGMENTS, {("collective-permute", f"{t}[1,{n}{e}]") for n in (12, 5) for t, e in (("f32", f",{H},{K}"),
-                                                                                          ("s32", ""))}
+@pytest.mark.parametrize("block_size, segment_ids, differentiate, exchanged", [
+  (4, None, False, set()),  # shard boundaries are block boundaries: nothing to exchange (forward only)
+  (30, SEGMENTS, True, {("collective-permute", f"{t}[1,{n}{e}]") for n in (12, 5) for t, e in (("f32", f",{H},{K}"),
+                                                                                                ("s32", ""))}
    | {("all-gather", "s32[4,1,4]")}),  # 29 keys from 3 shards; the boundary ids
 ])
-def test_block_attention_equals_block_softmax_attention(block_size, segment_ids, exchanged):
-  """o and the gradients of q, k, v against the unsharded block softmax (positions derived from the documents,
-  inside the shards); the collectives (but the loss's all-reduce) are only the halo's keys / values and the
-  documents' boundary ids."""
+def test_block_attention_equals_block_softmax_attention(block_size, segment_ids, differentiate, exchanged):
+  """The loss (and the gradients of q, k, v) against the unsharded block softmax (positions derived from the
+  documents, inside the shards); the collectives (but the loss's all-reduce) are only the halo's keys / values
+  and the documents' boundary ids."""
   keys = jax.random.split(jax.random.key(6), 4)
   q, k, w = (jax.random.normal(key, (B, T, H, K)) for key in keys[:3])
   v = jax.random.normal(keys[3], (B, T, H, K))
@@ -283,10 +283,10 @@ def test_block_attention_equals_block_softmax_attention(block_size, segment_ids,
   def loss(q, k, v, attend):
     return jnp.sum(attend(q, k, v, block_size=block_size, segment_ids=segment_ids) * w)
 
-  grad = jax.value_and_grad(loss, argnums=(0, 1, 2))
-  want = jax.jit(functools.partial(grad, attend=block_softmax_attention))(q, k, v)
+  fn = jax.value_and_grad(loss, argnums=(0, 1, 2)) if differentiate else loss
+  want = jax.jit(functools.partial(fn, attend=block_softmax_attention))(q, k, v)
   with jax.set_mesh(MESH):
-    run = jax.jit(functools.partial(grad, attend=sequence_parallel_block_attention)).lower(q, k, v).compile()
+    run = jax.jit(functools.partial(fn, attend=sequence_parallel_block_attention)).lower(q, k, v).compile()
     _close(run(q, k, v), want)
   kv = {(kind, shapes) for kind, shapes, _ in collectives(run.as_text()) if kind != "all-reduce"}
   assert kv == exchanged
