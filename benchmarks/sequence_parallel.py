@@ -11,7 +11,13 @@ On CPU the devices are fake (jax_num_cpu_devices), so every "device" shares the 
 overhead of the split, not a speed-up; memory and communication are what the split changes. On a machine
 with several GPUs / TPUs the real devices are used.
 
+--ops measures linear-attention ops alone instead (layers.linear_attention.sequence_parallel.recurrence, chunk
+form, packed documents): the collective bytes per device of the compiled forward + backward for each op, T in
+--seq-len and R in --shards, beside the all-gather the module docstring predicts (R·B·H·K·(V + 1) fp32 for a
+diagonal transition, R·B·H·K·(V + K) for a dense one); nothing is run.
+
   python -m benchmarks.sequence_parallel [--seq-len 2048] [--shards 1,2,4,8] [--out runs/benchmarks/sp.json]
+  python -m benchmarks.sequence_parallel --ops simple_gla,gated_delta_rule --seq-len 1024,2048 --shards 2,4
 """
 
 import argparse
@@ -78,7 +84,7 @@ def _lm_config(args):
   return c
 
 
-def measure(args, shards: int, method: str) -> dict:
+def measure(args, seq_len: int, shards: int, method: str) -> dict:
   import jax.numpy as jnp
   from flax import nnx
   from jax.sharding import NamedSharding
@@ -91,8 +97,8 @@ def measure(args, shards: int, method: str) -> dict:
   c.options.attention.sequence_parallel = method
   model = LM(c, rngs=nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tokens = jax.random.randint(jax.random.key(0), (args.batch, args.seq_len), 0, c.vocab_size)
-  segment_ids = (jnp.arange(args.seq_len)[None] // args.document_len).repeat(args.batch, 0).astype(jnp.int32)
+  tokens = jax.random.randint(jax.random.key(0), (args.batch, seq_len), 0, c.vocab_size)
+  segment_ids = (jnp.arange(seq_len)[None] // args.document_len).repeat(args.batch, 0).astype(jnp.int32)
 
   def loss(params, tokens, segment_ids):
     logits = nnx.merge(graphdef, params, rest)(tokens, segment_ids=segment_ids)
@@ -108,16 +114,88 @@ def measure(args, shards: int, method: str) -> dict:
     memory = compiled.memory_analysis()
     comm = collective_bytes(compiled.as_text())
     seconds, cpu_seconds = timing.median_seconds(compiled, inputs, args.repeats)
-  return {"shards": shards, "attention": method, "T": args.seq_len, "B": args.batch,
+  return {"shards": shards, "attention": method, "T": seq_len, "B": args.batch,
           "memory_bytes_per_device": int(memory.temp_size_in_bytes + memory.argument_size_in_bytes
                                          + memory.output_size_in_bytes),
           "temp_bytes_per_device": int(memory.temp_size_in_bytes),
           "collective_bytes_per_device": comm, "seconds": seconds, "cpu_seconds": cpu_seconds}
 
 
+# The gate arguments of the ops --ops takes, in order: g [B, T, H] log decay, gk [B, T, H, K], beta [B, T, H].
+OP_GATES = {"linear_attn": (), "simple_gla": ("g",), "gla": ("gk",), "delta_rule": ("beta",),
+            "gated_delta_rule": ("g", "beta"), "kda": ("gk", "beta")}
+
+
+def measure_op(args, name: str, seq_len: int, shards: int) -> dict:
+  """Collective bytes per device of one op's compiled forward + backward on a (sequence=shards) mesh."""
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  from layers.linear_attention import ops
+  from layers.linear_attention.sequence_parallel import DIAGONAL, recurrence
+  from train import mesh as mesh_lib
+
+  op = getattr(ops, name)
+  b, h, k = args.batch, args.heads, args.head_dim
+  shapes = {"q": (b, seq_len, h, k), "k": (b, seq_len, h, k), "v": (b, seq_len, h, k), "g": (b, seq_len, h),
+            "gk": (b, seq_len, h, k), "beta": (b, seq_len, h)}
+  inputs = [jax.ShapeDtypeStruct(shapes[n], jnp.float32) for n in ("q", "k", "v", *OP_GATES[name])]
+  segment_ids = (jnp.arange(seq_len)[None] // args.document_len).repeat(b, 0).astype(jnp.int32)
+
+  def loss(inputs, segment_ids):
+    o, state = recurrence(op, *inputs, output_final_state=True, segment_ids=segment_ids)
+    return jnp.sum(o) + jnp.sum(state)
+
+  mesh = mesh_lib.make_mesh(dict(data=1, sequence=shards), devices=jax.devices()[:shards])
+  split = NamedSharding(mesh, P(None, "sequence"))
+  with jax.set_mesh(mesh):
+    inputs = [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=split) for x in inputs]
+    hlo = jax.jit(jax.grad(loss)).lower(inputs, jax.device_put(segment_ids, split)).compile()
+  width = 1 if op in DIAGONAL else k
+  return {"op": name, "transition": "diagonal" if op in DIAGONAL else "dense", "shards": shards, "T": seq_len,
+          "B": b, "H": h, "K": k, "V": k, "collective_bytes_per_device": collective_bytes(hlo.as_text()),
+          "predicted_all_gather_bytes": shards * b * h * k * (k + width) * 4}
+
+
+def _main_ops(args, seq_lens, shard_counts) -> list[dict]:
+  _setup_devices(max(shard_counts))
+  print(f"{jax.default_backend()} x{jax.device_count()}, B={args.batch}, H={args.heads}, K=V={args.head_dim}, "
+        f"documents of {args.document_len} tokens; forward + backward, bytes per device from the compiled HLO")
+  print(f"{'op':>17} {'transition':>10} {'T':>6} {'shards':>6} {'all-gather':>10} {'predicted':>10}  collectives")
+  rows = []
+  for name in args.ops.split(","):
+    for seq_len in seq_lens:
+      for shards in shard_counts:
+        row = measure_op(args, name, seq_len, shards)
+        rows.append(row)
+        comm = row["collective_bytes_per_device"]
+        print(f"{name:>17} {row['transition']:>10} {seq_len:>6} {shards:>6} {comm.get('all-gather', 0):>10} "
+              f"{row['predicted_all_gather_bytes']:>10}  {comm}")
+  return rows
+
+
+def _main_lm(args, seq_lens, shard_counts) -> list[dict]:
+  _setup_devices(max(shard_counts))
+  rows = []
+  print(f"{jax.default_backend()} x{jax.device_count()}, B={args.batch}, {args.blocks}, d_model={args.d_model}")
+  print(f"{'T':>6} {'shards':>6} {'attention':>10} {'MiB/device':>10} {'temp MiB':>9} {'comm KiB':>9} "
+        f"{'seconds':>8} {'cpu s':>7}  collectives")
+  for seq_len in seq_lens:
+    for shards in shard_counts:
+      for method in args.methods.split(",") if shards > 1 else ["all_gather"]:
+        row = measure(args, seq_len, shards, method)
+        rows.append(row)
+        comm = row["collective_bytes_per_device"]
+        print(f"{seq_len:>6} {shards:>6} {method if shards > 1 else '-':>10} "
+              f"{row['memory_bytes_per_device'] / 2**20:>10.1f} {row['temp_bytes_per_device'] / 2**20:>9.1f} "
+              f"{sum(comm.values()) / 2**10:>9.1f} {row['seconds']:>8.3f} {row['cpu_seconds']:>7.2f}  {comm}")
+  return rows
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--seq-len", type=int, default=2048)
+  parser.add_argument("--seq-len", default="2048", help="one length, or several (comma-separated)")
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--document-len", type=int, default=700, help="packed documents of this many tokens")
   parser.add_argument("--d-model", type=int, default=128)
@@ -126,23 +204,16 @@ def main(argv=None) -> None:
   parser.add_argument("--shards", default="1,2,4,8")
   parser.add_argument("--methods", default="all_gather,ring")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--ops", default="", help=f"linear-attention ops alone, comma-separated, of {list(OP_GATES)}")
+  parser.add_argument("--head-dim", type=int, default=64, help="--ops: K = V")
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)
   shard_counts = [int(s) for s in args.shards.split(",")]
-  _setup_devices(max(shard_counts))
-  rows = []
-  print(f"{jax.default_backend()} x{jax.device_count()}, T={args.seq_len}, B={args.batch}, {args.blocks}, "
-        f"d_model={args.d_model}")
-  print(f"{'shards':>6} {'attention':>10} {'MiB/device':>10} {'temp MiB':>9} {'comm KiB':>9} {'seconds':>8} "
-        f"{'cpu s':>7}  collectives")
-  for shards in shard_counts:
-    for method in args.methods.split(",") if shards > 1 else ["all_gather"]:
-      row = measure(args, shards, method)
-      rows.append(row)
-      comm = row["collective_bytes_per_device"]
-      print(f"{shards:>6} {method if shards > 1 else '-':>10} {row['memory_bytes_per_device'] / 2**20:>10.1f} "
-            f"{row['temp_bytes_per_device'] / 2**20:>9.1f} {sum(comm.values()) / 2**10:>9.1f} "
-            f"{row['seconds']:>8.3f} {row['cpu_seconds']:>7.2f}  {comm}")
+  seq_lens = [int(t) for t in args.seq_len.split(",")]
+  if args.ops:
+    rows = _main_ops(args, seq_lens, shard_counts)
+  else:
+    rows = _main_lm(args, seq_lens, shard_counts)
   if args.out:
     path = pathlib.Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,16 +9,19 @@ crosses slice boundaries:
   linear attention:   one all-gather of per-slice state summaries (layers.linear_attention.sequence_parallel)
   short convolutions, token shifts: the previous slice's last W-1 inputs (`with_halo`, one collective-permute)
   softmax and forgetting attention: K/V all-gathered or passed round a ring (layers.attention.sequence_parallel)
+  block-local softmax (diag_attention): the block_size - 1 keys / values before the slice (`preceding`, a halo)
 Packed documents stay exact: `boundaries` says which slices begin with a new document and numbers the
-documents globally, from one all-gather of three ints per row and slice. A layer without such a hook is
+documents globally, from one all-gather of four ints per row and slice. A layer without such a hook is
 still exact under the mesh (the compiler gathers what it needs), only not sequence-parallel.
 Positions (RoPE): give them with the batch, as packed batches carry them; derived from segment_ids under
-the mesh, the compiler all-gathers the [B, T] ids once per forward.
+the mesh, the compiler all-gathers the [B, T] ids once per forward (`document_positions` derives them inside a
+layer's shard_map from the boundaries instead).
 
 T must be a multiple of R (`check_length`): slices are never padded, because padding one layer's input
 would shift every later token; pick data.seq_len as a multiple of mesh.shape.sequence.
 """
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -102,6 +105,7 @@ class Boundaries(NamedTuple):
 
   starts: jax.Array  # [R, B] bool: slice r's first token starts a new document (never for r = 0)
   offset: jax.Array  # [B] int32: global document index (layers.segments.document_index) of this slice's first token
+  position: jax.Array  # [B] int32: position in its document (layers.segments.document_positions) of that token
 
   def here(self) -> jax.Array:
     """[B] bool: this slice's first token starts a new document."""
@@ -110,14 +114,46 @@ class Boundaries(NamedTuple):
 
 def boundaries(segment_ids: jax.Array) -> Boundaries:
   """Boundaries for the local slice of segment_ids [B, T/R] (call inside `shard_map`)."""
+  local = segment_ids.shape[1]
   inside = segments.document_index(segment_ids)[:, -1]  # [B] documents begun inside the slice
-  ids = jnp.stack([segment_ids[:, 0], segment_ids[:, -1], inside], axis=-1).astype(jnp.int32)  # [B, 3]
-  every = jax.lax.all_gather(ids, AXIS)  # [R, B, 3]
+  last_inside = jnp.max(jnp.where(segments.document_starts(segment_ids), jnp.arange(local), -1), axis=1)  # [B]
+  ids = jnp.stack([segment_ids[:, 0], segment_ids[:, -1], inside, last_inside], axis=-1).astype(jnp.int32)  # [B, 4]
+  every = jax.lax.all_gather(ids, AXIS)  # [R, B, 4]
   previous_last = jnp.concatenate([every[:1, :, 0], every[:-1, :, 1]], axis=0)  # [R, B]; row 0: its own first
   starts = every[:, :, 0] != previous_last  # [R, B]
   begun = jnp.cumsum(starts.astype(jnp.int32) + every[:, :, 2], axis=0)  # [R, B] documents begun up to slice end
   r = jax.lax.axis_index(AXIS)
-  return Boundaries(starts, begun[r] - every[r, :, 2])
+  # The row index of the last document start up to each slice's end (0: the row's first token), then of the
+  # start of slice r's first document: the last one before slice r, or slice r's first token itself.
+  first = jnp.arange(every.shape[0])[:, None] * local  # [R, 1] row index of each slice's first token
+  last_start = jnp.maximum(jnp.where(starts, first, 0), jnp.where(every[:, :, 3] >= 0, first + every[:, :, 3], 0))
+  before = jnp.max(jnp.where(jnp.arange(every.shape[0])[:, None] < r, last_start, 0), axis=0)  # [B]
+  start = jnp.where(starts[r], r * local, before)
+  return Boundaries(starts, begun[r] - every[r, :, 2], r * local - start)
+
+
+def document_positions(segment_ids: jax.Array) -> jax.Array:
+  """[B, T/R] local slice of segment_ids -> [B, T/R] int32 positions in their documents, as
+  layers.segments.document_positions gives them over the whole row (call inside `shard_map`; one all-gather of
+  four int32 per row and slice)."""
+  return segments.document_positions(segment_ids, boundaries(segment_ids).position)
+
+
+def preceding(tree, width: int):
+  """The `width` steps before this slice (call inside `shard_map`): for each leaf [B, L, ...] of `tree` (this
+  slice), [B, width, ...] taken from the previous slices, zeros before the row's first token.
+  ceil(width / L) collective-permutes (one when width <= L), of at most [B, min(width, L), ...] each."""
+  local = jax.tree.leaves(tree)[0].shape[1]
+  shards = jax.sharding.get_abstract_mesh().shape[AXIS]
+
+  def piece(x, back: int):  # the last steps of slice r - back that fall within `width`
+    tail = x[:, local - min(local, width - (back - 1) * local):]
+    pairs = [(i, i + back) for i in range(shards - back)]  # no slice that far back: zeros
+    return jax.lax.ppermute(tail, AXIS, pairs) if pairs else varying(jnp.zeros_like(tail))
+
+  parts = [jax.tree.map(functools.partial(piece, back=back), tree)
+           for back in range(math.ceil(width / local), 0, -1)]  # the furthest slice first
+  return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)
 
 
 def with_halo(fn: Callable, x: jax.Array, args: tuple, segment_ids: jax.Array | None, width: int):
@@ -133,14 +169,13 @@ def with_halo(fn: Callable, x: jax.Array, args: tuple, segment_ids: jax.Array | 
   if local < width:
     raise ValueError(f"short convolution: {local} tokens per {AXIS!r} shard are fewer than the {width} inputs the "
                      f"kernel reaches back; use fewer shards (mesh.shape.{AXIS}) or a longer sequence")
-  shards = where.mesh.shape[AXIS]
 
   def body(x, args, segment_ids):
     tail = x[:, local - width:]  # [B, width, C]
     if segment_ids is not None:  # only the last document's inputs continue into the next slice
       doc = segments.document_index(segment_ids)
       tail = jnp.where((doc[:, local - width:] == doc[:, -1:])[..., None], tail, 0)
-    halo = jax.lax.ppermute(tail, AXIS, [(i, i + 1) for i in range(shards - 1)])  # slice 0 receives zeros
+    halo = preceding(tail, width)  # slice 0 receives zeros
     if segment_ids is not None:
       halo = jnp.where(boundaries(segment_ids).here()[:, None, None], 0, halo)
     return fn(x, *args, halo, segment_ids)

@@ -22,8 +22,9 @@ from benchmarks.sequence_parallel import collective_bytes, collectives
 from experiments import long_context
 from layers import registry
 from layers import sequence_parallel as sp
+from layers.attention.block_softmax_attention import block_softmax_attention
 from layers.attention.forgetting_attention import forgetting_attention
-from layers.attention.sequence_parallel import sequence_parallel_attention
+from layers.attention.sequence_parallel import sequence_parallel_attention, sequence_parallel_block_attention
 from layers.attention.softmax_attention import softmax_attention
 from layers.context import LayerContext
 from layers.linear_attention import ops
@@ -115,7 +116,8 @@ def test_recurrence_without_mesh_is_the_op_and_checks_length():
 # Small shapes and the optional branches switched on (GLA's short conv, Hedgehog with normalisation).
 OPTIONS = {"karat": {"max_len": T, "causal": True}, "mamba2": {"state_size": 8}, "mom": {"n_memories": 3},
            "gla": {"conv_size": 4}, "linear_attention": {"feature_map": "hedgehog", "normalize": True},
-           "rwkv7_channel_mix": {"hidden": 4 * D}, "forgetting_attention": {"block_size": CHUNK}}
+           "rwkv7_channel_mix": {"hidden": 4 * D}, "forgetting_attention": {"block_size": CHUNK},
+           "diag_attention": {"block_size": 5}}  # blocks straddle shard boundaries (12 tokens per shard)
 # Feed-forwards that read neighbouring tokens are token mixers too (RWKV-7's channel mix).
 TOKEN_MIXING_FFNS = [name for name in registry.names("ffn") if hasattr(registry.lookup("ffn", name), "decode")]
 
@@ -187,21 +189,25 @@ def test_ring_with_window_equals_unsharded(name, options):
   _mixer_grad(name, options).compare()
 
 
-# Not linear in communication: attention-like mixers gather K/V by design; diag_attention's block softmax has no
-# sequence-parallel hook yet (XLA's partitioner all-gathers its block masks, which grow with T: an open gap).
+# The collectives that show a mixer really runs sequence-parallel: the all-gathered state summaries (reduce-scattered
+# back in the backward); diag_attention's halo of the previous shard's keys / values instead.
+EXCHANGE = {"diag_attention": {"collective-permute"}}
+
+
+# Not linear in communication: attention-like mixers gather K/V by design.
 @pytest.mark.parametrize("name", [n for n in registry.names("mixer")
-                                  if n not in ("attention", "karat", "forgetting_attention", "diag_attention")])
+                                  if n not in ("attention", "karat", "forgetting_attention")])
 def test_linear_mixer_communication_does_not_grow_with_t(name):
   """Every collective of the compiled sharded forward + backward (per device, kind and operand shapes) at T
-  and 2T: the same for recurrent mixers, and the all-gathered summaries are there (the mixer really runs
-  sequence-parallel). Compared as sets: XLA merges identical tiny collectives of different hooks (the
-  boundary ids) or not, depending on the shapes around them. Positions are given (packed batches carry
-  them): derived from segment_ids, XLA all-gathers them."""
+  and 2T: the same for recurrent mixers and block-local attention, and the exchanged summaries (or halo) are
+  there (the mixer really runs sequence-parallel). Compared as sets: XLA merges identical tiny collectives of
+  different hooks (the boundary ids) or not, depending on the shapes around them. Positions are given (packed
+  batches carry them): derived from segment_ids, XLA all-gathers them."""
   mixer = _mixer_grad(name)
   assert _is_recurrent(mixer.model), f"{name} keeps a growing cache: not a linear mixer, list it with attention"
   at_t, at_2t = ({(kind, shapes) for kind, shapes, _ in collectives(mixer.sharded(t).as_text())} for t in (T, 2 * T))
   assert at_t == at_2t
-  assert {"all-gather", "reduce-scatter"} <= {kind for kind, _ in at_t}
+  assert EXCHANGE.get(name, {"all-gather", "reduce-scatter"}) <= {kind for kind, _ in at_t}
 
 
 def test_attention_communication_grows_with_t():
@@ -260,6 +266,32 @@ def test_forgetting_attention_equals_unsharded(method):
   _close(got, want)
 
 
+@pytest.mark.parametrize("block_size, segment_ids, differentiate, exchanged", [
+  (4, None, False, set()),  # shard boundaries are block boundaries: nothing to exchange (forward only)
+  (30, SEGMENTS, True, {("collective-permute", f"{t}[1,{n}{e}]") for n in (12, 5) for t, e in (("f32", f",{H},{K}"),
+                                                                                                ("s32", ""))}
+   | {("all-gather", "s32[4,1,4]")}),  # 29 keys from 3 shards; the boundary ids
+])
+def test_block_attention_equals_block_softmax_attention(block_size, segment_ids, differentiate, exchanged):
+  """The loss (and the gradients of q, k, v) against the unsharded block softmax (positions derived from the
+  documents, inside the shards); the collectives (but the loss's all-reduce) are only the halo's keys / values
+  and the documents' boundary ids."""
+  keys = jax.random.split(jax.random.key(6), 4)
+  q, k, w = (jax.random.normal(key, (B, T, H, K)) for key in keys[:3])
+  v = jax.random.normal(keys[3], (B, T, H, K))
+
+  def loss(q, k, v, attend):
+    return jnp.sum(attend(q, k, v, block_size=block_size, segment_ids=segment_ids) * w)
+
+  fn = jax.value_and_grad(loss, argnums=(0, 1, 2)) if differentiate else loss
+  want = jax.jit(functools.partial(fn, attend=block_softmax_attention))(q, k, v)
+  with jax.set_mesh(MESH):
+    run = jax.jit(functools.partial(fn, attend=sequence_parallel_block_attention)).lower(q, k, v).compile()
+    _close(run(q, k, v), want)
+  kv = {(kind, shapes) for kind, shapes, _ in collectives(run.as_text()) if kind != "all-reduce"}
+  assert kv == exchanged
+
+
 def test_attention_errors():
   q = jnp.zeros((B, T, H, K))
   with pytest.raises(ValueError, match="method must be one of"):
@@ -268,6 +300,8 @@ def test_attention_errors():
     sequence_parallel_attention(q, q, q)
   with pytest.raises(ValueError, match="sequence_parallel must be one of"):
     _mixer("attention", {"sequence_parallel": "tree"})
+  with pytest.raises(ValueError, match="needs a mesh with a 'sequence' axis"):
+    sequence_parallel_block_attention(q, q, q, block_size=4)
 
 
 def test_halo_needs_enough_tokens_per_shard():
@@ -372,20 +406,23 @@ def test_boundaries_number_documents_globally():
   """Document indices of each shard's first token, and which shards start with a new document."""
   def body(segment_ids):
     b = sp.boundaries(segment_ids)
-    return b.offset[:, None], b.here()[:, None]
+    return b.offset[:, None], b.here()[:, None], sp.document_positions(segment_ids)
 
   with jax.set_mesh(MESH):
     where = sp.split(B)
-    offset, starts = jax.jit(sp.shard_map(body, where, where.time, (where.time, where.time)))(SEGMENTS)
+    offset, starts, positions = jax.jit(sp.shard_map(body, where, where.time, (where.time,) * 3))(SEGMENTS)
   # Row 0 documents start at 0, 5, 12, 25, 36, 37; row 1 at 0, 12, 13, 43. Shards start at 0, 12, 24, 36.
   np.testing.assert_array_equal(offset, [[0, 2, 2, 4], [0, 1, 2, 2]])
   np.testing.assert_array_equal(starts, [[False, True, False, True], [False, True, False, False]])
+  np.testing.assert_array_equal(positions, document_positions(SEGMENTS))  # row 1: a document over three shards
 
 
-@pytest.mark.parametrize("fn", [recurrence, sequence_parallel_attention])
+@pytest.mark.parametrize("fn", [recurrence, sequence_parallel_attention, sequence_parallel_block_attention])
 def test_docstring_examples(fn):
   runner = doctest.DocTestRunner()
   for test in doctest.DocTestFinder().find(fn, globs={"jnp": jnp, "jax": jax, "delta_rule": ops.delta_rule,
-                                                      "softmax_attention": softmax_attention, fn.__name__: fn}):
+                                                      "softmax_attention": softmax_attention,
+                                                      "block_softmax_attention": block_softmax_attention,
+                                                      fn.__name__: fn}):
     runner.run(test)
   assert runner.summarize().failed == 0 and runner.summarize().attempted > 0

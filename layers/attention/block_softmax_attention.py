@@ -30,6 +30,17 @@ def block_index(positions: jax.Array, block_size: int, segment_ids: jax.Array | 
   return jnp.cumsum(starts, axis=1, dtype=jnp.int32)
 
 
+def check_arguments(q, k, v, block_size: int, segment_ids) -> None:
+  """A clear ValueError for bad shapes, block_size or segment_ids; shared with the sequence-parallel form."""
+  if q.ndim != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+    raise ValueError(f"q, k must be [B, T, H, K] and v [B, T, H, V] with equal B, T, H; got shapes "
+                     f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+  if block_size < 1:
+    raise ValueError(f"block_size must be >= 1, got {block_size}")
+  if segment_ids is not None:
+    segments.check_segment_ids(segment_ids, tuple(q.shape[:2]))
+
+
 def block_softmax_attention(
   q: jax.Array,
   k: jax.Array,
@@ -52,14 +63,8 @@ def block_softmax_attention(
     >>> block_softmax_attention(q, k, v, block_size=2)[0, :, 0, 0].tolist()
     [0.0, 0.5, 2.0, 2.5]
   """
-  if q.ndim != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
-    raise ValueError(f"q, k must be [B, T, H, K] and v [B, T, H, V] with equal B, T, H; got shapes "
-                     f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-  if block_size < 1:
-    raise ValueError(f"block_size must be >= 1, got {block_size}")
+  check_arguments(q, k, v, block_size, segment_ids)
   b, t, h, dk = q.shape
-  if segment_ids is not None:
-    segments.check_segment_ids(segment_ids, (b, t))
   positions = segments.forward_positions(t, segment_ids, positions)
   w = block_size
   scale = dk**-0.5 if scale is None else scale

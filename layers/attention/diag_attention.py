@@ -15,6 +15,9 @@ Packed rows: blocks follow per-document positions, so every document restarts it
 nothing of another. Decoding keeps a rolling cache of the last `block_size` keys / values (with their
 document and position, `layers.attention.kv_cache` layout): the current block always lies within it,
 so the cache does not grow with the sequence.
+
+Under a "sequence" mesh axis the forward is sequence-parallel: each shard receives only the block_size - 1 keys /
+values before its slice (layers.attention.sequence_parallel.sequence_parallel_block_attention).
 """
 
 import jax
@@ -22,8 +25,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from layers import segments
+from layers import sequence_parallel as sp
 from layers.attention import kv_cache
 from layers.attention.block_softmax_attention import block_softmax_attention
+from layers.attention.sequence_parallel import sequence_parallel_block_attention
 from layers.context import LayerContext
 from layers.core import Linear
 from layers.forward_flops import causal_context
@@ -49,7 +54,8 @@ class DiagAttention(nnx.Module):
   def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None,
                positions: jax.Array | None = None) -> jax.Array:  # [B, T, D] -> [B, T, D]
     q, k, v = self._qkv(x)
-    o = block_softmax_attention(q, k, v, block_size=self.block_size, positions=positions, segment_ids=segment_ids)
+    attend = block_softmax_attention if sp.active_mesh() is None else sequence_parallel_block_attention
+    o = attend(q, k, v, block_size=self.block_size, positions=positions, segment_ids=segment_ids)
     return self.o(o.reshape(*x.shape[:2], -1))
 
   def extra_flops_per_token(self, seq_len: int) -> float:

@@ -15,6 +15,14 @@ c = cumsum(g) over the whole row as forgetting_attention takes it, each slice's 
 sum of the earlier slices' gates (an all-gather of [B, H] per slice); c travels with K/V.
 Memory per block step: scores [B, H, L, L] fp32, so keep T / R moderate (a few thousand tokens).
 Causal load balance: slice r visits r + 1 of the R blocks (no zig-zag reordering of the slices).
+
+Block-local softmax (block_softmax_attention, DiagAttention): a token sees only its block, which begins at most
+W - 1 tokens before it, so a shard needs only the W - 1 tokens before its slice (keys, values, positions,
+document ids; layers.sequence_parallel.preceding: one collective-permute of [B, W - 1, H, K + V] when
+W - 1 <= L), whatever the documents: communication independent of T, and no K/V gathered. Nothing is exchanged
+when the shard boundaries are block boundaries, known before tracing only when neither segment_ids nor positions
+are given and W divides L; packed rows restart blocks at every document, so their blocks can straddle any
+boundary, and given positions are not known until run time: both take the halo (the LM always gives positions).
 """
 
 import functools
@@ -25,6 +33,8 @@ import jax.numpy as jnp
 
 from layers import segments
 from layers import sequence_parallel as sp
+from layers.attention.block_softmax_attention import block_softmax_attention
+from layers.attention.block_softmax_attention import check_arguments as check_block_arguments
 from layers.attention.softmax_attention import check_arguments
 
 METHODS = ("all_gather", "ring")
@@ -98,6 +108,70 @@ def sequence_parallel_attention(
     return _attend(layout, q, doc, cum, *keys)
 
   return sp.shard_map(body, where, (where.time,) * 5, where.time)(q, k, v, segment_ids, forget_gates)
+
+
+def sequence_parallel_block_attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  *,
+  block_size: int,
+  positions: jax.Array | None = None,
+  segment_ids: jax.Array | None = None,
+  scale: float | None = None,
+) -> jax.Array:
+  """block_softmax_attention(q, k, v, ...) with T split over the "sequence" axis of the active mesh: same
+  arguments, same result.
+
+  q, k [B, T, H, K]; v [B, T, H, V]; positions [B, T] or [T] (None: per-document positions from segment_ids,
+  layers.sequence_parallel.document_positions); segment_ids [B, T]; block_size W; scale as
+  block_softmax_attention takes them. Returns o [B, T, H, V] in q's dtype, split over "sequence". Each shard
+  attends its slice preceded by the W - 1 tokens before it (their keys, values, positions and documents; zero
+  queries, outputs dropped), so the blocks that straddle a shard boundary are whole there (module docstring).
+  T must be a multiple of the axis size; T / R may be shorter than W (the halo then spans several slices).
+
+  Example (4 shards of 8 tokens, blocks of 5, a document crossing a shard boundary):
+    >>> mesh = jax.make_mesh((4,), ("sequence",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:4])
+    >>> q = k = v = jax.random.normal(jax.random.key(0), (1, 32, 2, 8))
+    >>> seg = jnp.repeat(jnp.array([[0, 1]]), jnp.array([13, 19]), axis=1, total_repeat_length=32)
+    >>> with jax.set_mesh(mesh):
+    ...   o = jax.jit(sequence_parallel_block_attention, static_argnames="block_size")(q, k, v, block_size=5,
+    ...                                                                            segment_ids=seg)
+    >>> want = jax.jit(block_softmax_attention, static_argnames="block_size")(q, k, v, block_size=5, segment_ids=seg)
+    >>> bool(jnp.allclose(o, want, atol=1e-5))
+    True
+  """
+  check_block_arguments(q, k, v, block_size, segment_ids)
+  b, t = q.shape[:2]
+  where = sp.split(b)
+  if where is None:
+    raise ValueError(f"sequence_parallel_block_attention needs a mesh with a {sp.AXIS!r} axis of size > 1 set with "
+                     "jax.set_mesh; without one use layers.attention.block_softmax_attention")
+  local = sp.check_length(t, where.mesh, "block softmax attention")
+  width = 0 if segment_ids is None and positions is None and local % block_size == 0 else block_size - 1
+  if positions is not None or segment_ids is None:
+    positions = jnp.broadcast_to(segments.forward_positions(t, None, positions), (b, t)).astype(jnp.int32)
+  docs = jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+  attend = functools.partial(block_softmax_attention, block_size=block_size, scale=scale)
+
+  def body(q, k, v, positions, docs):
+    if positions is None:  # per-document positions of the slice, from the documents of the slices before it
+      positions = sp.document_positions(docs)
+    if width == 0:
+      return attend(q, k, v, positions=positions, segment_ids=docs)
+    hk, hv, hpositions, hdocs = sp.preceding((k, v, positions, docs), width)  # [B, W - 1, ...]
+    extend = lambda h, x: jnp.concatenate([h, x], axis=1)  # noqa: E731
+    ext_docs = extend(hdocs, docs)  # [B, W - 1 + L]
+    # Steps before the row's first token: a document other than the first real token's, so never seen.
+    first_real = jnp.maximum(width - jax.lax.axis_index(sp.AXIS) * local, 0)
+    before_row = jnp.arange(width + local) < first_real
+    ext_docs = jnp.where(before_row, ~jax.lax.dynamic_slice_in_dim(ext_docs, first_real, 1, axis=1), ext_docs)
+    no_queries = sp.varying(jnp.zeros((q.shape[0], width, *q.shape[2:]), q.dtype))
+    o = attend(extend(no_queries, q), extend(hk, k), extend(hv, v), positions=extend(hpositions, positions),
+               segment_ids=ext_docs)
+    return o[:, width:]
+
+  return sp.shard_map(body, where, (where.time,) * 5, where.time)(q, k, v, positions, docs)
 
 
 def _heads(x: jax.Array, kv_heads: int) -> jax.Array:

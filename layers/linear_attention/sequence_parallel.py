@@ -22,7 +22,7 @@ Each shard runs the op once on its slice, computing o⁰ and b and (M, P) in one
             the op runs once on the value dim augmented by K columns, v' = [v | 0] from initial_state [0 | I_K]:
             the extra columns of the state evolve as M_t I = M_t and those of the output are M_tᵀ (scale q_t) = P_t.
 One all-gather of the slices' summaries [b | M] (M as its diagonal column in the diagonal form; with
-documents, a second one of three int32 per row and slice) lets every shard fold them into its own S_in
+documents, a second one of four int32 per row and slice) lets every shard fold them into its own S_in
 (redundantly: R small products), then o_t += S_inᵀ P_t.
 
 Cost per layer (B rows, H heads, R slices): communicated R·B·H·K·(V + 1) floats (diagonal) or
@@ -30,6 +30,36 @@ R·B·H·K·(V + K) (dense) in the forward and the same again in the backward (t
 reduce-scatter): independent of T. Compute: the op on T / R steps (dense: with V + K value columns, i.e.
 (V + K) / V times the op's V-proportional work, 2x for K = V), the fold (R·K·V diagonal, R·K²·V dense per
 row and head) and 2·K·V per token for S_inᵀ P_t. Gradients by autodiff through the shard_map (exact).
+
+All-gather or a scan across shards. A slice acts on the entering state as the affine map f_r(S) = M_r S + b_r
+(S ↦ S·A + B with A = M_rᵀ, B = b_rᵀ for states stored [V, K]), a document start before it as S ↦ 0·S. Maps
+compose as
+  f_2 ∘ f_1 = (M_2 M_1,  M_2 b_1 + b_2),
+the product of the block matrices [[M, b], [0, I_V]], hence associative: S_in(r) = (f_{r-1} ∘ ... ∘ f_0)(S_0)
+may be bracketed any way. A pair costs K + K·V floats when M is diagonal (linear_attn, simple_gla, gla:
+composing is elementwise, K·V products) and K² + K·V when it is dense: for the delta rule family M is the
+product of the slice's (I − β k kᵀ) factors (the WY form's transition, times the gates; kda's channel-wise decay
+is diagonal but multiplies the dense delta-rule factor, so kda is dense; DeltaProduct and DPLR likewise), and
+composing costs K²·(K + V) products. Ways to give every shard its S_in, per row and head:
+  all-gather   one collective: every shard receives the R pairs, R·(K² + K·V) floats (dense), and folds them
+               itself, R steps of K²·V; the backward is its transpose (a reduce-scatter of one pair per shard).
+  scan         a Hillis–Steele scan over collective-permutes: ⌈log2 R⌉ rounds, each receiving one pair and
+               composing two (K²·(K + V)); ⌈log2 R⌉·(K² + K·V) floats received, in ⌈log2 R⌉ dependent rounds.
+  ring         LASP-1's: the state passed shard to shard, K·V floats per hop, but R − 1 dependent hops with
+               every shard waiting for the one before it.
+The code all-gathers, for both forms: the scan moves R / ⌈log2 R⌉ times fewer bytes (8/3 at R = 8) but pays
+⌈log2 R⌉ latency-bound rounds with a dense composition between each, whereas the gathered pairs are a few MiB at
+most (R·K·(K + V)·4 B per head: 1 MiB at R = 8, K = V = 128), independent of T and small next to the slice's
+activations (T / R tokens), in a single collective XLA can overlap, and the local fold (R·K²·V) is cheap next
+to the op on T / R steps (~(T / R)·(K·V + K² + C·(K + V)), C the chunk size). The gathered bytes grow with R:
+at R = 256, K = V = 256 they reach 128 MiB per head, where the scan's 8 rounds of 0.5 MiB would win.
+Measured per device (compiled HLO of forward + backward, B = 1, H = 2, K = V = 64, documents of 700 tokens;
+`python -m benchmarks.sequence_parallel --ops simple_gla,gated_delta_rule --seq-len 1024,2048 --shards 2,4`),
+bytes, equal at T = 1024 and T = 2048:
+  simple_gla (diagonal)        R = 2: all-gather 66,592, reduce-scatter 33,280;  R = 4: 133,184 and 33,280
+  gated_delta_rule (dense)     R = 2: all-gather 131,104, reduce-scatter 65,536; R = 4: 262,208 and 65,536
+(all-gather: R pairs of 4·B·H·K·(V + 1 or K) bytes plus 4·4·R·B of document boundary ids; the reduce-scatter:
+one pair; and a 32,768-byte collective-permute in each, the final state [B, H, K, V] brought from the last slice).
 """
 
 from collections.abc import Callable
