@@ -74,7 +74,7 @@ GRID = ("mixers", "widths", "pairs", "lrs", "seeds")  # --<name> / grid_<name>=a
 
 
 def _arg(arg: str | None):
-  return common.parse_arg(arg, mixer="gated_delta_net", width=64, pairs=16, heads=2, lr=1e-3, local=False,
+  return common.parse_arg(arg, mixer="gated_delta_net", width=64, pairs=16, heads=2, lr=1e-3, steps=0, local=False,
                           **{f"grid_{g}": "" for g in GRID})
 
 
@@ -99,6 +99,7 @@ def get_config(arg: str | None = None):
   if arg.mixer not in MIXERS:
     raise ValueError(f"mixer must be one of {MIXERS}, got {arg.mixer!r}")
   s = SCALES["local" if arg.local else "paper"]
+  steps = arg.steps or s["steps"]  # steps=N: a shorter (or longer) budget, warm-up and eval cadence scaled with it
   c = common.lm_config("tiny")
   common.mqar_data(c, vocab_size=s["vocab_size"], num_pairs=arg.pairs, seq_len=s["seq_len"])
   c.data.eval_examples = s["eval_examples"]
@@ -106,9 +107,9 @@ def get_config(arg: str | None = None):
   c.model.blocks = common.blocks(arg.mixer, "swiglu", 2)
   c.model.options = OPTIONS
   c.data.batch_size = s["batch_size"]
-  c.optim.update(common.adamw(lr=arg.lr, warmup=s["steps"] // 10, weight_decay=0.0))
-  c.train.update(dict(steps=s["steps"], log_every=20, eval_every=s["steps"] // 10,
-                      eval_steps=s["eval_examples"] // s["batch_size"], ckpt_every=s["steps"], progress=False,
+  c.optim.update(common.adamw(lr=arg.lr, warmup=steps // 10, weight_decay=0.0))
+  c.train.update(dict(steps=steps, log_every=20, eval_every=steps // 10,
+                      eval_steps=s["eval_examples"] // s["batch_size"], ckpt_every=steps, progress=False,
                       tensorboard=False))
   return c
 
@@ -242,12 +243,13 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--scale", choices=sorted(SCALES), default="local")
   parser.add_argument("--root", default=None, help="sweep root (default runs/mqar_study[-local])")
   parser.add_argument("--parallel", type=int, default=1)
+  parser.add_argument("--steps", type=int, default=0, help="training steps of every run (default: the scale's)")
   for g in GRID:
     parser.add_argument(f"--{g}", default="", help=f"comma-separated subset of the scale's {g} (default: all)")
   args = parser.parse_args(argv)
   from train import sweep as sweep_lib
 
-  arg = ",".join(filter(None, ["local" if args.scale == "local" else ""]
+  arg = ",".join(filter(None, ["local" if args.scale == "local" else "", f"steps={args.steps}" if args.steps else ""]
                         + [f"grid_{g}={getattr(args, g).replace(',', '+')}" for g in GRID if getattr(args, g)]))
   spec = "experiments/mqar_study.py" + (f":{arg}" if arg else "")
   root = args.root or sweep_lib.default_root("experiments/mqar_study.py" + (":local" if args.scale == "local" else ""))
