@@ -100,6 +100,8 @@ def get_config(arg: str | None = None):
     raise ValueError(f"mixer must be one of {MIXERS}, got {arg.mixer!r}")
   s = SCALES["local" if arg.local else "paper"]
   steps = arg.steps or s["steps"]  # steps=N: a shorter (or longer) budget, warm-up and eval cadence scaled with it
+  if steps % 200:
+    raise ValueError(f"steps must be a multiple of 200 (evals every steps/10 on logged steps), got {steps}")
   c = common.lm_config("tiny")
   common.mqar_data(c, vocab_size=s["vocab_size"], num_pairs=arg.pairs, seq_len=s["seq_len"])
   c.data.eval_examples = s["eval_examples"]
@@ -167,7 +169,8 @@ def best(rows: list[dict]) -> list[dict]:
 
 
 def table(cells: list[dict], widths, pairs) -> str:
-  """Markdown: one row per (mixer, pairs), one column per width; cells = best-lr accuracy mean ± std (lr)."""
+  """Markdown: one row per (mixer, pairs), one column per width; cells = best-lr accuracy mean ± std over seeds
+  (the eval set's standard error of one run, lr, seeds)."""
   by = {(c["mixer"], c["width"], c["pairs"]): c for c in cells}
   lines = ["mixer | pairs | " + " | ".join(f"d={w}" for w in widths), "---|---|" + "---|" * len(widths)]
   for mixer in dict.fromkeys(c["mixer"] for c in cells):
@@ -175,11 +178,13 @@ def table(cells: list[dict], widths, pairs) -> str:
       found = [by.get((mixer, w, p)) for w in widths]
       if any(found):
         lines.append(f"{mixer} | {p} | " + " | ".join(
-          "-" if c is None else f"{c['mean']:.3f} ± {c['std']:.3f} (lr {c['lr']:.0e}, n={c['n']})" for c in found))
-  se = [c["se"] for c in cells if c["se"] is not None]
-  if se:
-    lines.append(f"\neval standard error of one run's accuracy: {min(se):.4f}..{max(se):.4f}")
+          "-" if c is None else f"{c['mean']:.3f} ± {c['std']:.3f} ({_se(c)}lr {c['lr']:.0e}, n={c['n']})"
+          for c in found))
   return "\n".join(lines)
+
+
+def _se(cell: dict) -> str:
+  return "" if cell["se"] is None else f"SE {cell['se']:.4f}, "
 
 
 def _chance(ax, cells) -> None:
