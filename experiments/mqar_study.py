@@ -21,7 +21,8 @@ One run through the shared CLI:
     --workdir runs/mqar/x
 Writes <root>/mqar_study.{json,md} (best lr per cell, mean ± std over seeds, eval standard error),
 mqar_study.png (accuracy vs width, one panel per number of pairs, chance dashed) and mqar_curves.png
-(answer accuracy vs step of each cell's best lr), next to train.report's table and plots.
+(answer accuracy vs step of each cell's best lr) and mqar_accuracy.png (accuracy vs decoding-state size), next to
+train.report's table and plots.
 
 Measured locally (partial grid: seed 0 only, so the ± below is the eval set's standard error of one run, not
 a seed spread; 2 CPU cores shared with other jobs at load average 22-29, 4-20 min a run):
