@@ -14,6 +14,7 @@ Local (2 CPU cores, a few minutes; MQAR unless task=text):
 Expect: MoM >= Gated DeltaNet in MQAR answer accuracy at equal width (more memory capacity for
 key-value pairs), and a slightly lower LM loss; paper: MoM beats GDN on recall-heavy tasks
 (e.g. FDA, SWDE, SQuAD) at 340M and 1.3B. Logged: aux/mom_load_balance, layers/mom_memory_load/<layer>.
+Measured: not yet (the local MQAR here has hybrid.py's data, 128 tokens and 16 pairs, timed there).
 """
 
 from experiments import common

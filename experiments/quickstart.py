@@ -7,8 +7,10 @@ download), 150 steps, seeds 0 and 1: eval loss mean ± std over seeds, with the 
 and its unigram entropy (the input-blind baseline).
 mqar: the same three kinds of mixer on multi-query associative recall (Zoology's layout; 4 key-value pairs,
 vocab 32, 32 tokens, d=64, 2000 steps at lr 3e-3, answer accuracy on 1024 held-out sequences): the size at
-which softmax attention and the delta rule recall the pairs and plain linear attention, whose state is
-too small, does not. (Softmax attention's induction mechanism forms late: it needs the lr and the steps.)
+which softmax attention and the delta rule recall the pairs and plain linear attention does not: with no
+short convolution, decay or position nothing tells it which value follows which key (GLA fails the same way
+and recalls with a short conv: mqar_study.py). (Softmax attention's induction mechanism forms late: it
+needs the lr and the steps.)
 
 All of it, with the results tables and plots:
   python -m experiments.quickstart --workdir runs/quickstart

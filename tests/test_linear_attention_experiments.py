@@ -65,8 +65,16 @@ def test_mqar_study_reports_the_best_lr_per_cell_over_seeds():
   assert (gla["lr"], gla["n"]) == (3e-3, 2) and gla["mean"] == pytest.approx(0.85)
   assert gla["std"] == pytest.approx(0.0707, abs=1e-4) and gla["curve"][0] == (10, pytest.approx(0.3))
   lines = mqar_study.table(cells, (32, 64), (8,)).splitlines()
-  assert lines[2] == "gla | 8 | 0.850 ± 0.071 (lr 3e-03, n=2) | -"
-  assert lines[3] == "attention_kv_shift | 8 | - | 1.000 ± 0.000 (lr 1e-03, n=1)"
+  assert lines[2] == "gla | 8 | 0.850 ± 0.071 (SE 0.0100, lr 3e-03, n=2) | -"
+  assert lines[3] == "attention_kv_shift | 8 | - | 1.000 ± 0.000 (SE 0.0100, lr 1e-03, n=1)"
+
+
+def test_mqar_study_steps_scale_warmup_and_eval_cadence():
+  c = mqar_study.get_config("local,mixer=gla,width=32,pairs=8,steps=1000")
+  assert (c.train.steps, c.optim.warmup_steps, c.train.eval_every, c.train.ckpt_every) == (1000, 100, 100, 1000)
+  assert mqar_study.get_config("local,mixer=gla").train.steps == mqar_study.SCALES["local"]["steps"]
+  with pytest.raises(ValueError, match="multiple of 200"):
+    mqar_study.get_config("local,mixer=gla,steps=500")
 
 
 def test_mqar_study_grid_selects_a_subset_and_runs_seeds_by_default():
