@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     activation="gelu", norm="rmsnorm", blocks=blocks("attention", "swiglu", 2),
     options=ml_collections.ConfigDict(), tie_embeddings=True,
     dtype="float32", param_dtype="float32", remat="none", scan_layers=False,
+    parametrization="sp", base_width=0,  # "mup": µP relative to width base_width (models/parametrization.py)
   ))
 
   c.data = ml_collections.ConfigDict(dict(
