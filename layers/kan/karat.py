@@ -25,7 +25,7 @@ from layers import segments
 from layers.attention import kv_cache
 from layers.context import LayerContext
 from layers.core import Linear, make_param
-from layers.flops import causal_context, forward_flops_per_token
+from layers.forward_flops import causal_context, forward_flops_per_token
 from layers.kan.fourier_kan import fourier_kan_init
 from layers.kan.functional import fourier_features
 
@@ -87,8 +87,11 @@ class FourierKAOperator(nnx.Module):
 
 
 class KArAt(nnx.Module):
-  def __init__(self, ctx: LayerContext, *, max_len: int, rank: int, grid_size: int, mode: str, operator: str,
-               smooth_init: bool, causal: bool, use_bias: bool, rngs: nnx.Rngs):
+  """Fourier-KArAt token mixer (bidirectional by default, as in the ViT it was proposed for)."""
+
+  def __init__(self, ctx: LayerContext, *, max_len: int = 256, rank: int = 12, grid_size: int = 3,
+               mode: str = "blockwise", operator: str = "fourier_kan", smooth_init: bool = False, causal: bool = False,
+               use_bias: bool = True, rngs: nnx.Rngs):
     if mode not in MODES or operator not in OPERATORS:
       raise ValueError(f"mode must be one of {MODES} and operator one of {OPERATORS}; "
                        f"got {mode!r}, {operator!r}")
@@ -173,11 +176,3 @@ def tie_universal_operators(model: nnx.Module) -> None:
             if isinstance(node, KArAt) and node.mode == "universal" and node.operator is not None]
   for layer in layers[1:]:
     layer.operator = layers[0].operator
-
-
-def karat(ctx: LayerContext, *, rngs: nnx.Rngs, max_len: int = 256, rank: int = 12, grid_size: int = 3,
-          mode: str = "blockwise", operator: str = "fourier_kan", smooth_init: bool = False,
-          causal: bool = False, use_bias: bool = True) -> KArAt:
-  """Fourier-KArAt token mixer (bidirectional by default, as in the ViT it was proposed for)."""
-  return KArAt(ctx, max_len=max_len, rank=rank, grid_size=grid_size, mode=mode, operator=operator,
-               smooth_init=smooth_init, causal=causal, use_bias=use_bias, rngs=rngs)
