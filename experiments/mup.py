@@ -59,8 +59,8 @@ def get_config(arg: str | None = None):
 def sweep(add, arg: str | None = None):
   """lr x width x parametrization at the scale ARG names (paper, or `local`)."""
   s = SCALES["local" if "local" in (arg or "") else "paper"]
-  for parametrization in PARAMETRIZATIONS:
-    for width in s["widths"]:
+  for width in s["widths"]:  # smallest first, both parametrizations per width
+    for parametrization in PARAMETRIZATIONS:
       for lr in s["lrs"]:
         add(**{"model.parametrization": parametrization, "model.d_model": width, "model.d_ff": 3 * width,
                "optim.lr": lr})

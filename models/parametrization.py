@@ -12,23 +12,27 @@ package's base shapes); kernels are stored [..., in, out].
 | kind         | which parameters (per layer kind)                                    | init             | Adam lr |
 |--------------|----------------------------------------------------------------------|------------------|---------|
 | hidden       | two or more infinite dims: attention q/k/v/o, MLP / GLU up, gate and | the layer's own  | × 1/m   |
-| (matrix-like)| down, linear-attention q/k/v/o/g projections and gates to per-channel|  (fan-in         |         |
-|              | decays, MoE expert kernels [E, D, F], KAN spline / Fourier / rational|   variance)      |         |
-|              | coefficients [in, out, basis], key-value memories                    |                  |         |
+| (matrix-like)| down, linear-attention q/k/v/o and output-gate projections, MoE      |  (fan-in         |         |
+|              | expert kernels [E, D, F], KAN spline / base kernels and Fourier-KAN  |   variance)      |         |
+|              | coefficients (B-spline [in, basis, out]), group-rational KAN fc1/fc2 |                  |         |
 | output-like  | infinite fan-in, fixed fan-out (one infinite dim, not the last):     | std × m^-1/2     | × 1/m   |
 |              | per-head gates (log-decay a/dt projections, delta-rule β projections | (var ∝ 1/fan_in²)|         |
-|              | [D, H]), the MoE router [D, E], low-rank down projections [D, r]     |                  |         |
+|              | [D, H]), the MoE router [D, E], low-rank gate down projections [D, r]|                  |         |
+|              | of fixed rank (GLA's gk_down, RWKV-7's w/a down)                     |                  |         |
 | readout      | the unembedding [D, V] (logits × 1/m; tied: the embedding stays      | std × m^1/2      | × 1     |
 |              | vector-like, the logits are still × 1/m)                             | (constant)       |         |
 | vector-like  | one infinite dim, the last: embedding [V, D], biases, norm scales,   | the layer's own  | × 1     |
 |              | per-channel decays and gate biases, depthwise conv kernels [k, D],   |                  |         |
-|              | low-rank up projections [r, D], RWKV token-shift mixes [6, D]        |                  |         |
+|              | fixed-rank up projections [r, D], RWKV token-shift mixes [6, D]      |                  |         |
 | scalar-like  | no infinite dim: learnable activation coefficients (rational / PAU   | the layer's own  | × 1     |
 |              | numerator and denominator, group-rational, PolyNorm / PolyReLU, APA, |                  |         |
 |              | Swish β, ...), per-head scalars (A_log, dt_bias, D)                  |                  |         |
 | attention    | softmax attention (`attention`) logits: scale sqrt(base head_dim) /  |        -         |    -    |
 |              | head_dim, i.e. 1/d_head (= 1/sqrt(head_dim) at base width)           |                  |         |
 
+Hidden weights keep their layer's own init, which in this codebase has fan-in variance (layers.core.Linear's
+default; orthogonal or zero where a layer says so). A width family that grows the head count at fixed head_dim
+is not what the attention rule assumes (its scale would shrink by m^-1/2 for nothing); scale head_dim.
 KAN grids are not parameters (refitted from data, never by the optimizer). Other softmax-type mixers
 (forgetting, diagonal, block attention) and the linear-attention mixers keep their SP q·k scale (most
 normalise q and k). SP, and µP at d_model == base_width, leave every parameter, its lr and the forward pass
