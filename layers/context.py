@@ -25,6 +25,7 @@ class LayerContext:
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   features: int = 0
+  attention_scale_mult: float = 1.0  # multiplies softmax attention's 1/sqrt(head_dim) (µP: models/parametrization.py)
 
   def __post_init__(self):
     if not self.head_dim:

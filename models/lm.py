@@ -25,6 +25,7 @@ from layers import registry, segments
 from layers.context import LayerContext
 from layers.core import Embed, Linear
 from layers.sharding import constrain
+from models import parametrization
 from models.block_pattern import parse, parse_groups
 from models.scanned import Layers, ScannedGroup, check_stackable
 
@@ -59,6 +60,7 @@ def lm_model_config(size: str | None = None) -> ml_collections.ConfigDict:
     d_ff=shape["d_ff"], activation="gelu", norm="rmsnorm", blocks=f"(attention, swiglu) * {shape['n_layers']}",
     options=ml_collections.ConfigDict(), tie_embeddings=True,
     dtype="float32", param_dtype="float32", remat="none", scan_layers=False,
+    parametrization="sp", base_width=0,  # "mup": µP relative to width base_width (models/parametrization.py)
   ))
 
 
@@ -85,6 +87,7 @@ def layer_context(cfg, layer_idx: int, n_layers: int) -> LayerContext:
     d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads or cfg.n_heads,
     head_dim=cfg.head_dim, d_ff=cfg.d_ff, activation=cfg.activation, norm=cfg.norm,
     layer_idx=layer_idx, n_layers=n_layers, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+    attention_scale_mult=parametrization.attention_scale_mult(cfg),
   )
 
 
@@ -99,6 +102,7 @@ def check_blocks(cfg) -> None:
   registry.lookup("norm", cfg.norm)
   registry.lookup("activation", cfg.activation)
   remat_policy(cfg.get("remat", "none"))
+  parametrization.check(cfg)
 
 
 def check_scan(cfg) -> None:
@@ -235,6 +239,8 @@ class LM(nnx.Module):
     self.unembed = None if cfg.tie_embeddings else Linear(
       cfg.d_model, cfg.vocab_size, axes=("embed", "vocab"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.remat_policy = remat_policy(cfg.get("remat", "none"))
+    self.logit_mult = parametrization.logit_mult(cfg)
+    parametrization.apply(self, cfg, readout=None if cfg.tie_embeddings else "unembed")
 
   def extra_flops_per_token(self, seq_len: int) -> float:
     """The tied output projection (the embedding table is otherwise only looked up)."""
@@ -242,8 +248,8 @@ class LM(nnx.Module):
 
   def _logits(self, x: jax.Array) -> jax.Array:
     x = self.final_norm(x)
-    logits = self.embed.attend(x) if self.unembed is None else self.unembed(x)
-    return logits.astype(jnp.float32)
+    logits = (self.embed.attend(x) if self.unembed is None else self.unembed(x)).astype(jnp.float32)
+    return logits if self.logit_mult == 1.0 else logits * self.logit_mult
 
   def __call__(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None,
                positions: jax.Array | None = None) -> jax.Array:

@@ -2,7 +2,8 @@
 
 Groups come from parameter metadata: `optim_group="activation"` (learnable activation
 coefficients), `"no_decay"` (norms, gates, biases), else "default". 0/1-D parameters never decay.
-`config.optim.groups.<name>` sets a group's lr multiplier and weight decay.
+`config.optim.groups.<name>` sets a group's lr multiplier and weight decay. A parameter's `lr_mult` metadata
+(set by µP, models/parametrization.py) multiplies its update (weight decay included) on top of its group's.
 """
 
 import jax
@@ -73,6 +74,12 @@ def group_labels(params: nnx.State) -> dict:
   return nnx.to_pure_dict(nnx.from_flat_state(flat))
 
 
+def lr_mults(params: nnx.State) -> dict:
+  """Pure-dict pytree of each parameter's `lr_mult` metadata (1.0 where absent)."""
+  flat = [(path, var.get_metadata().get("lr_mult", 1.0)) for path, var in nnx.to_flat_state(params)]
+  return nnx.to_pure_dict(nnx.from_flat_state(flat))
+
+
 def group_settings(cfg, groups: set[str]) -> dict[str, tuple[float, float]]:
   """(lr multiplier, weight decay) for each group that occurs."""
   out = {}
@@ -99,6 +106,9 @@ def make(cfg, params: nnx.State, total_steps: int) -> tuple[optax.GradientTransf
     return optax.adamw(lambda step: lr(step) * mult, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd)
 
   tx = optax.multi_transform({g: adamw(*s) for g, s in settings.items()}, labels)
+  mults = lr_mults(params)
+  if any(m != 1.0 for m in jax.tree.leaves(mults)):
+    tx = optax.chain(tx, optax.stateless(lambda updates, _: jax.tree.map(lambda u, m: u * m, updates, mults)))
   if cfg.clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
   return tx, lr

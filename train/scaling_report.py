@@ -265,12 +265,24 @@ def plot_multiplier(variants: dict, baseline: str | None, save, target_flops: fl
   return save(fig, "multiplier.png")
 
 
-def reference_line(runs: list[dict]) -> tuple[float, str] | None:
-  """Chance loss for MQAR (ln vocab_size) when every run is MQAR with one vocabulary; None otherwise."""
-  vocab = {r["config"].get("data.vocab_size") for r in runs if r["config"].get("data.name") == "mqar"}
-  if len(vocab) == 1 and all(r["config"].get("data.name") == "mqar" for r in runs):
-    v = vocab.pop()
-    return math.log(v), f"chance: ln {v}"
+TEXT_SOURCES = ("text", "tfds_text")
+
+
+def reference_line(runs: list[dict], rows: list[dict]) -> tuple[float, str] | None:
+  """The loss an input-blind model reaches: chance for MQAR (ln vocab_size) when every run is MQAR with one
+  vocabulary; for text, the eval set's unigram entropy (the runs' logged eval_unigram_loss) when every run is
+  text and all runs logged the same value (the same eval set); None otherwise."""
+  names = {r["config"].get("data.name") for r in runs}
+  if names == {"mqar"}:
+    vocab = {r["config"].get("data.vocab_size") for r in runs}
+    if len(vocab) == 1:
+      v = vocab.pop()
+      return math.log(v), f"chance: ln {v}"
+  if names <= set(TEXT_SOURCES):
+    entropies = {row["eval_unigram_loss"] for row in rows}
+    if len(entropies) == 1 and None not in entropies:
+      h = entropies.pop()
+      return h, f"eval set's unigram entropy: {h:.3g}"
   return None
 
 
@@ -282,7 +294,7 @@ def section(runs: list[dict], rows: list[dict], variant_keys: list[str], save, *
     return {"markdown": None, "plots": [], "notes": notes}
   notes += fit(variants, bootstrap=bootstrap)
   base = pick_baseline(variants, baseline)
-  reference = reference_line(runs)
+  reference = reference_line(runs, rows)
   plots = [plot_isoflop(variants, save, reference), plot_allocation(variants, save),
            plot_frontiers(variants, save, target_flops, reference),
            plot_multiplier(variants, base, save, target_flops)]

@@ -45,6 +45,7 @@ class Attention(nnx.Module):
     self.window, self.rope_theta, self.implementation, self.causal = window, rope_theta, implementation, causal
     self.sequence_parallel = sequence_parallel
     self.dtype = ctx.dtype
+    self.q_mult = ctx.attention_scale_mult
     kw = dict(use_bias=use_bias, dtype=ctx.dtype, param_dtype=ctx.param_dtype, rngs=rngs)
     self.q = Linear(ctx.d_model, ctx.n_heads * ctx.head_dim, axes=("embed", "heads"), **kw)
     self.k = Linear(ctx.d_model, ctx.n_kv_heads * ctx.head_dim, axes=("embed", "kv_heads"), **kw)
@@ -54,6 +55,8 @@ class Attention(nnx.Module):
   def _qkv(self, x: jax.Array, positions: jax.Array):  # positions [T] or [B, T]
     B, T, _ = x.shape
     q = self.q(x).reshape(B, T, self.n_heads, self.head_dim)  # [B, T, N, H]
+    if self.q_mult != 1.0:  # the logits' scale becomes q_mult / sqrt(head_dim) on every path (µP)
+      q = q * self.q_mult
     k = self.k(x).reshape(B, T, self.n_kv_heads, self.head_dim)  # [B, T, Kh, H]
     v = self.v(x).reshape(B, T, self.n_kv_heads, self.head_dim)
     if self.rope_theta is not None:
