@@ -30,7 +30,7 @@ CIFAR_STEPS = 100 * 50_000 // 512
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, attention="karat", size="t", data="", local=False, grid_size=3, rank=12,
-                         smooth_init=False)
+                         smooth_init=False, init_gain=0.05, normalize="none")
   if arg.attention not in ATTENTION:
     raise ValueError(f"attention must be one of {sorted(ATTENTION)}, got {arg.attention!r}")
   c = common.base_config()
@@ -56,7 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     steps, eval_steps = CIFAR_STEPS, 19
     common.pod_scale(c)
   for label in ("karat", "karat_universal"):
-    c.model.options[label].update(dict(grid_size=arg.grid_size, rank=arg.rank, smooth_init=arg.smooth_init))
+    c.model.options[label].update(dict(grid_size=arg.grid_size, rank=arg.rank, smooth_init=arg.smooth_init,
+                                       init_gain=arg.init_gain, normalize=arg.normalize))
   c.train.update(dict(loss="xent", steps=steps, log_every=max(steps // 60, 1), eval_every=max(steps // 6, 1),
                       eval_steps=eval_steps, ckpt_every=max(steps // 6, 1)))
   c.train.label_smoothing = 0.1
