@@ -21,11 +21,11 @@ the GELU row.
 """
 
 import argparse
+import functools
 import json
 import pathlib
 import platform
 import statistics
-import time
 
 import flax
 import jax
@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import timing
 from layers import registry
 from layers.context import LayerContext
 
@@ -61,10 +62,8 @@ def compiled_step(fn, args: tuple) -> tuple:
   step = jax.jit(jax.grad(lambda *a: 0.5 * jnp.sum(jnp.square(fn(*a).astype(jnp.float32))),
                           argnums=tuple(range(len(args)))))
   compiled = step.lower(*args).compile()
-  mem = compiled.memory_analysis()
-  temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
   jax.block_until_ready(compiled(*args))  # warm-up
-  return compiled, args, temp / 2**20
+  return compiled, args, timing.temp_mib(compiled)
 
 
 def build(label: str, ffn: str, options: dict, ctx: LayerContext, x: jax.Array) -> dict:
@@ -96,21 +95,16 @@ def build_norm(label: str, norm: str, activation: str, ctx: LayerContext, h: jax
 
 
 def time_all(rows: list[dict], repeats: int) -> None:
-  """Median wall and CPU ms of each row's steps, interleaving the rows so that load drift hits all of them
-  alike."""
-  times = {(i, j): [] for i, row in enumerate(rows) for j in range(len(row["steps"]))}
-  cpu = {key: [] for key in times}
-  for _ in range(repeats):
-    for i, row in enumerate(rows):
-      for j, (compiled, args, _) in enumerate(row["steps"]):
-        t0, c0 = time.perf_counter(), time.process_time()
-        jax.block_until_ready(compiled(*args))
-        times[i, j].append((time.perf_counter() - t0) * 1e3)
-        cpu[i, j].append((time.process_time() - c0) * 1e3)
+  """Median wall and CPU ms of each row's steps (the block or norm step, then the activation alone),
+  interleaving the rows so that load drift hits all of them alike."""
+  runs = {(i, j): functools.partial(compiled, *args) for i, row in enumerate(rows)
+          for j, (compiled, args, _) in enumerate(row["steps"])}
+  times = timing.interleaved(runs, repeats, warmup=False)
   for (i, j), t in times.items():
-    prefix = ("", "act_")[j]  # the block (or norm) step, then the activation alone
-    rows[i].update({f"{prefix}ms": statistics.median(t), f"{prefix}cpu_ms": statistics.median(cpu[i, j]),
-                    f"{prefix}ms_all": t})
+    prefix = ("", "act_")[j]
+    wall = [s * 1e3 for s in t.wall]
+    rows[i].update({f"{prefix}ms": statistics.median(wall), f"{prefix}cpu_ms": t.median_cpu * 1e3,
+                    f"{prefix}ms_all": wall})
   for row in rows:
     del row["steps"]
 

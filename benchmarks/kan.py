@@ -30,7 +30,6 @@ import json
 import pathlib
 import platform
 import statistics
-import time
 
 import flax
 import jax
@@ -38,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import timing
 from layers import registry
 from layers.context import LayerContext
 from layers.core import Linear
@@ -83,10 +83,8 @@ def n_params(module: nnx.Module) -> int:
 def compile_fn(fn, *args) -> dict:
   """jit(fn) compiled for args and warmed up: its runner and compiled temp MiB."""
   compiled = jax.jit(fn).lower(*args).compile()
-  mem = compiled.memory_analysis()
   jax.block_until_ready(compiled(*args))
-  return {"run": lambda: compiled(*args),
-          "temp_mib": (getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0) / 2**20}
+  return {"run": lambda: compiled(*args), "temp_mib": timing.temp_mib(compiled)}
 
 
 def compile_step(module: nnx.Module, x: jax.Array, argnums: tuple[int, ...] = (0, 1)) -> dict:
@@ -116,15 +114,10 @@ def spline_profile(dense: Linear, layer: KANLinear, x: jax.Array) -> list[tuple[
 
 def time_rows(rows: list[dict], repeats: int) -> None:
   """Median wall and CPU ms of each row, the rows interleaved."""
-  times, cpu = [[] for _ in rows], [[] for _ in rows]
-  for _ in range(repeats):
-    for r, t, c in zip(rows, times, cpu):
-      t0, c0 = time.perf_counter(), time.process_time()
-      jax.block_until_ready(r["run"]())
-      t.append((time.perf_counter() - t0) * 1e3)
-      c.append((time.process_time() - c0) * 1e3)
-  for r, t, c in zip(rows, times, cpu):
+  times = timing.interleaved({i: r["run"] for i, r in enumerate(rows)}, repeats, warmup=False)
+  for i, r in enumerate(rows):
     del r["run"]
+    t, c = [s * 1e3 for s in times[i].wall], [s * 1e3 for s in times[i].cpu]
     r["ms"], r["ms_all"], r["cpu_ms"], r["cpu_ms_all"] = statistics.median(t), t, statistics.median(c), c
 
 

@@ -15,8 +15,6 @@ import argparse
 import json
 import pathlib
 import platform
-import statistics
-import time
 
 import flax
 import jax
@@ -24,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import timing
 from layers import registry
 from layers.context import LayerContext
 
@@ -38,18 +37,6 @@ def _model(name: str):
   return registry.build("mixer", name, ctx, rngs=nnx.Rngs(0))
 
 
-def _median_seconds(fn, args, repeats: int) -> tuple[float, float]:
-  """(wall, process CPU) seconds, medians after a warm-up; CPU time is the steadier one on a shared machine."""
-  jax.block_until_ready(fn(*args))
-  times, cpu_times = [], []
-  for _ in range(repeats):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-    cpu_times.append(time.process_time() - cpu_start)
-  return statistics.median(times), statistics.median(cpu_times)
-
-
 def measure_train(name: str, b: int, t: int, repeats: int) -> dict:
   graphdef, params = nnx.split(_model(name))
   x = jax.random.normal(jax.random.key(1), (b, t, D_MODEL))
@@ -59,7 +46,7 @@ def measure_train(name: str, b: int, t: int, repeats: int) -> dict:
 
   compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(params, x).compile()
   mem = compiled.memory_analysis()
-  sec, cpu = _median_seconds(compiled, (params, x), repeats)
+  sec, cpu = timing.median_seconds(compiled, (params, x), repeats)
   return {"kind": "train", "mixer": name, "T": t, "B": b, "seconds": sec, "cpu_seconds": cpu,
           "tokens_per_s": b * t / sec,
           "peak_bytes": int(mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes)}
@@ -72,7 +59,7 @@ def measure_decode(name: str, b: int, max_len: int, repeats: int) -> dict:
   x = jax.random.normal(jax.random.key(1), (b, 1, D_MODEL))
   pos = jnp.int32(max_len // 2)
   step = jax.jit(lambda p, x, c, pos: nnx.merge(graphdef, p).decode(x, c, pos))
-  sec, cpu = _median_seconds(step, (params, x, cache, pos), repeats)
+  sec, cpu = timing.median_seconds(step, (params, x, cache, pos), repeats)
   cache_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(cache)) // b
   return {"kind": "decode", "mixer": name, "T": max_len, "B": b, "seconds": sec, "cpu_seconds": cpu,
           "tokens_per_s": b / sec,

@@ -30,8 +30,6 @@ import math
 import pathlib
 import platform
 import re
-import statistics
-import time
 
 import flax
 import jax
@@ -40,11 +38,11 @@ import optax
 from flax import nnx
 from jax.sharding import AxisType
 
-from experiments import common
+from benchmarks import timing
 from layers import registry
 from layers.aux import AuxLoss, LayerMetric
 from layers.context import LayerContext
-from models.lm import LM
+from models.lm import LM, lm_model_config
 
 jax.config.update("jax_num_cpu_devices", 8)  # the expert-parallel part; before any backend starts
 
@@ -80,7 +78,7 @@ def variants(d_ff: int) -> dict[str, tuple[str, dict]]:
 
 
 def model_config(ffn: str, options: dict, *, d_model: int, d_ff: int, n_layers: int):
-  cfg = common.base_config().model
+  cfg = lm_model_config()
   cfg.d_model, cfg.d_ff, cfg.vocab_size = d_model, d_ff, 256
   cfg.blocks = f"(none, ffn) * {n_layers}"
   cfg.options = {"ffn": {"layer": ffn, **options}}
@@ -114,15 +112,10 @@ def throughput(quick: bool, repeats: int) -> dict:
   for name, (ffn, options) in variants(shape["d_ff"]).items():
     cfg = model_config(ffn, options, d_model=shape["d_model"], d_ff=shape["d_ff"], n_layers=shape["n_layers"])
     steps[name] = compiled_step(cfg, shape["batch"], shape["seq"])
-  times = {name: [] for name in steps}
-  for _ in range(repeats):
-    for name, (run, _) in steps.items():
-      start = time.perf_counter()
-      run()
-      times[name].append(time.perf_counter() - start)
+  times = timing.interleaved({name: run for name, (run, _) in steps.items()}, repeats, warmup=False)
   rows = []
   for name, (_, n_params) in steps.items():
-    sec = statistics.median(times[name])
+    sec = times[name].median
     rows.append({"variant": name, "seconds": sec, "tokens_per_s": shape["batch"] * shape["seq"] / sec,
                  "params": int(n_params)})
   by_name = {r["variant"]: r["tokens_per_s"] for r in rows}

@@ -17,16 +17,17 @@ import time
 
 import jax
 
-from experiments import common
+from models.lm import lm_model_config
+from train import config as config_lib
 from train import mesh as mesh_lib
-from train.data import pipeline
+from train.data import mqar, pipeline
 from train.loop import build_program, global_batch
 
 
 def bench(mixer: str, depth: int, scan: bool, steps: int = 5) -> dict:
-  c = common.base_config()
-  common.mqar_data(c, vocab_size=256, num_pairs=8, seq_len=128)
-  c.model.update(dict(d_model=64, n_heads=2, d_ff=192, blocks=common.blocks(mixer, "swiglu", depth),
+  c = config_lib.base_config(lm_model_config())
+  c.data.update(mqar.data_config(vocab_size=256, num_pairs=8, seq_len=128))
+  c.model.update(dict(d_model=64, n_heads=2, d_ff=192, blocks=f"({mixer}, swiglu) * {depth}",
                       scan_layers=scan))
   c.data.batch_size = 2 * jax.device_count()
   mesh = mesh_lib.make_mesh(c.mesh.shape)

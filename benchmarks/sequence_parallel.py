@@ -19,10 +19,10 @@ import json
 import pathlib
 import platform
 import re
-import statistics
-import time
 
 import jax
+
+from benchmarks import timing
 
 ASYNC_START = "-start"
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
@@ -69,9 +69,9 @@ def _setup_devices(n: int) -> None:
 
 
 def _lm_config(args):
-  from experiments import common
+  from models.lm import lm_model_config
 
-  c = common.lm_config("tiny").model
+  c = lm_model_config("tiny")
   c.update(dict(d_model=args.d_model, n_heads=args.heads, n_kv_heads=args.heads, d_ff=3 * args.d_model,
                 vocab_size=256, blocks=args.blocks))
   c.options = dict(attention=dict(sequence_parallel="all_gather"))
@@ -107,19 +107,12 @@ def measure(args, shards: int, method: str) -> dict:
     compiled = step.lower(*inputs).compile()
     memory = compiled.memory_analysis()
     comm = collective_bytes(compiled.as_text())
-    jax.block_until_ready(compiled(*inputs))
-    times, cpu = [], []
-    for _ in range(args.repeats):
-      start, start_cpu = time.perf_counter(), time.process_time()
-      jax.block_until_ready(compiled(*inputs))
-      times.append(time.perf_counter() - start)
-      cpu.append(time.process_time() - start_cpu)
+    seconds, cpu_seconds = timing.median_seconds(compiled, inputs, args.repeats)
   return {"shards": shards, "attention": method, "T": args.seq_len, "B": args.batch,
           "memory_bytes_per_device": int(memory.temp_size_in_bytes + memory.argument_size_in_bytes
                                          + memory.output_size_in_bytes),
           "temp_bytes_per_device": int(memory.temp_size_in_bytes),
-          "collective_bytes_per_device": comm, "seconds": statistics.median(times),
-          "cpu_seconds": statistics.median(cpu)}
+          "collective_bytes_per_device": comm, "seconds": seconds, "cpu_seconds": cpu_seconds}
 
 
 def main(argv=None) -> None:

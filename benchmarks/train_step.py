@@ -3,7 +3,7 @@
   python -m benchmarks.train_step [--quick] [--out runs/benchmarks/train_step.json]
 
 Each row: median step time over timed steps after warm-up (compilation excluded), tokens/s,
-analytic FLOPs per step and MFU against the peak of train.flops (measured matmul on CPU). "cpu MFU" divides
+analytic FLOPs per step and MFU against the peak of train.mfu (measured matmul on CPU). "cpu MFU" divides
 FLOPs per process-CPU-second of the step by those of an fp32 1024² matmul timed the same way in the same run:
 on a host shared with other jobs, wall-clock MFU mixes in the waiting; CPU time does not.
 """
@@ -17,25 +17,26 @@ import time
 
 import jax
 
-from experiments import common
-from train import flops
+from models.lm import lm_model_config
+from train import config as config_lib
 from train import mesh as mesh_lib
-from train.data import pipeline
+from train import mfu
+from train.data import mqar, pipeline
 from train.loop import build_program, global_batch
 
 SIZES = {  # name: (LM_SIZES key or shape overrides, seq_len, batch)
-  "tiny": (dict(d_model=128, n_heads=4, d_ff=384, blocks=common.blocks("attention", "swiglu", 2)), 256, 8),
-  "small": (dict(d_model=256, n_heads=4, d_ff=768, blocks=common.blocks("attention", "swiglu", 4)), 256, 8),
-  "d512": (dict(d_model=512, n_heads=8, d_ff=1536, blocks=common.blocks("attention", "swiglu", 4)), 256, 8),
-  "125m": (dict(d_model=768, n_heads=12, d_ff=2048, blocks=common.blocks("attention", "swiglu", 12)), 1024, 8),
+  "tiny": (dict(d_model=128, n_heads=4, d_ff=384, blocks="(attention, swiglu) * 2"), 256, 8),
+  "small": (dict(d_model=256, n_heads=4, d_ff=768, blocks="(attention, swiglu) * 4"), 256, 8),
+  "d512": (dict(d_model=512, n_heads=8, d_ff=1536, blocks="(attention, swiglu) * 4"), 256, 8),
+  "125m": (dict(d_model=768, n_heads=12, d_ff=2048, blocks="(attention, swiglu) * 12"), 1024, 8),
 }
 
 
 def bench(name: str, steps: int, warmup: int, batch: int | None = None) -> dict:
   shape, seq_len, default_batch = SIZES[name]
   batch = batch or default_batch
-  c = common.base_config()
-  common.mqar_data(c, vocab_size=256, num_pairs=16, seq_len=seq_len)
+  c = config_lib.base_config(lm_model_config())
+  c.data.update(mqar.data_config(vocab_size=256, num_pairs=16, seq_len=seq_len))
   c.model.update(shape)
   c.data.batch_size = batch * jax.device_count()
   c.train.steps = steps + warmup
@@ -52,9 +53,9 @@ def bench(name: str, steps: int, warmup: int, batch: int | None = None) -> dict:
       times.append(time.perf_counter() - t)
       cpu_times.append(time.process_time() - cpu0)
   dt = statistics.median(times)
-  step_flops = flops.train_flops_per_step(program.setup.abstract_model, seq_len=seq_len,
-                                          batch_size=c.data.batch_size)
-  peak, source = flops.peak_flops()
+  step_flops = mfu.train_flops_per_step(program.setup.abstract_model, seq_len=seq_len,
+                                        batch_size=c.data.batch_size)
+  peak, source = mfu.peak_flops()
   params = sum(int(v.size) for v in jax.tree.leaves(program.setup.abstract_params))
   return {"model": name, "params": params, "seq_len": seq_len, "batch": c.data.batch_size,
           "step_ms": dt * 1e3, "tokens_per_sec": c.data.batch_size * seq_len / dt,

@@ -124,7 +124,7 @@ def plot_shapes(root: str, out: pathlib.Path) -> pathlib.Path:
   import matplotlib.pyplot as plt
   import numpy as np
 
-  from layers.activations import plot
+  from experiments import activation_plots as plot
 
   panels = []
   for run_dir in sorted(pathlib.Path(root).glob("*seed-0*")):

@@ -1,4 +1,4 @@
-"""Shared presets for experiment files: the base config, model sizes, optimizer recipes, data, CPU shrink.
+"""Shared presets for experiment files: the base config, the paper-LM recipe, optimizer recipes, data, CPU shrink.
 
 Every experiment's `get_config(arg)` starts from `base_config()` (so every run has every section)
 and changes what its paper changes. One place decides what "local" means: `shrink_for_cpu`.
@@ -10,28 +10,9 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 
-# d_model, n_layers, n_heads, d_ff (SwiGLU hidden), vocab. GPT-3 / Llama-style shapes.
-LM_SIZES = {
-  "tiny": dict(d_model=64, n_layers=2, n_heads=2, d_ff=192),
-  "small": dict(d_model=128, n_layers=4, n_heads=4, d_ff=384),
-  "125m": dict(d_model=768, n_layers=12, n_heads=12, d_ff=2048),
-  "340m": dict(d_model=1024, n_layers=24, n_heads=16, d_ff=2816),
-  "1b": dict(d_model=2048, n_layers=24, n_heads=16, d_ff=5632),
-  "1.3b": dict(d_model=2048, n_layers=24, n_heads=16, d_ff=5632),
-}
-
-# Logical parameter / activation axis -> mesh axes. Unlisted names are replicated.
-DEFAULT_RULES = {
-  "batch": ("data", "fsdp"),
-  "embed": "fsdp",
-  "vocab": "tensor",
-  "mlp": "tensor",
-  "heads": "tensor",
-  "kv_heads": "tensor",
-  "expert": "expert",
-  "length": "sequence",  # the time axis of token batches and activations (sequence parallelism)
-}
-
+from models import lm
+from train import config as config_lib
+from train.data import mqar
 
 # Study files sweep seeds by default: LOCAL_SEEDS at CPU scale (cheap, noisy runs; the report shows mean ± std),
 # one seed at paper scale unless the file says otherwise.
@@ -68,75 +49,16 @@ def blocks(mixer: str, ffn: str, n_layers: int) -> str:
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every section and field a run has, with defaults; experiment files override."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-
-  c.model = ml_collections.ConfigDict(dict(
-    kind="lm", vocab_size=256, d_model=128, n_heads=4, n_kv_heads=0, head_dim=0, d_ff=384,
-    activation="gelu", norm="rmsnorm", blocks=blocks("attention", "swiglu", 2),
-    options=ml_collections.ConfigDict(), tie_embeddings=True,
-    dtype="float32", param_dtype="float32", remat="none", scan_layers=False,
-  ))
-
-  c.data = ml_collections.ConfigDict(dict(
-    name="text", seq_len=256, batch_size=16, eval_split="validation", train_split="train",
-    data_dir="", read_threads=-1,  # -1: 0 (read in the loop's thread) for in-memory sources, else 16
-    image_size=0,  # tfds_images: bring images to image_size x image_size (0: as stored)
-    # text sources (train/data/packing.py): packing "concat" (documents concatenated, cut into rows) or
-    # "first_fit" (whole documents per row, padded); document_masking: nothing crosses a document boundary
-    # (segment_ids / positions to the model, cross-document targets unweighted); False = the leaky baseline
-    packing="concat", document_masking=True,
-    augment=ml_collections.ConfigDict(dict(random_resized_crop=0, crop_padding=0, flip=False, erase_prob=0.0,
-                                           mixup_alpha=0.0, cutmix_alpha=0.0, num_classes=0)),
-  ))
-
-  c.optim = ml_collections.ConfigDict(dict(
-    lr=3e-4, schedule="cosine", warmup_steps=100, min_lr_ratio=0.1,
-    decay_fraction=0.2, decay_steps=0, decay_shape="linear",  # wsd: the decay (decay_steps > 0 overrides fraction)
-    b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0, grad_accum=1,
-    groups=ml_collections.ConfigDict({
-      "activation": ml_collections.ConfigDict(dict(lr_mult=1.0, weight_decay=0.0)),
-    }),
-  ))
-
-  # KAN grids (B-spline KAN layers only): grid_update_every N refits the knots to the step's inputs every
-  # N steps (until step grid_update_until, 0 = always; shapes unchanged). grid_extend ((step, G), ...)
-  # extends every KAN grid to G intervals after that step's update (coarse -> fine, function kept by
-  # least squares): the run is logged and evaluated on the old grid at that step, then continues with
-  # the new shapes and a fresh optimizer state (new Adam moments, lr schedule not rewound).
-  # eval_top_k (k, ...): also evaluate with every layer that takes a top_k view (SMoE-Dropout) at each k,
-  # logged as eval_loss/top_k=k; `python -m train.report` tabulates them.
-  c.train = ml_collections.ConfigDict(dict(
-    steps=1000, loss="xent", label_smoothing=0.0, log_every=10, eval_every=200, eval_steps=8, eval_top_k=(),
-    ckpt_every=200, keep_ckpts=3, async_ckpt=True, progress=True, tensorboard=True,
-    grid_update_every=0, grid_update_until=0, grid_extend=(),
-    compilation_cache_dir="",  # keep compiled programs here (local or gs://): reruns and resumes skip compiling
-    profile_steps=(),  # (first, last): a jax.profiler trace of those steps in <workdir>/profile
-    memory_check=True,  # refuse a step whose estimated per-device memory exceeds the device's (train/memory.py)
-    device_memory_gib=0.0,  # the device's memory for that check; 0: ask the device (GPU/TPU), skip on CPU
-  ))
-
-  c.mesh = ml_collections.ConfigDict(dict(
-    shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1, sequence=1)),
-    dcn_shape=ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, expert=1, sequence=1)),  # slices per axis
-    rules=ml_collections.ConfigDict(DEFAULT_RULES),
-  ))
-
-  c.distributed = ml_collections.ConfigDict(dict(
-    initialize=False, coordinator_address="", num_processes=0, process_id=-1,
-  ))
-  return c
+  """Every section and field a run has, with defaults from their owners (the LM's in models/lm.py, the
+  loop's, optimizer's, mesh's and data pipeline's in train/: train.config.base_config); experiment files
+  override."""
+  return config_lib.base_config(lm.lm_model_config())
 
 
 def lm_config(size: str = "small") -> ml_collections.ConfigDict:
-  """A byte-level LM on the embedded text corpus, with a shape from LM_SIZES."""
-  if size not in LM_SIZES:
-    raise ValueError(f"unknown LM size {size!r}; known: {sorted(LM_SIZES)}")
-  s = LM_SIZES[size]
+  """A byte-level LM on the embedded text corpus, with a shape from models.lm.LM_SIZES."""
   c = base_config()
-  c.model.update(dict(d_model=s["d_model"], n_heads=s["n_heads"], d_ff=s["d_ff"],
-                      blocks=blocks("attention", "swiglu", s["n_layers"])))
+  c.model = lm.lm_model_config(size)
   return c
 
 
@@ -177,9 +99,41 @@ def pretraining_data(c: ml_collections.ConfigDict, *, seq_len: int = 2048, tfds_
 def mqar_data(c: ml_collections.ConfigDict, *, vocab_size: int = 256, num_pairs: int = 16,
               seq_len: int = 128, num_queries: int = 0) -> None:
   """Multi-query associative recall (Zoology); loss and accuracy on answer positions only."""
-  c.data.update(dict(name="mqar", seq_len=seq_len, vocab_size=vocab_size, num_pairs=num_pairs,
-                     num_queries=num_queries, train_examples=100_000, eval_examples=1_000))
+  c.data.update(mqar.data_config(vocab_size=vocab_size, num_pairs=num_pairs, seq_len=seq_len, num_queries=num_queries))
   c.model.vocab_size = vocab_size
+
+
+def paper_lm(tokens: float, *, data: Callable[[ml_collections.ConfigDict], None] | None = None,
+             **model) -> ml_collections.ConfigDict:
+  """The linear-attention papers' LM recipe (GLA, DeltaNet, Gated DeltaNet and their hybrids): the LM with the
+  `model` fields given (d_model, n_heads, d_ff, ...), pre-training text at 2K context in 0.5M-token batches
+  (256 x 2048; or `data(c)` sets another task), AdamW lr 3e-4 with 1000 warmup steps, cosine, clip 1.0,
+  weight decay 0.01, as many steps as `tokens` takes, at pod scale. The caller sets model.blocks."""
+  c = lm_config("340m")
+  c.model.update(model)
+  if data is None:
+    pretraining_data(c, seq_len=2048)
+    c.data.batch_size = 256
+  else:
+    data(c)
+  c.optim.update(adamw(lr=3e-4, warmup=1000, schedule="cosine", clip=1.0, weight_decay=0.01))
+  c.train.steps = int(tokens // (c.data.batch_size * c.data.seq_len))
+  return pod_scale(c)
+
+
+def ffn_lm(size: str, local: bool) -> ml_collections.ConfigDict:
+  """The LM of the FFN-replacement papers (FineDeep, MoHD): `size`'s shape with every block (attention, ffn),
+  text at 2K context, AdamW lr 3e-4 with 2000 warmup steps, cosine, clip 1.0, bfloat16 compute; `local`: the
+  CPU shrink (shrink_for_cpu, 300 steps) with 2 layers. The caller sets model.options.ffn."""
+  c = lm_config(size=size)
+  text_data(c, seq_len=2048)
+  c.optim.update(adamw(lr=3e-4, warmup=2000, schedule="cosine", clip=1.0))
+  if local:
+    c = shrink_for_cpu(c, steps=300)
+  else:
+    c.model.dtype = "bfloat16"
+  c.model.blocks = blocks("attention", "ffn", 2 if local else lm.LM_SIZES[size]["n_layers"])
+  return c
 
 
 def pod_scale(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -46,16 +46,7 @@ def ffn_options(variant: str, local: bool) -> dict:
 def get_config(arg: str | None = None):
   arg = common.parse_arg(arg, size="1.3b", variant="", local=False)
   arg.variant = arg.variant or ("m2k4" if arg.local else "m4k8")
-  c = common.lm_config(size=arg.size)
-  common.text_data(c, seq_len=2048)
-  c.optim.update(common.adamw(lr=3e-4, warmup=2000, schedule="cosine", clip=1.0))
-  n_layers = common.LM_SIZES[arg.size]["n_layers"]
-  if arg.local:
-    c = common.shrink_for_cpu(c, steps=300)
-    n_layers = 2
-  else:
-    c.model.dtype = "bfloat16"
-  c.model.blocks = common.blocks("attention", "ffn", n_layers)
+  c = common.ffn_lm(arg.size, arg.local)
   c.model.options = {"ffn": ffn_options(arg.variant, arg.local)}
   return c
 

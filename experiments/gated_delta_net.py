@@ -52,15 +52,9 @@ def get_config(arg: str | None = None):
     raise ValueError(f"size must be one of {sorted(SIZES)}")
   shape = SIZES[arg.size]
   gdn_heads = arg.variant in ("gated_delta_net", "h1", "h2")
-  c = common.lm_config("340m")
-  c.model.update(d_model=shape["d_model"], d_ff=shape["d_ff"],
-                 n_heads=shape["n_heads"] if gdn_heads else 16 if arg.size == "1.3b" else 8,
-                 head_dim=shape["head_dim"] if gdn_heads else 0)
-  common.pretraining_data(c, seq_len=2048)
-  c.data.batch_size = 256  # 0.5M tokens per step
-  c.optim.update(common.adamw(lr=3e-4, warmup=1000, schedule="cosine", clip=1.0, weight_decay=0.01))
-  c.train.steps = int(TOKENS[arg.size] // (c.data.batch_size * c.data.seq_len))
-  common.pod_scale(c)
+  c = common.paper_lm(TOKENS[arg.size], d_model=shape["d_model"], d_ff=shape["d_ff"],
+                      n_heads=shape["n_heads"] if gdn_heads else 16 if arg.size == "1.3b" else 8,
+                      head_dim=shape["head_dim"] if gdn_heads else 0)
   n_layers = shape["n_layers"] if arg.variant == "gated_delta_net" else BASELINE_LAYERS[arg.size]
   window = arg.window
   if arg.local:

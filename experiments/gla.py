@@ -36,14 +36,8 @@ def get_config(arg: str | None = None):
   if arg.size not in SIZES or arg.mixer not in MIXERS:
     raise ValueError(f"size must be one of {sorted(SIZES)} and mixer one of {MIXERS}")
   shape = SIZES[arg.size]
-  c = common.lm_config("340m")
-  c.model.update(d_model=shape["d_model"], n_heads=shape["n_heads"], d_ff=shape["d_ff"])
+  c = common.paper_lm(TOKENS[arg.size], d_model=shape["d_model"], n_heads=shape["n_heads"], d_ff=shape["d_ff"])
   c.model.blocks = common.blocks(arg.mixer, "swiglu", shape["n_layers"])
-  common.pretraining_data(c, seq_len=2048)
-  c.data.batch_size = 256  # 256 x 2048 = 0.5M tokens per step
-  c.optim.update(common.adamw(lr=3e-4, warmup=1000, schedule="cosine", clip=1.0, weight_decay=0.01))
-  c.train.steps = int(TOKENS[arg.size] // (c.data.batch_size * c.data.seq_len))
-  common.pod_scale(c)
   if arg.local:
     c = common.shrink_for_cpu(c, steps=300)
   return c

@@ -48,16 +48,9 @@ def get_config(arg: str | None = None):
   if arg.size not in SIZES or arg.task not in TASKS:
     raise ValueError(f"size must be one of {sorted(SIZES)} and task one of {TASKS}")
   shape = SIZES[arg.size]
-  c = common.lm_config("340m")
-  c.model.update(d_model=shape["d_model"], n_heads=shape["n_heads"], d_ff=shape["d_ff"])
-  if arg.task == "mqar":
-    common.mqar_data(c, vocab_size=256, num_pairs=16, seq_len=128)
-  else:
-    common.pretraining_data(c, seq_len=2048)
-    c.data.batch_size = 256  # 0.5M tokens per step
-  c.optim.update(common.adamw(lr=3e-4, warmup=1000, schedule="cosine", clip=1.0, weight_decay=0.01))
-  c.train.steps = int(TOKENS[arg.size] // (c.data.batch_size * c.data.seq_len))
-  common.pod_scale(c)
+  mqar = (lambda c: common.mqar_data(c, vocab_size=256, num_pairs=16, seq_len=128)) if arg.task == "mqar" else None
+  c = common.paper_lm(TOKENS[arg.size], data=mqar, d_model=shape["d_model"], n_heads=shape["n_heads"],
+                      d_ff=shape["d_ff"])
   n_layers = shape["n_layers"]
   if arg.local:
     c = common.shrink_for_cpu(c, steps=400)

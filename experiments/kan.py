@@ -7,7 +7,7 @@ using grid extension (train on a coarse grid, refine it, keep training) to add p
 Compares one B-spline KAN (the paper's shape per function) trained through grid extension against
 2-hidden-layer SiLU MLPs of growing width, every model for the same number of Adam steps (batch 200
 of the 1000 training points, MSE) in the shared loop. The KAN's grid goes 3 -> 5 -> 10 (-> 20 -> 50
-at paper scale) by `train.grid_extend`, a fixed number of steps per grid; the loop evaluates just
+at paper scale) by `train.kan_grid.extend`, a fixed number of steps per grid; the loop evaluates just
 before each extension, so its metrics hold the test RMSE (sqrt of eval_loss) at every grid with that
 grid's parameter count.
 
@@ -69,8 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.update(dict(loss="mse", steps=steps, log_every=max(per_grid // 10, 1), eval_steps=5,
                       eval_every=per_grid, ckpt_every=per_grid))
   if arg.layer == "kan":  # KAN's data-driven grids: refit the knots to the inputs early on each grid
-    c.train.update(dict(grid_update_every=max(per_grid // 10, 1), grid_update_until=per_grid // 2,
-                        grid_extend=tuple((i * per_grid, g) for i, g in enumerate(grids) if i)))
+    c.train.kan_grid.update(dict(update_every=max(per_grid // 10, 1), update_until=per_grid // 2,
+                                 extend=tuple((i * per_grid, g) for i, g in enumerate(grids) if i)))
   return c
 
 
@@ -78,8 +78,8 @@ def sweep(add, arg: str | None = None) -> None:
   """The scaling study at the ARG's scale: the base config's KAN and MLPs of growing width."""
   add(**{"model.layer": "kan"})
   for width in _parse(arg)[1]["widths"]:
-    add(**{"model.layer": "linear", "model.hidden": (width, width), "train.grid_update_every": 0,
-           "train.grid_extend": ()})
+    add(**{"model.layer": "linear", "model.hidden": (width, width), "train.kan_grid.update_every": 0,
+           "train.kan_grid.extend": ()})
 
 
 def rmse_points(run: dict) -> list[dict]:

@@ -51,6 +51,7 @@ import os
 import statistics
 
 from experiments import common
+from models.lm import LM_SIZES
 
 N_EXPERTS = 8
 DEEPSEEK_V3 = dict(n_shared=1, score="sigmoid", renormalize=True, routed_scale=2.5, bias_update_rate=1e-3,
@@ -101,7 +102,7 @@ def get_config(arg: str | None = None):
   common.pretraining_data(c, seq_len=1024)
   c.optim.update(common.adamw(lr=3e-4, warmup=2000, schedule="cosine", clip=1.0))
   common.pod_scale(c)
-  n_layers = common.LM_SIZES[arg.size]["n_layers"]
+  n_layers = LM_SIZES[arg.size]["n_layers"]
   if arg.local:
     c = common.shrink_for_cpu(c, steps=300)
     n_layers = 2

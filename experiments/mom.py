@@ -17,6 +17,7 @@ key-value pairs), and a slightly lower LM loss; paper: MoM beats GDN on recall-h
 """
 
 from experiments import common
+from models.lm import LM_SIZES
 
 MIXERS = ("mom", "gated_delta_net")
 TASKS = ("mqar", "text")
@@ -39,7 +40,7 @@ def get_config(arg: str | None = None):
     common.pretraining_data(c, seq_len=2048)
   c.optim.update(common.adamw(lr=3e-4, warmup=1000, schedule="cosine", clip=1.0))
   common.pod_scale(c)
-  n_layers = common.LM_SIZES[arg.size]["n_layers"]
+  n_layers = LM_SIZES[arg.size]["n_layers"]
   if arg.local:
     c = common.shrink_for_cpu(c, steps=400)
     c.optim.update(dict(lr=3e-3, weight_decay=0.0 if arg.task == "mqar" else 0.1))

@@ -237,6 +237,44 @@ def plot_curves(cells: list[dict], pairs, path: str) -> None:
   plt.close(fig)
 
 
+def plot_state_size(root: str) -> str | None:
+  """<root>/mqar_accuracy.png: answer accuracy vs decoding-state size (KV cache or recurrent state, bytes per
+  sequence) per variant of the MQAR runs under root (the swept keys but width); vs model width when a run did
+  not log its state size. None without MQAR runs."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  runs = report.collect(root)
+  keys = report.swept_keys(runs)
+  rows = [report.summarize(r, keys) for r in runs]
+  variant, _ = report.split_keys(rows, keys)
+  by_state = all(row["decode_state_bytes"] for row in rows)
+  points: dict[str, list[tuple]] = defaultdict(list)
+  for run, row in zip(runs, rows):
+    acc = row["eval_accuracy"] if row["eval_accuracy"] is not None else row["accuracy"]
+    if run["config"].get("data.name") == "mqar" and acc is not None:
+      label = report.variant_label(row, [k for k in variant if k != "model.d_model"])
+      x = row["decode_state_bytes"] if by_state else run["config"].get("model.d_model")
+      points[label].append((x, acc))
+  if not points:
+    return None
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for label, pts in sorted(points.items()):
+    ax.plot(*zip(*sorted(pts)), marker="o", label=label)
+  for chance in sorted({r["eval_unigram_accuracy"] for r in rows if r["eval_unigram_accuracy"] is not None}):
+    ax.axhline(chance, color="gray", ls="--", lw=0.8, label=f"chance {chance:.3g}")
+  ax.set_xscale("log", base=2)
+  ax.set_ylim(-0.02, 1.02)
+  xlabel = "decoding state per sequence (bytes)" if by_state else "model width d_model"
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("MQAR answer accuracy")
+  ax.set_title(f"MQAR accuracy vs {xlabel.split(' (')[0]}")
+  ax.legend(fontsize=6)
+  return report.save_figure(fig, os.path.join(root, "mqar_accuracy.png"))
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description="Run the MQAR grid (train.sweep), then write its tables + plots.")
   parser.add_argument("--scale", choices=sorted(SCALES), default="local")
@@ -265,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     f.write(text + "\n")
   plot(cells, widths, pairs, os.path.join(root, "mqar_study.png"))
   plot_curves(cells, pairs, os.path.join(root, "mqar_curves.png"))
-  print("\n" + text + f"\n\nwrote {root}/mqar_study.{{json,md,png}}, mqar_curves.png and the report")
+  plot_state_size(root)
+  print("\n" + text + f"\n\nwrote {root}/mqar_study.{{json,md,png}}, mqar_curves.png, mqar_accuracy.png and the report")
 
 
 if __name__ == "__main__":

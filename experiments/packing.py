@@ -40,6 +40,7 @@ import os
 import statistics
 
 from experiments import common
+from models.lm import LM_SIZES
 
 MIXERS = ("attention", "gated_delta_net")
 SCALES = {
@@ -54,7 +55,7 @@ def get_config(arg: str | None = None):
     raise ValueError(f"mixer must be one of {MIXERS}, got {arg.mixer!r}")
   s = SCALES["local" if arg.local else "paper"]
   c = common.lm_config(s["size"])
-  n_layers = common.LM_SIZES[s["size"]]["n_layers"]
+  n_layers = LM_SIZES[s["size"]]["n_layers"]
   if arg.local:
     common.text_data(c, corpus="stdlib_docstrings", seq_len=s["seq_len"])
     c = common.shrink_for_cpu(c, steps=s["steps"], n_layers=n_layers)
@@ -73,7 +74,7 @@ def get_config(arg: str | None = None):
 def sweep(add, arg: str | None = None):
   """mixer x masking x seed at the scale the ARG names."""
   s = SCALES["local" if "local" in (arg or "") else "paper"]
-  n_layers = common.LM_SIZES[s["size"]]["n_layers"]
+  n_layers = LM_SIZES[s["size"]]["n_layers"]
   for mixer in MIXERS:
     for masking in (True, False):
       for seed in s["seeds"]:

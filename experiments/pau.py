@@ -79,7 +79,7 @@ def sweep(add) -> None:
 
 
 def main() -> None:
-  from layers.activations import plot
+  from experiments import activation_plots as plot
   from train import report
 
   parser = argparse.ArgumentParser(description="PAU comparison report: table, loss curves, learned shapes.")

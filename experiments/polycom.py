@@ -5,9 +5,9 @@ PolyReLU(x) = w0 relu(x)³ + w1 relu(x)² + w2 relu(x) + b and PolyNorm(x) = w0 
 "activation" optimizer group. They sit in a non-gated FFN 3/2 as wide as the SwiGLU FFN they
 replace, so every variant has the same parameter count (2·d·(3/2·d_ff) = 3·d·d_ff).
 
-Paper scale (1B dense: d_model 2048, 24 layers, SwiGLU d_ff 5632 -> PolyCom hidden 8448; TPU / GPU;
+Paper scale (1B dense = LM size "1.3b": d_model 2048, 24 layers, SwiGLU d_ff 5632 -> PolyCom hidden 8448; TPU / GPU;
 bf16, FSDP; C4 from TFDS, or data.tfds_name=..., with your corpus's SentencePiece model TOK):
-  python -m train --config experiments/polycom.py:size=1b,variant=polynorm --workdir gs://bucket/polynorm-1b \
+  python -m train --config experiments/polycom.py:size=1.3b,variant=polynorm --workdir gs://bucket/polynorm-1b \
     --config.data.spm_model=TOK
 Local (2 CPU cores, a few minutes a run, byte-level text):
   python -m train --config experiments/polycom.py:local,variant=polynorm --workdir runs/polycom/polynorm
@@ -18,7 +18,7 @@ Expect: paper (1B dense, 250B tokens) PolyNorm vs SwiGLU train loss 2.17 vs 2.19
 noise of each other, PolyNorm typically at or slightly below SwiGLU.
 MoE variant (paper: OLMoE-style 1B active / 7B total, 64 experts, top-8; local: 8 experts, top-2),
 every expert the variant's ffn at 1/top_k of its width, so active parameters match the dense run:
-  python -m train --config experiments/polycom.py:size=1b,variant=polynorm,moe --workdir gs://bucket/polynorm-moe \
+  python -m train --config experiments/polycom.py:size=1.3b,variant=polynorm,moe --workdir gs://bucket/polynorm-moe \
     --config.data.spm_model=TOK
   python -m train --config experiments/polycom.py:local,variant=polynorm,moe --workdir runs/polycom/polynorm-moe
 Expect (paper): PolyNorm experts ~0.02 lower validation loss than SwiGLU experts on all 11 sets.
@@ -27,6 +27,7 @@ Expect (paper): PolyNorm experts ~0.02 lower validation loss than SwiGLU experts
 import argparse
 
 from experiments import common
+from models.lm import LM_SIZES
 
 VARIANTS = ("swiglu", "polyrelu", "polynorm")
 SEEDS = (0,)
@@ -50,12 +51,12 @@ def moe_ffn_options(variant: str, d_ff: int, n_experts: int, top_k: int) -> dict
 
 
 def get_config(arg: str | None = None):
-  arg = common.parse_arg(arg, size="1b", variant="polynorm", local=False, moe=False)
+  arg = common.parse_arg(arg, size="1.3b", variant="polynorm", local=False, moe=False)
   c = common.lm_config(size=arg.size)
   common.pretraining_data(c, seq_len=2048)
   c.optim.update(common.adamw(lr=3e-4, warmup=2000, schedule="cosine", clip=1.0, weight_decay=0.1))
   common.pod_scale(c)
-  n_layers = common.LM_SIZES[arg.size]["n_layers"]
+  n_layers = LM_SIZES[arg.size]["n_layers"]
   if arg.local:
     c = common.shrink_for_cpu(c, steps=300)
     n_layers = 2

@@ -75,6 +75,7 @@ def main() -> None:
   parser.add_argument("--parallel", type=int, default=2)
   parser.add_argument("--tasks", default=",".join(TASKS))
   args = parser.parse_args()
+  from experiments import mqar_study
   from train import report
   from train import sweep as sweep_lib
 
@@ -85,6 +86,8 @@ def main() -> None:
     if code:
       raise SystemExit(f"quickstart {task} sweep failed; see {root}/*/log.txt")
     result = report.report(root)
+    if task == "mqar":
+      result["plots"].append(mqar_study.plot_state_size(root))
     print(f"\n## {task}: per mixer, mean ± std over seeds (n); loss in nats per token, train loss smoothed; "
           "eval_se: the eval set's standard error of loss / accuracy\n")
     print(result["markdown"])

@@ -13,8 +13,11 @@ from layers.core import Linear
 
 
 class MLP(nnx.Module):
-  def __init__(self, ctx: LayerContext, hidden: int, activation: str, *, use_bias: bool, rngs: nnx.Rngs,
-               activation_options: dict | None = None):
+  """Plain MLP; hidden defaults to ctx.d_ff, activation to ctx.activation."""
+
+  def __init__(self, ctx: LayerContext, *, hidden: int = 0, activation: str = "", use_bias: bool = False,
+               activation_options: dict | None = None, rngs: nnx.Rngs):
+    hidden, activation = hidden or ctx.d_ff, activation or ctx.activation
     kw = dict(use_bias=use_bias, dtype=ctx.dtype, param_dtype=ctx.param_dtype, rngs=rngs)
     self.up = Linear(ctx.d_model, hidden, axes=("embed", "mlp"), **kw)
     self.act = registry.build("activation", activation, ctx.with_features(hidden), rngs=rngs,
@@ -26,8 +29,12 @@ class MLP(nnx.Module):
 
 
 class GLU(nnx.Module):
-  def __init__(self, ctx: LayerContext, hidden: int, activation: str, *, use_bias: bool, rngs: nnx.Rngs,
-               activation_options: dict | None = None):
+  """Gated feed-forward with any registered activation on the gate branch; hidden defaults to ctx.d_ff,
+  activation to ctx.activation."""
+
+  def __init__(self, ctx: LayerContext, *, hidden: int = 0, activation: str = "", use_bias: bool = False,
+               activation_options: dict | None = None, rngs: nnx.Rngs):
+    hidden, activation = hidden or ctx.d_ff, activation or ctx.activation
     kw = dict(use_bias=use_bias, dtype=ctx.dtype, param_dtype=ctx.param_dtype, rngs=rngs)
     self.gate = Linear(ctx.d_model, hidden, axes=("embed", "mlp"), **kw)
     self.up = Linear(ctx.d_model, hidden, axes=("embed", "mlp"), **kw)
@@ -39,23 +46,11 @@ class GLU(nnx.Module):
     return self.down(self.act(self.gate(x)) * self.up(x))
 
 
-def mlp(ctx: LayerContext, *, rngs: nnx.Rngs, hidden: int = 0, activation: str = "",
-        use_bias: bool = False, activation_options: dict | None = None) -> MLP:
-  """Plain MLP; hidden defaults to ctx.d_ff, activation to ctx.activation."""
-  return MLP(ctx, hidden or ctx.d_ff, activation or ctx.activation, use_bias=use_bias, rngs=rngs,
-             activation_options=activation_options)
-
-
-def glu(ctx: LayerContext, *, rngs: nnx.Rngs, hidden: int = 0, activation: str = "",
-        use_bias: bool = False, activation_options: dict | None = None) -> GLU:
-  """Gated feed-forward with any registered activation on the gate branch."""
-  return GLU(ctx, hidden or ctx.d_ff, activation or ctx.activation, use_bias=use_bias, rngs=rngs,
-             activation_options=activation_options)
-
-
 def _fixed_glu(act: str):
+  """A GLU constructor with the activation fixed (its registry entry takes no activation options)."""
+
   def ctor(ctx: LayerContext, *, rngs: nnx.Rngs, hidden: int = 0, use_bias: bool = False) -> GLU:
-    return GLU(ctx, hidden or ctx.d_ff, act, use_bias=use_bias, rngs=rngs)
+    return GLU(ctx, hidden=hidden, activation=act, use_bias=use_bias, rngs=rngs)
 
   ctor.__doc__ = f"GLU feed-forward with {act} on the gate."
   return ctor

@@ -18,6 +18,7 @@ import inspect
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from layers import registry, segments
@@ -28,6 +29,15 @@ from models.block_pattern import parse, parse_groups
 from models.scanned import Layers, ScannedGroup, check_stackable
 
 NONE = "none"
+# d_model, n_layers, n_heads, d_ff (SwiGLU hidden). GPT-3 / Llama-style shapes; "1.3b" is also the 1B dense
+# model of PolyCom and OLMo (about 1.2B parameters outside the embeddings).
+LM_SIZES = {
+  "tiny": dict(d_model=64, n_layers=2, n_heads=2, d_ff=192),
+  "small": dict(d_model=128, n_layers=4, n_heads=4, d_ff=384),
+  "125m": dict(d_model=768, n_layers=12, n_heads=12, d_ff=2048),
+  "340m": dict(d_model=1024, n_layers=24, n_heads=16, d_ff=2816),
+  "1.3b": dict(d_model=2048, n_layers=24, n_heads=16, d_ff=5632),
+}
 ACTIVATION = ("batch", "length", "embed")  # the residual stream [B, T, D]
 # model.remat: what a block keeps for the backward pass; the rest is recomputed (jax.checkpoint policies)
 REMAT = {
@@ -36,6 +46,20 @@ REMAT = {
   "dots": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute elementwise work
   "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight matmuls, not attention scores
 }
+
+
+def lm_model_config(size: str | None = None) -> ml_collections.ConfigDict:
+  """The LM's `config.model` section, every option with its default: a 2-layer attention + SwiGLU LM of
+  width 128, or the shape of `size` (an LM_SIZES key: width, heads, SwiGLU width, layers)."""
+  if size is not None and size not in LM_SIZES:
+    raise ValueError(f"unknown LM size {size!r}; known: {sorted(LM_SIZES)}")
+  shape = LM_SIZES[size] if size else dict(d_model=128, n_layers=2, n_heads=4, d_ff=384)
+  return ml_collections.ConfigDict(dict(
+    kind="lm", vocab_size=256, d_model=shape["d_model"], n_heads=shape["n_heads"], n_kv_heads=0, head_dim=0,
+    d_ff=shape["d_ff"], activation="gelu", norm="rmsnorm", blocks=f"(attention, swiglu) * {shape['n_layers']}",
+    options=ml_collections.ConfigDict(), tie_embeddings=True,
+    dtype="float32", param_dtype="float32", remat="none", scan_layers=False,
+  ))
 
 
 def remat_policy(name: str | bool):

@@ -79,12 +79,12 @@ class ScannedGroup(nnx.Module):
     return nnx.merge(graphdef, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state))
 
   def flops_per_token(self, seq_len: int) -> float:
-    from layers.flops import forward_flops_per_token
+    from layers.forward_flops import forward_flops_per_token
 
     return self.count * forward_flops_per_token(self._one(), seq_len)
 
   def active_params(self) -> float:
-    from layers.flops import active_params
+    from layers.forward_flops import active_params
 
     return self.count * active_params(self._one())
 

@@ -119,8 +119,8 @@ def test_polycom_ffn_matches_swiglu_parameters():
 @pytest.mark.parametrize("activation, options", [("group_rational", {"groups": 4}), ("polynorm", {})])
 def test_sharded_ffn_equals_unsharded(activation, options):
   """Hidden features split over the tensor axis: groups and PolyNorm's feature RMS must not notice."""
-  from experiments.common import DEFAULT_RULES
   from train import mesh as mesh_lib
+  from train.mesh import DEFAULT_RULES
 
   ctx = LayerContext(d_model=16, d_ff=32)
   ffn = registry.build("ffn", "mlp", ctx, rngs=nnx.Rngs(0), activation=activation, activation_options=options)

@@ -5,7 +5,7 @@ import numpy as np
 from flax import nnx
 
 import models
-from layers.activations import plot
+from experiments import activation_plots as plot
 from train import checkpoint
 from train import config as config_lib
 

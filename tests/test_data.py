@@ -259,3 +259,11 @@ def test_docstring_corpus_documents():
   source = b'"""Module."""\ndef f():\n  """Eff."""\nclass C:\n  """See."""\n  def g(self):\n    return 1\n'
   assert docstrings(source) == [b"Module.", b"Eff.", b"See."]  # g has none
   assert docstrings(b"def broken(:\n") == []
+
+
+def test_a_missing_toy_dataset_package_names_the_extra():
+  from train.data import registry
+
+  missing = r"data.name='digits' needs no_such_toy_package.datasets .*pip install -e '\.\[toy\]'"
+  with pytest.raises(ValueError, match=missing):
+    registry.toy_dataset_module("no_such_toy_package.datasets", "digits")

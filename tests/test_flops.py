@@ -9,7 +9,7 @@ from flax import nnx
 
 from layers import registry
 from layers.context import LayerContext
-from layers.flops import causal_context, forward_flops_per_token
+from layers.forward_flops import causal_context, forward_flops_per_token
 from layers.linear_attention.ops.cost import recurrence_flops_per_token
 
 CTX = LayerContext(d_model=32, n_heads=2, n_kv_heads=2, d_ff=64)
@@ -47,7 +47,7 @@ def test_moe_counts_only_active_experts():
 
 
 def test_moe_active_parameters():
-  from layers.flops import active_params
+  from layers.forward_flops import active_params
 
   def params(name, **options):
     return active_params(nnx.eval_shape(lambda: registry.build("ffn", name, CTX, rngs=nnx.Rngs(0), **options)))

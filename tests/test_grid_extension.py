@@ -1,9 +1,12 @@
-"""KAN grid extension in the shared loop (train.grid_extend): shapes and parameter counts grow at the
-scheduled steps, the function is kept across an extension, the optimizer restarts without rewinding
-its lr schedule, a run killed after an extension resumes into the extended shapes, bad schedules fail."""
+"""KAN grid extension in the shared loop (train.kan_grid.extend, the train/kan_grid.py hook): shapes and
+parameter counts grow at the scheduled steps, the function is kept across an extension, the optimizer
+restarts without rewinding its lr schedule, a run killed after an extension resumes into the extended shapes,
+bad schedules fail."""
 
+import json
 import os
 
+import chex
 import jax
 import numpy as np
 import optax
@@ -12,7 +15,7 @@ from flax import nnx
 
 import models
 from experiments import kan
-from train import checkpoint, loop, metrics
+from train import checkpoint, config_changes, kan_grid, loop, metrics
 from train import config as config_lib
 from train import mesh as mesh_lib
 from train import state as state_lib
@@ -22,13 +25,12 @@ from train.validate import validate
 SCHEDULE = ((2, 8), (5, 12))  # grid 5 for steps 1-2, 8 for steps 3-5, 12 for step 6
 
 
-def _config(**train):
+def _config(extend=SCHEDULE):
   c = kan.get_config("local,grid=5")  # exp_sin, KAN [2, 1, 1]
   c.data.batch_size = 40
   c.train.update(dict(steps=6, log_every=1, eval_every=6, eval_steps=1, ckpt_every=2, keep_ckpts=2,
-                      async_ckpt=False, progress=False, tensorboard=False, grid_update_every=0,
-                      grid_extend=SCHEDULE))
-  c.train.update(train)
+                      async_ckpt=False, progress=False, tensorboard=False))
+  c.train.kan_grid.update(dict(update_every=0, extend=extend))
   return c
 
 
@@ -38,7 +40,7 @@ def _kan_params(grid: int) -> int:
 
 
 def _final_state(c, workdir) -> dict:
-  program = loop.build_program(loop.config_at(c, c.train.steps), mesh_lib.make_mesh(c.mesh.shape))
+  program = loop.build_program(kan_grid.config_at(c, c.train.steps), mesh_lib.make_mesh(c.mesh.shape))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=2, keep=2)
   state, _, _ = ckpt.restore(c.train.steps, program.setup.abstract_state)
   ckpt.close()
@@ -68,7 +70,7 @@ def test_loop_extends_the_grid_at_the_scheduled_steps(uninterrupted):
 def test_models_load_builds_the_grid_in_force_at_the_checkpoint(uninterrupted):
   workdir, _ = uninterrupted
   loaded = nnx.to_pure_dict(nnx.state(models.load(str(workdir)), nnx.Param))
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded), _final_state(_config(), workdir)["params"])
+  chex.assert_trees_all_equal(jax.device_get(loaded), _final_state(_config(), workdir)["params"])
 
 
 def test_extension_keeps_the_function_and_restarts_the_optimizer():
@@ -93,7 +95,7 @@ def test_extension_keeps_the_function_and_restarts_the_optimizer():
     for new_layer, layer in zip(no_splines.values(), old["params"]["layers"].values()):
       new_layer["base_kernel"] = layer["base_kernel"]
     spline_part = program.eval_step({**old, "params": {"layers": no_splines}}, batch)
-    new, state = loop.extend_grid(program, loop.config_at(c, 2), old, batch)
+    new, state = kan_grid.extend_grid(program, kan_grid.config_at(c, 2), old, batch, loop.build_program)
     after = new.eval_step(state, batch)
     # The G=5 cubic is not exactly in the G=8 space (knots move to the data's quantiles), so the
     # refit is close, not exact: it keeps > 99% of the splines' mean-square contribution.
@@ -135,7 +137,7 @@ def test_resume_after_kills_restores_the_extended_shapes(uninterrupted, tmp_path
   loop.run(c, str(tmp_path))
   a, b = metrics.read(workdir_a), metrics.read(tmp_path)
   assert [(r["step"], r["loss"], r["params"]) for r in a] == [(r["step"], r["loss"], r["params"]) for r in b]
-  jax.tree.map(np.testing.assert_array_equal, _final_state(c, workdir_a), _final_state(c, tmp_path))
+  chex.assert_trees_all_equal(_final_state(c, workdir_a), _final_state(c, tmp_path))
 
 
 @pytest.mark.parametrize("schedule,match", [
@@ -149,15 +151,32 @@ def test_resume_after_kills_restores_the_extended_shapes(uninterrupted, tmp_path
 ])
 def test_bad_schedules_fail_before_anything_is_built(schedule, match):
   with pytest.raises(config_lib.ConfigError, match=match):
-    validate(_config(grid_extend=schedule), num_devices=8, process_count=1)
+    validate(_config(extend=schedule), num_devices=8, process_count=1)
 
 
 def test_schedule_needs_kan_layers_and_survives_a_saved_config(tmp_path):
   mlp = kan.get_config("local,layer=linear,width=4")
-  mlp.train.grid_extend = SCHEDULE
-  with pytest.raises(config_lib.ConfigError, match=r"grid_extend is set but model kind 'mlp' \(layer 'linear'\)"):
+  mlp.train.kan_grid.extend = SCHEDULE
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"kan_grid.extend is set but model kind 'mlp' \(layer 'linear'\)"):
     validate(mlp, num_devices=8, process_count=1)
   config_lib.save(_config(), str(tmp_path))  # JSON turns the pairs into lists
   saved = config_lib.load(str(tmp_path / "config.json"))
   validate(saved, num_devices=8, process_count=1)
-  assert [loop.config_at(saved, s).model.grid_size for s in range(7)] == [5, 5, 8, 8, 8, 12, 12]
+  assert [kan_grid.config_at(saved, s).model.grid_size for s in range(7)] == [5, 5, 8, 8, 8, 12, 12]
+
+
+def test_a_config_saved_before_the_kan_grid_section_loads_into_todays_layout(tmp_path):
+  """config.json of an earlier version: KAN keys under train.grid_*, no keys added since (eval_top_k,
+  profile_steps, ...). Loading it moves and fills them, so the run relaunches and resumes as before."""
+  c = _config()
+  old = json.loads(c.to_json())
+  old["train"].update({f"grid_{k}": v for k, v in old["train"]["kan_grid"].items()})
+  for key in ("kan_grid", "eval_top_k", "profile_steps", "compilation_cache_dir", "memory_check"):
+    del old["train"][key]
+  del old["mesh"]["dcn_shape"]
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  loaded = config_lib.load(str(tmp_path / "config.json"))
+  assert config_changes.diff(loaded.to_dict(), c.to_dict()) == {}
+  assert config_changes.diff(config_lib.upgrade(old)[0], c.to_dict()) == {}  # a checkpoint's saved config too
+  assert [kan_grid.config_at(loaded, s).model.grid_size for s in range(7)] == [5, 5, 8, 8, 8, 12, 12]

@@ -79,7 +79,7 @@ def test_scaling_study_sweep_validates_and_reads_rmse_vs_params(tmp_path):
   assert [r.overrides["model.layer"] for r in runs] == ["kan", "linear", "linear", "linear"]
   for r in runs:
     validate(sweep.resolve("experiments/kan.py:local", r.overrides), num_devices=1, process_count=1)
-  assert kan.get_config("local").train.grid_extend == ((300, 5), (600, 10))
+  assert kan.get_config("local").train.kan_grid.extend == ((300, 5), (600, 10))
 
   def write(name, config, records):
     config_lib.save(config, str(tmp_path / name))

@@ -5,6 +5,7 @@ once per optimizer step so gradient accumulation equals one big batch, checkpoin
 import doctest
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -193,8 +194,7 @@ def test_grad_accumulation_equals_full_batch_bias_included():
     assert np.abs(b_full).max() > 0  # two updates of +-0.05 happened
     np.testing.assert_array_equal(b_acc, b_full)
   np.testing.assert_allclose(m_acc["loss"], m_full["loss"], rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6),
-               s_acc["params"], s_full["params"])
+  chex.assert_trees_all_close(jax.device_get(s_acc["params"]), jax.device_get(s_full["params"]), rtol=2e-4, atol=2e-6)
   assert {"layers/moe_expert_load/0", "layers/moe_expert_load/1", "layers/moe_balance_bias/1",
           "layers/moe_dropped_fraction/0", "aux/moe_seq_balance"} <= set(m_full)
 
@@ -212,7 +212,7 @@ def test_bias_saved_in_checkpoints_and_resume_continues_exactly(tmp_path):
     np.testing.assert_array_equal(a, b)
   after, _ = program.train_step(state, batches[1])
   resumed, _ = program.train_step(restored, batches[1])
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), jax.device_get(after))
+  chex.assert_trees_all_equal(jax.device_get(resumed), jax.device_get(after))
 
 
 def test_generate_with_moe_is_greedy_forward_and_counts_nothing():

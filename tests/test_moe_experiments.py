@@ -7,7 +7,7 @@ from flax import nnx
 
 import models
 from experiments import moe
-from layers.flops import active_params
+from layers.forward_flops import active_params
 from train import sweep
 from train.validate import validate
 

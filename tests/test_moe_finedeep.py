@@ -12,7 +12,7 @@ from flax import nnx
 from layers import registry
 from layers.aux import AuxLoss, LayerMetric
 from layers.context import LayerContext
-from layers.flops import active_params, forward_flops_per_token
+from layers.forward_flops import active_params, forward_flops_per_token
 from layers.moe import finedeep
 
 CTX = LayerContext(d_model=8, d_ff=48)

@@ -15,7 +15,7 @@ import models
 from layers import registry
 from layers.aux import AuxLoss, LayerMetric
 from layers.context import LayerContext
-from layers.flops import active_params, forward_flops_per_token
+from layers.forward_flops import active_params, forward_flops_per_token
 from layers.moe import mohd
 from tests.foundation_configs import tiny_lm
 

@@ -6,7 +6,7 @@ from flax import nnx
 
 import models
 from experiments import finedeep, mohd, smoe_dropout
-from layers.flops import active_params
+from layers.forward_flops import active_params
 from train import sweep
 from train.validate import validate
 

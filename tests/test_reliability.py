@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -49,6 +50,16 @@ def base(tmp_path_factory):
 def workdir(base, tmp_path):
   shutil.copytree(base / "run", tmp_path / "run")
   return tmp_path / "run"
+
+
+def test_evals_happen_on_eval_every_even_between_log_steps(tmp_path):
+  # eval_every 2 is no multiple of log_every 3: evals at 2 and 4 still happen (the step is logged for them)
+  c = _config()
+  c.train.update(dict(log_every=3, eval_every=2, ckpt_every=4))
+  loop.run(c, str(tmp_path / "run"))
+  records = metrics.read(tmp_path / "run")
+  assert [r["step"] for r in records] == [2, 3, 4]
+  assert ["eval_loss" in r for r in records] == [True, False, True]
 
 
 def _cli(capsys, base, workdir, *args) -> tuple[int, str]:
@@ -279,7 +290,7 @@ def test_restore_falls_back_past_a_corrupt_checkpoint(case, workdir, program, st
   ckpt.close()
   err = capfd.readouterr().err
   assert step == 2 and meta["step"] == 2 and data == {"next_index": 16}
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), step2_state)
+  chex.assert_trees_all_equal(jax.device_get(state), step2_state)
   line = _one_line(err, "checkpoint 4 skipped:")
   assert f"{workdir}/checkpoints/{named}" in line
   [kept] = glob.glob(str(workdir / "skipped_checkpoints" / "4-*"))  # moved aside, never deleted
@@ -351,7 +362,7 @@ def test_nonfinite_step_is_never_saved(tmp_path, monkeypatch):
   ("optim.decay_fraction", 1.5, r"optim.decay_fraction=1.5 is out of range"),
   ("optim.groups.activation.lr_mult", -1.0, r"optim.groups.activation.lr_mult=-1.0 is out of range"),
   ("train.label_smoothing", 1.0, r"train.label_smoothing=1.0 is out of range"),
-  ("train.grid_update_every", -1, r"train.grid_update_every=-1 is out of range"),
+  ("train.kan_grid.update_every", -1, r"train.kan_grid.update_every=-1 is out of range"),
   ("model.d_ff", 0, r"model.d_ff=0 is out of range"),
   ("data.seq_len", 0, r"data.seq_len=0 is out of range"),
   ("data.augment.erase_prob", 1.5, r"data.augment.erase_prob=1.5 is out of range"),

@@ -13,7 +13,7 @@ from flax import nnx
 
 import models
 from layers.aux import AuxLoss, LayerMetric
-from layers.flops import active_params, forward_flops_per_token
+from layers.forward_flops import active_params, forward_flops_per_token
 from models.block_pattern import parse_groups
 from models.lm import generate
 from tests.foundation_configs import tiny_lm

@@ -55,10 +55,11 @@ def test_evaluate_reports_standard_errors():
   assert out["eval_accuracy_se"] == pytest.approx(math.sqrt((2 / 3) * (1 / 3) / 6))
 
 
-def _run(root, name, seed, losses, eval_loss, se):
+def _run(root, name, seed, losses, eval_loss, se, steps=None):
   d = root / name
   d.mkdir(parents=True)
-  (d / "config.json").write_text(json.dumps({"model": {"blocks": "(gla, swiglu) * 2"}, "seed": seed}))
+  (d / "config.json").write_text(json.dumps({"model": {"blocks": "(gla, swiglu) * 2"}, "seed": seed,
+                                             "train": {"steps": steps or len(losses)}}))
   with open(d / "metrics.jsonl", "w") as f:
     for step, loss in enumerate(losses, 1):
       rec = {"step": step, "loss": loss, "flops_per_step": 1e9, "params": 1000}
@@ -79,6 +80,14 @@ def test_report_table_smooths_train_loss_and_shows_seed_spread_and_eval_error(tm
   assert "| 0.02 / - |" in row  # mean eval standard error of the loss; no accuracy
   assert result["baselines"] == ["eval set's input-blind baseline (unigram / chance): loss 5.25, accuracy 0.0625"]
   assert any(p.endswith("seed_spread.png") for p in result["plots"])
+
+
+def test_report_table_marks_unfinished_runs(tmp_path):
+  _run(tmp_path, "seed-0", 0, [3.0] * 40, 2.5, 0.01)
+  _run(tmp_path, "seed-1", 1, [3.0] * 20, 2.7, 0.03, steps=40)  # stopped at step 20 of 40: mid-run numbers
+  result = report.report(str(tmp_path))
+  assert [r["finished"] for r in result["rows"]] == [True, False]
+  assert "| 2 (1 unfinished) |" in result["markdown"].splitlines()[2]
 
 
 def test_ema_is_debiased_and_follows_a_step():

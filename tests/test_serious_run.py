@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,7 +123,7 @@ def test_load_has_the_checkpoint_parameters_and_sample_continues_a_prompt(text_r
   state, _, _ = ckpt.restore(4, program.setup.abstract_state)
   ckpt.close()
   loaded = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), loaded, state["params"])
+  chex.assert_trees_all_equal(jax.device_get(loaded), jax.device_get(state["params"]))
   earlier = nnx.to_pure_dict(nnx.state(models.load(workdir, step=2), nnx.Param))
   assert not np.array_equal(np.asarray(earlier["embed"]["embedding"]), np.asarray(loaded["embed"]["embedding"]))
 

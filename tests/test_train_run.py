@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -158,8 +159,7 @@ def test_restore_onto_a_different_mesh(run_config, uninterrupted):
   assert data_same == data_other
   leaves_other = jax.tree.leaves(s_other["params"])
   assert any("tensor" in str(x.sharding.spec) for x in leaves_other)
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               s_same["params"], s_other["params"])
+  chex.assert_trees_all_equal(jax.device_get(s_same["params"]), jax.device_get(s_other["params"]))
   batch = next(iter([loop.pipeline.build(run_config.data, split="train", seed=0, train=True, batch_size=8)]))
   new_state, m = other.train_step(s_other, loop.global_batch(next(batch), other.batch_sharding))
   assert np.isfinite(float(m["loss"])) and int(new_state["step"]) == step + 1

@@ -1,5 +1,6 @@
 """The sharded train step: mesh equivalence, real updates, grad accumulation, schedules, groups."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,8 +52,7 @@ def test_sharded_step_equals_single_device(config, program):
   for a, b in zip(m8, m1):
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
     np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6),
-               s8["params"], s1["params"])
+  chex.assert_trees_all_close(jax.device_get(s8["params"]), jax.device_get(s1["params"]), rtol=2e-4, atol=2e-6)
 
 
 def test_params_and_optimizer_state_really_change(config, program):
@@ -85,8 +85,7 @@ def test_gradient_accumulation_matches_full_batch(config, program):
     config.optim.grad_accum = 1
   np.testing.assert_allclose(m_acc[0]["loss"], m_full[0]["loss"], rtol=1e-5)
   np.testing.assert_allclose(m_acc[0]["grad_norm"], m_full[0]["grad_norm"], rtol=1e-4)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6),
-               acc["params"], full["params"])
+  chex.assert_trees_all_close(jax.device_get(acc["params"]), jax.device_get(full["params"]), rtol=2e-4, atol=2e-6)
 
 
 def test_schedules():
@@ -198,10 +197,10 @@ def test_bf16_compute_keeps_fp32_params_and_optimizer_state():
 
 def test_kan_grid_update_in_the_shared_loop(tmp_path):
   from train import config as config_lib
-  from train import loop
+  from train import kan_grid, loop
 
   c = config_lib.load("experiments/kan.py:local,grid=5")
-  config_lib.apply_overrides(c, ["--config.train.grid_update_every=2", "--config.train.steps=4",
+  config_lib.apply_overrides(c, ["--config.train.kan_grid.update_every=2", "--config.train.steps=4",
                                  "--config.train.progress=false", "--config.mesh.shape.data=8",
                                  "--config.data.batch_size=200"])
   p = build_program(c, mesh_lib.make_mesh(c.mesh.shape))
@@ -211,7 +210,9 @@ def test_kan_grid_update_in_the_shared_loop(tmp_path):
   before = jax.device_get(state)
   predict = jax.jit(lambda s, x: state_lib.model_from(p.setup, s)(x))
   y_before = predict(state, batch["inputs"])
-  state = p.grid_update(state, batch)
+  hook = kan_grid.KanGrid(c, build_program)
+  hook.check(p)
+  state = hook.update(p)(state, batch)
   after = jax.device_get(state)
   grids = [(a, b) for a, b in zip(jax.tree.leaves(before["rest"]), jax.tree.leaves(after["rest"]))]
   assert grids and all(not np.allclose(a, b) for a, b in grids)  # knots moved to the data
@@ -219,6 +220,6 @@ def test_kan_grid_update_in_the_shared_loop(tmp_path):
   summary = loop.run(c, str(tmp_path))  # the loop calls it every 2 steps
   assert summary["steps"] == 4 and np.isfinite(summary["eval_loss"])
   lm = tiny_lm()
-  lm.train.grid_update_every = 2
-  with pytest.raises(config_lib.ConfigError, match=r"grid_update_every.*no update_grid"):
-    build_program(lm, mesh_lib.make_mesh(c.mesh.shape))
+  lm.train.kan_grid.update_every = 2
+  with pytest.raises(config_lib.ConfigError, match=r"kan_grid.update_every.*no update_grid"):
+    kan_grid.KanGrid(lm, build_program).check(build_program(lm, mesh_lib.make_mesh(c.mesh.shape)))

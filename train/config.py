@@ -22,8 +22,72 @@ from train import paths
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+# Keys that moved since runs were saved (old dotted key -> new one); `upgrade` applies them.
+MOVED = {
+  "train.grid_update_every": "train.kan_grid.update_every",
+  "train.grid_update_until": "train.kan_grid.update_until",
+  "train.grid_extend": "train.kan_grid.extend",
+}
+
+# Keys added after runs began saving config.json, each with the value that reproduces what a run saved before
+# it existed did (not always today's default: before data.document_masking, rows were the leaky baseline).
+PREDATED = {"data.packing": "concat", "data.document_masking": False}
+
+
 class ConfigError(ValueError):
   """A config problem the user can fix; the message says what and how."""
+
+
+def run_defaults() -> dict[str, ml_collections.ConfigDict]:
+  """The sections every run has whatever its model, with their defaults from the modules that read them."""
+  from train import loop, optim  # they import this module
+  from train import mesh as mesh_lib
+  from train.data import pipeline
+
+  return {"data": pipeline.defaults(), "optim": optim.defaults(), "train": loop.defaults(),
+          "mesh": mesh_lib.defaults(), "distributed": loop.distributed_defaults()}
+
+
+def base_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A run's config: seed 0, the `model` section (from models/, e.g. models.lm.lm_model_config()) and every
+  other section with its defaults (run_defaults())."""
+  return ml_collections.ConfigDict(dict(seed=0, model=model, **run_defaults()))
+
+
+def upgrade(saved: dict) -> tuple[dict, list[str]]:
+  """A config dict saved by an earlier version in today's layout, and the PREDATED keys it lacked: moved keys
+  (MOVED) at their new place, missing PREDATED keys at what runs did before them, other keys added since to the
+  run_defaults() sections at their defaults. Today's configs pass unchanged."""
+  saved, added = json.loads(json.dumps(saved)), []
+  for old, new in MOVED.items():
+    *parents, leaf = old.split(".")
+    node = saved
+    for part in parents:
+      node = node.get(part, {})
+    if leaf in node:
+      *new_parents, new_leaf = new.split(".")
+      target = saved
+      for part in new_parents:
+        target = target.setdefault(part, {})
+      target[new_leaf] = node.pop(leaf)
+
+  def fill(node: dict, defaults: dict) -> None:
+    for key, value in defaults.items():
+      if key not in node:
+        node[key] = value
+      elif isinstance(value, dict) and isinstance(node[key], dict):
+        fill(node[key], value)
+
+  for key, value in PREDATED.items():
+    *parents, leaf = key.split(".")
+    node = saved
+    for part in parents:
+      node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf not in node:
+      node[leaf] = value
+      added.append(key)
+  fill(saved, {k: v.to_dict() for k, v in run_defaults().items()})
+  return saved, added
 
 
 def _import_file(path: epath.Path):
@@ -47,25 +111,6 @@ def load_module(spec: str):
   if not path.exists():
     raise ConfigError(f"config file {path} does not exist (from --config {spec})")
   return _import_file(path)
-
-
-# Keys added after runs began saving config.json, each with the value that reproduces what a run saved before
-# it existed did (not always today's default: before data.document_masking, rows were the leaky baseline).
-PREDATED = {"data.packing": "concat", "data.document_masking": False}
-
-
-def upgrade(tree: dict) -> tuple[dict, list[str]]:
-  """A saved config (plain dict) with the PREDATED keys it lacks filled in, and those keys."""
-  tree, added = json.loads(json.dumps(tree)), []
-  for key, value in PREDATED.items():
-    *parents, leaf = key.split(".")
-    node = tree
-    for part in parents:
-      node = node.get(part) if isinstance(node, dict) else None
-    if isinstance(node, dict) and leaf not in node:
-      node[leaf] = value
-      added.append(key)
-  return tree, added
 
 
 def load(spec: str) -> ml_collections.ConfigDict:

@@ -1,6 +1,6 @@
 """Planning an isoFLOP study: for each FLOP budget, 5-9 model sizes and the steps that spend the budget.
 
-Compute per run is the model's analytic training FLOPs (`train.flops`: 3 x forward, the mixer's own work
+Compute per run is the model's analytic training FLOPs (`train.mfu`: 3 x forward, the mixer's own work
 included, so softmax attention at long context costs more per token than linear attention), not 6 N D.
 Parameters N are the model's total parameter count (what the loop logs as `params`). An experiment file's
 `sweep(add, arg)` calls `add_runs(add, config, budgets, shapes)` once per variant; `python -m train.sweep
@@ -36,12 +36,12 @@ def _size_of(model_json: str, seq_len: int, batch_size: int) -> Size:
   from flax import nnx
 
   import models
-  from train import flops
+  from train import mfu
 
   cfg = ml_collections.ConfigDict(json.loads(model_json))
   model = nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
   params = sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  per_token = flops.train_flops_per_step(model, seq_len=seq_len, batch_size=1) / seq_len
+  per_token = mfu.train_flops_per_step(model, seq_len=seq_len, batch_size=1) / seq_len
   return Size(params=params, flops_per_token=per_token, tokens_per_step=seq_len * batch_size)
 
 

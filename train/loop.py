@@ -1,5 +1,11 @@
 """The one training loop: config -> mesh -> data -> model/optimizer state -> jitted sharded steps ->
 metrics and checkpoints in the workdir. Resumes automatically from the workdir's latest checkpoint.
+
+Method-specific behaviour comes as hooks (train/hooks.py, e.g. train/kan_grid.py), which the loop calls at
+fixed points of each step: after the update (`after_update`: same shapes), to force a log and eval
+(`log_now`), after logging and before saving (`after_log`: may hand back a program with new shapes), and
+whenever it builds a program for the shapes in force at a step (`config_at`, `check`). The loop itself
+holds no method's special case.
 """
 
 import contextlib
@@ -11,8 +17,10 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 from etils import epath
@@ -20,8 +28,21 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from layers.flops import active_params
-from train import baselines, checkpoint, config_changes, flops, lock, memory, metrics, optim, paths, profiling, validate
+from layers.forward_flops import active_params
+from train import (
+  baselines,
+  checkpoint,
+  config_changes,
+  hooks,
+  lock,
+  memory,
+  metrics,
+  mfu,
+  optim,
+  paths,
+  profiling,
+  validate,
+)
 from train import config as config_lib
 from train import mesh as mesh_lib
 from train import state as state_lib
@@ -29,6 +50,26 @@ from train.data import packing, pipeline
 from train.step import make_eval_step, make_train_step
 
 SUMMARY = "summary.json"  # written when a run completes; sweeps skip runs that have it
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """The base config's `train` section (each hook's section under its name, train/hooks.py)."""
+  return ml_collections.ConfigDict(dict(
+    steps=1000, loss="xent", label_smoothing=0.0, log_every=10, eval_every=200, eval_steps=8,
+    eval_top_k=(),  # (k, ...): also evaluate with every layer that takes a top_k view (MoE) at each k
+    ckpt_every=200, keep_ckpts=3, async_ckpt=True, progress=True, tensorboard=True,
+    compilation_cache_dir="",  # keep compiled programs here (local or gs://): reruns and resumes skip compiling
+    profile_steps=(),  # (first, last): a jax.profiler trace of those steps in <workdir>/profile
+    memory_check=True,  # refuse a step whose estimated per-device memory exceeds the device's (train/memory.py)
+    device_memory_gib=0.0,  # the device's memory for that check; 0: ask the device (GPU/TPU), skip on CPU
+    **hooks.defaults(),
+  ))
+
+
+def distributed_defaults() -> ml_collections.ConfigDict:
+  """The base config's `distributed` section: jax.distributed.initialize() arguments (0 / -1 / "": from the
+  environment)."""
+  return ml_collections.ConfigDict(dict(initialize=False, coordinator_address="", num_processes=0, process_id=-1))
 
 
 class NonFiniteLoss(RuntimeError):
@@ -131,7 +172,7 @@ def evaluate(eval_fn, state, cfg, eval_iter, eval_start: dict, batch_sharding) -
     sums = jax.device_get(eval_fn(state, global_batch(next(eval_iter), batch_sharding)))
     total = {k: total.get(k, 0.0) + float(v) for k, v in sums.items()}
   out = {}
-  for suffix in ["", *(f"/top_k={k}" for k in cfg.train.get("eval_top_k", ()))]:
+  for suffix in ["", *(f"/top_k={k}" for k in cfg.train.eval_top_k)]:
     w = max(total["weight" + suffix], 1.0)
     out["eval_loss" + suffix] = total["loss" + suffix] / w
     if cfg.train.loss == "xent":
@@ -165,7 +206,6 @@ class Program:
   train_step: Callable  # (state, batch) -> (state, metrics); donates state
   eval_step: Callable  # (state, batch) -> weighted sums
   init_state: Callable  # () -> a fresh state, created sharded
-  grid_update: Callable | None  # (state, batch) -> state with KAN grids refit to batch["inputs"]
 
 
 def build_program(config, mesh: Mesh) -> Program:
@@ -177,67 +217,16 @@ def build_program(config, mesh: Mesh) -> Program:
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
   train_step = jax.jit(mesh_lib.with_activation_rules(
     make_train_step(setup.graphdef, tx, lr, loss=config.train.loss, grad_accum=config.optim.grad_accum,
-                    label_smoothing=config.train.get("label_smoothing", 0.0),
+                    label_smoothing=config.train.label_smoothing,
                     count_tokens=packing.document_tokens if pipeline.pads(config.data) else None), rules, mesh),
     in_shardings=(setup.shardings, batch_sharding), out_shardings=(setup.shardings, None), donate_argnums=0)
-  top_ks = tuple(config.train.get("eval_top_k", ()))
+  top_ks = tuple(config.train.eval_top_k)
   check_eval_top_k(setup.abstract_model, top_ks)
   eval_step = jax.jit(mesh_lib.with_activation_rules(
     make_eval_step(setup.graphdef, loss=config.train.loss, top_ks=top_ks), rules, mesh),
     in_shardings=(setup.shardings, batch_sharding))
   init_state = state_lib.initializer(config.model, config.seed, tx, setup)
-  grid_update = None
-  if config.train.get("grid_update_every", 0):
-    if not hasattr(setup.abstract_model, "update_grid"):
-      raise config_lib.ConfigError(f"train.grid_update_every is set but model kind {config.model.kind!r} has "
-                                   "no update_grid (KAN layers); set it to 0")
-    grid_update = jax.jit(make_grid_update(setup.graphdef), in_shardings=(setup.shardings, batch_sharding),
-                          out_shardings=setup.shardings, donate_argnums=0)
-  return Program(mesh, setup, tx, batch_sharding, train_step, eval_step, init_state, grid_update)
-
-
-def make_grid_update(graphdef, grid_size: int | None = None, tx: optax.GradientTransformation | None = None):
-  """(state, batch) -> state whose KAN grids are refit to the batch's inputs, the represented
-  functions kept by a least-squares refit of the spline coefficients.
-
-  grid_size None (grid update): same shapes, the optimizer state carries over. A larger grid_size
-  (grid extension): the spline kernels grow, so the optimizer state is restarted by `tx`, the
-  optimizer built for the new shapes (fresh Adam moments, lr schedule continued at the state's step).
-  """
-
-  def grid_update(state: dict, batch: dict) -> dict:
-    model = nnx.merge(graphdef, state["params"], state["rest"])
-    model.update_grid(batch["inputs"], grid_size)
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    new = {**state, "params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest)}
-    if grid_size is not None:
-      new["opt_state"] = optim.restart(tx, new["params"], state["step"])
-    return new
-
-  return grid_update
-
-
-def config_at(config, step: int):
-  """`config` with model.grid_size set to the KAN grid in force after `step` steps: the size of the
-  last train.grid_extend entry (at, size) with at <= step, else the initial one. A pure function of
-  the schedule, so a resumed run builds the extended shapes before restoring into them."""
-  sizes = [size for at, size in config.train.get("grid_extend", ()) if at <= step]
-  if not sizes:
-    return config
-  config = config.copy_and_resolve_references()
-  config.model.grid_size = sizes[-1]
-  return config
-
-
-def extend_grid(program: Program, config, state: dict, batch: dict) -> tuple[Program, dict]:
-  """Grid extension to config.model.grid_size: the program built for the new shapes, and `state`
-  (laid out for `program`) moved onto it with every KAN layer's grid refit to batch["inputs"]
-  (a global batch laid out by program.batch_sharding)."""
-  new = build_program(config, program.mesh)
-  extend = jax.jit(make_grid_update(program.setup.graphdef, config.model.grid_size, new.tx),
-                   in_shardings=(program.setup.shardings, program.batch_sharding),
-                   out_shardings=new.setup.shardings)
-  return new, extend(state, batch)
+  return Program(mesh, setup, tx, batch_sharding, train_step, eval_step, init_state)
 
 
 def global_batch(local: dict, sharding) -> dict:
@@ -257,8 +246,8 @@ def run(config, workdir: str, *, resume_with_changes: Sequence[str] = ()) -> dic
   maybe_initialize_distributed(config.distributed)
   validate.validate(config)
   config_changes.check_names(config, resume_with_changes)
-  use_compilation_cache(config.train.get("compilation_cache_dir", ""))
-  mesh = mesh_lib.make_mesh(config.mesh.shape, dcn_shape=config.mesh.get("dcn_shape"))
+  use_compilation_cache(config.train.compilation_cache_dir)
+  mesh = mesh_lib.make_mesh(config.mesh.shape, dcn_shape=config.mesh.dcn_shape)
   with jax.set_mesh(mesh):
     estimate = memory.check(config, mesh)  # refuses a step that cannot fit, before anything compiles
   if estimate is not None and jax.process_index() == 0:
@@ -267,23 +256,23 @@ def run(config, workdir: str, *, resume_with_changes: Sequence[str] = ()) -> dic
     return _train(config, paths.path(workdir), mesh, list(resume_with_changes))
 
 
-def step_statistics(program: Program, config, first: dict) -> dict:
+def step_statistics(program: Program, config, first: dict, run_hooks: Sequence[hooks.Hook] = ()) -> dict:
   """Logged with every record: parameter counts, FLOPs per step (analytic for LMs, XLA's count of
-  the compiled step otherwise), the decoding-state size, and the KAN grid size when it is scheduled."""
+  the compiled step otherwise), the decoding-state size, and the hooks' fields (e.g. the KAN grid size)."""
   compiled = program.train_step.lower(program.setup.abstract_state,
                                       global_batch(first, program.batch_sharding)).compile()
   xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
   if config.model.kind == "lm":
-    step_flops = flops.train_flops_per_step(program.setup.abstract_model, seq_len=_tokens_per_example(first),
-                                            batch_size=config.data.batch_size)
+    step_flops = mfu.train_flops_per_step(program.setup.abstract_model, seq_len=_tokens_per_example(first),
+                                          batch_size=config.data.batch_size)
   else:  # image / MLP models: XLA's count (conv and patch weights are reused across positions)
     step_flops = xla_flops * program.mesh.size  # per-device cost analysis of the SPMD program
   out = {**param_counts(program.setup), "flops_per_step": step_flops, "xla_flops_per_step_per_device": xla_flops}
   state_bytes = decode_state_bytes(program.setup.abstract_model, _tokens_per_example(first))
   if state_bytes is not None:
     out["decode_state_bytes"] = state_bytes
-  if config.train.get("grid_extend"):
-    out["grid_size"] = config.model.grid_size
+  for hook in run_hooks:
+    out.update(hook.record(config))
   return out
 
 
@@ -292,22 +281,24 @@ def _nonfinite(bad: int, ckpt: checkpoint.Checkpointer, workdir: epath.Path) -> 
                        f"checkpoint (step {ckpt.latest_step()}) is kept in {workdir}/checkpoints")
 
 
-def _restore(config, workdir: epath.Path, mesh: Mesh, ckpt: checkpoint.Checkpointer, accept: list[str]):
+def _restore(config, workdir: epath.Path, mesh: Mesh, ckpt: checkpoint.Checkpointer, accept: list[str],
+             build: Callable[[Any, Mesh], Program], run_hooks: Sequence[hooks.Hook]):
   """(step, program, state, data iterator state, accepted config changes) from the newest checkpoint that
   restores and verifies under the accepted config; None if the workdir has no checkpoint."""
   programs = {}
 
-  def program_at(step: int) -> Program:  # the shapes in force at `step` (config_at changes only the KAN grid)
-    c = config_at(config, step)
-    key = c.model.get("grid_size")
+  def program_at(step: int) -> Program:  # the shapes in force at `step` (the hooks' config_at)
+    c = hooks.config_at(run_hooks, config, step)
+    key = c.to_json(sort_keys=True)
     if key not in programs:
-      programs[key] = build_program(c, mesh)
+      programs[key] = build(c, mesh)
     return programs[key]
 
   def changes(step: int, meta: dict) -> dict:
     if "config" not in meta:  # a checkpoint written before configs were saved with it
       return {}
-    return config_changes.accepted(meta["config"], config.to_dict(), accept, workdir=workdir, step=step)
+    saved = config_lib.upgrade(meta["config"])[0]  # a checkpoint of an earlier version: today's layout
+    return config_changes.accepted(saved, config.to_dict(), accept, workdir=workdir, step=step)
 
   restored = ckpt.restore_newest(lambda step: program_at(step).setup.abstract_state, changes)
   if restored is None:
@@ -321,7 +312,17 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
   # This process's data shard: the rows its devices hold (shared with the processes that split them along T).
   rows, groups = mesh_lib.row_group(mesh_lib.batch_sharding(mesh, config.mesh.rules.to_dict()))
   steps = config.train.steps
-  extensions = {at for at, _ in config.train.get("grid_extend", ())}
+
+  def build(c, mesh: Mesh) -> Program:  # every program of the run, checked by every hook
+    program = build_program(c, mesh)
+    for hook in run_hooks:
+      hook.check(program)
+    return program
+
+  def config_at(step: int):
+    return hooks.config_at(run_hooks, config, step)
+
+  run_hooks = hooks.for_run(config, build)
 
   with contextlib.ExitStack() as cleanup, _Preemption() as preemption:
     try:
@@ -338,7 +339,7 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every=config.train.ckpt_every,
                                    keep=config.train.keep_ckpts, async_save=config.train.async_ckpt)
     cleanup.callback(ckpt.close)
-    restored = _restore(config, workdir, mesh, ckpt, accept)
+    restored = _restore(config, workdir, mesh, ckpt, accept, build, run_hooks)
     writer = metrics.MetricWriter(workdir, enabled=is_main, tensorboard=config.train.tensorboard)
     cleanup.callback(writer.close)
     if restored is not None:
@@ -352,7 +353,7 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
         print(f"resumed from {workdir} at step {start}{note}", file=sys.stderr)
     else:
       start = 0
-      program = build_program(config_at(config, 0), mesh)
+      program = build(config_at(0), mesh)
       state = program.init_state()
       writer.truncate_after(0)  # a run killed before its first checkpoint starts over
     if is_main:
@@ -360,8 +361,8 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
 
     first = next(train_iter)
     tokens_per_step = _tokens_per_example(first) * config.data.batch_size
-    static = step_statistics(program, config_at(config, start), first)
-    peak, peak_source = flops.peak_flops()
+    static = step_statistics(program, config_at(start), first, run_hooks)
+    peak, peak_source = mfu.peak_flops()
 
     progress = None
     if is_main and config.train.progress:
@@ -377,11 +378,11 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
       bad = int(jax.device_get(state["first_bad_step"]))
       if bad >= 0:
         raise _nonfinite(bad, ckpt, workdir)
-      meta = {"config": config.to_dict(), "model": config_at(config, step).model.to_dict()}  # + KAN grids in force
+      meta = {"config": config.to_dict(), "model": config_at(step).model.to_dict()}  # the shapes in force
       if ckpt.save(step, state, train_iter.get_state(), meta, force=force):
         writer.flush()  # a remote metrics.jsonl holds every record up to the checkpoint
 
-    trace = profiling.StepTrace(config.train.get("profile_steps", ()), workdir)
+    trace = profiling.StepTrace(config.train.profile_steps, workdir)
     cleanup.callback(trace.close)
     rates, last, timed = [], None, False  # timed: the interval since the last record holds no compilation
     counted = []  # padded data: each step's real tokens since the last record (tokens_per_sec leaves padding out)
@@ -397,11 +398,11 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
         counted.append(m.pop("tokens"))
       done = step + 1
       trace.after(done, state)
-      extend = done in extensions  # after this step's update, logged and evaluated on the old grid first
-      if not extend and program.grid_update is not None and done % config.train.grid_update_every == 0 and (
-          not config.train.grid_update_until or done <= config.train.grid_update_until):
-        state = program.grid_update(state, gbatch)
-      if done % config.train.log_every == 0 or done == steps or extend:
+      for hook in run_hooks:
+        state = hook.after_update(done, program, state, gbatch)
+      forced = any(hook.log_now(done) for hook in run_hooks)
+      evaluate_now = done % config.train.eval_every == 0 or done == steps or forced  # whatever log_every says
+      if done % config.train.log_every == 0 or evaluate_now:
         m = jax.device_get(m)
         now = time.perf_counter()
         dt = (now - last_time) / (done - last_step)
@@ -416,15 +417,18 @@ def _train(config, workdir: epath.Path, mesh: Mesh, accept: list[str]) -> dict:
         if timed:
           rates.append(record["tokens_per_sec"])
         last, timed = record, True
-        if done % config.train.eval_every == 0 or done == steps or extend:
+        if evaluate_now:
           record.update(evaluate(program.eval_step, state, config, eval_iter, eval_start, program.batch_sharding),
                         **eval_baseline)
+          last_time = time.perf_counter()  # the next interval's rate times training, not this evaluation
         writer.write(done, record)
         if progress is not None:
           progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-      if extend:  # refits the knots too, so no grid update at this step
-        program, state = extend_grid(program, config_at(config, done), state, gbatch)
-        static, timed = step_statistics(program, config_at(config, done), first), False
+      for hook in run_hooks:
+        new, state = hook.after_log(done, program, state, gbatch)
+        if new is not program:  # new shapes: recount, and the next interval holds a compilation
+          program, timed = new, False
+          static = step_statistics(program, config_at(done), first, run_hooks)
       if progress is not None:
         progress.update(1)
       save(done, force=done == steps)

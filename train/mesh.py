@@ -19,12 +19,34 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 AXES = ("data", "fsdp", "tensor", "expert", "sequence")
+
+# Logical parameter / activation axis -> mesh axes. Unlisted names are replicated.
+DEFAULT_RULES = {
+  "batch": ("data", "fsdp"),
+  "embed": "fsdp",
+  "vocab": "tensor",
+  "mlp": "tensor",
+  "heads": "tensor",
+  "kv_heads": "tensor",
+  "expert": "expert",
+  "length": "sequence",  # the time axis of token batches and activations (sequence parallelism)
+}
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """The base config's `mesh` section: data parallel over every device, one slice."""
+  return ml_collections.ConfigDict(dict(
+    shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1, sequence=1)),
+    dcn_shape=ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, expert=1, sequence=1)),  # slices per axis
+    rules=ml_collections.ConfigDict(DEFAULT_RULES),
+  ))
 
 
 def mesh_shape(shape_cfg: Mapping[str, int], num_devices: int) -> tuple[int, ...]:

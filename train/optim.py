@@ -7,6 +7,7 @@ coefficients), `"no_decay"` (norms, gates, biases), else "default". 0/1-D parame
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 
@@ -22,6 +23,18 @@ def _decay(peak: float, floor: float, steps: int, shape: str) -> optax.Schedule:
   if shape == "1-sqrt":
     return lambda t: floor + (peak - floor) * (1 - jnp.sqrt(jnp.clip(t / steps, 0.0, 1.0)))
   raise ValueError(f"optim.decay_shape must be one of {DECAY_SHAPES}, got {shape!r}")
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """The base config's `optim` section."""
+  return ml_collections.ConfigDict(dict(
+    lr=3e-4, schedule="cosine", warmup_steps=100, min_lr_ratio=0.1,
+    decay_fraction=0.2, decay_steps=0, decay_shape="linear",  # wsd: the decay (decay_steps > 0 overrides fraction)
+    b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0, grad_accum=1,
+    groups=ml_collections.ConfigDict({
+      "activation": ml_collections.ConfigDict(dict(lr_mult=1.0, weight_decay=0.0)),
+    }),
+  ))
 
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:
@@ -40,9 +53,9 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
   if cfg.schedule == "cosine":
     after = optax.cosine_decay_schedule(peak, rest, alpha=cfg.min_lr_ratio)
   elif cfg.schedule == "wsd":  # warmup-stable-decay: hold the peak, then decay at the end
-    decay = min(cfg.get("decay_steps", 0) or max(int(rest * cfg.decay_fraction), 1), rest)
+    decay = min(cfg.decay_steps or max(int(rest * cfg.decay_fraction), 1), rest)
     after = optax.join_schedules(
-      [optax.constant_schedule(peak), _decay(peak, floor, decay, cfg.get("decay_shape", "linear"))], [rest - decay])
+      [optax.constant_schedule(peak), _decay(peak, floor, decay, cfg.decay_shape)], [rest - decay])
   else:
     after = optax.constant_schedule(peak)
   if warmup == 0:

@@ -2,7 +2,8 @@
 
 Collects every run (a directory with config.json and metrics.jsonl) under RUNS_DIR, finds the
 config keys that differ between runs (the swept keys), and writes:
-  runs.csv              one row per run: swept values, final losses/accuracies, params, FLOPs
+  runs.csv              one row per run: swept values, final losses/accuracies, params, FLOPs, finished (False:
+                        the run stopped before train.steps; the table's n counts such runs as "unfinished")
   stdout                a markdown table grouped by the swept keys (mean ± std over seeds; train loss averaged
                         over the last SMOOTH (>= SMOOTH_MIN) of the logged steps; eval_se: the eval set's own
                         standard error)
@@ -12,7 +13,6 @@ config keys that differ between runs (the swept keys), and writes:
                         a table of fits (approach 2 and 3, frontier, prediction at --target-flops, compute
                         multiplier vs --baseline) and isoflop.png, optimal_allocation.png, frontier.png,
                         multiplier.png where the data constrain them (the notes say why not otherwise)
-  mqar_accuracy.png     MQAR answer accuracy vs decoding-state size (or width) per variant
   seed_spread.png       final eval loss per group: seeds as dots, mean ± std, baseline dashed
   stdout (2nd table)    for runs evaluated at several expert counts (train.eval_top_k, SMoE-Dropout's
                         self-slimming): the final eval loss at each k, grouped like the main table
@@ -98,6 +98,7 @@ def summarize(run: dict, keys: list[str]) -> dict:
   flops_per_step = _last(rec, "flops_per_step")
   return {
     "run": run["run"], **{k: run["config"].get(k) for k in keys}, "steps": steps,
+    "finished": steps >= run["config"].get("train.steps", steps),
     "loss": smoothed(rec, "loss"), "eval_loss": _last(rec, "eval_loss"), "eval_loss_se": _last(rec, "eval_loss_se"),
     "accuracy": smoothed(rec, "accuracy"), "eval_accuracy": _last(rec, "eval_accuracy"),
     "eval_accuracy_se": _last(rec, "eval_accuracy_se"), "eval_unigram_loss": _last(rec, "eval_unigram_loss"),
@@ -140,7 +141,9 @@ def grouped_markdown(rows: list[dict], keys: list[str]) -> str:
   header = [k.split(".")[-1] for k in group_keys] + ["n"] + cols[:4] + ["eval_se"] + cols[4:]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for members in groups.values():
-    cells = [_fmt(members[0][k]) for k in group_keys] + [str(len(members))]
+    unfinished = sum(not m["finished"] for m in members)  # their numbers are mid-run, not final
+    cells = [_fmt(members[0][k]) for k in group_keys] + [f"{len(members)}" + (f" ({unfinished} unfinished)"
+                                                                              if unfinished else "")]
     for c in cols:
       vals = [m[c] for m in members if m[c] is not None]
       if not vals:
@@ -198,7 +201,8 @@ def top_k_markdown(runs: list[dict], keys: list[str]) -> str | None:
   return "\n".join(lines)
 
 
-def _save(fig, path: str) -> str:
+def save_figure(fig, path: str) -> str:
+  """Write a matplotlib figure as PNG to path (local or gs://) and close it."""
   fig.tight_layout()
   image = io.BytesIO()
   fig.savefig(image, dpi=120, format="png")
@@ -230,7 +234,7 @@ def plot_curves(runs: list[dict], rows: list[dict], variant: list[str], out: str
       ax.set_xscale("log")
     ax.set_title(f"loss vs {xlabel}")
     ax.legend(fontsize=6, loc="upper right")
-    written.append(_save(fig, os.path.join(out, name)))
+    written.append(save_figure(fig, os.path.join(out, name)))
   return written
 
 
@@ -268,36 +272,7 @@ def plot_seed_spread(rows: list[dict], keys: list[str], out: str) -> str | None:
   ax.set_title("dots: seeds; bars: mean ± std over seeds", fontsize=9)
   if base:
     ax.legend(fontsize=7)
-  return _save(fig, os.path.join(out, "seed_spread.png"))
-
-
-def plot_mqar(runs: list[dict], rows: list[dict], variant: list[str], out: str) -> str | None:
-  """Answer accuracy vs decoding-state size (KV cache or recurrent state, bytes per sequence) per
-  variant; vs model width for runs that did not log a state size."""
-  by_state = all(row["decode_state_bytes"] for row in rows)
-  points: dict[str, list[tuple]] = defaultdict(list)
-  for run, row in zip(runs, rows):
-    acc = row["eval_accuracy"] if row["eval_accuracy"] is not None else row["accuracy"]
-    if run["config"].get("data.name") == "mqar" and acc is not None:
-      label = variant_label(row, [k for k in variant if k != "model.d_model"])
-      x = row["decode_state_bytes"] if by_state else run["config"].get("model.d_model")
-      points[label].append((x, acc))
-  if not points:
-    return None
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for label, pts in sorted(points.items()):
-    pts = sorted(pts)
-    ax.plot(*zip(*pts), marker="o", label=label)
-  for chance in sorted({r["eval_unigram_accuracy"] for r in rows if r["eval_unigram_accuracy"] is not None}):
-    ax.axhline(chance, color="gray", ls="--", lw=0.8, label=f"chance {chance:.3g}")
-  ax.set_xscale("log", base=2)
-  ax.set_ylim(-0.02, 1.02)
-  xlabel = "decoding state per sequence (bytes)" if by_state else "model width d_model"
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel("MQAR answer accuracy")
-  ax.set_title(f"MQAR accuracy vs {xlabel.split(' (')[0]}")
-  ax.legend(fontsize=6)
-  return _save(fig, os.path.join(out, "mqar_accuracy.png"))
+  return save_figure(fig, os.path.join(out, "seed_spread.png"))
 
 
 def report(root: str, out: str | None = None, *, baseline: str | None = None, target_flops: float | None = None,
@@ -320,9 +295,9 @@ def report(root: str, out: str | None = None, *, baseline: str | None = None, ta
   writer.writerows(rows)
   paths.path(csv_path).write_text(table.getvalue())
   plots = plot_curves(runs, rows, variant, out)
-  plots += [p for p in (plot_mqar(runs, rows, variant, out), plot_seed_spread(rows, keys, out)) if p]
+  plots += [p for p in (plot_seed_spread(rows, keys, out),) if p]
   # --- scaling section (train/scaling_report.py): fits on honest final points, their table and plots
-  scaling = scaling_report.section(runs, rows, variant, lambda fig, name: _save(fig, os.path.join(out, name)),
+  scaling = scaling_report.section(runs, rows, variant, lambda fig, name: save_figure(fig, os.path.join(out, name)),
                                    baseline=baseline, target_flops=target_flops, bootstrap=bootstrap)
   plots += scaling["plots"]
   # ---

@@ -214,7 +214,7 @@ def plot_frontiers(variants: dict, save, target_flops: float | None, reference=N
   """Every point, each variant's frontier fit with its band over the data, extrapolated (dashed) to the target
   with the predictive interval there."""
   fitted = {k: v for k, v in variants.items() if v.frontier is not None}
-  if not variants:
+  if not fitted:  # no variant's points constrain a frontier: the report's table compares them, no plot claims a fit
     return None
   fig, ax = plt.subplots(figsize=(8.5, 4.5))
   colours = _colours(variants)

@@ -5,13 +5,13 @@ have are skipped (the model kinds and data sources have different sections).
 """
 
 import dataclasses
-import itertools
 import math
 
 import jax
 
 import models
 from models import lm
+from train import hooks
 from train import mesh as mesh_lib
 from train.config import ConfigError
 from train.data import documents, local_text_builder
@@ -85,8 +85,8 @@ NUMERIC_OPTIONS: dict[str, Range] = {
   "optim.grad_accum": COUNT,
   "train.steps": COUNT, "train.log_every": COUNT, "train.eval_every": COUNT, "train.eval_steps": COUNT,
   "train.ckpt_every": COUNT, "train.keep_ckpts": COUNT, "train.label_smoothing": Range(0, 1, hi_open=True),
-  "train.grid_update_every": Range(0, integer=True, note="0: never"),
-  "train.grid_update_until": Range(0, integer=True, note="0: until the end"),
+  "train.kan_grid.update_every": Range(0, integer=True, note="0: never"),
+  "train.kan_grid.update_until": Range(0, integer=True, note="0: until the end"),
   "train.device_memory_gib": Range(0, note="0: ask the device"),
   "distributed.num_processes": Range(0, integer=True, note="0: from the environment"),
   "distributed.process_id": Range(-1, integer=True, note="-1: from the environment"),
@@ -172,26 +172,6 @@ def check_vocab(config) -> None:
       raise ConfigError(str(e)) from None
 
 
-def check_grid_extend(config) -> None:
-  """train.grid_extend = ((step, grid_size), ...): steps increasing inside (0, train.steps), grid sizes
-  increasing above model.grid_size, on a model with B-spline KAN layers (the only ones with knots)."""
-  schedule, t, m = config.train.get("grid_extend", ()), config.train, config.model
-  if not schedule:
-    return
-  example = "e.g. train.grid_extend=((300, 10), (600, 20)) extends the grid to 10 after step 300, to 20 after 600"
-  _require(hasattr(models.lookup(m.kind), "update_grid") and m.get("layer") == "kan",
-           f"train.grid_extend is set but model kind {m.kind!r} (layer {m.get('layer')!r}) has no B-spline KAN "
-           "layers to extend; use model.kind='mlp' with model.layer='kan', or set train.grid_extend=()")
-  _require(all(isinstance(p, list | tuple) and len(p) == 2 and all(type(v) is int for v in p) for p in schedule),
-           f"train.grid_extend={schedule!r} must be (step, grid_size) pairs of ints; {example}")
-  at, sizes = [p[0] for p in schedule], [p[1] for p in schedule]
-  _require(all(0 < s < t.steps for s in at) and all(a < b for a, b in itertools.pairwise(at)),
-           f"train.grid_extend steps {at} must increase strictly and lie inside (0, train.steps={t.steps}); {example}")
-  _require(sizes[0] > m.grid_size and all(a < b for a, b in itertools.pairwise(sizes)),
-           f"train.grid_extend grid sizes {sizes} must increase strictly from above model.grid_size={m.grid_size} "
-           f"(grid extension goes coarse -> fine); {example}")
-
-
 def validate(config, *, num_devices: int | None = None, process_count: int | None = None) -> None:
   num_devices = num_devices or jax.device_count()
   process_count = process_count or jax.process_count()
@@ -216,7 +196,7 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   _require(o.get("decay_shape", "linear") in DECAY_SHAPES,
            f"optim.decay_shape={o.get('decay_shape')!r}; choose one of {DECAY_SHAPES}")
   _require(t.loss in LOSSES, f"train.loss={t.loss!r}; choose one of {LOSSES}")
-  check_grid_extend(config)
+  hooks.validate(config)
   profile = tuple(t.get("profile_steps", ()))
   _require(not profile or (len(profile) == 2 and all(type(s) is int for s in profile)
                            and 1 <= profile[0] <= profile[1] <= t.steps),

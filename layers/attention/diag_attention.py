@@ -26,7 +26,7 @@ from layers.attention import kv_cache
 from layers.attention.block_softmax_attention import block_softmax_attention
 from layers.context import LayerContext
 from layers.core import Linear
-from layers.flops import causal_context
+from layers.forward_flops import causal_context
 
 
 class DiagAttention(nnx.Module):

@@ -36,7 +36,7 @@ from layers.attention.rope import apply_rope
 from layers.attention.sequence_parallel import METHODS, sequence_parallel_attention
 from layers.context import LayerContext
 from layers.core import Linear
-from layers.flops import causal_context
+from layers.forward_flops import causal_context
 from layers.linear_attention.mixers.head_norm import HeadNorm
 from layers.token_shift import token_shift
 

@@ -22,12 +22,17 @@ from layers.attention.sequence_parallel import METHODS, sequence_parallel_attent
 from layers.attention.softmax_attention import softmax_attention
 from layers.context import LayerContext
 from layers.core import Linear
-from layers.flops import causal_context
+from layers.forward_flops import causal_context
 
 
 class Attention(nnx.Module):
-  def __init__(self, ctx: LayerContext, *, window: int | None, rope_theta: float | None,
-               use_bias: bool, implementation: str | None, causal: bool, sequence_parallel: str, rngs: nnx.Rngs):
+  """Softmax attention; window=W attends to the last W positions (itself included); rope_theta=None
+  turns RoPE off (e.g. with learned position embeddings); sequence_parallel: how K/V reach the other
+  slices under a "sequence" mesh axis ("all_gather" or "ring")."""
+
+  def __init__(self, ctx: LayerContext, *, window: int | None = None, rope_theta: float | None = 10000.0,
+               use_bias: bool = False, implementation: str | None = None, causal: bool = True,
+               sequence_parallel: str = "all_gather", rngs: nnx.Rngs):
     if sequence_parallel not in METHODS:
       raise ValueError(f"sequence_parallel must be one of {METHODS}, got {sequence_parallel!r}")
     if not causal and window is not None:
@@ -88,14 +93,3 @@ class Attention(nnx.Module):
     cache, visible = kv_cache.append(cache, k, v, pos, d, self.window)
     o = jax.nn.dot_product_attention(q, cache["k"], cache["v"], mask=visible)
     return self.o(o.reshape(B, T, -1)), cache
-
-
-def attention(ctx: LayerContext, *, rngs: nnx.Rngs, window: int | None = None,
-              rope_theta: float | None = 10000.0, use_bias: bool = False,
-              implementation: str | None = None, causal: bool = True,
-              sequence_parallel: str = "all_gather") -> Attention:
-  """Softmax attention; window=W attends to the last W positions (itself included); rope_theta=None
-  turns RoPE off (e.g. with learned position embeddings); sequence_parallel: how K/V reach the other
-  slices under a "sequence" mesh axis ("all_gather" or "ring")."""
-  return Attention(ctx, window=window, rope_theta=rope_theta, use_bias=use_bias,
-                   implementation=implementation, causal=causal, sequence_parallel=sequence_parallel, rngs=rngs)

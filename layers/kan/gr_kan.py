@@ -32,8 +32,11 @@ def _kernel_init(init: str, version: str, init_std: float):
 
 
 class GRKANFeedForward(nnx.Module):
-  def __init__(self, ctx: LayerContext, hidden: int, *, groups: int, shared: str, version: str,
-               init_std: float, use_bias: bool, rngs: nnx.Rngs):
+  """KAT's GR-KAN feed-forward; hidden defaults to d_ff; shared="numerator" as KAT's released kernels."""
+
+  def __init__(self, ctx: LayerContext, *, hidden: int = 0, groups: int = 8, shared: str = "numerator",
+               version: str = "A", init_std: float = 0.0, use_bias: bool = True, rngs: nnx.Rngs):
+    hidden = hidden or ctx.d_ff
     gr = dict(groups=groups, shared=shared, version=version, rngs=rngs)
     kw = dict(use_bias=use_bias, dtype=ctx.dtype, param_dtype=ctx.param_dtype, rngs=rngs)
     self.act1 = group_rational(ctx.with_features(ctx.d_model), init="identity", **gr)
@@ -45,10 +48,3 @@ class GRKANFeedForward(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., D]
     return self.fc2(self.act2(self.fc1(self.act1(x))))
-
-
-def gr_kan(ctx: LayerContext, *, rngs: nnx.Rngs, hidden: int = 0, groups: int = 8, shared: str = "numerator",
-           version: str = "A", init_std: float = 0.0, use_bias: bool = True) -> GRKANFeedForward:
-  """KAT's GR-KAN feed-forward; hidden defaults to d_ff; shared="numerator" as KAT's released kernels."""
-  return GRKANFeedForward(ctx, hidden or ctx.d_ff, groups=groups, shared=shared, version=version,
-                          init_std=init_std, use_bias=use_bias, rngs=rngs)

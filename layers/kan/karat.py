@@ -27,7 +27,7 @@ from layers import segments
 from layers.attention import kv_cache
 from layers.context import LayerContext
 from layers.core import Linear, make_param
-from layers.flops import causal_context, forward_flops_per_token
+from layers.forward_flops import causal_context, forward_flops_per_token
 from layers.kan.fourier_kan import fourier_kan_init
 from layers.kan.functional import fourier_features
 
@@ -99,8 +99,16 @@ class FourierKAOperator(nnx.Module):
 
 
 class KArAt(nnx.Module):
-  def __init__(self, ctx: LayerContext, *, max_len: int, rank: int, grid_size: int, mode: str, operator: str,
-               smooth_init: bool, init_gain: float, normalize: str, causal: bool, use_bias: bool, rngs: nnx.Rngs):
+  """Fourier-KArAt token mixer (bidirectional by default, as in the ViT it was proposed for).
+
+  init_gain: sqrt(sum_j A_ij^2) at init, the scale of the operator's output relative to the values' (softmax's
+  uniform average of N uncorrelated values: 1 / sqrt(N)); normalize="l1" divides each row of A by its l1 norm.
+  """
+
+  def __init__(self, ctx: LayerContext, *, max_len: int = 256, rank: int = 12, grid_size: int = 3,
+               mode: str = "blockwise", operator: str = "fourier_kan", smooth_init: bool = False,
+               init_gain: float = 0.05, normalize: str = "none", causal: bool = False, use_bias: bool = True,
+               rngs: nnx.Rngs):
     if mode not in MODES or operator not in OPERATORS or normalize not in NORMALIZE:
       raise ValueError(f"mode must be one of {MODES}, operator one of {OPERATORS} and normalize one of "
                        f"{NORMALIZE}; got {mode!r}, {operator!r}, {normalize!r}")
@@ -186,12 +194,3 @@ def tie_universal_operators(model: nnx.Module) -> None:
             if isinstance(node, KArAt) and node.mode == "universal" and node.operator is not None]
   for layer in layers[1:]:
     layer.operator = layers[0].operator
-
-
-def karat(ctx: LayerContext, *, rngs: nnx.Rngs, max_len: int = 256, rank: int = 12, grid_size: int = 3,
-          mode: str = "blockwise", operator: str = "fourier_kan", smooth_init: bool = False, init_gain: float = 0.05,
-          normalize: str = "none", causal: bool = False, use_bias: bool = True) -> KArAt:
-  """Fourier-KArAt token mixer (bidirectional by default, as in the ViT it was proposed for)."""
-  return KArAt(ctx, max_len=max_len, rank=rank, grid_size=grid_size, mode=mode, operator=operator,
-               smooth_init=smooth_init, init_gain=init_gain, normalize=normalize, causal=causal, use_bias=use_bias,
-               rngs=rngs)

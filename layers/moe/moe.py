@@ -34,7 +34,7 @@ from layers import registry
 from layers.aux import AuxLoss, LayerMetric
 from layers.context import LayerContext
 from layers.core import make_param
-from layers.flops import active_params, forward_flops_per_token
+from layers.forward_flops import active_params, forward_flops_per_token
 from layers.moe import dispatch as dispatch_lib
 from layers.moe import expert_parallel, losses
 from layers.moe.balance import BalanceBias

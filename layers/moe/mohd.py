@@ -46,7 +46,7 @@ from layers import registry
 from layers.aux import AuxLoss, LayerMetric
 from layers.context import LayerContext
 from layers.core import make_param
-from layers.flops import active_params, forward_flops_per_token
+from layers.forward_flops import active_params, forward_flops_per_token
 from layers.moe import dispatch, losses
 from layers.moe.experts import grouped_matmul, grouped_matmul_impl
 from layers.moe.routing import top_k_route

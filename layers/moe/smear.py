@@ -19,7 +19,7 @@ from flax import nnx
 from layers.aux import LayerMetric
 from layers.context import LayerContext
 from layers.feedforward import GLU
-from layers.flops import forward_flops_per_token
+from layers.forward_flops import forward_flops_per_token
 from layers.moe import losses
 from layers.moe.experts import Experts, split_stacked
 from layers.moe.routing import Router

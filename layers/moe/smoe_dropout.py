@@ -43,7 +43,7 @@ from flax import nnx
 
 from layers.aux import LayerMetric
 from layers.context import LayerContext
-from layers.flops import forward_flops_per_token
+from layers.forward_flops import forward_flops_per_token
 from layers.moe.moe import MoE
 
 PAPER_EXPERT_OPTIONS = {"activation": "relu", "use_bias": True}  # fmoe's expert MLP, for expert_ffn="mlp"

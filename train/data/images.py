@@ -9,6 +9,7 @@ import os
 import grain
 import numpy as np
 
+from train.data import registry
 from train.data.augment import resize_center_crop
 from train.data.local_text_builder import default_data_dir
 from train.data.tfds_text import load_data_source
@@ -35,11 +36,10 @@ def mnist1d_arrays(data_dir: str, seed: int = 42, num_samples: int = 5000) -> di
   """Generate MNIST-1D locally with the `mnist1d` package (cached as .npz in data_dir)."""
   path = os.path.join(data_dir, f"mnist1d_seed{seed}_n{num_samples}.npz")
   if not os.path.exists(path):
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
+    mnist1d = registry.toy_dataset_module("mnist1d.data", "mnist1d")
+    args = mnist1d.get_dataset_args()
     args.seed, args.num_samples = seed, num_samples
-    d = make_dataset(args)
+    d = mnist1d.make_dataset(args)
     os.makedirs(data_dir, exist_ok=True)
     tmp = path + f".tmp{os.getpid()}.npz"
     np.savez(tmp, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])
@@ -58,9 +58,7 @@ def mnist1d_source(cfg, *, split: str, seed: int) -> grain.MapDataset:
 def digits_source(cfg, *, split: str, seed: int) -> grain.MapDataset:
   """sklearn's bundled 8x8 digits (1797 images); a fixed 80/20 split by a seeded permutation."""
   del seed
-  from sklearn.datasets import load_digits
-
-  d = load_digits()
+  d = registry.toy_dataset_module("sklearn.datasets", "digits").load_digits()
   order = np.random.default_rng(0).permutation(len(d.target))
   cut = int(0.8 * len(order))
   idx = order[:cut] if _is_train(cfg, split) else order[cut:]

@@ -17,6 +17,8 @@ import math
 import grain
 import numpy as np
 
+from train.data import registry
+
 TASKS = ("image", "periodic")
 
 
@@ -27,9 +29,8 @@ def periodic_target(x: np.ndarray) -> np.ndarray:
 @functools.cache
 def image_arrays(image: str, resolution: int) -> tuple[np.ndarray, np.ndarray]:
   """(coordinates [R², 2], RGB [R², 3]) float32 of the scikit-learn sample image, centre-cropped square."""
-  from sklearn.datasets import load_sample_image
-
-  img = load_sample_image(image).astype(np.float64) / 255.0  # [H, W, 3]
+  datasets = registry.toy_dataset_module("sklearn.datasets", "inr")
+  img = datasets.load_sample_image(image).astype(np.float64) / 255.0  # [H, W, 3]
   side = min(img.shape[:2])
   top, left = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
   f = side // resolution

@@ -60,6 +60,13 @@ class MQAR:
     return {"inputs": seq[:-1], "targets": targets, "weights": weights}
 
 
+def data_config(*, vocab_size: int = 256, num_pairs: int = 16, seq_len: int = 128, num_queries: int = 0) -> dict:
+  """The `config.data` fields of an MQAR run (to `config.data.update(...)` with; the model's vocab_size must
+  be at least vocab_size)."""
+  return dict(name="mqar", seq_len=seq_len, vocab_size=vocab_size, num_pairs=num_pairs, num_queries=num_queries,
+              train_examples=100_000, eval_examples=1_000)
+
+
 def source(cfg, *, split: str, seed: int) -> grain.MapDataset:
   n = cfg.train_examples if split == cfg.train_split else cfg.eval_examples
   return grain.MapDataset.source(MQAR(

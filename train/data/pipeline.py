@@ -8,11 +8,27 @@ process_count examples per step.
 """
 
 import grain
+import ml_collections
 
 from train.data import registry
 from train.data.augment import batch_transform, example_transform
 from train.data.documents import Documents
 from train.data.packing import pack
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """The base config's `data` section (each source adds its own keys: train/data/registry.py)."""
+  return ml_collections.ConfigDict(dict(
+    name="text", seq_len=256, batch_size=16, eval_split="validation", train_split="train",
+    data_dir="", read_threads=-1,  # -1: 0 (read in the loop's thread) for in-memory sources, else 16
+    image_size=0,  # tfds_images: bring images to image_size x image_size (0: as stored)
+    # text sources (train/data/packing.py): packing "concat" (documents concatenated, cut into rows) or
+    # "first_fit" (whole documents per row, padded); document_masking: nothing crosses a document boundary
+    # (segment_ids / positions to the model, cross-document targets unweighted); False = the leaky baseline
+    packing="concat", document_masking=True,
+    augment=ml_collections.ConfigDict(dict(random_resized_crop=0, crop_padding=0, flip=False, erase_prob=0.0,
+                                           mixup_alpha=0.0, cutmix_alpha=0.0, num_classes=0)),
+  ))
 
 
 def read_options(cfg) -> grain.ReadOptions:

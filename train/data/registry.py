@@ -6,6 +6,9 @@ and deterministic; the shared pipeline (train/data/pipeline.py) shards, shuffles
 cfg is the `config.data` ConfigDict.
 """
 
+import importlib
+from types import ModuleType
+
 from layers.registry import import_named
 
 _SOURCES = {
@@ -26,6 +29,16 @@ IN_MEMORY = frozenset({"mqar", "mnist1d", "digits", "function_fit", "inr"})
 
 # Sources of variable-length documents (a train.data.documents.Documents), packed into rows by the pipeline.
 DOCUMENTS = frozenset({"text", "tfds_text"})
+
+
+def toy_dataset_module(module: str, source: str) -> ModuleType:
+  """`module` of a toy-dataset package (scikit-learn, mnist1d: the `toy` extra) that data source `source`
+  needs; a ValueError naming the install command when it is missing."""
+  try:
+    return importlib.import_module(module)
+  except ImportError:
+    raise ValueError(f"data.name={source!r} needs {module} from the toy-dataset packages (scikit-learn, mnist1d), "
+                     "which the main install leaves out: pip install -e '.[toy]'") from None
 
 
 def names() -> list[str]:

@@ -6,9 +6,9 @@ Gated DeltaNet:  S_t = a_t S_{t-1} + beta_t k_t (v_t - a_t S_{t-1}^T k_t)^T,  lo
 Both: q, k, v pass a short causal depthwise conv + SiLU; q, k are L2-normalised per head (so the
 delta-rule update is a contraction); beta = sigmoid(W_b x) (x2 with allow_neg_eigval, so the state
 transition I - beta k k^T may have negative eigenvalues); per-head RMSNorm on the readout, gated by
-SiLU(W_g x) (or sigmoid: gate_activation) when use_gate; output projection. One class, two registry
-defaults; with num_householder=n it is (Gated) DeltaProduct (layers/linear_attention/mixers/gated_deltaproduct.py):
-n delta steps per token.
+SiLU(W_g x) (or sigmoid: gate_activation) when use_gate; output projection. DeltaNet holds the layer;
+GatedDeltaNet and (Gated) DeltaProduct (layers/linear_attention/mixers/gated_deltaproduct.py: n delta steps
+per token) are subclasses with their papers' defaults.
 """
 
 import functools
@@ -26,16 +26,24 @@ from layers.linear_attention.pallas.chunk_scan import check_implementation
 
 
 class DeltaNet(RecurrentMixer):
+  """DeltaNet with the reference layer's defaults (no output gate)."""
+
   conv_names = ("q_conv", "k_conv", "v_conv")
   recurrence = "delta"
 
-  def __init__(self, ctx: LayerContext, *, gated: bool, expand_k: float, expand_v: float, conv_size: int,
-               use_gate: bool, allow_neg_eigval: bool, norm_eps: float, mode: str, chunk_size: int,
-               rngs: nnx.Rngs, gate_activation: str = "silu", num_householder: int | None = None,
-               implementation: str = "xla"):
-    """num_householder: None runs one delta step per token (delta_rule / gated_delta_rule); n runs n steps
-    per token through gated_delta_product, each with its own k, v and beta (n times the k / v / beta
-    projection and conv widths, step j of a token read from the j-th slice).
+  def __init__(self, ctx: LayerContext, *, expand_k: float = 1.0, expand_v: float = 1.0, conv_size: int = 4,
+               use_gate: bool = False, allow_neg_eigval: bool = False, norm_eps: float = 1e-5, mode: str = "chunk",
+               chunk_size: int = 64, rngs: nnx.Rngs):
+    self._build(ctx, gated=False, expand_k=expand_k, expand_v=expand_v, conv_size=conv_size, use_gate=use_gate,
+                allow_neg_eigval=allow_neg_eigval, norm_eps=norm_eps, mode=mode, chunk_size=chunk_size, rngs=rngs)
+
+  def _build(self, ctx: LayerContext, *, gated: bool, expand_k: float, expand_v: float, conv_size: int,
+             use_gate: bool, allow_neg_eigval: bool, norm_eps: float, mode: str, chunk_size: int,
+             rngs: nnx.Rngs, gate_activation: str = "silu", num_householder: int | None = None,
+             implementation: str = "xla") -> None:
+    """The layer, for every subclass. num_householder: None runs one delta step per token (delta_rule /
+    gated_delta_rule); n runs n steps per token through gated_delta_product, each with its own k, v and beta
+    (n times the k / v / beta projection and conv widths, step j of a token read from the j-th slice).
     implementation: "xla" or "pallas" (gated_delta_rule's kernel for the chunk form: gated, no num_householder;
     decode steps stay recurrent)."""
     h, dk, dv = ctx.n_heads, int(ctx.head_dim * expand_k), int(ctx.head_dim * expand_v)
@@ -90,21 +98,14 @@ class DeltaNet(RecurrentMixer):
     return y, self._new_cache(cache, state, convs)
 
 
-def delta_net(ctx: LayerContext, *, rngs: nnx.Rngs, expand_k: float = 1.0, expand_v: float = 1.0,
-              conv_size: int = 4, use_gate: bool = False, allow_neg_eigval: bool = False,
-              norm_eps: float = 1e-5, mode: str = "chunk", chunk_size: int = 64) -> DeltaNet:
-  """DeltaNet with the reference layer's defaults (no output gate)."""
-  return DeltaNet(ctx, gated=False, expand_k=expand_k, expand_v=expand_v, conv_size=conv_size,
-                  use_gate=use_gate, allow_neg_eigval=allow_neg_eigval, norm_eps=norm_eps, mode=mode,
-                  chunk_size=chunk_size, rngs=rngs)
-
-
-def gated_delta_net(ctx: LayerContext, *, rngs: nnx.Rngs, expand_k: float = 1.0, expand_v: float = 2.0,
-                    conv_size: int = 4, use_gate: bool = True, gate_activation: str = "silu",
-                    allow_neg_eigval: bool = False, norm_eps: float = 1e-5, mode: str = "chunk",
-                    chunk_size: int = 64, implementation: str = "xla") -> DeltaNet:
+class GatedDeltaNet(DeltaNet):
   """Gated DeltaNet with the paper's defaults (value dim 2x head_dim, SiLU-gated output norm;
   gate_activation="sigmoid" is Kimi Linear's GDN-H baseline)."""
-  return DeltaNet(ctx, gated=True, expand_k=expand_k, expand_v=expand_v, conv_size=conv_size,
-                  use_gate=use_gate, gate_activation=gate_activation, allow_neg_eigval=allow_neg_eigval,
-                  norm_eps=norm_eps, mode=mode, chunk_size=chunk_size, implementation=implementation, rngs=rngs)
+
+  def __init__(self, ctx: LayerContext, *, expand_k: float = 1.0, expand_v: float = 2.0, conv_size: int = 4,
+               use_gate: bool = True, gate_activation: str = "silu", allow_neg_eigval: bool = False,
+               norm_eps: float = 1e-5, mode: str = "chunk", chunk_size: int = 64, implementation: str = "xla",
+               rngs: nnx.Rngs):
+    self._build(ctx, gated=True, expand_k=expand_k, expand_v=expand_v, conv_size=conv_size, use_gate=use_gate,
+                gate_activation=gate_activation, allow_neg_eigval=allow_neg_eigval, norm_eps=norm_eps, mode=mode,
+                chunk_size=chunk_size, implementation=implementation, rngs=rngs)

@@ -32,6 +32,6 @@ class GatedDeltaProduct(DeltaNet):
                rngs: nnx.Rngs):
     if num_householder < 1:
       raise ValueError(f"num_householder must be >= 1 (delta steps per token), got {num_householder}")
-    super().__init__(ctx, gated=use_forget_gate, expand_k=expand_k, expand_v=expand_v, conv_size=conv_size,
-                     use_gate=use_gate, allow_neg_eigval=allow_neg_eigval, norm_eps=norm_eps, mode=mode,
-                     chunk_size=chunk_size, rngs=rngs, num_householder=num_householder)
+    self._build(ctx, gated=use_forget_gate, expand_k=expand_k, expand_v=expand_v, conv_size=conv_size,
+                use_gate=use_gate, allow_neg_eigval=allow_neg_eigval, norm_eps=norm_eps, mode=mode,
+                chunk_size=chunk_size, rngs=rngs, num_householder=num_householder)

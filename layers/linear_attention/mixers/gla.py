@@ -19,9 +19,12 @@ from layers.linear_attention.pallas.chunk_scan import check_implementation
 
 
 class GLA(RecurrentMixer):
-  def __init__(self, ctx: LayerContext, *, expand_k: float, expand_v: float, gate_low_rank_dim: int,
-               gate_logit_normalizer: float, use_output_gate: bool, conv_size: int, norm_eps: float,
-               mode: str, chunk_size: int, rngs: nnx.Rngs, implementation: str = "xla"):
+  """GLA with the paper's defaults (key dim = head_dim / 2); conv_size > 0 adds a short conv on q/k/v."""
+
+  def __init__(self, ctx: LayerContext, *, expand_k: float = 0.5, expand_v: float = 1.0, gate_low_rank_dim: int = 16,
+               gate_logit_normalizer: float = 16.0, use_output_gate: bool = True, conv_size: int = 0,
+               norm_eps: float = 1e-5, mode: str = "chunk", chunk_size: int = 64, implementation: str = "xla",
+               rngs: nnx.Rngs):
     """implementation: "xla" or "pallas" (the op's kernel for the chunk form; decode steps stay recurrent)."""
     h, dk, dv = ctx.n_heads, int(ctx.head_dim * expand_k), int(ctx.head_dim * expand_v)
     check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=dk, dv=dv)
@@ -57,14 +60,3 @@ class GLA(RecurrentMixer):
     gate = None if self.g_proj is None else split_heads(self.g_proj(x), self.n_heads)
     y = self.o_proj(self.norm(o, gate).reshape(*x.shape[:-1], -1))
     return y, self._new_cache(cache, state, convs)
-
-
-def gla_mixer(ctx: LayerContext, *, rngs: nnx.Rngs, expand_k: float = 0.5, expand_v: float = 1.0,
-              gate_low_rank_dim: int = 16, gate_logit_normalizer: float = 16.0, use_output_gate: bool = True,
-              conv_size: int = 0, norm_eps: float = 1e-5, mode: str = "chunk", chunk_size: int = 64,
-              implementation: str = "xla") -> GLA:
-  """GLA with the paper's defaults (key dim = head_dim / 2); conv_size > 0 adds a short conv on q/k/v."""
-  return GLA(ctx, expand_k=expand_k, expand_v=expand_v, gate_low_rank_dim=gate_low_rank_dim,
-             gate_logit_normalizer=gate_logit_normalizer, use_output_gate=use_output_gate,
-             conv_size=conv_size, norm_eps=norm_eps, mode=mode, chunk_size=chunk_size,
-             implementation=implementation, rngs=rngs)

@@ -17,9 +17,11 @@ from layers.linear_attention.ops import linear_attn
 
 
 class LinearAttention(RecurrentMixer):
-  def __init__(self, ctx: LayerContext, *, expand_k: float, expand_v: float, feature_map: str,
-               tie_feature_map: bool, normalize: bool, norm_eps: float, mode: str, chunk_size: int,
-               rngs: nnx.Rngs):
+  """Linear attention; feature_map in identity / elu+1 / relu / hedgehog (q and k maps tied or not)."""
+
+  def __init__(self, ctx: LayerContext, *, expand_k: float = 1.0, expand_v: float = 1.0, feature_map: str = "elu+1",
+               tie_feature_map: bool = False, normalize: bool = False, norm_eps: float = 1e-5, mode: str = "chunk",
+               chunk_size: int = 64, rngs: nnx.Rngs):
     h, dk, dv = ctx.n_heads, int(ctx.head_dim * expand_k), int(ctx.head_dim * expand_v)
     self.q_proj = self._linear(ctx, ctx.d_model, h * dk, ("embed", "heads"), rngs=rngs)
     self.k_proj = self._linear(ctx, ctx.d_model, h * dk, ("embed", "heads"), rngs=rngs)
@@ -46,12 +48,3 @@ class LinearAttention(RecurrentMixer):
       o = (o32[..., :-1] / (o32[..., -1:] + 1e-6)).astype(o.dtype)
     y = self.o_proj(self.norm(o).reshape(*x.shape[:-1], -1))
     return y, self._new_cache(cache, state, {})
-
-
-def linear_attention(ctx: LayerContext, *, rngs: nnx.Rngs, expand_k: float = 1.0, expand_v: float = 1.0,
-                     feature_map: str = "elu+1", tie_feature_map: bool = False, normalize: bool = False,
-                     norm_eps: float = 1e-5, mode: str = "chunk", chunk_size: int = 64) -> LinearAttention:
-  """Linear attention; feature_map in identity / elu+1 / relu / hedgehog (q and k maps tied or not)."""
-  return LinearAttention(ctx, expand_k=expand_k, expand_v=expand_v, feature_map=feature_map,
-                         tie_feature_map=tie_feature_map, normalize=normalize, norm_eps=norm_eps, mode=mode,
-                         chunk_size=chunk_size, rngs=rngs)

@@ -20,10 +20,12 @@ from layers.norms import RMSNorm
 
 
 class Mamba2(RecurrentMixer):
+  """Mamba-2 style layer: ctx.n_heads heads of value dim expand * head_dim, state_size-dim B/C."""
+
   conv_names = ("x_conv", "b_conv", "c_conv")
 
-  def __init__(self, ctx: LayerContext, *, expand: float, state_size: int, conv_size: int, norm_eps: float,
-               mode: str, chunk_size: int, rngs: nnx.Rngs):
+  def __init__(self, ctx: LayerContext, *, expand: float = 2.0, state_size: int = 128, conv_size: int = 4,
+               norm_eps: float = 1e-5, mode: str = "chunk", chunk_size: int = 64, rngs: nnx.Rngs):
     h, p, n = ctx.n_heads, int(ctx.head_dim * expand), state_size
     inner = h * p
     self.z_proj = self._linear(ctx, ctx.d_model, inner, ("embed", "heads"), rngs=rngs)
@@ -58,10 +60,3 @@ class Mamba2(RecurrentMixer):
     y = y.reshape(*x.shape[:-1], -1) * jax.nn.silu(self.z_proj(x).astype(jnp.float32))
     y = self.o_proj(self.norm(y).astype(self.dtype))
     return y, self._new_cache(cache, state, convs)
-
-
-def mamba2(ctx: LayerContext, *, rngs: nnx.Rngs, expand: float = 2.0, state_size: int = 128,
-           conv_size: int = 4, norm_eps: float = 1e-5, mode: str = "chunk", chunk_size: int = 64) -> Mamba2:
-  """Mamba-2 style layer: ctx.n_heads heads of value dim expand * head_dim, state_size-dim B/C."""
-  return Mamba2(ctx, expand=expand, state_size=state_size, conv_size=conv_size, norm_eps=norm_eps, mode=mode,
-                chunk_size=chunk_size, rngs=rngs)

@@ -23,8 +23,11 @@ def retention_log_decay(n_heads: int) -> np.ndarray:
 
 
 class RetNet(RecurrentMixer):
-  def __init__(self, ctx: LayerContext, *, expand_k: float, expand_v: float, rope_theta: float | None,
-               norm_eps: float, mode: str, chunk_size: int, rngs: nnx.Rngs):
+  """Multi-scale retention; rope_theta=None drops the rotary embedding."""
+
+  def __init__(self, ctx: LayerContext, *, expand_k: float = 1.0, expand_v: float = 2.0,
+               rope_theta: float | None = 10000.0, norm_eps: float = 1e-5, mode: str = "chunk", chunk_size: int = 64,
+               rngs: nnx.Rngs):
     h, dk, dv = ctx.n_heads, int(ctx.head_dim * expand_k), int(ctx.head_dim * expand_v)
     self.q_proj = self._linear(ctx, ctx.d_model, h * dk, ("embed", "heads"), rngs=rngs)
     self.k_proj = self._linear(ctx, ctx.d_model, h * dk, ("embed", "heads"), rngs=rngs)
@@ -50,11 +53,3 @@ class RetNet(RecurrentMixer):
     gate = split_heads(self.g_proj(x), self.n_heads)
     y = self.o_proj(self.norm(o, gate).reshape(*x.shape[:-1], -1))
     return y, self._new_cache(cache, state, {})
-
-
-def retnet(ctx: LayerContext, *, rngs: nnx.Rngs, expand_k: float = 1.0, expand_v: float = 2.0,
-           rope_theta: float | None = 10000.0, norm_eps: float = 1e-5, mode: str = "chunk",
-           chunk_size: int = 64) -> RetNet:
-  """Multi-scale retention; rope_theta=None drops the rotary embedding."""
-  return RetNet(ctx, expand_k=expand_k, expand_v=expand_v, rope_theta=rope_theta, norm_eps=norm_eps,
-                mode=mode, chunk_size=chunk_size, rngs=rngs)

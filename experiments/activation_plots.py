@@ -1,6 +1,6 @@
 """Draw the learned activation shapes of a trained run next to their init, as one PNG.
 
-    python -m layers.activations.plot RUN_DIR [--out FILE.png] [--range 3]
+    python -m experiments.activation_plots RUN_DIR [--out FILE.png] [--range 3]
 
 RUN_DIR is a workdir of `python -m train`: the latest checkpoint under RUN_DIR/checkpoints gives the
 learned coefficients; the init is rebuilt from RUN_DIR/config.json (activation inits are presets or

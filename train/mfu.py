@@ -1,7 +1,7 @@
 """Analytic training FLOPs per step and the peak FLOP/s that MFU divides by.
 
 Training FLOPs = 3 x forward (backward costs two forwards); the forward count per token comes
-from the layers themselves (`layers.flops`): matmul weights plus each layer's own extra work.
+from the layers themselves (`layers.forward_flops`): matmul weights plus each layer's own extra work.
 """
 
 import time
@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from layers.flops import forward_flops_per_token
+from layers.forward_flops import forward_flops_per_token
 
 # Dense bf16 peak FLOP/s per device by `device_kind` (vendor datasheets).
 PEAK_FLOPS = {
@@ -50,7 +50,7 @@ def peak_flops(devices=None) -> tuple[float, str]:
   for name, peak in PEAK_FLOPS.items():
     if kind.startswith(name):
       return peak * len(devices), f"table: {name} x {len(devices)}"
-  return float("nan"), f"unknown device kind {kind!r}; add it to train.flops.PEAK_FLOPS"
+  return float("nan"), f"unknown device kind {kind!r}; add it to train.mfu.PEAK_FLOPS"
 
 
 def train_flops_per_step(model: nnx.Module, *, seq_len: int, batch_size: int) -> float:
