@@ -41,7 +41,7 @@ init .527 at seed 0):
   now the default (before init_gain existed, the old init with W scaled by 0.1 gave .619 / .549 at seeds 0-1).
 * Learning rate (old init): 3e-3 .455; 3e-4 .332 at step 400 (stopped; 1e-3 .500 there).
 Remaining gap: not a bug found in the operator (its dense definition is tested); KArAt underfits here (train
-accuracy ~.70 vs ~.90 for softmax at step 600, loss still falling): at 11 tokens and 600 steps the additive,
+accuracy ~.74 vs ~.90 for softmax at step 600, loss still falling): at 11 tokens and 600 steps the additive,
 rank-r operator learns its token routing far more slowly than a softmax, which starts as an average; the
 paper's win is for 65 tokens and 100 CIFAR epochs, and it loses at ViT-S / ImageNet. Not tested for lack of
 CPU: a longer budget (a 3x run was stopped at step 400), G = 1, rank r < N.
