@@ -12,6 +12,7 @@ from layers.context import LayerContext
 from layers.kan import functional as F
 from layers.kan.fourier_kan import FourierKAN
 from layers.kan.kan_linear import KANLinear
+from layers.kan.karat import fourier_ka_operator
 
 CTX = LayerContext(d_model=32, n_heads=2, d_ff=128)
 
@@ -157,6 +158,35 @@ def test_karat_operator_matches_dense_definition_and_max_len():
                              atol=1e-5)
   with pytest.raises(ValueError, match="max_len"):
     layer(jnp.zeros((1, 13, 32)))
+
+
+@pytest.mark.parametrize("n_heads,max_len", [(2, 12), (8, 40)])
+def test_karat_init_gain_sets_the_initial_row_norm(n_heads, max_len):
+  """At init sqrt(mean_i sum_j A_ij^2) = init_gain (default 0.05) whatever the heads and length: the operator's
+  output starts at init_gain times the values' scale (it was 1 / sqrt(n_heads), the head axis counted as fan-in)."""
+  ctx = LayerContext(d_model=32, n_heads=n_heads, d_ff=128)
+  s = jax.random.normal(jax.random.key(14), (4, n_heads, max_len, max_len))
+  for options, gain in (({}, 0.05), ({"init_gain": 0.5}, 0.5)):
+    layer = registry.build("mixer", "karat", ctx, rngs=nnx.Rngs(0), max_len=max_len, **options)
+    w = layer.operator(s, None)
+    np.testing.assert_allclose(jnp.sqrt(jnp.mean(jnp.sum(w**2, -1))), gain, rtol=0.2)
+
+
+def test_karat_l1_normalize_divides_each_row_by_its_l1_norm():
+  """normalize="l1": A_ij / sum_j |A_ij| over the visible keys (signs kept), masked keys stay zero."""
+  s = jax.random.normal(jax.random.key(11), (2, 3, 5, 5))
+  coeffs = jax.random.normal(jax.random.key(12), (3, 2, 5, 4, 6))
+  proj = jax.random.normal(jax.random.key(13), (3, 6, 5))
+  causal = jnp.tril(jnp.ones((5, 5), bool))
+  raw = fourier_ka_operator(s, coeffs, proj, causal)
+  w = fourier_ka_operator(s, coeffs, proj, causal, normalize="l1")
+  np.testing.assert_allclose(w, raw / jnp.abs(raw).sum(-1, keepdims=True), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jnp.abs(w).sum(-1), 1.0, rtol=1e-5)
+  assert np.all(w[..., ~causal] == 0) and np.any(w < 0)
+  layer = _karat(normalize="l1")
+  assert layer.operator.normalize == "l1"
+  with pytest.raises(ValueError, match="normalize"):
+    _karat(normalize="softmax")
 
 
 def test_karat_bidirectional_packed_documents_equal_documents_alone():

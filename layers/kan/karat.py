@@ -17,6 +17,8 @@ baseline with the same projections. `causal=True` drops keys j > i from phi's in
 The operator materialises [B, H, T, 2, T, G] (about 2G times the score matrix): KArAt's known cost.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -31,15 +33,17 @@ from layers.kan.functional import fourier_features
 
 MODES = ("blockwise", "universal")
 OPERATORS = ("fourier_kan", "softmax")
+NORMALIZE = ("none", "l1")
 
 
 def fourier_ka_operator(scores: jax.Array, coeffs: jax.Array, proj: jax.Array,
-                        mask: jax.Array | None = None) -> jax.Array:
+                        mask: jax.Array | None = None, normalize: str = "none") -> jax.Array:
   """Low-rank Fourier-KAN replacement of the row softmax.
 
   scores [B, H, T, S] (fp32); coeffs [H, 2, S, G, r] and proj [H, r, S] for key positions 0..S-1, or
   per row [B, H, 2, S, G, r] and [B, H, r, S] (the parameters of each key's position); mask [T, S] or
-  [B, 1, T, S] bool or None -> attention weights [B, H, T, S] in fp32.
+  [B, 1, T, S] bool or None -> attention weights [B, H, T, S] in fp32. normalize="l1" divides each row by
+  its l1 norm over the visible keys (sum_j |A_ij| = 1, signs kept; an all-zero row stays zero).
 
   >>> causal = jnp.tril(jnp.ones((3, 3), bool))
   >>> w = fourier_ka_operator(jnp.zeros((1, 2, 3, 3)), jnp.ones((2, 2, 3, 4, 5)), jnp.ones((2, 5, 3)), causal)
@@ -53,24 +57,31 @@ def fourier_ka_operator(scores: jax.Array, coeffs: jax.Array, proj: jax.Array,
   low = jnp.einsum("bhtcsg,bhcsgr->bhtr" if per_row else "bhtcsg,hcsgr->bhtr", feats,
                    coeffs.astype(jnp.float32))  # [B, H, T, r]
   weights = jnp.einsum("bhtr,bhrs->bhts" if per_row else "bhtr,hrs->bhts", low, proj.astype(jnp.float32))
-  return weights if mask is None else jnp.where(mask, weights, 0.0)
+  if mask is not None:
+    weights = jnp.where(mask, weights, 0.0)
+  if normalize == "l1":
+    l1 = jnp.sum(jnp.abs(weights), axis=-1, keepdims=True)
+    weights = weights / jnp.where(l1 > 0, l1, 1.0)
+  return weights
 
 
 class FourierKAOperator(nnx.Module):
   """Per-head parameters of the operator: coeffs [H, 2, max_len, G, r], proj [H, r, max_len]."""
 
-  def __init__(self, n_heads: int, max_len: int, *, rank: int, grid_size: int, smooth_init: bool,
-               param_dtype, rngs: nnx.Rngs):
+  def __init__(self, n_heads: int, max_len: int, *, rank: int, grid_size: int, smooth_init: bool, init_gain: float,
+               normalize: str, param_dtype, rngs: nnx.Rngs):
     init = fourier_kan_init(smooth_init)
+    self.normalize = normalize
 
     def per_head_init(key, shape, dtype):
       return jax.vmap(lambda k: init(k, shape[1:], dtype))(jax.random.split(key, shape[0]))
 
     self.coeffs = make_param(per_head_init, rngs.params(), (n_heads, 2, max_len, grid_size, rank),
                              param_dtype, ("heads", None, None, None, None))
-    # Var[A_ij] = 1 / max_len, so sum_j A_ij v_j starts with about the variance of v (as softmax's average).
-    proj_init = nnx.initializers.variance_scaling(1.0 / max_len, "fan_in", "truncated_normal", in_axis=1,
-                                                  out_axis=2)
+    # Each phi_c has unit variance at init (coefficient variance 1 / (max_len G) over max_len G cos-sin pairs), so
+    # W ~ N(0, init_gain^2 / (max_len r)) gives Var[A_ij] = init_gain^2 / max_len: sum_j A_ij v_j starts at
+    # init_gain times the scale of v, a near-identity residual block for a small gain (see experiments/karat.py).
+    proj_init = nnx.initializers.normal(init_gain / math.sqrt(max_len * rank))
     self.proj = make_param(proj_init, rngs.params(), (n_heads, rank, max_len), param_dtype,
                            ("heads", None, None))
 
@@ -80,21 +91,27 @@ class FourierKAOperator(nnx.Module):
     max_len reads NaN parameters (loud, never clamped)."""
     if key_positions is None:
       S = scores.shape[-1]
-      return fourier_ka_operator(scores, self.coeffs[:, :, :S], self.proj[:, :, :S], mask)
+      return fourier_ka_operator(scores, self.coeffs[:, :, :S], self.proj[:, :, :S], mask, self.normalize)
     coeffs = jnp.take(self.coeffs[...], key_positions, axis=2, mode="fill", fill_value=jnp.nan)  # [H, 2, B, S, G, r]
     proj = jnp.take(self.proj[...], key_positions, axis=2, mode="fill", fill_value=jnp.nan)  # [H, r, B, S]
-    return fourier_ka_operator(scores, jnp.moveaxis(coeffs, 2, 0), jnp.moveaxis(proj, 2, 0), mask)
+    return fourier_ka_operator(scores, jnp.moveaxis(coeffs, 2, 0), jnp.moveaxis(proj, 2, 0), mask,
+                               self.normalize)
 
 
 class KArAt(nnx.Module):
-  """Fourier-KArAt token mixer (bidirectional by default, as in the ViT it was proposed for)."""
+  """Fourier-KArAt token mixer (bidirectional by default, as in the ViT it was proposed for).
+
+  init_gain: sqrt(sum_j A_ij^2) at init, the scale of the operator's output relative to the values' (softmax's
+  uniform average of N uncorrelated values: 1 / sqrt(N)); normalize="l1" divides each row of A by its l1 norm.
+  """
 
   def __init__(self, ctx: LayerContext, *, max_len: int = 256, rank: int = 12, grid_size: int = 3,
-               mode: str = "blockwise", operator: str = "fourier_kan", smooth_init: bool = False, causal: bool = False,
-               use_bias: bool = True, rngs: nnx.Rngs):
-    if mode not in MODES or operator not in OPERATORS:
-      raise ValueError(f"mode must be one of {MODES} and operator one of {OPERATORS}; "
-                       f"got {mode!r}, {operator!r}")
+               mode: str = "blockwise", operator: str = "fourier_kan", smooth_init: bool = False,
+               init_gain: float = 0.05, normalize: str = "none", causal: bool = False, use_bias: bool = True,
+               rngs: nnx.Rngs):
+    if mode not in MODES or operator not in OPERATORS or normalize not in NORMALIZE:
+      raise ValueError(f"mode must be one of {MODES}, operator one of {OPERATORS} and normalize one of "
+                       f"{NORMALIZE}; got {mode!r}, {operator!r}, {normalize!r}")
     self.n_heads, self.head_dim, self.max_len = ctx.n_heads, ctx.head_dim, max_len
     self.mode, self.causal, self.dtype = mode, causal, ctx.dtype
     kw = dict(use_bias=use_bias, dtype=ctx.dtype, param_dtype=ctx.param_dtype, rngs=rngs)
@@ -102,7 +119,8 @@ class KArAt(nnx.Module):
     self.qkv = Linear(ctx.d_model, 3 * inner, axes=("embed", "heads"), **kw)
     self.o = Linear(inner, ctx.d_model, axes=("heads", "embed"), **kw)
     self.operator = (FourierKAOperator(ctx.n_heads, max_len, rank=rank, grid_size=grid_size,
-                                       smooth_init=smooth_init, param_dtype=ctx.param_dtype, rngs=rngs)
+                                       smooth_init=smooth_init, init_gain=init_gain, normalize=normalize,
+                                       param_dtype=ctx.param_dtype, rngs=rngs)
                      if operator == "fourier_kan" else None)
 
   def flops_per_token(self, seq_len: int) -> float:
