@@ -182,8 +182,9 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
     data_registry.lookup(config.data.name)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  _require(config.model.get("parametrization", "sp") == "sp" or config.model.kind == "lm",
-           f"model.parametrization={config.model.parametrization!r} is implemented for model.kind='lm' only, got "
+  parametrization = config.model.get("parametrization", "sp")
+  _require(parametrization == "sp" or config.model.kind == "lm",
+           f"model.parametrization={parametrization!r} is implemented for model.kind='lm' only, got "
            f"model.kind={config.model.kind!r}; set model.parametrization='sp'")
 
   o, t, d = config.optim, config.train, config.data
