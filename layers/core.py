@@ -34,7 +34,9 @@ def make_param(
 def _flat_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """x [..., in] @ kernel [in, out] as one [N, in] matmul. For x [B, T, in] the kernel gradient contracts two axes,
   and XLA's CPU backend then copies both operands transposed (the d=512 train step's largest ops, 0.76x its CPU
-  time without them). CPU only: on a mesh that shards T, the merged N axis could cost a resharding."""
+  time without them). CPU only: on a mesh that shards T, the merged N axis could cost a resharding. Chosen when
+  tracing (the default backend), not by lax.platform_dependent: its cond keeps the residuals of both branches
+  for autodiff, which doubled the activations train.memory estimates from the abstract backward pass."""
   return jnp.dot(x.reshape(-1, x.shape[-1]), kernel).reshape(*x.shape[:-1], kernel.shape[-1])
 
 
@@ -64,7 +66,7 @@ class Linear(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:  # [..., in] -> [..., out]
     x, kernel = x.astype(self.dtype), self.kernel[...].astype(self.dtype)
-    y = jax.lax.platform_dependent(x, kernel, cpu=_flat_matmul, default=jnp.dot)
+    y = (_flat_matmul if jax.default_backend() == "cpu" else jnp.dot)(x, kernel)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
