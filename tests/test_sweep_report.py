@@ -56,7 +56,7 @@ def test_sweep_runs_skips_finished_and_resumes_interrupted(tmp_path):
   assert len(result["rows"]) == 4
   assert "| blocks | n |" in result["markdown"] and "± " in result["markdown"]  # seeds averaged: n = 2
   assert all(os.path.getsize(p) > 1000 for p in result["plots"])
-  assert any("no approach 3 fit" in n and "need at least 6" in n for n in result["notes"])  # one size: says so
+  assert any(n.startswith("no scaling fits: each variant was run at one size") for n in result["notes"])
 
 
 def test_sweep_refuses_a_changed_config_for_an_interrupted_run_before_writing(tmp_path, capsys):
@@ -173,6 +173,10 @@ def test_no_frontier_plot_from_one_size_per_variant(tmp_path):
   result = report.report(str(tmp_path), bootstrap=20)
   assert not any(os.path.basename(p) in ("frontier.png", "multiplier.png") for p in result["plots"]), result["plots"]
   assert any(p.endswith("loss_vs_step.png") for p in result["plots"])
+  # No table of unconstrained fits either: one note says why.
+  assert result["scaling_markdown"] is None
+  assert result["notes"] == ["no scaling fits: each variant was run at one size and budget (a comparison; a "
+                             "scaling sweep such as experiments/scaling.py runs several)"]
 
 
 def test_isoflop_curves_and_mqar_plot_from_synthetic_runs(tmp_path):
