@@ -144,10 +144,11 @@ def test_isoflop_plan_spends_each_budget_with_the_models_own_flops():
     isoflop.plan(config, [1e11], shapes, sizes=3)
 
 
-def test_sweep_dry_run_lists_params_tokens_and_flops_of_the_plan(capsys):
+def test_sweep_dry_run_lists_params_tokens_and_flops_of_the_plan(capsys, tmp_path):
   from train import sweep
 
-  assert sweep.main(["--config", "experiments/scaling.py:local", "--dry-run"]) == 0
+  # An empty root: runs of the same plan in the default root (runs/scaling-local) would list as done.
+  assert sweep.main(["--config", "experiments/scaling.py:local", "--root", str(tmp_path), "--dry-run"]) == 0
   out = capsys.readouterr().out
   listed = [line for line in out.splitlines() if line.startswith("new")]
   sizes = [line for line in out.splitlines() if "params," in line]
