@@ -294,7 +294,7 @@ def section(runs: list[dict], rows: list[dict], variant_keys: list[str], save, *
     return {"markdown": None, "plots": [], "notes": notes}
   if all(len(v.flops) == 1 for v in variants.values()):  # a comparison at one size: nothing to fit, say so once
     return {"markdown": None, "plots": [], "notes": [
-      "no scaling fits: each variant was run at one size and budget (a comparison; a scaling sweep such as "
+      *notes, "no scaling fits: each variant was run at one size and budget (a comparison; a scaling sweep such as "
       "experiments/scaling.py runs several)"]}
   notes += fit(variants, bootstrap=bootstrap)
   base = pick_baseline(variants, baseline)
