@@ -1,5 +1,5 @@
 """The rational op over the full fp32 range (|x| up to 3e38, ±inf, NaN) against exact rational arithmetic, and
-its fused backward against autodiff of the literal formula (blocked CPU form, tails, groups)."""
+its fused backward against autodiff of the literal formula (the CPU forms, groups, fp32 accuracy of the sums)."""
 
 import functools
 from fractions import Fraction
@@ -106,8 +106,9 @@ def test_moderate_inputs_fast_and_full_range_forms_agree(version):
   n_den = R.denominator_size(version, 4)
   a = jnp.asarray(rng.normal(size=(6, 4, 1)), jnp.float32)
   b = jnp.asarray(rng.normal(size=(n_den, 4, 1)) * 0.5, jnp.float32)
-  np.testing.assert_allclose(R._forward(x, a, b, version, True), R._forward(x, a, b, version, False), rtol=1e-6)
-  for full, fast in zip(R._backward(x, g, a, b, version, True), R._backward(x, g, a, b, version, False)):
+  f = R._forward(x, a, b, version, False)
+  np.testing.assert_allclose(R._forward(x, a, b, version, True), f, rtol=1e-6)
+  for full, fast in zip(R._backward(x, g, a, b, version), R._backward_literal(x, g, f, a, b, version)):
     np.testing.assert_allclose(full, fast, rtol=1e-5, atol=1e-5 * float(jnp.abs(fast).max()))
 
 
@@ -173,19 +174,42 @@ def test_fused_backward_matches_autodiff(version):
     _check_against_autodiff(version, a, b, x, rng.normal(size=x.shape))
 
 
-def test_cpu_blocks_with_tail_and_one_far_block(version="A"):
-  """The CPU form's blocks (here 2 of 2048 rows of 16 and a tail of 3 rows) give the same result as autodiff
-  of the literal formula, with one block holding an element beyond the threshold (full-range form there)."""
+@pytest.mark.parametrize("rows, far", [(512, False), (4099, False), (4099, True)])
+def test_cpu_forms_against_autodiff(rows, far, version="A"):
+  """Each CPU form equals autodiff of the literal formula, one shared rational and 4 groups: the literal form
+  with its coefficient gradients in runs of 256 (512 x 16 elements) or, for a size no run length divides
+  (4099 x 16), one reduction per coefficient; and once one element lies beyond the threshold, the full-range
+  form over blocks of rows (here 2 of 2048 rows and a remainder of 3)."""
   rng = np.random.default_rng(2)
-  x = rng.normal(size=(4099, 4, 4)) * 2
+  x = rng.normal(size=(rows, 4, 4)) * 2
   g = rng.normal(size=x.shape)
-  x[3000, 0, 0], g[3000, 0, 0] = -7e5, 1e-5  # |x| > T = 2^19: that block runs the factored form
+  assert (R._sum_layout(x.shape, ()) is None) == (rows == 4099)
+  if far:
+    x[300, 0, 0], g[300, 0, 0] = -7e5, 1e-5  # |x| > T = 2^19
   fit = preset("leaky_relu", version)
   for groups in (False, True):
     a, b = fit.numerator, fit.denominator
     if groups:
       a, b = (np.stack([c * (1 + 0.1 * k) for k in range(4)], -1)[:, :, None] for c in (a, b))
     _check_against_autodiff(version, a, b, x, g)
+
+
+def test_coefficient_gradients_keep_fp32_accuracy_over_many_elements():
+  """Over 2^20 elements each coefficient gradient Σ t is within 1e-8 Σ|t| of its fp64 value; one fp32 chain
+  over them all is off by more (~1e-7 Σ|t|; the CPU form adds runs of 256, then the runs' sums)."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(1024, 1024)).astype(np.float32)
+  g = rng.normal(size=x.shape).astype(np.float32)
+  fit = preset("leaky_relu", "A")
+  a, b = np.asarray(fit.numerator, np.float32), np.asarray(fit.denominator, np.float32)
+  _, _, da, db = op_and_vjp("A")(*(jnp.asarray(c) for c in (x, a, b, g)))
+  xd, gd, ad, bd = (np.asarray(c, np.float64) for c in (x, g, a, b))
+  q = 1 + sum(abs(bd[j]) * np.abs(xd) ** (j + 1) for j in range(4))
+  f = sum(ad[i] * xd**i for i in range(6)) / q
+  terms = [gd * xd**i / q for i in range(6)] + [-gd * f / q * np.abs(xd) ** (j + 1) * np.sign(bd[j]) for j in range(4)]
+  error = np.abs(np.concatenate([da, db]) - [t.sum() for t in terms]) / [np.abs(t).sum() for t in terms]
+  chain = [abs(np.cumsum(t.ravel().astype(np.float32))[-1] - t.sum()) / np.abs(t).sum() for t in terms]
+  assert np.max(error) < 1e-8 < np.max(chain), (error, chain)
 
 
 @pytest.mark.parametrize("version", ["A", "B", "C", "N"])

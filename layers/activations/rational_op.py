@@ -21,13 +21,15 @@ a_5 / |b_4| for version A 5/4). An element whose cotangent is 0 contributes exac
 output, its input gradient and the gradients of the coefficients it uses NaN (its partials are
 undefined) and nothing else: other elements' input gradients and other groups' coefficients stay clean.
 
-Speed. The backward is hand-written (`jax.custom_vjp`): it keeps only (x, a, b) and recomputes P, Q and
-their derivatives by Horner's rule; no powers or other [..., m+n] tensors are stored. Coefficient
-gradients are power sums Σ w x^i, one reduction each. On CPU the op runs over blocks of rows that stay in
-cache (a reduction per coefficient over the whole array would re-read it from memory m+n times), each
-block on the plain formula unless one of its elements lies beyond T. Elsewhere (GPU, TPU: extra
-arithmetic is free next to memory traffic, and XLA fuses sibling reductions) the whole array runs on the
-full-range form in one pass.
+Speed. The backward is hand-written (`jax.custom_vjp`): it keeps (x, a, b) and the output F, and recomputes
+Q and the derivatives by Horner's rule; no powers or other [..., m+n] tensors are stored. Coefficient
+gradients are power sums Σ w x^i. On CPU one max over |x| picks the form: beyond T anywhere (rare: such
+inputs mean training has already diverged), the whole array runs on the full-range form; otherwise the
+literal formula, and the backward makes two passes over (x, g, F): one for dL/dx, one variadic reduce for
+all m+n power sums together (XLA:CPU emits one pass over the data per ordinary reduction, and does not
+vectorise a variadic one), summing runs of 256 elements before adding the runs, so fp32 rounding stays
+that of a 256-term sum. Elsewhere (GPU, TPU: extra arithmetic is free next to memory traffic, and XLA
+fuses sibling reductions) the whole array runs on the full-range form in one pass.
 """
 
 import functools
@@ -37,7 +39,8 @@ import jax
 import jax.numpy as jnp
 
 VERSIONS = ("A", "B", "C", "D", "N")
-_CPU_BLOCK = 32768  # elements per CPU block: the block's handful of temporaries stay in L2
+_BLOCK = 32768  # elements per block of the CPU full-range backward: its temporaries stay in L2
+_RUN = 256  # elements per partial sum of a coefficient gradient on CPU (fp32 rounding grows with it)
 
 
 def check_version(version: str) -> None:
@@ -191,26 +194,66 @@ class _Far:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Forward and backward of one block (or of the whole array), literal ("fast") or full-range.
+# Coefficient gradients: power sums Σ w x^i over the elements, all in one pass.
 
 
 def _sum_to(t: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Sum t [..., *shape'] down to `shape` (the coefficient's broadcast shape S), leading axes first
-  (a column-wise reduction vectorises on CPU)."""
+  """Sum t [..., *shape'] down to `shape` (a coefficient's shape S), leading axes first."""
   t = jnp.sum(t, axis=tuple(range(t.ndim - max(len(shape), 1))))
   if not shape:
     return jnp.sum(t)
   return jnp.sum(t, axis=tuple(i for i, k in enumerate(shape) if k == 1), keepdims=True)
 
 
-def _power_sums(w: jax.Array, u: jax.Array, start: int, k: int, shape: tuple[int, ...]) -> jax.Array:
-  """[Σ w u^start, ..., Σ w u^(start+k-1)] reduced to `shape`: k reductions of one running product."""
-  t = w * u if start else w
-  sums = []
-  for _ in range(k):
-    sums.append(_sum_to(t, shape))
-    t = t * u
-  return jnp.stack(sums)
+def _sum_layout(x_shape: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+  """How to sum a [x_shape] term down to the coefficient shape S = `shape` in runs of <= _RUN elements:
+  (P, R, C, j) for the view [P, R // C, C] (P = the axes up to the last one S keeps, j of them; C the run),
+  or None when no run of at least _RUN // 8 divides the summed trailing size R and R exceeds _RUN * 16
+  (one chain that long would lose fp32 accuracy)."""
+  s = (1,) * (len(x_shape) - len(shape)) + tuple(shape)
+  j = max((i + 1 for i, k in enumerate(s) if k != 1), default=0)
+  rest = math.prod(x_shape[j:])
+  run = next((c for c in (_RUN, _RUN // 2, _RUN // 4, _RUN // 8) if rest % c == 0), None)
+  if run is None:
+    if rest > _RUN * 16:
+      return None
+    run = max(rest, 1)
+  return math.prod(x_shape[:j]), rest, run, j
+
+
+def _coefficient_sums(terms: list[jax.Array], a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(dL/da, dL/db) from the per-element terms of every coefficient (a's first, each shaped like x), reduced
+  to a's and b's shapes. The terms are summed in one variadic reduce, which reads their inputs once (each
+  ordinary reduction is a pass over the data on XLA:CPU, and stacking them materialises them all), over runs
+  of _RUN elements whose sums are then added, so no fp32 chain is longer than a run; a size that no run
+  length divides is summed one reduction per term."""
+  x_shape = terms[0].shape
+  layout = _sum_layout(x_shape, jnp.broadcast_shapes(a.shape[1:], b.shape[1:]))
+  if layout is not None:
+    p, rest, run, j = layout
+    sums = _variadic_sum(tuple(t.reshape(p, rest // run, run) for t in terms))  # each [P, R // C]
+    terms = [u.reshape(*x_shape[:j], rest // run, *([1] * (len(x_shape) - j - 1))) for u in sums]
+  m1 = a.shape[0]
+  return (jnp.stack([_sum_to(t, a.shape[1:]) for t in terms[:m1]]),
+          jnp.stack([_sum_to(t, b.shape[1:]) for t in terms[m1:]]))
+
+
+@jax.custom_jvp
+def _variadic_sum(views: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+  """Σ over the last axis of every view, in one loop over the data."""
+  zeros = tuple(jnp.zeros((), v.dtype) for v in views)
+  return jax.lax.reduce(views, zeros, lambda u, w: tuple(p + q for p, q in zip(u, w)), (2,))
+
+
+@_variadic_sum.defjvp
+def _variadic_sum_jvp(primals, tangents):
+  # The sum is linear: its tangent is the sum of the tangents, written with reduce_sum (which, unlike a
+  # variadic reduce, JAX can transpose) so that the backward stays differentiable.
+  return _variadic_sum(*primals), tuple(jnp.sum(t, axis=2) for t in tangents[0])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Forward and backward: the full-range form (any platform) and the literal one (CPU, every |x| <= T).
 
 
 def _forward(x, a, b, version, full_range: bool):
@@ -222,17 +265,14 @@ def _forward(x, a, b, version, full_range: bool):
   return jnp.where(far, _Far(jnp.where(far, x, 1.0), a, beta, q0, version).f, f)
 
 
-def _backward(x, g, a, b, version, full_range: bool):
-  """(dL/dx, dL/da, dL/db) for cotangent g; coefficient gradients reduced to a's and b's shapes."""
+def _backward(x, g, a, b, version):
+  """(dL/dx, dL/da, dL/db) for cotangent g over the full range; coefficient gradients reduced to a's and b's
+  shapes."""
   beta, q0 = _denominator_poly(b, version)
   m1, n1 = a.shape[0], beta.shape[0]
   j0 = 0 if version == "C" else 1  # β_0 is a coefficient only in version C
   f, df, inv_q, hs, v = _near(x, a, beta, q0, version)
   wa, wb = g * inv_q, -g * f * inv_q * hs
-  if not full_range:
-    grad_a = _power_sums(wa, x, 0, m1, a.shape[1:])
-    grad_b = _power_sums(wb, v, j0, n1 - j0, b.shape[1:])
-    return g * df, grad_a, grad_b
   far = ~(jnp.abs(x) <= threshold(m1 - 1, n1 - 1))
   fr = _Far(jnp.where(far, x, 1.0), a, beta, q0, version)
   live = g != 0  # a zero cotangent contributes exactly zero, whatever the partial (inf, NaN)
@@ -246,58 +286,43 @@ def _backward(x, g, a, b, version, full_range: bool):
   near_b = [wb * v if j0 else wb]
   for _ in range(j0 + 1, n1):
     near_b.append(near_b[-1] * v)
-  # One stacked reduction per coefficient vector: the far chain is written once, not once per coefficient.
-  terms_a = jnp.stack([pick(fr.numerator_partial(g, i), t) for i, t in enumerate(near_a)])
-  terms_b = jnp.stack([pick(fr.denominator_partial(g, j), t) for j, t in enumerate(near_b, j0)])
-  sum_to = lambda t, shape: jax.vmap(lambda u: _sum_to(u, shape))(t)  # noqa: E731
-  return pick(g * fr.df, g * df), sum_to(terms_a, a.shape[1:]), sum_to(terms_b, b.shape[1:])
+  terms = [pick(fr.numerator_partial(g, i), t) for i, t in enumerate(near_a)]
+  terms += [pick(fr.denominator_partial(g, j), t) for j, t in enumerate(near_b, j0)]
+  return (pick(g * fr.df, g * df), *_coefficient_sums(terms, a, b))
+
+
+def _backward_literal(x, g, f, a, b, version):
+  """(dL/dx, dL/da, dL/db) by the literal formula, given the forward's output f; every |x| <= T. Two passes
+  over (x, g, f): dL/dx, and every coefficient gradient in one reduce. Each divides by Q itself: a shared
+  1/Q would be a third pass (XLA materialises a divide that two loops use)."""
+  beta, q0 = _denominator_poly(b, version)
+  j0 = 0 if version == "C" else 1
+  dp = horner_with_derivative(a, x)[1]
+  v = jnp.abs(x) if version == "A" else x
+  s, ds = horner_with_derivative(beta, v)
+  hs = jnp.where(s >= 0, 1.0, -1.0).astype(x.dtype) if version in "BCD" else 1.0
+  dq = hs * ds if version in "BCD" else jnp.sign(x) * ds if version == "A" else ds
+  q = q0 + hs * s
+  wa = g / q
+  terms = [wa]
+  for _ in range(1, a.shape[0]):
+    terms.append(terms[-1] * x)
+  terms.append(-wa * f * hs * v if j0 else -wa * f * hs)
+  for _ in range(j0 + 1, beta.shape[0]):
+    terms.append(terms[-1] * v)
+  return (g * (dp - f * dq) / q, *_coefficient_sums(terms, a, b))
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Drivers: the whole array in one pass (GPU / TPU), or blocks of rows (CPU).
+# Drivers. CPU: the literal form unless some |x| > T (one max pass), its backward two passes over
+# (x, g, F). Elsewhere: the full-range form in one pass.
 
 
-def _cpu_blocks(fn, x: jax.Array, g: jax.Array | None, sums: tuple, trailing: int, limit: float):
-  """Apply fn(x_block, g_block, full_range) -> (out_block, block_sums) over blocks of rows of x, each block
-  on the literal formula unless one of its elements is beyond `limit`; returns (out, sums + Σ block_sums)."""
-  shape = x.shape
-  x = x.reshape(-1, *shape[x.ndim - trailing:])
-  g = None if g is None else g.reshape(x.shape)
-  rows = x.shape[0]
-  rb = _block_rows(rows, math.prod(x.shape[1:]))
-
-  def block(start, size):
-    xb = jax.lax.dynamic_slice_in_dim(x, start, size)
-    gb = None if g is None else jax.lax.dynamic_slice_in_dim(g, start, size)
-    far = jnp.any(~(jnp.abs(xb) <= limit))
-    return jax.lax.cond(far, functools.partial(fn, full_range=True), functools.partial(fn, full_range=False),
-                        xb, gb)
-
-  def body(i, carry):
-    out, acc = carry
-    ob, sb = block(i * rb, rb)
-    return jax.lax.dynamic_update_slice_in_dim(out, ob, i * rb, 0), jax.tree.map(jnp.add, acc, sb)
-
-  out, sums = jax.lax.fori_loop(0, rows // rb, body, (jnp.zeros_like(x), sums))
-  if rows % rb:
-    tail, tail_sums = block(rows - rows % rb, rows % rb)
-    out = jax.lax.dynamic_update_slice_in_dim(out, tail, rows - rows % rb, 0)
-    sums = jax.tree.map(jnp.add, sums, tail_sums)
-  return out.reshape(shape), sums
-
-
-def _block_rows(rows: int, row_size: int) -> int:
-  """Rows per CPU block: about _CPU_BLOCK elements, a divisor of `rows` when one is near (no tail block)."""
-  target = max(1, min(rows, _CPU_BLOCK // max(row_size, 1)))
-  for rb in range(target, max(target // 2, 1) - 1, -1):
-    if rows % rb == 0:
-      return rb
-  return target
-
-
-def _trailing(x: jax.Array, *coeffs: jax.Array) -> int:
-  """How many trailing axes of x the coefficient shapes S broadcast against (at least 1)."""
-  return max(1, *(c.ndim - 1 for c in coeffs))
+def _far(x: jax.Array, a: jax.Array, b: jax.Array, version: str) -> jax.Array:
+  """Whether some element of x lies beyond T (±inf and NaN included: the max propagates NaN)."""
+  if x.size == 0:
+    return jnp.zeros((), bool)
+  return ~(jnp.max(jnp.abs(jax.lax.stop_gradient(x))) <= _limit(a, b, version))
 
 
 def _limit(a: jax.Array, b: jax.Array, version: str) -> float:
@@ -305,26 +330,37 @@ def _limit(a: jax.Array, b: jax.Array, version: str) -> float:
 
 
 def _forward_any(x, a, b, version):
+  """(F, far): on CPU the literal formula unless some |x| > T; elsewhere the full-range form in one pass."""
   def cpu(x, a, b):
-    fn = lambda xb, gb, full_range: (_forward(xb, a, b, version, full_range), ())  # noqa: E731
-    return _cpu_blocks(fn, x, None, (), _trailing(x, a, b), _limit(a, b, version))[0]
+    far = _far(x, a, b, version)
+    f = jax.lax.cond(far, lambda x: _forward(x, a, b, version, True), lambda x: _forward(x, a, b, version, False),
+                     x)
+    return f, far
 
-  return jax.lax.platform_dependent(x, a, b, cpu=cpu,
-                                    default=lambda x, a, b: _forward(x, a, b, version, full_range=True))
+  return jax.lax.platform_dependent(
+      x, a, b, cpu=cpu, default=lambda x, a, b: (_forward(x, a, b, version, True), jnp.zeros((), bool)))
 
 
-def _backward_any(x, g, a, b, version):
-  def cpu(x, g, a, b):
-    def fn(xb, gb, full_range):
-      dx, ga, gb_ = _backward(xb, gb, a, b, version, full_range)
-      return dx, (ga, gb_)
+def _backward_in_blocks(x, g, a, b, version):
+  """The full-range backward over blocks of about _BLOCK elements (rows of the axes the coefficients broadcast
+  against), one after another: its per-element temporaries stay the size of a block, not of x."""
+  trailing = x.shape[max(0, x.ndim - max(1, a.ndim - 1, b.ndim - 1)):]
+  rows = x.reshape(-1, *trailing)
+  per_row = lambda xg: _backward(*xg, a, b, version)  # noqa: E731
+  dx, grad_a, grad_b = jax.lax.map(per_row, (rows, g.reshape(rows.shape)),
+                                   batch_size=max(1, _BLOCK // max(math.prod(trailing), 1)))
+  return dx.reshape(x.shape), grad_a.sum(0), grad_b.sum(0)
 
-    zeros = (jnp.zeros(a.shape, x.dtype), jnp.zeros(b.shape, x.dtype))
-    dx, (ga, gb) = _cpu_blocks(fn, x, g, zeros, _trailing(x, a, b), _limit(a, b, version))
-    return dx, ga, gb
 
-  return jax.lax.platform_dependent(x, g, a, b, cpu=cpu,
-                                    default=lambda x, g, a, b: _backward(x, g, a, b, version, full_range=True))
+def _backward_any(x, g, f, far, a, b, version):
+  def cpu(x, g, f, a, b):
+    return jax.lax.cond(far, lambda x, g, f, a, b: _backward_in_blocks(x, g, a, b, version),
+                        lambda *args: _backward_literal(*args, version), x, g, f, a, b)
+
+  def full(x, g, f, a, b):
+    return _backward(x, g, a, b, version)
+
+  return jax.lax.platform_dependent(x, g, f, a, b, cpu=cpu, default=full)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -340,16 +376,17 @@ def fused_rational(x: jax.Array, a: jax.Array, b: jax.Array, version: str) -> ja
   >>> fused_rational(jnp.array([1e30, 2.0]), a, b, "A")      # doctest: +SKIP
   Array([1.e-30, 4.e-01], dtype=float32)
   """
-  return _forward_any(x, a, b, version)
+  return _forward_any(x, a, b, version)[0]
 
 
 def _fused_fwd(x, a, b, version):
-  return _forward_any(x, a, b, version), (x, a, b)
+  f, far = _forward_any(x, a, b, version)
+  return f, (x, a, b, f, far)
 
 
 def _fused_bwd(version, residuals, g):
-  x, a, b = residuals
-  grad_x, grad_a, grad_b = _backward_any(x, g, a, b, version)
+  x, a, b, f, far = residuals
+  grad_x, grad_a, grad_b = _backward_any(x, g, f, far, a, b, version)
   if version == "A":
     grad_b = grad_b * jnp.where(b >= 0, 1.0, -1.0)  # d|b|/db, taken as +1 at b = 0 so zero-init can learn
   return grad_x, grad_a.reshape(a.shape), grad_b.reshape(b.shape)
