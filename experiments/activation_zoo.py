@@ -29,19 +29,19 @@ test examples, 2 CPU cores under heavy load, ~40 min for the 72 runs at --parall
   other; APA (a sigmoid-shaped gate, as the paper uses it for classifier heads) trains like sigmoid in hidden
   layers, and AGLU is the form for hidden layers.
 Text (`--scale local`: 2 layers, d_model 64, d_ff 192, batch 16 x 128 bytes, 300 steps, eval loss on 32K
-held-out bytes): PARTIAL, a fresh run this session (the earlier runs' directories were gone) of the most-asked
-subset in the order relu, gelu, silu, rational, group_rational, polynorm, polyrelu, aglu, crrelu, velu, smelu,
-helu, snake, seeds 0-2 each, 2 at a time under nice (each run `python -m train --config
-experiments/activation_zoo.py:local,task=text,act=ACT --config.seed=S --workdir
-runs/activation_zoo-text-local/activation-ACT_seed-S`, the sweep's names, so `python -m
-experiments.activation_zoo --task text` resumes); load average 11-22 on the 2 cores, 36 s - 6 min a run
-(median 52 s), stopped at the session's end; mean ± std over seeds 0-2 unless said:
-  smelu 2.566 (1 seed) | polyrelu 2.612 ± .011 | group_rational 2.618 ± .051 | crrelu 2.628 ± .041 |
-  polynorm 2.630 ± .023 | velu 2.632 ± .032 | aglu 2.635 ± .035 | gelu 2.635 ± .034 | rational 2.638 ± .039 |
-  relu 2.649 ± .079 | silu 2.655 ± .008.
-Seed-to-seed spread (std up to .08, relu; single runs span 2.56-2.71) is larger than the gaps between
-the means (2.612-2.655, all within one std of each other): at this scale the text task does not separate them.
-Not rerun: smelu seeds 1-2, helu, snake (the subset's last), and the other 11 activations.
+held-out bytes; seeds 0-2, all 72 runs; 30 of them in an earlier session under load, the other 42 with
+`python -m experiments.activation_zoo --task text --scale local --parallel 2` on a quiet machine, 14 min),
+mean ± std:
+  snake 2.609 ± .044 | relu2 2.609 ± .034 | polyrelu 2.612 ± .011 | group_rational 2.618 ± .051 |
+  crrelu 2.628 ± .041 | polynorm 2.630 ± .023 | velu 2.633 ± .032 | aglu 2.635 ± .035 | gelu = gelu_tanh
+  2.635 ± .034 | rational 2.638 ± .039 | helu 2.639 ± .072 | generalized_smelu 2.643 ± .068 | leaky_relu
+  2.647 ± .076 | relu 2.649 ± .079 | swish_beta 2.650 ± .018 | smelu 2.654 ± .076 | silu = swish 2.655 ± .008 |
+  tanh 2.661 ± .025 | identity 2.663 ± .025 | apa 2.678 ± .032 | sigmoid 2.691 ± .028 | sine 3.282 ± .016.
+The seed spread (std up to .08; relu's single runs span 2.56-2.71) is larger than the gaps among the first
+twenty (2.609-2.663, identity included: at 300 steps a 2-layer byte LM gets most of its loss from attention
+and the embeddings), so the text task does not separate the activations at this scale; only sigmoid / APA
+(a sigmoid-shaped gate) trail by about one std, and SIREN's sine (no ω0 scaling in an LM's hidden layer, a
+periodic response to every pre-activation) fails to train (3.28).
 """
 
 import argparse
