@@ -5,12 +5,12 @@ unit_lower_inverse: (I + A)⁻¹ for strictly lower-triangular A, by block doubl
 chunk_linear:       gated linear attention, no / scalar / per-channel log decay (linear_attn, simple_gla, gla).
 chunk_delta:        the WY/UT form of the delta rule (delta_rule, gated_delta_rule, kda).
 
-Both chunk forms run through one `jax.custom_vjp` (`_chunk_recurrence`): the forward keeps only the
-states entering each chunk ([B, H, N, K, V], the chunk-boundary states); the backward recomputes the
-intra-chunk terms, runs the state gradient backwards over chunks, then forms every input gradient with all
-chunks in parallel (the recompute-based backward of the reference GPU library's chunk kernels). Forward and
-backward walk the row in groups of GROUP_CHUNKS chunks (an outer scan), so only one group's intra-chunk
-terms are live at a time.
+Both chunk forms run through one `jax.custom_vjp` (`_chunk_recurrence`). Forward and backward walk the row
+in groups of GROUP_CHUNKS chunks (an outer scan), so only one group's intra-chunk terms are live at a time.
+The forward keeps only the inputs and the state entering each group ([m, B, H, K, V]); the backward
+recomputes a group's chunk-entry states and intra-chunk terms, runs the state gradient backwards over its
+chunks, then forms every input gradient with the group's chunks in parallel (the recompute-based backward of
+the reference GPU library's chunk kernels), writing it in place into the gradients' buffers.
 """
 
 import functools
@@ -243,7 +243,7 @@ def _chunk_forward(q, k, v, g, beta, s0, docs, size):
 
 # Chunks per step of the outer scan of `_chunk_recurrence` (the largest divisor of N up to this): the
 # intra-chunk terms of one group are live at a time, so memory does not grow with T beyond the inputs, the
-# chunk-boundary states and the gradients, and each step's work stays cache-sized on CPU.
+# group-entry states and the gradients, and each step's work stays cache-sized on CPU.
 GROUP_CHUNKS = 16
 
 
@@ -259,9 +259,14 @@ def _to_groups(x: jax.Array | None, m: int, axis: int) -> jax.Array | None:
   return jnp.moveaxis(x.reshape(*x.shape[:axis], m, x.shape[axis] // m, *x.shape[axis + 1:]), axis, 0)
 
 
-def _from_groups(x: jax.Array | None) -> jax.Array | None:
-  """[m, B, L, ...] -> [B, m*L, ...]."""
-  return None if x is None else jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1, *x.shape[3:])
+def _group(x: jax.Array | None, j: jax.Array, length: int) -> jax.Array | None:
+  """Group j of the time axis (axis 1) of x [B, T, ...]: [B, length, ...] (None stays None)."""
+  return None if x is None else jax.lax.dynamic_slice_in_dim(x, j * length, length, 1)
+
+
+def _put_group(buffer: jax.Array | None, x: jax.Array | None, j: jax.Array, length: int) -> jax.Array | None:
+  """buffer [B, T, ...] with group j replaced by x (in place in the scan's carry)."""
+  return None if buffer is None else jax.lax.dynamic_update_slice_in_dim(buffer, x, j * length, 1)
 
 
 def _grouped_documents(docs: common.ChunkDocuments, m: int) -> tuple[common.ChunkDocuments, common.ChunkDocuments]:
@@ -284,15 +289,15 @@ def _chunk_recurrence(q, k, v, g, beta, s0, docs, size):
 
 
 def _chunk_recurrence_fwd(q, k, v, g, beta, s0, docs, size):
-  """`grouped_forward` of `_chunk_forward`; residuals: the inputs and the chunk-entry states, nothing per step."""
-  o, final, starts = grouped_forward(_chunk_forward, (q, k, v, g, beta), s0, docs, size)
-  return (o, final), (q, k, v, g, beta, docs, starts)
+  """`grouped_forward` of `_chunk_forward`; residuals: the inputs and the states entering each group."""
+  o, final, entries = grouped_forward(_chunk_forward, (q, k, v, g, beta), s0, docs, size)
+  return (o, final), (q, k, v, g, beta, docs, entries)
 
 
 def _chunk_recurrence_bwd(size, res, cts):
   """`grouped_backward` of `_chunk_backward` (docs get no gradient)."""
-  q, k, v, g, beta, docs, starts = res
-  grads, d_s0 = grouped_backward(_chunk_backward, (q, k, v, g, beta), docs, starts, *cts, size)
+  q, k, v, g, beta, docs, entries = res
+  grads, d_s0 = grouped_backward(_chunk_forward, _chunk_backward, (q, k, v, g, beta), docs, entries, *cts, size)
   return (*grads, d_s0, None)
 
 
@@ -300,34 +305,50 @@ def grouped_forward(forward: Callable, inputs: tuple, s0: jax.Array, docs: commo
   """A scan over groups of chunks (`GROUP_CHUNKS`), each `forward(*inputs_j, s, docs_j, size) -> (o_j, final_j,
   starts_j)` (chunkwise parallel inside the group): only one group's intra-chunk terms are live at a time.
   inputs [B, T, H, ...] (None passes through). Returns o [B, T, H, V], the final state [B, H, K, V] and the
-  states entering each chunk [m, B, H, N/m, K, V] (the residual of a recompute-based backward)."""
+  states entering each group [m, B, H, K, V] (the residual of the recompute-based backward: one state per
+  group, not per chunk)."""
   m = _group_count(inputs[0].shape[1] // size)
+  length = inputs[0].shape[1] // m
   per_group, constant = _grouped_documents(docs, m)
 
-  def body(s, x):
-    xs, docs_j = x
-    o, final, starts = forward(*xs, s, _merge(docs_j, constant), size)
-    return final, (o, starts)
+  def run(j, s, docs_j):
+    return forward(*(_group(x, j, length) for x in inputs), s, _merge(docs_j, constant), size)
 
-  final, (o, starts) = jax.lax.scan(body, s0, (tuple(_to_groups(x, m, 1) for x in inputs), per_group))
-  return _from_groups(o), final, starts
+  o_group = jax.eval_shape(run, 0, s0, jax.tree.map(lambda x: x[0], per_group))[0]  # [B, length, H, V]
+  # zeros_like keeps the inputs' shard_map axis types (a scan's carry must keep its type)
+  o = jnp.zeros_like(inputs[0], o_group.dtype, (o_group.shape[0], inputs[0].shape[1], *o_group.shape[2:]))
+
+  def body(carry, x):
+    s, o = carry
+    j, docs_j = x
+    o_j, final, _ = run(j, s, docs_j)
+    return (final, _put_group(o, o_j, j, length)), s
+
+  (final, o), entries = jax.lax.scan(body, (s0, o), (jnp.arange(m), per_group))
+  return o, final, entries
 
 
-def grouped_backward(backward: Callable, inputs: tuple, docs: common.ChunkDocuments, starts: jax.Array,
-                     do: jax.Array, d_final: jax.Array, size: int) -> tuple[tuple, jax.Array]:
-  """`grouped_forward`'s scan in reverse, each group through `backward(*inputs_j, docs_j, starts_j, do_j, ds,
-  size) -> (*input grads, d state entering the group)`. Returns (the inputs' gradients [B, T, H, ...], d s0)."""
-  m = starts.shape[0]
+def grouped_backward(forward: Callable, backward: Callable, inputs: tuple, docs: common.ChunkDocuments,
+                     entries: jax.Array, do: jax.Array, d_final: jax.Array, size: int) -> tuple[tuple, jax.Array]:
+  """`grouped_forward`'s scan in reverse: each group recomputes its chunk-entry states from the state
+  entering it (`forward`, whose output is dropped) and goes through `backward(*inputs_j, docs_j, starts_j,
+  do_j, ds, size) -> (*input grads, d state entering the group)`; the gradients are written in place into
+  [B, T, ...] buffers. Returns (the inputs' gradients, d s0)."""
+  m = entries.shape[0]
+  length = inputs[0].shape[1] // m
   per_group, constant = _grouped_documents(docs, m)
 
-  def body(ds, x):
-    xs, docs_j, starts_j, do_j = x
-    *grads, d_s = backward(*xs, _merge(docs_j, constant), starts_j, do_j, ds, size)
-    return d_s, tuple(grads)
+  def body(carry, x):
+    ds, grads = carry
+    j, docs_j, s_j = x
+    xs, docs_j = tuple(_group(x, j, length) for x in inputs), _merge(docs_j, constant)
+    starts = forward(*xs, s_j, docs_j, size)[2]
+    *grads_j, d_s = backward(*xs, docs_j, starts, _group(do, j, length), ds, size)
+    return (d_s, tuple(_put_group(b, x, j, length) for b, x in zip(grads, grads_j))), None
 
-  xs = (tuple(_to_groups(x, m, 1) for x in inputs), per_group, starts, _to_groups(do, m, 1))
-  d_s0, grads = jax.lax.scan(body, d_final, xs, reverse=True)
-  return tuple(map(_from_groups, grads)), d_s0
+  zeros = tuple(None if x is None else jnp.zeros_like(x) for x in inputs)
+  (d_s0, grads), _ = jax.lax.scan(body, (d_final, zeros), (jnp.arange(m), per_group, entries), reverse=True)
+  return grads, d_s0
 
 
 _chunk_recurrence.defvjp(_chunk_recurrence_fwd, _chunk_recurrence_bwd)

@@ -91,9 +91,9 @@ def _chunk(q, k, v, a, b, gk, s0, docs, size):
   In a packed row every score keeps only pairs within a document (I − A_ab is block-diagonal per document),
   S_n reaches (through Ã and q) only the document continuing from before the chunk, only the last document
   writes S_{n+1}, and the decayed S_n is dropped when a document starts inside the chunk (`docs`).
-  Backward (`_chunk_bwd`): the forward keeps only the inputs and the states entering each chunk; the
-  backward walks groups of chunks in reverse (chunk_forms.grouped_backward), recomputes a group's
-  chunk-local terms (`_terms`), runs the state gradient backwards over its chunks and pulls the terms'
+  Backward (`_chunk_bwd`): the forward keeps only the inputs and the states entering each group of chunks;
+  the backward walks the groups in reverse (chunk_forms.grouped_backward), recomputes a group's chunk-entry
+  states and chunk-local terms (`_terms`), runs the state gradient backwards over its chunks and pulls the terms'
   gradients back to the inputs through their VJP (`_backward`), so one group's intermediates are live at a time.
   """
   (o, final), _ = _chunk_fwd(q, k, v, a, b, gk, s0, docs, size)
@@ -183,14 +183,14 @@ def _backward(q, k, v, a, b, gk, docs, starts, do, d_final, size):
 
 
 def _chunk_fwd(q, k, v, a, b, gk, s0, docs, size):
-  """((o, final state), residuals): the inputs and the states entering each chunk, nothing per step."""
-  o, final, starts = grouped_forward(_forward, (q, k, v, a, b, gk), s0, docs, size)
-  return (o, final), (q, k, v, a, b, gk, docs, starts)
+  """((o, final state), residuals): the inputs and the states entering each group of chunks."""
+  o, final, entries = grouped_forward(_forward, (q, k, v, a, b, gk), s0, docs, size)
+  return (o, final), (q, k, v, a, b, gk, docs, entries)
 
 
 def _chunk_bwd(size, res, cts):
-  *inputs, docs, starts = res
-  grads, d_s0 = grouped_backward(_backward, tuple(inputs), docs, starts, *cts, size)
+  *inputs, docs, entries = res
+  grads, d_s0 = grouped_backward(_forward, _backward, tuple(inputs), docs, entries, *cts, size)
   return (*grads, d_s0, None)
 
 
