@@ -36,7 +36,6 @@ from experiments import common
 from models.lm import LM_SIZES
 
 VARIANTS = ("swiglu", "polyrelu", "polynorm")
-SEEDS = common.LOCAL_SEEDS  # seeds are a sweep axis: a local claim needs its spread
 
 
 def ffn_options(variant: str, d_ff: int) -> dict:
@@ -56,8 +55,12 @@ def moe_ffn_options(variant: str, d_ff: int, n_experts: int, top_k: int) -> dict
           "expert_hidden": hidden // top_k, "expert_options": expert}
 
 
+def _arg(arg: str | None):
+  return common.parse_arg(arg, size="1.3b", variant="polynorm", local=False, moe=False)
+
+
 def get_config(arg: str | None = None):
-  arg = common.parse_arg(arg, size="1.3b", variant="polynorm", local=False, moe=False)
+  arg = _arg(arg)
   c = common.lm_config(size=arg.size)
   common.pretraining_data(c, seq_len=2048)
   c.optim.update(common.adamw(lr=3e-4, warmup=2000, schedule="cosine", clip=1.0, weight_decay=0.1))
@@ -75,8 +78,10 @@ def get_config(arg: str | None = None):
 
 
 def sweep(add, arg: str | None = None) -> None:
-  """The three variants x SEEDS at the scale ARG names (paper shapes and data, or `local`)."""
-  common.sweep_variants(add, get_config, arg, [f"variant={v}" for v in VARIANTS], {"seed": SEEDS})
+  """The three variants x seeds at the scale ARG names (paper shapes and data, or `local`): two seeds
+  locally (a claim needs its spread), one 1B run per variant at paper scale."""
+  seeds = common.LOCAL_SEEDS if _arg(arg).local else (0,)
+  common.sweep_variants(add, get_config, arg, [f"variant={v}" for v in VARIANTS], {"seed": seeds})
 
 
 def main() -> None:
