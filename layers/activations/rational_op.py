@@ -100,9 +100,8 @@ def threshold(m: int, n: int) -> float:
 # Per-element pieces: the literal formula (|x| <= T) and the factored one (beyond T, ±inf, NaN).
 
 
-def _near(x, a, beta, q0, version):
-  """Literal formula (valid for |x| <= T): F, dF/dx, 1/Q, h'(S) and v."""
-  p, dp = horner_with_derivative(a, x)
+def _denominator(x, beta, q0, version):
+  """Q at x by the literal formula and its pieces: (Q, dQ/dx, h'(S), v)."""
   v = jnp.abs(x) if version == "A" else x
   s, ds = horner_with_derivative(beta, v)
   if version in "BCD":
@@ -111,9 +110,24 @@ def _near(x, a, beta, q0, version):
   else:
     hs = jnp.ones_like(s)
     dq = jnp.sign(x) * ds if version == "A" else ds
-  inv_q = 1.0 / (q0 + hs * s)
+  return q0 + hs * s, dq, hs, v
+
+
+def _near(x, a, beta, q0, version):
+  """Literal formula (valid for |x| <= T): F, dF/dx, 1/Q, h'(S) and v."""
+  p, dp = horner_with_derivative(a, x)
+  q, dq, hs, v = _denominator(x, beta, q0, version)
+  inv_q = 1.0 / q
   f = p * inv_q
   return f, (dp - f * dq) * inv_q, inv_q, hs, v
+
+
+def _powers(w: jax.Array, u: jax.Array, k: int) -> list[jax.Array]:
+  """[w, w u, ..., w u^(k-1)]: the per-element terms of k consecutive coefficients' gradients."""
+  terms = [w]
+  for _ in range(1, k):
+    terms.append(terms[-1] * u)
+  return terms
 
 
 def _degree(c: jax.Array) -> jax.Array:
@@ -280,14 +294,8 @@ def _backward(x, g, a, b, version):
   def pick(far_term, near_term):
     return jnp.where(live, jnp.where(far, far_term, near_term), 0.0)
 
-  near_a = [wa]
-  for _ in range(1, m1):
-    near_a.append(near_a[-1] * x)
-  near_b = [wb * v if j0 else wb]
-  for _ in range(j0 + 1, n1):
-    near_b.append(near_b[-1] * v)
-  terms = [pick(fr.numerator_partial(g, i), t) for i, t in enumerate(near_a)]
-  terms += [pick(fr.denominator_partial(g, j), t) for j, t in enumerate(near_b, j0)]
+  terms = [pick(fr.numerator_partial(g, i), t) for i, t in enumerate(_powers(wa, x, m1))]
+  terms += [pick(fr.denominator_partial(g, j), t) for j, t in enumerate(_powers(wb * v if j0 else wb, v, n1 - j0), j0)]
   return (pick(g * fr.df, g * df), *_coefficient_sums(terms, a, b))
 
 
@@ -298,18 +306,10 @@ def _backward_literal(x, g, f, a, b, version):
   beta, q0 = _denominator_poly(b, version)
   j0 = 0 if version == "C" else 1
   dp = horner_with_derivative(a, x)[1]
-  v = jnp.abs(x) if version == "A" else x
-  s, ds = horner_with_derivative(beta, v)
-  hs = jnp.where(s >= 0, 1.0, -1.0).astype(x.dtype) if version in "BCD" else 1.0
-  dq = hs * ds if version in "BCD" else jnp.sign(x) * ds if version == "A" else ds
-  q = q0 + hs * s
+  q, dq, hs, v = _denominator(x, beta, q0, version)
   wa = g / q
-  terms = [wa]
-  for _ in range(1, a.shape[0]):
-    terms.append(terms[-1] * x)
-  terms.append(-wa * f * hs * v if j0 else -wa * f * hs)
-  for _ in range(j0 + 1, beta.shape[0]):
-    terms.append(terms[-1] * v)
+  wb = -wa * f * hs
+  terms = _powers(wa, x, a.shape[0]) + _powers(wb * v if j0 else wb, v, beta.shape[0] - j0)
   return (g * (dp - f * dq) / q, *_coefficient_sums(terms, a, b))
 
 
