@@ -16,6 +16,7 @@ Paper scale (TPU / GPU; bf16, FSDP; C4 from TFDS, or data.tfds_name=..., with yo
 Local (2 CPU cores, a few minutes):
   python -m train --config experiments/delta_net.py:local --workdir runs/delta_net/delta_net
   python -m train --config experiments/delta_net.py:local,variant=swa_hybrid --workdir runs/delta_net/swa
+  python -m train.sweep --config experiments/delta_net.py:local --parallel 2    # every variant x seeds 0, 1
 Expect: in the paper DeltaNet beats GLA and Mamba in perplexity at 1.3B and is much stronger on
 recall (MQAR, see experiments/mqar_study.py); both hybrids beat the Transformer++ baseline. Locally
 DeltaNet trains to a loss close to attention's; the hybrids close the remaining gap.
@@ -43,8 +44,12 @@ def pattern(variant: str, n_layers: int) -> str:
   raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
 
 
+def _parse(arg: str | None):
+  return common.parse_arg(arg, size="340m", variant="delta_net", window=2048, local=False)
+
+
 def get_config(arg: str | None = None):
-  arg = common.parse_arg(arg, size="340m", variant="delta_net", window=2048, local=False)
+  arg = _parse(arg)
   if arg.size not in SIZES:
     raise ValueError(f"size must be one of {sorted(SIZES)}")
   shape = SIZES[arg.size]
@@ -59,5 +64,6 @@ def get_config(arg: str | None = None):
 
 
 def sweep(add, arg: str | None = None):
-  """Every variant at the scale ARG names (paper shapes and data, or `local`)."""
-  common.sweep_variants(add, get_config, arg, [f"variant={v}" for v in VARIANTS])
+  """Every variant x seeds at the scale ARG names (paper shapes and data, or `local`)."""
+  seeds = common.seeds(_parse(arg).local)
+  common.sweep_variants(add, get_config, arg, [f"variant={v}" for v in VARIANTS], {"seed": seeds})

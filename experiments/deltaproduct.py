@@ -48,7 +48,7 @@ def get_config(arg: str | None = None):
 def sweep(add, arg: str | None = None):
   """Every variant; two seeds at the local scale."""
   a = common.parse_arg(arg, size="340m", variant="dp2", local=False)
-  n_layers, seeds = (2, (0, 1)) if a.local else (gdn.SIZES[a.size]["n_layers"], (0,))
+  n_layers, seeds = (2 if a.local else gdn.SIZES[a.size]["n_layers"]), common.seeds(a.local)
   for variant in VARIANTS:
     for seed in seeds:
       add(**{"model.blocks": common.blocks(variant, "swiglu", n_layers), "seed": seed})

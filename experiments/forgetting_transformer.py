@@ -89,5 +89,5 @@ def sweep(add, arg: str | None = None):
   """Every variant; two seeds at the local scale."""
   local = common.parse_arg(arg, variant="fox", local=False).local
   for variant in VARIANTS:
-    for seed in (0, 1) if local else (0,):
+    for seed in common.seeds(local):
       add(**overrides(variant, local), seed=seed)

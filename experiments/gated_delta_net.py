@@ -19,6 +19,7 @@ Paper scale (TPU / GPU; bf16, FSDP; C4 from TFDS, or data.tfds_name=..., with yo
 Local (2 CPU cores, a few minutes):
   python -m train --config experiments/gated_delta_net.py:local --workdir runs/gdn/gdn
   python -m train --config experiments/gated_delta_net.py:local,variant=mamba2 --workdir runs/gdn/mamba2
+  python -m train.sweep --config experiments/gated_delta_net.py:local --parallel 2    # every variant x seeds 0, 1
 Expect: in the paper Gated DeltaNet beats Mamba-2 and DeltaNet in perplexity, zero-shot reasoning and
 recall at 1.3B/100B tokens, and the hybrids (H1, H2) improve further. Locally all variants reach
 similar byte-level losses in 300 steps; on MQAR (experiments/mqar_study.py) gating + delta rule
@@ -46,8 +47,12 @@ def pattern(variant: str, n_layers: int) -> str:
   raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
 
 
+def _parse(arg: str | None):
+  return common.parse_arg(arg, size="340m", variant="gated_delta_net", window=2048, local=False)
+
+
 def get_config(arg: str | None = None):
-  arg = common.parse_arg(arg, size="340m", variant="gated_delta_net", window=2048, local=False)
+  arg = _parse(arg)
   if arg.size not in SIZES:
     raise ValueError(f"size must be one of {sorted(SIZES)}")
   shape = SIZES[arg.size]
@@ -66,5 +71,6 @@ def get_config(arg: str | None = None):
 
 
 def sweep(add, arg: str | None = None):
-  """Every variant at the scale ARG names (paper shapes and data, or `local`)."""
-  common.sweep_variants(add, get_config, arg, [f"variant={v}" for v in VARIANTS])
+  """Every variant x seeds at the scale ARG names (paper shapes and data, or `local`)."""
+  seeds = common.seeds(_parse(arg).local)
+  common.sweep_variants(add, get_config, arg, [f"variant={v}" for v in VARIANTS], {"seed": seeds})

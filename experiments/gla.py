@@ -16,9 +16,16 @@ through the SentencePiece model TOK of your corpus, e.g. Llama 2's 32000 pieces 
 Local (2 CPU cores, a few minutes; byte-level LM on the embedded stdlib corpus):
   python -m train --config experiments/gla.py:local --workdir runs/gla/gla
   python -m train --config experiments/gla.py:local,mixer=attention --workdir runs/gla/attention
+  python -m train.sweep --config experiments/gla.py:local --root runs/gla-local --parallel 2   # 3 mixers x seeds 0, 1
 Expect: in the paper GLA is competitive with Transformer++ in perplexity and zero-shot accuracy and
-beats RetNet at both scales. Locally the three train to similar byte-level losses in 300 steps
-(GLA close to attention, RetNet's fixed decay slightly behind); compare eval_loss in metrics.jsonl.
+beats RetNet at both scales.
+Measured locally (the sweep above: 2 layers, d = 64, 300 steps of byte-level text, seeds 0 and 1, eval loss in
+nats per byte on 4 x 16 x 128 held-out bytes, SE 0.018; 4 min wall for the 6 runs at --parallel 2 beside the
+test suite): RetNet 2.648 / 2.608 = 2.628 ± 0.029, GLA 2.712 / 2.640 = 2.676 ± 0.051, attention 2.698 / 2.694 =
+2.696 ± 0.002 (mean ± std). GLA vs attention: **within noise** (competitive, as claimed); GLA vs RetNet:
+**within noise**, RetNet ahead by about one GLA standard deviation, the reverse of the paper's order (300 steps
+of a 0.1M model: RetNet's fixed multi-scale decay is a good prior this early; the data-dependent gate has
+had little time to learn).
 """
 
 from experiments import common
@@ -31,8 +38,12 @@ SIZES = {  # d_model, layers, heads as in the paper; d_ff = SwiGLU width 8/3 d r
 TOKENS = {"340m": 15e9, "1.3b": 100e9}
 
 
+def _parse(arg: str | None):
+  return common.parse_arg(arg, size="340m", mixer="gla", local=False)
+
+
 def get_config(arg: str | None = None):
-  arg = common.parse_arg(arg, size="340m", mixer="gla", local=False)
+  arg = _parse(arg)
   if arg.size not in SIZES or arg.mixer not in MIXERS:
     raise ValueError(f"size must be one of {sorted(SIZES)} and mixer one of {MIXERS}")
   shape = SIZES[arg.size]
@@ -44,5 +55,6 @@ def get_config(arg: str | None = None):
 
 
 def sweep(add, arg: str | None = None):
-  """The three mixers at the scale ARG names (paper shapes and data, or `local`)."""
-  common.sweep_variants(add, get_config, arg, [f"mixer={m}" for m in MIXERS])
+  """The three mixers x seeds at the scale ARG names (paper shapes and data, or `local`)."""
+  seeds = common.seeds(_parse(arg).local)
+  common.sweep_variants(add, get_config, arg, [f"mixer={m}" for m in MIXERS], {"seed": seeds})

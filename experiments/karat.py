@@ -15,7 +15,7 @@ reproduced here; local runs use no augmentation):
 Local (2 CPU cores; a 4-layer d=64 ViT on MNIST-1D, 10 patches of 4 + cls, 600 steps, batch 64, AdamW lr 1e-3;
 or data=digits):
   python -m train --config experiments/karat.py:local --workdir runs/karat_local
-  python -m train.sweep --config experiments/karat.py:local      # softmax vs blockwise vs universal
+  python -m train.sweep --config experiments/karat.py:local      # softmax vs blockwise vs universal x seeds 0, 1
 Expect (paper, Acc@1 CIFAR-10 / CIFAR-100 / ImageNet-1K): ViT-T 72.76 / 43.53 / 59.15 vs
 ViT-T + Fourier-KArAt 76.69 / 46.29 / 59.11; ViT-S 81.08 / 53.47 / 70.50 vs 79.78 / 54.11 / 67.77, at
 2.5-3x the attention memory. Here KArAt costs several times the softmax step (python -m benchmarks.kan).
@@ -55,9 +55,13 @@ from models.vit import ATTENTION, vit_model_config
 CIFAR_STEPS = 100 * 50_000 // 512
 
 
+def _parse(arg: str | None) -> ml_collections.ConfigDict:
+  return common.parse_arg(arg, attention="karat", size="t", data="", local=False, grid_size=3, rank=12,
+                          smooth_init=False, init_gain=0.05, normalize="none")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, attention="karat", size="t", data="", local=False, grid_size=3, rank=12,
-                         smooth_init=False, init_gain=0.05, normalize="none")
+  arg = _parse(arg)
   if arg.attention not in ATTENTION:
     raise ValueError(f"attention must be one of {sorted(ATTENTION)}, got {arg.attention!r}")
   c = common.base_config()
@@ -92,5 +96,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def sweep(add, arg: str | None = None) -> None:
-  """Softmax vs blockwise vs universal Fourier-KArAt at the size and scale ARG names."""
-  common.sweep_variants(add, get_config, arg, [f"attention={a}" for a in ATTENTION])
+  """Softmax vs blockwise vs universal Fourier-KArAt x seeds at the size and scale ARG names."""
+  seeds = common.seeds(_parse(arg).local)
+  common.sweep_variants(add, get_config, arg, [f"attention={a}" for a in ATTENTION], {"seed": seeds})

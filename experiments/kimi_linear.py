@@ -84,13 +84,10 @@ def get_config(arg: str | None = None):
   c.model.blocks = pattern(arg.variant, s["layers"])
   if arg.local:
     c = common.lm_config("tiny")
-    common.mqar_data(c, vocab_size=64, num_pairs=16, seq_len=64)
+    common.local_recall(c)
     c.model.update(d_model=64, n_heads=2, d_ff=128)
     c.model.options = OPTIONS
-    c.data.batch_size = 32
-    c.optim.update(common.adamw(lr=1e-3, warmup=200, weight_decay=0.0))
-    c.train.update(dict(steps=2000, log_every=20, eval_every=500, eval_steps=4, ckpt_every=1000, progress=False,
-                        tensorboard=False))
+    c.train.update(dict(progress=False, tensorboard=False))
     c.model.blocks = local_blocks(arg.variant)
   return c
 
@@ -100,7 +97,7 @@ def sweep(add, arg: str | None = None):
   a = common.parse_arg(arg, size="653m", variant="kimi_linear", local=False)
   if a.local:
     for mixer in LOCAL_MIXERS:
-      for seed in (0, 1):
+      for seed in common.seeds(True):
         add(**{"model.blocks": local_blocks(mixer), "seed": seed})
     return
   for variant in ("kimi_linear", "kimi_linear_rope", "gdn_h", "mla"):

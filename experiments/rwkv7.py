@@ -73,7 +73,7 @@ def get_config(arg: str | None = None):
 def sweep(add, arg: str | None = None):
   """Every variant; two seeds at the local scale."""
   a = common.parse_arg(arg, size="0.1b", variant="rwkv7", local=False)
-  n_layers, seeds = (2, (0, 1)) if a.local else (SIZES[a.size][0], (0,))
+  n_layers, seeds = (2 if a.local else SIZES[a.size][0]), common.seeds(a.local)
   for variant in VARIANTS:
     for seed in seeds:
       add(**{"model.blocks": pattern(variant, n_layers), "seed": seed})

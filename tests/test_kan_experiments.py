@@ -73,10 +73,11 @@ def test_function_fit_source():
 
 
 def test_scaling_study_sweep_validates_and_reads_rmse_vs_params(tmp_path):
-  """The study's runs all validate; its reader takes the KAN's last eval per grid (parameter count)
-  and each MLP's final eval, and fits the exponents."""
+  """The study's runs (two seeds) all validate; its reader takes the KAN's last eval per grid (parameter
+  count) and each MLP's final eval, fits the exponents per seed and reports their mean and spread."""
   runs = sweep.expand("experiments/kan.py:local", str(tmp_path))
-  assert [r.overrides["model.layer"] for r in runs] == ["kan", "linear", "linear", "linear"]
+  assert [(r.overrides["model.layer"], r.overrides["seed"]) for r in runs] == [
+    (layer, seed) for seed in (0, 1) for layer in ("kan", "linear", "linear", "linear")]
   for r in runs:
     validate(sweep.resolve("experiments/kan.py:local", r.overrides), num_devices=1, process_count=1)
   assert kan.get_config("local").train.kan_grid.extend == ((300, 5), (600, 10))
@@ -85,18 +86,27 @@ def test_scaling_study_sweep_validates_and_reads_rmse_vs_params(tmp_path):
     config_lib.save(config, str(tmp_path / name))
     (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
-  rmse = {21: 1e-1, 27: 1e-1 * (27 / 21) ** -3, 42: 1e-1 * 2.0**-3}  # KAN: RMSE ~ params^-3
-  write("kan", kan.get_config("local"), [
-    {"step": 150, "loss": 1.0, "params": 21, "eval_loss": 1.0},  # superseded by the eval at 300
-    {"step": 300, "loss": 1.0, "params": 21, "eval_loss": rmse[21] ** 2},
-    {"step": 400, "loss": 1.0, "params": 27},
-    {"step": 600, "loss": 1.0, "params": 27, "eval_loss": rmse[27] ** 2},
-    {"step": 900, "loss": 1.0, "params": 42, "eval_loss": rmse[42] ** 2}])
-  for width, params in ((4, 37), (8, 105), (16, 337)):
-    write(f"mlp{width}", kan.get_config(f"local,layer=linear,width={width}"),
-          [{"step": 900, "loss": 1.0, "params": params, "eval_loss": (params / 37.0) ** -1}])
+  for seed, (a_kan, a_mlp) in enumerate(((3.0, 0.5), (4.0, 1.0))):
+    rmse = {p: 1e-1 * (p / 21) ** -a_kan for p in (21, 27, 42)}  # KAN: RMSE ~ params^-a_kan
+    config = kan.get_config("local")
+    config.seed = seed
+    write(f"kan{seed}", config, [
+      {"step": 150, "loss": 1.0, "params": 21, "eval_loss": 1.0},  # superseded by the eval at 300
+      {"step": 300, "loss": 1.0, "params": 21, "eval_loss": rmse[21] ** 2},
+      {"step": 400, "loss": 1.0, "params": 27},
+      {"step": 600, "loss": 1.0, "params": 27, "eval_loss": rmse[27] ** 2},
+      {"step": 900, "loss": 1.0, "params": 42, "eval_loss": rmse[42] ** 2}])
+    for width, params in ((4, 37), (8, 105), (16, 337)):
+      config = kan.get_config(f"local,layer=linear,width={width}")
+      config.seed = seed
+      write(f"mlp{width}_{seed}", config,
+            [{"step": 900, "loss": 1.0, "params": params, "eval_loss": (params / 37.0) ** (-2 * a_mlp)}])
   results = kan.study(str(tmp_path))
-  assert [r["params"] for r in results["kan"]] == [21, 27, 42] and len(results["mlp"]) == 3
-  assert [r["test_rmse"] for r in results["kan"]] == pytest.approx(list(rmse.values()))
-  assert results["alpha_kan"] == pytest.approx(3.0) and results["alpha_mlp"] == pytest.approx(0.5)
+  first, second = results["seeds"]
+  assert [r["params"] for r in first["kan"]] == [21, 27, 42] and len(first["mlp"]) == 3
+  assert [r["test_rmse"] for r in first["kan"]] == pytest.approx([1e-1 * (p / 21) ** -3.0 for p in (21, 27, 42)])
+  assert (first["alpha_kan"], first["alpha_mlp"], second["alpha_kan"], second["alpha_mlp"]) == pytest.approx(
+    (3.0, 0.5, 4.0, 1.0))
+  assert (results["alpha_kan"], results["alpha_mlp"]) == pytest.approx((3.5, 0.75))
+  assert (results["alpha_kan_std"], results["alpha_mlp_std"]) == pytest.approx((0.5**0.5, 0.125**0.5))
   assert (tmp_path / "rmse_vs_params.png").exists() and (tmp_path / "rmse_vs_params.json").exists()

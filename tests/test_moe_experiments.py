@@ -37,10 +37,10 @@ def test_deepseek_v3_variants_differ_only_in_balancing():
   assert {k for k in free if free[k] != aux[k]} == {"bias_update_rate", "seq_balance_weight", "load_balance_weight"}
 
 
-def test_balance_study_runs_two_variants_over_two_seeds(tmp_path):
+def test_studies_run_their_variants_over_two_seeds_locally(tmp_path):
   runs = sweep.expand("experiments/moe.py:study=balance,local", str(tmp_path))
   assert len(runs) == 4 and sorted(r.overrides["seed"] for r in runs) == [0, 0, 1, 1]
-  assert len(sweep.expand("experiments/moe.py:local", str(tmp_path))) == len(moe.VARIANTS)
+  assert len(sweep.expand("experiments/moe.py:local", str(tmp_path))) == 2 * len(moe.VARIANTS)
 
 
 def test_study_table_reads_metrics():
