@@ -18,8 +18,14 @@ Local (2 CPU cores, a few minutes):
   python -m train --config experiments/delta_net.py:local,variant=swa_hybrid --workdir runs/delta_net/swa
   python -m train.sweep --config experiments/delta_net.py:local --parallel 2    # every variant x seeds 0, 1
 Expect: in the paper DeltaNet beats GLA and Mamba in perplexity at 1.3B and is much stronger on
-recall (MQAR, see experiments/mqar_study.py); both hybrids beat the Transformer++ baseline. Locally
-DeltaNet trains to a loss close to attention's; the hybrids close the remaining gap.
+recall (MQAR, see experiments/mqar_study.py); both hybrids beat the Transformer++ baseline.
+Measured locally (the sweep above: 4 layers, d = 64, 300 steps of byte-level text, seeds 0 and 1, eval loss in
+nats per byte, SE 0.018, mean ± std; 6 min wall for the 10 runs at --parallel 2 on the quiet machine): GLA
+2.649 ± 0.004, attention 2.751 ± 0.004, global hybrid 2.761 ± 0.080, SWA hybrid 2.809 ± 0.018, DeltaNet
+2.810 ± 0.036. DeltaNet vs GLA: **disagrees** (0.16 nats behind: without a forget gate the delta rule learns
+bytes slowly over 300 steps; experiments/gated_delta_net.py's 2-layer runs show the same gap, which the gate
+closes); hybrids vs attention: **within noise** (global) or behind (SWA). On recall DeltaNet **agrees**: it
+solves MQAR at every lr and seed in mqar_study.py where GLA does not.
 """
 
 from experiments import common

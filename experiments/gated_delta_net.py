@@ -21,9 +21,20 @@ Local (2 CPU cores, a few minutes):
   python -m train --config experiments/gated_delta_net.py:local,variant=mamba2 --workdir runs/gdn/mamba2
   python -m train.sweep --config experiments/gated_delta_net.py:local --parallel 2    # every variant x seeds 0, 1
 Expect: in the paper Gated DeltaNet beats Mamba-2 and DeltaNet in perplexity, zero-shot reasoning and
-recall at 1.3B/100B tokens, and the hybrids (H1, H2) improve further. Locally all variants reach
-similar byte-level losses in 300 steps; on MQAR (experiments/mqar_study.py) gating + delta rule
-recalls better than GLA at small width.
+recall at 1.3B/100B tokens, and the hybrids (H1, H2) improve further.
+Measured locally (the sweep above: 2 layers (H2: 3), d = 64, 300 steps of byte-level text, seeds 0 and 1, eval
+loss in nats per byte, SE 0.018, mean ± std; 8 min wall for the 14 runs at --parallel 2 on the quiet machine):
+  H2 (Mamba-2 + GDN + SWA, 3 layers, 221k params)  2.470 ± 0.007
+  Mamba-2 (177k)                                    2.489 ± 0.007
+  H1 (GDN + SWA, 141k)                              2.585 ± 0.061
+  Gated DeltaNet (159k)                             2.594 ± 0.024
+  GLA (126k)                                        2.676 ± 0.051
+  attention (123k)                                  2.696 ± 0.002
+  DeltaNet (125k)                                   2.796 ± 0.059
+Gated DeltaNet over DeltaNet, GLA and attention: **agrees** (0.2 nats over DeltaNet: the gate matters this early);
+over Mamba-2: **disagrees** (Mamba-2 0.1 nats lower, ~4 standard deviations, with 11% more parameters at this
+width); H1 **within noise** of Gated DeltaNet; H2 lowest but with a third layer. On recall (mqar_study.py,
+mom.py, kimi_linear.py) Gated DeltaNet solves MQAR where GLA and Mamba-2 do not.
 """
 
 from experiments import common
