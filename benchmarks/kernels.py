@@ -12,7 +12,8 @@ memory:
   Below it, compiled peak memory only (not run) at T=16384 for both.
 * dplr: the DPLR delta rule (RWKV-7), same shapes and chunk, gradients to q, k, v, a, b, gk: its recompute-based
   custom VJP vs XLA autodiff of the same chunk form (the op before it had one); T=16384 peak memory below.
-* rational: PAU version A 5/4 on [8192, 4096] with coefficient gradients vs jax GELU.
+* rational: PAU version A 5/4 on [8192, 4096] with coefficient gradients vs jax GELU; on CPU also the op's XLA
+  form (ABLAX_CPU_KERNELS=0) beside its C++ kernel (`layers/activations/rational_cpu.py`).
 * spline: one B-spline KAN layer 8192 x 256 -> 256 (G=5, k=3), gradients to parameters and input, vs a
   dense layer and vs the public JAX KAN library's `SplineLayer` (benchmarks.kan's rows).
 A row is the median of `--repeats` timed runs of one jitted step (gradients of sum(out²) / 2) after a
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Callable
+from unittest import mock
 
 import flax
 import jax
@@ -157,8 +159,10 @@ def rational_rows(tokens: int, width: int) -> list[dict]:
   rational = registry.build("activation", "rational", ctx.with_features(width), rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(rational, nnx.Param)
   x = jax.random.normal(jax.random.key(0), (tokens, width))
-  return [compile_row("jax.nn.gelu", jax.nn.gelu, (x,)),
-          compile_row("rational A 5/4 (ours)", lambda p, x: nnx.merge(graphdef, p)(x), (params, x))]
+  step = lambda p, x: nnx.merge(graphdef, p)(x)  # noqa: E731
+  rows = [compile_row("jax.nn.gelu", jax.nn.gelu, (x,)), compile_row("rational A 5/4 (ours)", step, (params, x))]
+  with mock.patch.dict(os.environ, {"ABLAX_CPU_KERNELS": "0"}):  # the op's XLA form (traced without its CPU kernel)
+    return [*rows, compile_row("rational A 5/4 (ours, XLA form)", step, (params, x))]
 
 
 def spline_rows(tokens: int, width: int) -> list[dict]:

@@ -1,7 +1,11 @@
 """The rational op over the full fp32 range (|x| up to 3e38, ±inf, NaN) against exact rational arithmetic, and
-its fused backward against autodiff of the literal formula (the CPU forms, groups, fp32 accuracy of the sums)."""
+its fused backward against autodiff of the literal formula (the CPU forms, groups, fp32 accuracy of the sums).
+Tests that take `form` run twice: through the C++ CPU kernel (`rational_cpu`) and through the XLA form."""
 
 import functools
+import os
+import shutil
+import warnings
 from fractions import Fraction
 
 import jax
@@ -10,6 +14,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from layers.activations import rational_cpu
 from layers.activations import rational_op as R
 from layers.activations.fit import preset
 
@@ -50,8 +55,33 @@ def to_f32(g: float, value: Fraction) -> np.float32:
     return np.float32(v)
 
 
-@functools.cache
+@pytest.fixture
+def kernel():
+  """The C++ CPU kernel, built: skipped only where it cannot be (no compiler, or switched off)."""
+  if os.environ.get("ABLAX_CPU_KERNELS") == "0":
+    pytest.skip("ABLAX_CPU_KERNELS=0 in this environment: the kernel is switched off")
+  if not (os.environ.get("CXX") or any(shutil.which(c) for c in ("c++", "g++", "clang++"))):
+    pytest.skip("no C++ compiler on this machine: the kernel cannot be built (the XLA form is tested)")
+  assert rational_cpu.enabled(), "a C++ compiler is present but the rational kernel did not build"
+
+
+@pytest.fixture(params=["kernel", "xla"])
+def form(request, monkeypatch):
+  """Which CPU form fp32 inputs take: the C++ kernel, or the XLA form (ABLAX_CPU_KERNELS=0 while tracing)."""
+  if request.param == "xla":
+    monkeypatch.setenv("ABLAX_CPU_KERNELS", "0")
+  else:
+    request.getfixturevalue("kernel")
+  return request.param
+
+
 def op_and_vjp(version: str):
+  """jit((x, a, b, g) -> (F, dL/dx, dL/da, dL/db)), traced for the form selected now."""
+  return _op_and_vjp(version, os.environ.get("ABLAX_CPU_KERNELS", "1"))
+
+
+@functools.cache
+def _op_and_vjp(version: str, kernels: str):
   def run(x, a, b, g):
     y, vjp = jax.vjp(lambda x, a, b: R.fused_rational(x, a, b, version), x, a, b)
     return (y, *vjp(g))
@@ -76,7 +106,7 @@ def coefficient_sets(version: str):
 
 
 @pytest.mark.parametrize("version", ["A", "B", "C", "N"])
-def test_large_inputs_match_exact_arithmetic(version):
+def test_large_inputs_match_exact_arithmetic(form, version):
   """F, dF/dx and g·dF/dcoefficient at |x| in {1e8, 1e30, 3e38} equal the exact values rounded to fp32:
   finite whenever the exact value is representable, ±inf only where it is not."""
   fn = op_and_vjp(version)
@@ -112,7 +142,7 @@ def test_moderate_inputs_fast_and_full_range_forms_agree(version):
     np.testing.assert_allclose(full, fast, rtol=1e-5, atol=1e-5 * float(jnp.abs(fast).max()))
 
 
-def test_infinite_inputs_give_the_limits():
+def test_infinite_inputs_give_the_limits(form):
   """x = ±inf: F(±inf) = ±inf, F'(±inf) = a_5 / |b_4| (version A, 5/4), and the coefficient partials are their
   limits (0 for a_0..a_3, 1/|b_4| for a_4, inf for a_5)."""
   fit = preset("leaky_relu", "A")
@@ -126,7 +156,7 @@ def test_infinite_inputs_give_the_limits():
   assert np.all(np.isfinite(db[:3])) and not np.isfinite(db[3])
 
 
-def test_masked_nonfinite_inputs_poison_nothing():
+def test_masked_nonfinite_inputs_poison_nothing(form):
   """NaN / inf inputs with zero cotangent contribute exactly zero; with a non-zero cotangent a NaN makes its
   own input gradient and its own group's coefficient gradients NaN, and nothing else."""
   fit = preset("leaky_relu", "A")
@@ -160,22 +190,22 @@ def _check_against_autodiff(version, a, b, x, g):
 
 
 @pytest.mark.parametrize("version", ["A", "B", "C", "N"])
-def test_fused_backward_matches_autodiff(version):
+def test_fused_backward_matches_autodiff(form, version):
   """The hand-written backward equals autodiff of the literal formula: per group for every version, and
   one shared rational / a shared numerator with per-group denominators for version A."""
   rng = np.random.default_rng(0)
   x = rng.normal(size=(3, 5, 4, 4)) * 2
   n_den = R.denominator_size(version, 4)
   layouts = [((6, 4, 1), (n_den, 4, 1))]
-  if version == "A":
-    layouts += [((6,), (n_den,)), ((6, 1, 1), (n_den, 4, 1))]
+  if version == "A":  # shared; shared numerator; per channel (last axis); a layout no group index describes
+    layouts += [((6,), (n_den,)), ((6, 1, 1), (n_den, 4, 1)), ((6, 4), (n_den, 4)), ((6, 5, 1, 4), (n_den, 1))]
   for a_shape, b_shape in layouts:
     a, b = rng.normal(size=a_shape), rng.normal(size=b_shape) * 0.5
     _check_against_autodiff(version, a, b, x, rng.normal(size=x.shape))
 
 
 @pytest.mark.parametrize("rows, far", [(512, False), (4099, False), (4099, True)])
-def test_cpu_forms_against_autodiff(rows, far, version="A"):
+def test_cpu_forms_against_autodiff(form, rows, far, version="A"):
   """Each CPU form equals autodiff of the literal formula, one shared rational and 4 groups: the literal form
   with its coefficient gradients in runs of 256 (512 x 16 elements) or, for a size no run length divides
   (4099 x 16), one reduction per coefficient; and once one element lies beyond the threshold, the full-range
@@ -194,7 +224,7 @@ def test_cpu_forms_against_autodiff(rows, far, version="A"):
     _check_against_autodiff(version, a, b, x, g)
 
 
-def test_coefficient_gradients_keep_fp32_accuracy_over_many_elements():
+def test_coefficient_gradients_keep_fp32_accuracy_over_many_elements(form):
   """Over 2^20 elements each coefficient gradient Σ t is within 1e-8 Σ|t| of its fp64 value; one fp32 chain
   over them all is off by more (~1e-7 Σ|t|; the CPU form adds runs of 256, then the runs' sums)."""
   rng = np.random.default_rng(3)
@@ -235,3 +265,87 @@ def test_reverse_over_reverse():
       return jax.jit(jax.grad(lambda x: jnp.sum(jax.grad(lambda b: jnp.sum(fn(x, a, b, "A") ** 2))(b) ** 2)))
 
     np.testing.assert_allclose(outer(R.fused_rational)(x), outer(R.rational_value)(x), rtol=1e-9)
+
+
+def test_group_layout():
+  """Coefficient shapes the kernel serves map element i to group (i // inner) % G; others are refused."""
+  assert rational_cpu.group_layout((3, 5, 4, 4), ()) == (1, 240)
+  assert rational_cpu.group_layout((3, 5, 4, 4), (4, 1)) == (4, 4)
+  assert rational_cpu.group_layout((3, 5, 4, 4), (4,)) == (4, 1)
+  assert rational_cpu.group_layout((3, 5, 4, 4), (5, 4, 1)) == (20, 4)
+  assert rational_cpu.group_layout((3, 5, 4, 4), (5, 1, 4)) is None  # groups not contiguous in memory
+  assert rational_cpu.group_layout((4,), (2, 4)) is None
+
+
+@pytest.mark.parametrize("version", ["A", "B", "C", "D", "N"])
+def test_kernel_matches_the_xla_literal_form(kernel, version):
+  """The C++ kernels compute what `_forward(full_range=False)` and `_backward_literal` compute: one shared
+  rational over a size no vector width divides, groups of 37 (runs ending mid-vector), per-channel coefficients
+  (a group per element), and 4 groups over 300k elements (several chunks of parallel work); the coefficient
+  sums come out bit-identical when run again (fixed chunks, added in order), and the step runs the kernels."""
+  rng = np.random.default_rng(7)
+  n_den = R.denominator_size(version, 4)
+  for x_shape, s in [((7, 45), ()), ((4, 3, 37), (3, 1)), ((5, 16), (16,)), ((300, 4, 250), (4, 1))]:
+    x = jnp.asarray(rng.normal(size=x_shape) * 2, jnp.float32)
+    g = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    a = jnp.asarray(rng.normal(size=(6, *s)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(n_den, *s)) * 0.3, jnp.float32)
+    f, far = R._forward_kernel(x, a, b, version)
+    xla = R._forward(x, a, b, version, False)
+    got = R._backward_kernel(x, g, xla, a, b, version)
+    xla = (xla, *R._backward_literal(x, g, xla, a, b, version))
+    with jax.enable_x64(True):
+      x64, g64, f64, a64, b64 = (jnp.asarray(np.asarray(c), jnp.float64) for c in (x, g, xla[0], a, b))
+      exact = (R._forward(x64, a64, b64, version, False), *R._backward_literal(x64, g64, f64, a64, b64, version))
+    assert not far
+    for i, (u, w, e) in enumerate(zip((f, *got), xla, exact)):  # as close to fp64 as the XLA form, or closer
+      assert u.shape == w.shape
+      scale = np.abs(np.asarray(e)).max()
+      err, err_xla = (np.abs(np.asarray(v, np.float64) - np.asarray(e)).max() / scale for v in (u, w))
+      assert err <= max(2 * err_xla, 1e-6), (x_shape, i, err, err_xla)
+    again = R._backward_kernel(x, g, xla[0], a, b, version)
+    assert all(np.array_equal(u, v) for u, v in zip(got, again))
+  hlo = op_and_vjp(version).lower(x, a, b, g).as_text()
+  assert "ablax_rational_forward" in hlo and "ablax_rational_backward" in hlo
+
+
+def test_kernel_flags_inputs_beyond_the_threshold(kernel):
+  """One |x| > T, ±inf or NaN anywhere sets the kernel's flag (the op then takes the full-range form)."""
+  fit = preset("leaky_relu", "A")
+  a, b = jnp.asarray(fit.numerator, jnp.float32), jnp.asarray(fit.denominator, jnp.float32)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 1000)), jnp.float32)
+  assert not R._forward_kernel(x, a, b, "A")[1]
+  for bad in (R.threshold(5, 4) * 1.01, -np.inf, np.nan):
+    assert R._forward_kernel(x.at[2, 999].set(bad), a, b, "A")[1], bad
+  assert not R._forward_kernel(x.at[2, 999].set(R.threshold(5, 4)), a, b, "A")[1]
+
+
+def test_reverse_over_reverse_fp32(form):
+  """fp32 (the kernel's dtype): d/dx of a coefficient gradient equals autodiff of the literal formula, the
+  kernels being differentiated through their XLA counterparts; vmap over the op runs the kernel per item."""
+  x = jnp.linspace(-2.5, 2.5, 64, dtype=jnp.float32).reshape(4, 16) + 0.013
+  fit = preset("leaky_relu", "A")
+  a, b = jnp.asarray(fit.numerator, jnp.float32), jnp.asarray(fit.denominator, jnp.float32)
+
+  def outer(fn):
+    return jax.jit(jax.grad(lambda x: jnp.sum(jax.grad(lambda b: jnp.sum(fn(x, a, b, "A") ** 2))(b) ** 2)))
+
+  want = outer(R.rational_value)(x)
+  np.testing.assert_allclose(outer(R.fused_rational)(x), want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+  step = jax.jit(jax.vmap(jax.grad(lambda x: jnp.sum(R.fused_rational(x, a, b, "A") ** 2))))
+  np.testing.assert_allclose(step(x), jax.grad(lambda x: jnp.sum(R.rational_value(x, a, b, "A") ** 2))(x),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_build_failure_falls_back_with_a_warning(monkeypatch, tmp_path):
+  """No usable compiler: a warning naming the cause, and the op keeps its XLA form; ABLAX_CPU_KERNELS=0 turns
+  the kernels off without building."""
+  monkeypatch.setenv("ABLAX_KERNEL_CACHE", str(tmp_path))
+  monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+  with pytest.warns(UserWarning, match="no-such-compiler"):
+    assert rational_cpu._load.__wrapped__() is False
+  monkeypatch.setenv("ABLAX_CPU_KERNELS", "0")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert rational_cpu.enabled() is False
+  assert not any(tmp_path.iterdir())

@@ -23,13 +23,15 @@ undefined) and nothing else: other elements' input gradients and other groups' c
 
 Speed. The backward is hand-written (`jax.custom_vjp`): it keeps (x, a, b) and the output F, and recomputes
 Q and the derivatives by Horner's rule; no powers or other [..., m+n] tensors are stored. Coefficient
-gradients are power sums Σ w x^i. On CPU one max over |x| picks the form: beyond T anywhere (rare: such
-inputs mean training has already diverged), the whole array runs on the full-range form; otherwise the
-literal formula, and the backward makes two passes over (x, g, F): one for dL/dx, one variadic reduce for
-all m+n power sums together (XLA:CPU emits one pass over the data per ordinary reduction, and does not
-vectorise a variadic one), summing runs of 256 elements before adding the runs, so fp32 rounding stays
-that of a 256-term sum. Elsewhere (GPU, TPU: extra arithmetic is free next to memory traffic, and XLA
-fuses sibling reductions) the whole array runs on the full-range form in one pass.
+gradients are power sums Σ w x^i. On CPU, when some |x| > T (rare: such inputs mean training has already
+diverged) the whole array runs on the full-range form; otherwise the literal formula, as C++ kernels
+(`rational_cpu`, fp32: one pass computes F and whether any |x| > T, one pass over (x, g, F) writes dL/dx and
+sums every coefficient's terms) or, where none is built (fp64, no compiler), in XLA: one max over |x|, and a
+backward of two passes over (x, g, F), one for dL/dx and one variadic reduce for all m+n power sums (XLA:CPU
+emits one pass over the data per ordinary reduction, and does not vectorise a variadic one). Both sum runs of
+at most 256 elements in fp32 and add the runs' sums, so fp32 rounding stays that of a 256-term sum.
+Elsewhere (GPU, TPU: extra arithmetic is free next to memory traffic, and XLA fuses sibling reductions) the
+whole array runs on the full-range form in one pass.
 """
 
 import functools
@@ -37,6 +39,9 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from layers.activations import rational_cpu
 
 VERSIONS = ("A", "B", "C", "D", "N")
 _BLOCK = 32768  # elements per block of the CPU full-range backward: its temporaries stay in L2
@@ -246,7 +251,8 @@ def _coefficient_sums(terms: list[jax.Array], a: jax.Array, b: jax.Array) -> tup
   if layout is not None:
     p, rest, run, j = layout
     sums = _variadic_sum(tuple(t.reshape(p, rest // run, run) for t in terms))  # each [P, R // C]
-    terms = [u.reshape(*x_shape[:j], rest // run, *([1] * (len(x_shape) - j - 1))) for u in sums]
+    tail = (rest // run, *([1] * (len(x_shape) - j - 1))) if j < len(x_shape) else ()  # sums replace axes j..
+    terms = [u.reshape(*x_shape[:j], *tail) for u in sums]
   m1 = a.shape[0]
   return (jnp.stack([_sum_to(t, a.shape[1:]) for t in terms[:m1]]),
           jnp.stack([_sum_to(t, b.shape[1:]) for t in terms[m1:]]))
@@ -314,8 +320,64 @@ def _backward_literal(x, g, f, a, b, version):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Drivers. CPU: the literal form unless some |x| > T (one max pass), its backward two passes over
-# (x, g, F). Elsewhere: the full-range form in one pass.
+# The literal form as XLA:CPU kernels (`rational_cpu`): one vectorised pass each way. Differentiable through
+# the XLA literal form, which defines their derivatives (reverse-over-reverse).
+
+
+def _use_kernel(x: jax.Array, a: jax.Array, b: jax.Array, version: str) -> bool:
+  """Whether the CPU kernels serve these (static) shapes: fp32 on a CPU backend, coefficients that give each
+  element one group, degrees below 32, and a kernel built for this machine."""
+  return (x.dtype == jnp.float32 and jax.default_backend() == "cpu" and max(a.shape[0], b.shape[0] + 1) <= 32
+          and rational_cpu.group_layout(x.shape, _coefficient_shape(a, b)) is not None and rational_cpu.enabled())
+
+
+def _coefficient_shape(a: jax.Array, b: jax.Array) -> tuple[int, ...]:
+  return jnp.broadcast_shapes(a.shape[1:], b.shape[1:])
+
+
+def _kernel_args(x, a, b, version):
+  """The kernels' coefficients ([m+1, G], [n+1, G]) and attributes."""
+  beta, q0 = _denominator_poly(b, version)
+  s = _coefficient_shape(a, b)
+  flat = lambda c: jnp.broadcast_to(c, (c.shape[0], *s)).reshape(c.shape[0], -1)  # noqa: E731
+  inner = rational_cpu.group_layout(x.shape, s)[1]
+  return flat(a), flat(beta), dict(inner=inner, abs_v=version == "A", abs_h=version in "BCD", q0=q0,
+                                   j0=0 if version == "C" else 1)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _forward_kernel(x, a, b, version):
+  """(F by the literal formula, whether some |x| > T): `_forward(..., full_range=False)` in one pass."""
+  ak, bk, attrs = _kernel_args(x, a, b, version)
+  return rational_cpu.forward(x, ak, bk, **attrs, limit=_limit(a, b, version))
+
+
+@_forward_kernel.defjvp
+def _forward_kernel_jvp(version, primals, tangents):
+  tangent = jax.jvp(lambda x, a, b: _forward(x, a, b, version, False), primals, tangents)[1]
+  return _forward_kernel(*primals, version), (tangent, np.zeros((), jax.dtypes.float0))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _backward_kernel(x, g, f, a, b, version):
+  """`_backward_literal` in one pass over (x, g, f)."""
+  ak, bk, attrs = _kernel_args(x, a, b, version)
+  dx, sums = rational_cpu.backward(x, g, f, ak, bk, **attrs)
+  sums = sums.reshape(-1, *_coefficient_shape(a, b))
+  m1 = a.shape[0]
+  return (dx, jnp.stack([_sum_to(t, a.shape[1:]) for t in sums[:m1]]),
+          jnp.stack([_sum_to(t, b.shape[1:]) for t in sums[m1:]]))
+
+
+@_backward_kernel.defjvp
+def _backward_kernel_jvp(version, primals, tangents):
+  tangent = jax.jvp(lambda *args: _backward_literal(*args, version), primals, tangents)[1]
+  return _backward_kernel(*primals, version), tangent
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Drivers. CPU: the literal form (kernels, or XLA after a max pass) unless some |x| > T. Elsewhere: the
+# full-range form in one pass.
 
 
 def _far(x: jax.Array, a: jax.Array, b: jax.Array, version: str) -> jax.Array:
@@ -332,6 +394,9 @@ def _limit(a: jax.Array, b: jax.Array, version: str) -> float:
 def _forward_any(x, a, b, version):
   """(F, far): on CPU the literal formula unless some |x| > T; elsewhere the full-range form in one pass."""
   def cpu(x, a, b):
+    if _use_kernel(x, a, b, version):
+      f, far = _forward_kernel(x, a, b, version)
+      return jax.lax.cond(far, lambda x: _forward(x, a, b, version, True), lambda x: f, x), far
     far = _far(x, a, b, version)
     f = jax.lax.cond(far, lambda x: _forward(x, a, b, version, True), lambda x: _forward(x, a, b, version, False),
                      x)
@@ -354,8 +419,9 @@ def _backward_in_blocks(x, g, a, b, version):
 
 def _backward_any(x, g, f, far, a, b, version):
   def cpu(x, g, f, a, b):
+    literal = _backward_kernel if _use_kernel(x, a, b, version) else _backward_literal
     return jax.lax.cond(far, lambda x, g, f, a, b: _backward_in_blocks(x, g, a, b, version),
-                        lambda *args: _backward_literal(*args, version), x, g, f, a, b)
+                        lambda *args: literal(*args, version), x, g, f, a, b)
 
   def full(x, g, f, a, b):
     return _backward(x, g, a, b, version)
