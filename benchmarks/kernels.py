@@ -7,8 +7,9 @@
 Four tables, each against its first row and its anchor (the public code, or jax GELU), with compiled peak
 memory:
 * delta: chunked gated delta rule, B=1 H=4 K=V=64 T=4096 fp32, gradients to q, k, v, g, beta: ours
-  (`gated_delta_rule`, chunk 64) vs the public pure-JAX one of a large JAX LLM framework (MaxText's
-  Qwen3-Next `jax_chunk_gated_delta_rule`, compute_dtype float32); their outputs are compared first.
+  (`gated_delta_rule`, chunk 64; on CPU also its C++ kernel of the recurrent form, implementation="cpu") vs the
+  public pure-JAX one of a large JAX LLM framework (MaxText's Qwen3-Next `jax_chunk_gated_delta_rule`,
+  compute_dtype float32); their outputs are compared first.
   Below it, compiled peak memory only (not run) at T=16384 for both.
 * dplr: the DPLR delta rule (RWKV-7), same shapes and chunk, gradients to q, k, v, a, b, gk: its recompute-based
   custom VJP vs XLA autodiff of the same chunk form (the op before it had one); T=16384 peak memory below.
@@ -121,6 +122,9 @@ def delta_rows(t: int, memory_t: int) -> list[dict]:
   if anchor is not None:
     fns[ANCHOR["delta"]] = lambda *a: anchor(*a, chunk_size=CHUNK, compute_dtype=jnp.float32)[0]
   fns["gated_delta_rule (ours)"] = ours
+  if jax.default_backend() == "cpu":
+    fns["gated_delta_rule (ours, C++ recurrent kernel)"] = lambda q, k, v, g, beta: la.gated_delta_rule(
+        q, k, v, g, beta, mode="recurrent", implementation="cpu")[0]
   args = delta_inputs(t, jax.random.key(0))
   if anchor is not None:
     o, o_ref = jax.jit(ours)(*args), jax.jit(fns[ANCHOR["delta"]])(*args)

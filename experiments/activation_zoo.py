@@ -54,6 +54,7 @@ import ml_collections
 from experiments import common
 from layers import registry
 from models.mlp import mlp_model_config
+from train import report
 
 SEEDS = (0, 1, 2)
 OPTIONS = {"generalized_smelu": {"slope_left": 0.05, "offset": -0.05},  # (group_rational: KAT's G = 8, the default)
@@ -115,7 +116,7 @@ def table(root: str, task: str) -> str:
   order = sorted(values, key=lambda a: -statistics.mean(values[a]) if task == "mnist1d" else statistics.mean(values[a]))
   for act in order:
     v = values[act]
-    lines.append(f"| {act} | {statistics.mean(v):.4f} ± {statistics.stdev(v) if len(v) > 1 else 0:.4f} | {len(v)} |")
+    lines.append("| {} | {:.4f} ± {:.4f} | {} |".format(act, *report.mean_std(v), len(v)))
   return "\n".join(lines)
 
 

@@ -4,7 +4,6 @@ Every experiment's `get_config(arg)` starts from `base_config()` (so every run h
 and changes what its paper changes. One place decides what "local" means: `shrink_for_cpu`.
 """
 
-import itertools
 import re
 from collections.abc import Callable, Sequence
 
@@ -201,10 +200,8 @@ def _value(config: ml_collections.ConfigDict, key: str):
   return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
 
 
-def sweep_variants(add: Callable, get_config: Callable, arg: str | None, variants: Sequence[str],
-                   grid: dict[str, Sequence] | None = None) -> None:
-  """add() a run for each experiment-argument variant (e.g. "mixer=gla") at every point of `grid`
-  ({dotted key: values}, e.g. {"seed": (0, 1)}).
+def sweep_variants(add: Callable, get_config: Callable, arg: str | None, variants: Sequence[str], local: bool) -> None:
+  """add() a run for each experiment-argument variant (e.g. "mixer=gla") and each of `seeds(local)`.
 
   A variant's run sets the keys in which get_config(f"{arg},{variant}") differs from get_config(arg) (or
   from another variant) to that variant's values, so each run is exactly the variant's single-run config
@@ -216,8 +213,8 @@ def sweep_variants(add: Callable, get_config: Callable, arg: str | None, variant
   changed = dict.fromkeys(k for c in configs for k in config_diff(base, c))
   keys = [k for k in changed if not any(k.startswith(p + ".") for p in changed)]
   for config in configs:
-    for point in itertools.product(*(grid or {}).values()):
-      add(**{k: _value(config, k) for k in keys}, **dict(zip(grid or {}, point)))
+    for seed in seeds(local):
+      add(**{k: _value(config, k) for k in keys}, seed=seed)
 
 
 def shrink_for_cpu(c: ml_collections.ConfigDict, *, steps: int = 300, n_layers: int = 2) -> ml_collections.ConfigDict:

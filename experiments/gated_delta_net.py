@@ -83,5 +83,4 @@ def get_config(arg: str | None = None):
 
 def sweep(add, arg: str | None = None):
   """Every variant x seeds at the scale ARG names (paper shapes and data, or `local`)."""
-  seeds = common.seeds(_parse(arg).local)
-  common.sweep_variants(add, get_config, arg, [f"variant={v}" for v in VARIANTS], {"seed": seeds})
+  common.sweep_variants(add, get_config, arg, [f"variant={v}" for v in VARIANTS], _parse(arg).local)

@@ -56,5 +56,4 @@ def get_config(arg: str | None = None):
 
 def sweep(add, arg: str | None = None):
   """The three mixers x seeds at the scale ARG names (paper shapes and data, or `local`)."""
-  seeds = common.seeds(_parse(arg).local)
-  common.sweep_variants(add, get_config, arg, [f"mixer={m}" for m in MIXERS], {"seed": seeds})
+  common.sweep_variants(add, get_config, arg, [f"mixer={m}" for m in MIXERS], _parse(arg).local)

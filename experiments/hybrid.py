@@ -97,4 +97,4 @@ def sweep(add, arg: str | None = None):
   a = _parse(arg)
   linear = ("gated_delta_net",) if a.local and a.task == "mqar" else ("gated_delta_net", "gla", "delta_net")
   variants = [f"mixer={m},ratio={r}" for m in linear for r in (0, 1, 3)]
-  common.sweep_variants(add, get_config, arg, [*variants, "mixer=attention,ratio=0"], {"seed": common.seeds(a.local)})
+  common.sweep_variants(add, get_config, arg, [*variants, "mixer=attention,ratio=0"], a.local)

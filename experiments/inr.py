@@ -34,12 +34,12 @@ KAN with a 32-interval grid per coordinate is the best representer at this size.
 
 import argparse
 import math
-import statistics
 
 import ml_collections
 
 from experiments import common
 from models.mlp import mlp_model_config
+from train import report
 
 SEEDS = (0, 1, 2)
 # label: the overrides that make the model (all share the config's widths and steps)
@@ -103,8 +103,7 @@ def table(root: str, task: str) -> str:
   metric = "PSNR (dB)" if task == "image" else "extrapolation MSE"
   lines = [f"| model | {metric} | seeds |", "|---|---|---|"]
   for label, values in per_model.items():
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    lines.append(f"| {label} | {statistics.mean(values):.4g} ± {std:.2g} | {len(values)} |")
+    lines.append("| {} | {:.4g} ± {:.2g} | {} |".format(label, *report.mean_std(values), len(values)))
   return "\n".join(lines)
 
 

@@ -46,6 +46,7 @@ import numpy as np
 
 from experiments import common
 from models.mlp import mlp_model_config
+from train import report
 from train.data.function_fit import FUNCTIONS
 
 # KAN shapes from the paper's examples (hidden widths between n_vars inputs and 1 output).
@@ -129,13 +130,14 @@ def plot(results: dict, path: str) -> None:
   plt.close(fig)
 
 
-def _seed_fit(runs: list[dict], seed: int) -> dict:
+def _seed_fit(runs: list[dict], seed: int, root: str) -> dict:
   """One seed's points (the KAN's along its grids, one per MLP width) and fitted exponents."""
   kan = [p for r in runs if r["config"]["model.layer"] == "kan" for p in rmse_points(r)]
   mlp = sorted((p for r in runs if r["config"]["model.layer"] == "linear" for p in rmse_points(r)[-1:]),
                key=lambda r: r["params"])
   if len(kan) < 2 or len(mlp) < 2:
-    raise ValueError(f"seed {seed}: need >= 2 KAN grids and >= 2 MLP widths with evals; got {len(kan)}, {len(mlp)}")
+    raise ValueError(f"{root}, seed {seed}: need >= 2 KAN grids and >= 2 MLP widths with evals; got {len(kan)}, "
+                     f"{len(mlp)} (are the runs finished?)")
   return {"seed": seed, "kan": kan, "mlp": mlp, "alpha_kan": fit_alpha(kan), "alpha_mlp": fit_alpha(mlp)}
 
 
@@ -143,18 +145,16 @@ def study(root: str) -> dict:
   """Test RMSE vs parameters of the finished runs under `root`, per seed: the KAN's points along its grids,
   one point per MLP width, the fitted exponents, and their mean ± std over seeds; writes
   rmse_vs_params.{json,png}."""
-  from train import report
 
   runs = report.collect(root)
   by_seed: dict[int, list[dict]] = {}
   for r in runs:
     by_seed.setdefault(r["config"].get("seed", 0), []).append(r)
-  fits = [_seed_fit(rs, seed) for seed, rs in sorted(by_seed.items())]
+  fits = [_seed_fit(rs, seed, root) for seed, rs in sorted(by_seed.items())]
   results = {"function": runs[0]["config"]["data.function"], "seeds": fits}
   for name in ("kan", "mlp"):
     alphas = [f["alpha_" + name] for f in fits]
-    results["alpha_" + name] = float(np.mean(alphas))
-    results["alpha_" + name + "_std"] = float(np.std(alphas, ddof=1)) if len(alphas) > 1 else 0.0
+    results["alpha_" + name], results["alpha_" + name + "_std"] = report.mean_std(alphas)
   with open(os.path.join(root, "rmse_vs_params.json"), "w") as f:
     json.dump(results, f, indent=2)
   plot(results, os.path.join(root, "rmse_vs_params.png"))
@@ -168,7 +168,6 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--root", default=None, help="sweep root (default runs/kan-function_<function>[_local])")
   p.add_argument("--parallel", type=int, default=1)
   args = p.parse_args(argv)
-  from train import report
   from train import sweep as sweep_lib
 
   spec = f"experiments/kan.py:function={args.function}" + (",local" if args.scale == "local" else "")

@@ -97,5 +97,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def sweep(add, arg: str | None = None) -> None:
   """Softmax vs blockwise vs universal Fourier-KArAt x seeds at the size and scale ARG names."""
-  seeds = common.seeds(_parse(arg).local)
-  common.sweep_variants(add, get_config, arg, [f"attention={a}" for a in ATTENTION], {"seed": seeds})
+  common.sweep_variants(add, get_config, arg, [f"attention={a}" for a in ATTENTION], _parse(arg).local)

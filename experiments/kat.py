@@ -73,4 +73,4 @@ def sweep(add, arg: str | None = None) -> None:
   a = _parse(arg)
   size = a.model[-1]
   kat = [f"model=kat_{size},init_std={i},shared={s}" for i in (0.0, 0.02) for s in ("none", "numerator", "denominator")]
-  common.sweep_variants(add, get_config, arg, [f"model=deit_{size}", *kat], {"seed": common.seeds(a.local)})
+  common.sweep_variants(add, get_config, arg, [f"model=deit_{size}", *kat], a.local)

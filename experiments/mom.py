@@ -72,5 +72,4 @@ def get_config(arg: str | None = None):
 def sweep(add, arg: str | None = None):
   """MoM vs Gated DeltaNet x seeds at the scale ARG names: the paper's shape and data, or `local` (MQAR by
   default)."""
-  seeds = common.seeds(_parse(arg).local)
-  common.sweep_variants(add, get_config, arg, [f"mixer={m}" for m in MIXERS], {"seed": seeds})
+  common.sweep_variants(add, get_config, arg, [f"mixer={m}" for m in MIXERS], _parse(arg).local)

@@ -192,8 +192,9 @@ def best(rows: list[dict]) -> list[dict]:
     ses = [m["eval_accuracy_se"] for m in members if m["eval_accuracy_se"] is not None]
     steps = sorted(set.intersection(*(set(s for s, _ in m["curve"]) for m in members)))
     curve = [(s, statistics.fmean(dict(m["curve"])[s] for m in members)) for s in steps]
-    cell = {"mixer": mixer, "width": width, "pairs": pairs, "lr": lr, "n": len(accs), "mean": statistics.fmean(accs),
-            "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "se": statistics.fmean(ses) if ses else None,
+    mean, std = report.mean_std(accs)
+    cell = {"mixer": mixer, "width": width, "pairs": pairs, "lr": lr, "n": len(accs), "mean": mean, "std": std,
+            "se": statistics.fmean(ses) if ses else None,
             "chance": members[0]["chance"], "curve": curve}
     key = (mixer, width, pairs)
     if key not in cells or cell["mean"] > cells[key]["mean"]:

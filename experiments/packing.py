@@ -37,10 +37,10 @@ is still larger than that). Scored with the leaky row context instead of alone, 
 import argparse
 import json
 import os
-import statistics
 
 from experiments import common
 from models.lm import LM_SIZES
+from train import report
 
 MIXERS = ("attention", "gated_delta_net")
 SCALES = {
@@ -114,7 +114,7 @@ def scores(workdir: str) -> dict[str, float]:
 
 
 def _mean_std(xs: list[float]) -> str:
-  return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.4f}"
+  return "{:.4f} ± {:.4f}".format(*report.mean_std(xs))
 
 
 def table(rows: list[dict]) -> str:

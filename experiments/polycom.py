@@ -80,8 +80,7 @@ def get_config(arg: str | None = None):
 def sweep(add, arg: str | None = None) -> None:
   """The three variants x seeds at the scale ARG names (paper shapes and data, or `local`): two seeds
   locally (a claim needs its spread), one 1B run per variant at paper scale."""
-  seeds = common.seeds(_arg(arg).local)
-  common.sweep_variants(add, get_config, arg, [f"variant={v}" for v in VARIANTS], {"seed": seeds})
+  common.sweep_variants(add, get_config, arg, [f"variant={v}" for v in VARIANTS], _arg(arg).local)
 
 
 def main() -> None:

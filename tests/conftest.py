@@ -32,3 +32,20 @@ def spm_model(tmp_path_factory) -> str:
   sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(prefix), vocab_size=200,
                                            model_type="bpe", minloglevel=2)
   return f"{prefix}.model"
+
+
+@pytest.fixture
+def cpu_kernel():
+  """require(enabled): a C++ CPU kernel (`layers.cpu_kernels`) is built and on, given its module's `enabled`.
+  Skips only where it cannot be (no C++ compiler, or ABLAX_CPU_KERNELS=0 in the environment); fails where a
+  compiler exists but the build does not."""
+  from layers import cpu_kernels
+
+  def require(enabled) -> None:
+    if os.environ.get("ABLAX_CPU_KERNELS") == "0":
+      pytest.skip("ABLAX_CPU_KERNELS=0 in this environment: the C++ kernels are switched off")
+    if cpu_kernels.compiler() is None:
+      pytest.skip("no C++ compiler on this machine: the C++ kernels cannot be built (their XLA forms are tested)")
+    assert enabled(), "a C++ compiler is present but the kernel did not build (see the warning)"
+
+  return require

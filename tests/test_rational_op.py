@@ -4,7 +4,6 @@ Tests that take `form` run twice: through the C++ CPU kernel (`rational_cpu`) an
 
 import functools
 import os
-import shutil
 import warnings
 from fractions import Fraction
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from layers import cpu_kernels
 from layers.activations import rational_cpu
 from layers.activations import rational_op as R
 from layers.activations.fit import preset
@@ -56,13 +56,9 @@ def to_f32(g: float, value: Fraction) -> np.float32:
 
 
 @pytest.fixture
-def kernel():
-  """The C++ CPU kernel, built: skipped only where it cannot be (no compiler, or switched off)."""
-  if os.environ.get("ABLAX_CPU_KERNELS") == "0":
-    pytest.skip("ABLAX_CPU_KERNELS=0 in this environment: the kernel is switched off")
-  if not (os.environ.get("CXX") or any(shutil.which(c) for c in ("c++", "g++", "clang++"))):
-    pytest.skip("no C++ compiler on this machine: the kernel cannot be built (the XLA form is tested)")
-  assert rational_cpu.enabled(), "a C++ compiler is present but the rational kernel did not build"
+def kernel(cpu_kernel):
+  """The C++ CPU kernel, built (skipped only where it cannot be: no compiler, or switched off)."""
+  cpu_kernel(rational_cpu.enabled)
 
 
 @pytest.fixture(params=["kernel", "xla"])
@@ -343,7 +339,7 @@ def test_kernel_build_failure_falls_back_with_a_warning(monkeypatch, tmp_path):
   monkeypatch.setenv("ABLAX_KERNEL_CACHE", str(tmp_path))
   monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
   with pytest.warns(UserWarning, match="no-such-compiler"):
-    assert rational_cpu._load.__wrapped__() is False
+    assert cpu_kernels.load.__wrapped__(rational_cpu.SOURCE, ()) is False
   monkeypatch.setenv("ABLAX_CPU_KERNELS", "0")
   with warnings.catch_warnings():
     warnings.simplefilter("error")

@@ -149,7 +149,7 @@ def grouped_markdown(rows: list[dict], keys: list[str]) -> str:
       if not vals:
         cells.append("-")
       elif len(vals) > 1 and c in ("loss", "eval_loss", "accuracy", "eval_accuracy"):
-        cells.append(f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}")
+        cells.append("{:.4g} ± {:.2g}".format(*mean_std(vals)))
       else:
         cells.append(_fmt(statistics.mean(vals)))
       if c == "eval_accuracy":  # the eval set's standard error (mean over the group's runs): loss / accuracy
@@ -166,6 +166,12 @@ def baseline_notes(rows: list[dict]) -> list[str]:
                        if r["eval_unigram_loss"] is not None)
   return [f"eval set's input-blind baseline (unigram / chance): loss {loss:.4g}, accuracy {acc:.4g}"
           for loss, acc in seen]
+
+
+def mean_std(values) -> tuple[float, float]:
+  """Mean and sample standard deviation of a metric over seeds (std 0 for a single value)."""
+  vals = list(values)
+  return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
 
 
 TOP_K_LOSS = "eval_loss/top_k="
@@ -194,7 +200,7 @@ def top_k_markdown(runs: list[dict], keys: list[str]) -> str | None:
     for k in ks:
       vals = [m[k] for m in members if k in m]
       if len(vals) > 1:
-        cells.append(f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}")
+        cells.append("{:.4g} ± {:.2g}".format(*mean_std(vals)))
       else:
         cells.append(_fmt(vals[0]) if vals else "-")
     lines.append("| " + " | ".join(cells) + " |")
@@ -262,8 +268,8 @@ def plot_seed_spread(rows: list[dict], keys: list[str], out: str) -> str | None:
     vals = [m[metric] for m in members if m[metric] is not None]
     if vals:
       ax.scatter([i] * len(vals), vals, s=10, color="k", zorder=3)
-      ax.errorbar([i], [statistics.fmean(vals)], yerr=[statistics.stdev(vals) if len(vals) > 1 else 0.0],
-                  fmt="o", capsize=4, color="C0")
+      mean, std = mean_std(vals)
+      ax.errorbar([i], [mean], yerr=[std], fmt="o", capsize=4, color="C0")
   base = {r["eval_unigram_loss"] for r in rows} - {None}
   for b in base:
     ax.axhline(b, color="gray", ls="--", lw=0.8, label="unigram / chance")

@@ -7,15 +7,12 @@
 // partial sums are added in chunk order, so the result does not depend on how the chunks were scheduled.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <mutex>
 #include <vector>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -49,33 +46,6 @@ struct Rational {
 
   int64_t terms() const { return m1 + n1 - j0; }
 };
-
-// Runs fn(c) for c in [0, n) on the calling thread and the pool's; returns when all are done.
-template <typename Fn>
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, Fn fn) {
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-  auto state = std::make_shared<State>();
-  // Late workers may start after the caller returned: they hold the state, and find no chunk left before
-  // touching fn (which lives on the caller's stack).
-  auto work = [state, n, fnp = &fn] {
-    for (int64_t c; (c = state->next.fetch_add(1)) < n;) {
-      (*fnp)(c);
-      if (state->done.fetch_add(1) + 1 == n) {
-        std::lock_guard<std::mutex> lock(state->mu);
-        state->cv.notify_all();
-      }
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n - 1);
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));
-  work();
-  std::unique_lock<std::mutex> lock(state->mu);
-  state->cv.wait(lock, [&] { return state->done.load() == n; });
-}
 
 int64_t NumChunks(int64_t size) { return std::clamp<int64_t>((size + kChunk - 1) / kChunk, 1, kMaxChunks); }
 
@@ -179,7 +149,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   const float* xp = x.typed_data();
   float* fp = f->typed_data();
   std::vector<char> chunk_far(chunks, 0);
-  ParallelFor(pool, chunks, [&](int64_t c) {
+  ablax::ParallelFor(pool, chunks, [&](int64_t c) {
     const int64_t lo = size * c / chunks, hi = size * (c + 1) / chunks;
     vi far_lanes = {};
     ForEachRun(r, lo, hi, [&](int64_t begin, int64_t end, int64_t group) {
@@ -206,7 +176,7 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   const float *xp = x.typed_data(), *gp = g.typed_data(), *fp = f.typed_data();
   float* dxp = dx->typed_data();
   std::vector<double> partial(chunks * nt * r.groups, 0.0);  // [chunk, term, group]
-  ParallelFor(pool, chunks, [&](int64_t c) {
+  ablax::ParallelFor(pool, chunks, [&](int64_t c) {
     double* out = partial.data() + c * nt * r.groups;
     ForEachRun(r, size * c / chunks, size * (c + 1) / chunks, [&](int64_t begin, int64_t end, int64_t group) {
       const Coeffs k = Gather(r, group);

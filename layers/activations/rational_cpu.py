@@ -1,83 +1,26 @@
-"""XLA:CPU kernels for the rational op's literal form (`rational_cpu.cc`), built on first use.
+"""XLA:CPU kernels for the rational op's literal form (`rational_cpu.cc`, built by `layers.cpu_kernels`).
 
 XLA:CPU runs the rational backward as separate loops (dL/dx, then the coefficient power sums in a variadic
-reduce it does not vectorise); the kernel makes one vectorised, multithreaded pass for each direction. It is
-compiled once per machine with the system C++ compiler ($CXX, else c++ / g++ / clang++) against jaxlib's FFI
-headers, into $ABLAX_KERNEL_CACHE (default ~/.cache/ablax/kernels) under a name keyed by the source, the
-jaxlib version, the compiler and the CPU (so nodes of different CPUs sharing a home directory each get their
-own build). Without a compiler, or if the build fails, `enabled()` warns once and the op keeps its XLA form:
-the same results, in about 1.5x the time. ABLAX_CPU_KERNELS=0 turns the kernels off.
+reduce it does not vectorise); the kernels make one vectorised, multithreaded pass each way (fp32). Where they
+cannot be built the op keeps its XLA form: the same results in about 1.5x the time.
 """
 
-import ctypes
-import functools
-import hashlib
 import math
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import warnings
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from layers import cpu_kernels
+
 SOURCE = Path(__file__).with_name("rational_cpu.cc")
-_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-Wno-psabi")
-_TARGETS = {"ablax_rational_forward": "AblaxRationalForward", "ablax_rational_backward": "AblaxRationalBackward"}
-
-
-def _cpu_id() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return "".join(sorted({line for line in f if line.startswith(("model name", "flags"))}))
-  except OSError:
-    return platform.processor() or platform.machine()
-
-
-def _build() -> Path:
-  """The compiled library's path, compiling it if this machine has no build of the current source yet."""
-  cxx = os.environ.get("CXX") or next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
-  if cxx is None:
-    raise RuntimeError("no C++ compiler found (set CXX)")
-  version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
-  key = hashlib.sha256("\0".join(
-      [SOURCE.read_text(), jax.lib.__version__, version, _cpu_id(), *_FLAGS]).encode()).hexdigest()[:16]
-  cache = Path(os.environ.get("ABLAX_KERNEL_CACHE", Path.home() / ".cache" / "ablax" / "kernels"))
-  lib = cache / f"rational_cpu_{key}.so"
-  if lib.exists():
-    return lib
-  cache.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=cache) as tmp:  # concurrent builds each write their own file
-    out = Path(tmp) / lib.name
-    cmd = [cxx, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode:
-      raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
-    os.replace(out, lib)
-  return lib
+_TARGETS = (("ablax_rational_forward", "AblaxRationalForward"), ("ablax_rational_backward", "AblaxRationalBackward"))
 
 
 def enabled() -> bool:
-  """Whether ops traced now use the kernels: not switched off (ABLAX_CPU_KERNELS=0, read at trace time, so a
-  benchmark or test can trace both forms in one process) and built for this machine (built on the first call)."""
-  return os.environ.get("ABLAX_CPU_KERNELS", "1") != "0" and _load()
-
-
-@functools.cache
-def _load() -> bool:
-  try:
-    library = ctypes.cdll.LoadLibrary(str(_build()))
-  except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-    warnings.warn(f"rational activation CPU kernel unavailable, using the XLA form (~1.5x slower): {e}",
-                  stacklevel=2)
-    return False
-  for target, symbol in _TARGETS.items():
-    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
-  return True
+  """Whether ops traced now use the kernels (`cpu_kernels.enabled`), building them on the first call."""
+  return cpu_kernels.enabled() and cpu_kernels.load(SOURCE, _TARGETS)
 
 
 def group_layout(x_shape: tuple[int, ...], coeff_shape: tuple[int, ...]) -> tuple[int, int] | None:

@@ -325,9 +325,9 @@ def _backward_literal(x, g, f, a, b, version):
 
 
 def _use_kernel(x: jax.Array, a: jax.Array, b: jax.Array, version: str) -> bool:
-  """Whether the CPU kernels serve these (static) shapes: fp32 on a CPU backend, coefficients that give each
-  element one group, degrees below 32, and a kernel built for this machine."""
-  return (x.dtype == jnp.float32 and jax.default_backend() == "cpu" and max(a.shape[0], b.shape[0] + 1) <= 32
+  """Whether the CPU kernels serve these (static) shapes: fp32, coefficients that give each element one group,
+  degrees below 32, and kernels enabled and built (`rational_cpu.enabled`)."""
+  return (x.dtype == jnp.float32 and max(a.shape[0], b.shape[0] + 1) <= 32
           and rational_cpu.group_layout(x.shape, _coefficient_shape(a, b)) is not None and rational_cpu.enabled())
 
 

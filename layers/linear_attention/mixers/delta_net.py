@@ -44,10 +44,12 @@ class DeltaNet(RecurrentMixer):
     """The layer, for every subclass. num_householder: None runs one delta step per token (delta_rule /
     gated_delta_rule); n runs n steps per token through gated_delta_product, each with its own k, v and beta
     (n times the k / v / beta projection and conv widths, step j of a token read from the j-th slice).
-    implementation: "xla" or "pallas" (gated_delta_rule's kernel for the chunk form: gated, no num_householder;
-    decode steps stay recurrent)."""
+    implementation: "xla", "pallas" (gated_delta_rule's kernel for the chunk form: gated, no num_householder;
+    decode steps stay recurrent) or "cpu" (gated_delta_rule's C++ kernel of the recurrent form, mode
+    "recurrent": gated, no num_householder, CPU backend)."""
     h, dk, dv = ctx.n_heads, int(ctx.head_dim * expand_k), int(ctx.head_dim * expand_v)
-    check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=dk, dv=dv)
+    check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=dk, dv=dv,
+                         cpu=gated and num_householder is None)
     n = num_householder or 1
     self.q_proj = self._linear(ctx, ctx.d_model, h * dk, ("embed", "heads"), rngs=rngs)
     self.k_proj = self._linear(ctx, ctx.d_model, n * h * dk, ("embed", "heads"), rngs=rngs)
@@ -88,7 +90,7 @@ class DeltaNet(RecurrentMixer):
     elif g is None:
       o, state = recur(delta_rule, q, k, v, beta)
     else:
-      op = functools.partial(gated_delta_rule, implementation=self.implementation if mode == "chunk" else "xla")
+      op = functools.partial(gated_delta_rule, implementation=self.implementation if mode == self.mode else "xla")
       o, state = recur(op, q, k, v, g, beta)
     gate = None if self.g_proj is None else split_heads(self.g_proj(x), self.n_heads)
     y = self.o_proj(self.norm(o, gate).reshape(*x.shape[:-1], -1))

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from layers.linear_attention.ops import common
+from layers.linear_attention.ops import common, delta_rule_cpu
 from layers.linear_attention.ops.chunk_forms import chunk_delta
 from layers.linear_attention.pallas import chunk_scan
 from layers.linear_attention.pallas import gated_delta_rule as pallas_gated_delta_rule
@@ -38,7 +38,9 @@ def gated_delta_rule(
   layers/linear_attention/pallas/gated_delta_rule.py, Triton on GPU, Mosaic on TPU, interpret mode on CPU;
   chunk_size a multiple of 16, K and V powers of two >= 16). Tested on CPU in interpret mode (outputs, final
   state, gradients, packed rows, golden vectors) and lowered with jax.export for "cuda" and "tpu"; never run on a
-  GPU/TPU.
+  GPU/TPU. Or "cpu" (mode "recurrent" only, CPU backend: the recurrent form and its backward as C++ kernels,
+  `delta_rule_cpu`, the fastest form on a CPU; the XLA recurrent form, with a warning, where no C++ compiler
+  builds them).
 
   Example (a row holding documents of 3 and 2 tokens; the second starts afresh):
     >>> q = k = jnp.full((1, 5, 2, 4), 0.5); v = jnp.ones((1, 5, 2, 4))
@@ -51,9 +53,11 @@ def gated_delta_rule(
   b, t, h, _ = q.shape
   common.check_shape("g", g, (b, t, h))
   common.check_shape("beta", beta, (b, t, h))
-  chunk_scan.check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=q.shape[-1], dv=v.shape[-1])
+  chunk_scan.check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=q.shape[-1], dv=v.shape[-1],
+                                  cpu=True)
   chunk = pallas_gated_delta_rule.chunk if implementation == "pallas" else chunk_delta
-  return common.run(recurrent, chunk, q, k, v, (g, beta), scale=scale, initial_state=initial_state,
+  scan = delta_rule_cpu.recurrent if implementation == "cpu" and delta_rule_cpu.enabled() else recurrent
+  return common.run(scan, chunk, q, k, v, (g, beta), scale=scale, initial_state=initial_state,
                     output_final_state=output_final_state, mode=mode, chunk_size=chunk_size,
                     segment_ids=segment_ids)
 

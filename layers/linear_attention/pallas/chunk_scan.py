@@ -173,14 +173,27 @@ def document_masks(
   return rows[0], rows[1]
 
 
-IMPLEMENTATIONS = ("xla", "pallas")
+IMPLEMENTATIONS = ("xla", "pallas", "cpu")
 
 
-def check_implementation(implementation: str, *, mode: str, chunk_size: int, dk: int, dv: int) -> None:
-  """Reject an implementation the op cannot run with these arguments, before tracing."""
+def check_implementation(implementation: str, *, mode: str, chunk_size: int, dk: int, dv: int,
+                         cpu: bool = False) -> None:
+  """Reject an implementation the op cannot run with these arguments, before tracing. cpu: whether the op has
+  a CPU kernel of its recurrent form (implementation="cpu")."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
   if implementation == "xla":
+    return
+  if implementation == "cpu":
+    if not cpu:
+      raise ValueError("implementation='cpu' (a C++ kernel of the recurrent form) exists for gated_delta_rule only; "
+                       "use implementation='xla'")
+    if mode != "recurrent":
+      raise ValueError(f"implementation='cpu' is the recurrent form as a C++ kernel: use mode='recurrent' "
+                       f"(got mode={mode!r})")
+    if jax.default_backend() != "cpu":
+      raise ValueError(f"implementation='cpu' runs on the CPU backend, not {jax.default_backend()!r}; "
+                       "use implementation='xla' or 'pallas'")
     return
   if mode != "chunk":
     raise ValueError(f"implementation='pallas' is the chunk form: use mode='chunk' (got mode={mode!r}) "
