@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "parallel.h"
@@ -90,8 +91,19 @@ void ForwardStep(const Dims& d, const Step& x, const float* prev, float* s, floa
   }
 }
 
-template <int VV>
-ffi::Error ForwardRun(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+// Calls run(std::integral_constant<int, VV>) with VV = the value width v when it is 32, 64 or 128 (a width
+// fixed at compile time), else 0 (read at run time).
+template <typename Run>
+void WithValueWidth(int64_t v, Run run) {
+  switch (v) {
+    case 32: return run(std::integral_constant<int, 32>{});
+    case 64: return run(std::integral_constant<int, 64>{});
+    case 128: return run(std::integral_constant<int, 128>{});
+    default: return run(std::integral_constant<int, 0>{});
+  }
+}
+
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                        ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> beta,
                        ffi::Buffer<ffi::F32> s0, ffi::Buffer<ffi::S32> starts, ffi::ResultBuffer<ffi::F32> o,
                        ffi::ResultBuffer<ffi::F32> final_state, ffi::ResultBuffer<ffi::F32> checkpoints,
@@ -100,122 +112,19 @@ ffi::Error ForwardRun(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer
   const Inputs in{q.typed_data(), k.typed_data(), v.typed_data(), g.typed_data(), beta.typed_data(),
                   starts.typed_data(), d};
   const int64_t kv = d.k * d.v;
-  ablax::ParallelFor(pool, d.b * d.h, [&](int64_t bh) {
-    const int64_t bi = bh / d.h, hi = bh % d.h;
-    float* ckpt = checkpoints->typed_data() + bh * d.Segments() * kv;
-    float* s = final_state->typed_data() + bh * kv;  // updated in place: one state in L1
-    std::memcpy(s, s0.typed_data() + bh * kv, sizeof(float) * kv);
-    std::vector<float> r(d.v), a(d.k);
-    for (int64_t t = 0; t < d.t; ++t) {
-      if (t % d.segment == 0) std::memcpy(ckpt + (t / d.segment) * kv, s, sizeof(float) * kv);
-      ForwardStep<VV>(d, in.At(bi, t, hi), s, s, r.data(), o->typed_data() + d.Row(bi, t, hi, d.v), a.data());
-    }
-  });
-  return ffi::Error::Success();
-}
-
-ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                       ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> beta,
-                       ffi::Buffer<ffi::F32> s0, ffi::Buffer<ffi::S32> starts, ffi::ResultBuffer<ffi::F32> o,
-                       ffi::ResultBuffer<ffi::F32> final_state, ffi::ResultBuffer<ffi::F32> checkpoints,
-                       int64_t segment) {
-  switch (v.dimensions()[3]) {
-    case 32: return ForwardRun<32>(pool, q, k, v, g, beta, s0, starts, o, final_state, checkpoints, segment);
-    case 64: return ForwardRun<64>(pool, q, k, v, g, beta, s0, starts, o, final_state, checkpoints, segment);
-    case 128: return ForwardRun<128>(pool, q, k, v, g, beta, s0, starts, o, final_state, checkpoints, segment);
-    default: return ForwardRun<0>(pool, q, k, v, g, beta, s0, starts, o, final_state, checkpoints, segment);
-  }
-}
-
-template <int VV>
-ffi::Error BackwardRun(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                        ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> beta,
-                        ffi::Buffer<ffi::S32> starts, ffi::Buffer<ffi::F32> checkpoints,
-                        ffi::Buffer<ffi::F32> d_o, ffi::Buffer<ffi::F32> d_final, ffi::ResultBuffer<ffi::F32> dq,
-                        ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv,
-                        ffi::ResultBuffer<ffi::F32> dg, ffi::ResultBuffer<ffi::F32> dbeta,
-                        ffi::ResultBuffer<ffi::F32> ds0, int64_t segment) {
-  const Dims d = GetDims(q, v, g, segment);
-  const Inputs in{q.typed_data(), k.typed_data(), v.typed_data(), g.typed_data(), beta.typed_data(),
-                  starts.typed_data(), d};
-  const int64_t kk = d.k, vv = VV ? VV : d.v, kv = kk * vv;
-  ablax::ParallelFor(pool, d.b * d.h, [&](int64_t bh) {
-    const int64_t bi = bh / d.h, hi = bh % d.h;
-    // states[j]: S after step t0 + j of the segment; states[-1] (base) the state entering it.
-    std::vector<float> states((d.segment + 1) * kv), res(d.segment * vv), ddelta(vv), du(vv), gk(kk), a(kk);
-    float* ds = ds0->typed_data() + bh * kv;  // the state's gradient, carried backwards in place
-    std::memcpy(ds, d_final.typed_data() + bh * kv, sizeof(float) * kv);
-    const float* ckpt = checkpoints.typed_data() + bh * d.Segments() * kv;
-    for (int64_t n = d.Segments() - 1; n >= 0; --n) {
-      const int64_t t0 = n * d.segment, len = std::min(d.segment, d.t - t0);
-      std::memcpy(states.data(), ckpt + n * kv, sizeof(float) * kv);
-      for (int64_t j = 0; j < len; ++j) {
-        ForwardStep<VV>(d, in.At(bi, t0 + j, hi), states.data() + j * kv, states.data() + (j + 1) * kv,
-                        res.data() + j * vv, nullptr, a.data());
+  WithValueWidth(d.v, [&](auto width) {
+    constexpr int VV = decltype(width)::value;
+    ablax::ParallelFor(pool, d.b * d.h, [&](int64_t bh) {
+      const int64_t bi = bh / d.h, hi = bh % d.h;
+      float* ckpt = checkpoints->typed_data() + bh * d.Segments() * kv;
+      float* s = final_state->typed_data() + bh * kv;  // updated in place: one state in L1
+      std::memcpy(s, s0.typed_data() + bh * kv, sizeof(float) * kv);
+      std::vector<float> r(d.v), a(d.k);
+      for (int64_t t = 0; t < d.t; ++t) {
+        if (t % d.segment == 0) std::memcpy(ckpt + (t / d.segment) * kv, s, sizeof(float) * kv);
+        ForwardStep<VV>(d, in.At(bi, t, hi), s, s, r.data(), o->typed_data() + d.Row(bi, t, hi, d.v), a.data());
       }
-      for (int64_t j = len - 1; j >= 0; --j) {
-        const int64_t t = t0 + j;
-        const Step x = in.At(bi, t, hi);
-        const float* s_new = states.data() + (j + 1) * kv;
-        const float* s_prev = states.data() + j * kv;
-        const float* r = res.data() + j * vv;
-        const float* go = d_o.typed_data() + d.Row(bi, t, hi, vv);
-        float* gq = dq->typed_data() + d.Row(bi, t, hi, kk);
-        float* gkk = dk->typed_data() + d.Row(bi, t, hi, kk);
-        float* gv = dv->typed_data() + d.Row(bi, t, hi, vv);
-        // Sweep 1: dS += q doᵀ; dq = S_t do; dk = dS δ; dδ = dSᵀ k.
-        std::fill(ddelta.begin(), ddelta.end(), 0.0f);
-        for (int64_t i = 0; i < kk; ++i) {
-          const float qi = x.q[i], ki = x.k[i];
-          float* __restrict dsr = ds + i * vv;
-          const float* __restrict sr = s_new + i * vv;
-          float acc_q = 0.0f, acc_k = 0.0f;
-#pragma omp simd reduction(+ : acc_q, acc_k)
-          for (int64_t j2 = 0; j2 < vv; ++j2) {
-            dsr[j2] += qi * go[j2];
-            acc_q += sr[j2] * go[j2];
-            acc_k += dsr[j2] * x.beta * r[j2];
-            ddelta[j2] += ki * dsr[j2];
-          }
-          gq[i] = acc_q;
-          gkk[i] = acc_k;
-        }
-        float acc_b = 0.0f;
-#pragma omp simd reduction(+ : acc_b)
-        for (int64_t j2 = 0; j2 < vv; ++j2) {
-          acc_b += ddelta[j2] * r[j2];
-          gv[j2] = x.beta * ddelta[j2];
-          du[j2] = -x.beta * ddelta[j2];
-        }
-        dbeta->typed_data()[(bi * d.t + t) * d.h + hi] = acc_b;
-        // Sweep 2: S' = diag(a) S_prev (0 at a start); dS' = dS + k duᵀ; dk += S' du; dg = Σ S' ⊙ dS';
-        // dS_prev = diag(a) dS' (0 at a start: the state before was not used).
-        Gates(d, x, a.data());
-        for (int64_t i = 0; i < kk; ++i) {
-          const float ki = x.k[i], keep = x.start ? 0.0f : a[i];
-          float* __restrict dsr = ds + i * vv;
-          const float* __restrict pr = s_prev + i * vv;
-          float acc_k = 0.0f, acc_g = 0.0f;
-#pragma omp simd reduction(+ : acc_k, acc_g)
-          for (int64_t j2 = 0; j2 < vv; ++j2) {
-            const float sp = keep * pr[j2], dsp = dsr[j2] + ki * du[j2];
-            acc_k += sp * du[j2];
-            acc_g += sp * dsp;
-            dsr[j2] = keep * dsp;
-          }
-          gkk[i] += acc_k;
-          gk[i] = acc_g;
-        }
-        float* gg = dg->typed_data() + d.Row(bi, t, hi, d.gk);
-        if (d.gk == 1) {
-          float total = 0.0f;
-          for (int64_t i = 0; i < kk; ++i) total += gk[i];
-          gg[0] = total;
-        } else {
-          std::memcpy(gg, gk.data(), sizeof(float) * kk);
-        }
-      }
-    }
+    });
   });
   return ffi::Error::Success();
 }
@@ -227,15 +136,92 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
                         ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv,
                         ffi::ResultBuffer<ffi::F32> dg, ffi::ResultBuffer<ffi::F32> dbeta,
                         ffi::ResultBuffer<ffi::F32> ds0, int64_t segment) {
-#define ABLAX_BACKWARD(VV) \
-  BackwardRun<VV>(pool, q, k, v, g, beta, starts, checkpoints, d_o, d_final, dq, dk, dv, dg, dbeta, ds0, segment)
-  switch (v.dimensions()[3]) {
-    case 32: return ABLAX_BACKWARD(32);
-    case 64: return ABLAX_BACKWARD(64);
-    case 128: return ABLAX_BACKWARD(128);
-    default: return ABLAX_BACKWARD(0);
-  }
-#undef ABLAX_BACKWARD
+  const Dims d = GetDims(q, v, g, segment);
+  const Inputs in{q.typed_data(), k.typed_data(), v.typed_data(), g.typed_data(), beta.typed_data(),
+                  starts.typed_data(), d};
+  WithValueWidth(d.v, [&](auto width) {
+    constexpr int VV = decltype(width)::value;
+    const int64_t kk = d.k, vv = VV ? VV : d.v, kv = kk * vv;
+    ablax::ParallelFor(pool, d.b * d.h, [&](int64_t bh) {
+      const int64_t bi = bh / d.h, hi = bh % d.h;
+      // states[j]: S after step t0 + j of the segment; states[-1] (base) the state entering it.
+      std::vector<float> states((d.segment + 1) * kv), res(d.segment * vv), ddelta(vv), du(vv), gk(kk), a(kk);
+      float* ds = ds0->typed_data() + bh * kv;  // the state's gradient, carried backwards in place
+      std::memcpy(ds, d_final.typed_data() + bh * kv, sizeof(float) * kv);
+      const float* ckpt = checkpoints.typed_data() + bh * d.Segments() * kv;
+      for (int64_t n = d.Segments() - 1; n >= 0; --n) {
+        const int64_t t0 = n * d.segment, len = std::min(d.segment, d.t - t0);
+        std::memcpy(states.data(), ckpt + n * kv, sizeof(float) * kv);
+        for (int64_t j = 0; j < len; ++j) {
+          ForwardStep<VV>(d, in.At(bi, t0 + j, hi), states.data() + j * kv, states.data() + (j + 1) * kv,
+                          res.data() + j * vv, nullptr, a.data());
+        }
+        for (int64_t j = len - 1; j >= 0; --j) {
+          const int64_t t = t0 + j;
+          const Step x = in.At(bi, t, hi);
+          const float* s_new = states.data() + (j + 1) * kv;
+          const float* s_prev = states.data() + j * kv;
+          const float* r = res.data() + j * vv;
+          const float* go = d_o.typed_data() + d.Row(bi, t, hi, vv);
+          float* gq = dq->typed_data() + d.Row(bi, t, hi, kk);
+          float* gkk = dk->typed_data() + d.Row(bi, t, hi, kk);
+          float* gv = dv->typed_data() + d.Row(bi, t, hi, vv);
+          // Sweep 1: dS += q doᵀ; dq = S_t do; dk = dS δ; dδ = dSᵀ k.
+          std::fill(ddelta.begin(), ddelta.end(), 0.0f);
+          for (int64_t i = 0; i < kk; ++i) {
+            const float qi = x.q[i], ki = x.k[i];
+            float* __restrict dsr = ds + i * vv;
+            const float* __restrict sr = s_new + i * vv;
+            float acc_q = 0.0f, acc_k = 0.0f;
+  #pragma omp simd reduction(+ : acc_q, acc_k)
+            for (int64_t j2 = 0; j2 < vv; ++j2) {
+              dsr[j2] += qi * go[j2];
+              acc_q += sr[j2] * go[j2];
+              acc_k += dsr[j2] * x.beta * r[j2];
+              ddelta[j2] += ki * dsr[j2];
+            }
+            gq[i] = acc_q;
+            gkk[i] = acc_k;
+          }
+          float acc_b = 0.0f;
+  #pragma omp simd reduction(+ : acc_b)
+          for (int64_t j2 = 0; j2 < vv; ++j2) {
+            acc_b += ddelta[j2] * r[j2];
+            gv[j2] = x.beta * ddelta[j2];
+            du[j2] = -x.beta * ddelta[j2];
+          }
+          dbeta->typed_data()[(bi * d.t + t) * d.h + hi] = acc_b;
+          // Sweep 2: S' = diag(a) S_prev (0 at a start); dS' = dS + k duᵀ; dk += S' du; dg = Σ S' ⊙ dS';
+          // dS_prev = diag(a) dS' (0 at a start: the state before was not used).
+          Gates(d, x, a.data());
+          for (int64_t i = 0; i < kk; ++i) {
+            const float ki = x.k[i], keep = x.start ? 0.0f : a[i];
+            float* __restrict dsr = ds + i * vv;
+            const float* __restrict pr = s_prev + i * vv;
+            float acc_k = 0.0f, acc_g = 0.0f;
+  #pragma omp simd reduction(+ : acc_k, acc_g)
+            for (int64_t j2 = 0; j2 < vv; ++j2) {
+              const float sp = keep * pr[j2], dsp = dsr[j2] + ki * du[j2];
+              acc_k += sp * du[j2];
+              acc_g += sp * dsp;
+              dsr[j2] = keep * dsp;
+            }
+            gkk[i] += acc_k;
+            gk[i] = acc_g;
+          }
+          float* gg = dg->typed_data() + d.Row(bi, t, hi, d.gk);
+          if (d.gk == 1) {
+            float total = 0.0f;
+            for (int64_t i = 0; i < kk; ++i) total += gk[i];
+            gg[0] = total;
+          } else {
+            std::memcpy(gg, gk.data(), sizeof(float) * kk);
+          }
+        }
+      }
+    });
+  });
+  return ffi::Error::Success();
 }
 
 }  // namespace
