@@ -1,6 +1,6 @@
-"""gated_delta_rule(mode="recurrent", implementation="cpu"): the recurrent form and its hand-written backward as
-C++ kernels (`delta_rule_cpu`), against the golden vectors and the XLA op: outputs, final state, every gradient,
-packed rows, per-channel gates, sequences that are not a multiple of the kernels' segment; the mixer option."""
+"""The delta rules' implementation="cpu" (mode="recurrent"): the recurrent form and its hand-written backward as
+C++ kernels (`delta_rule_cpu`), against the golden vectors and the XLA ops: outputs, final state, every gradient,
+packed rows, per-channel gates, sequences that are not a multiple of the kernels' segment; the mixer options."""
 
 import jax
 import jax.numpy as jnp
@@ -22,35 +22,42 @@ def kernel(cpu_kernel):
   cpu_kernel(delta_rule_cpu.enabled)
 
 
-def test_matches_golden_vectors(kernel):
+OPS = ("delta_rule", "gated_delta_rule", "kda")
+
+
+@pytest.mark.parametrize("op", ["delta_rule", "gated_delta_rule"])
+def test_matches_golden_vectors(kernel, op):
   data = np.load(GOLDEN)
-  op = "gated_delta_rule"
   names = ("q", "k", "v", *GATES[op], "initial_state")
   args = tuple(jnp.asarray(data[f"{op}/in/{n}"]) for n in (*names, "do", "dht"))
-  o, ht, grads = jax.jit(lambda a: _cpu_parts(a, None))(args)
+  o, ht, grads = jax.jit(lambda a: _cpu_parts(op, a, None))(args)
   assert rel_rmse(o, data[f"{op}/out/o"]) < 2e-3
   assert rel_rmse(ht, data[f"{op}/out/ht"]) < 2e-3
   for name, grad in zip(names, grads, strict=True):
     assert rel_rmse(grad, data[f"{op}/grad/{name}"]) < (2e-2 if name in ("g", "beta") else 5e-3), name
 
 
-def _cpu_parts(args, segment_ids):
+def _cpu_parts(op, args, segment_ids):
   *inputs, do, dht = args
 
   def forward(*xs):
-    return la.gated_delta_rule(*xs[:-1], initial_state=xs[-1], output_final_state=True, mode="recurrent",
-                               segment_ids=segment_ids, implementation="cpu")
+    return getattr(la, op)(*xs[:-1], initial_state=xs[-1], output_final_state=True, mode="recurrent",
+                           segment_ids=segment_ids, implementation="cpu")
 
   (o, ht), pullback = jax.vjp(forward, *inputs)
   return o, ht, pullback((do, dht))
 
 
-def test_equals_xla_op_on_packed_rows(kernel):
+@pytest.mark.parametrize("op", OPS)
+def test_equals_xla_op_on_packed_rows(kernel, op):
   """Three documents per row, an initial state, T = 40: o, ht and every gradient equal the XLA chunk op's."""
-  args, do, dht = make_inputs("gated_delta_rule", 40, key=7, b=2, dk=16, dv=16)
+  args, do, dht = make_inputs("gated_delta_rule" if op == "kda" else op, 40, key=7, b=2, dk=16, dv=16)
+  if op == "kda":  # a log decay per key channel
+    q, k, v, _, *rest = args
+    args = (q, k, v, jnp.asarray(np.random.default_rng(3).uniform(-1.0, 0.0, k.shape), jnp.float32), *rest)
   args = (*args, do, dht)
   seg = jnp.asarray(SEGMENT_IDS)
-  _assert_close(jax.jit(_cpu_parts)(args, seg), op_runner("gated_delta_rule", "xla")(args, seg))
+  _assert_close(jax.jit(lambda a, s: _cpu_parts(op, a, s))(args, seg), op_runner(op, "xla")(args, seg))
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
@@ -85,15 +92,16 @@ def test_rejects_unsupported_arguments():
   args, _, _ = make_inputs("gated_delta_rule", 8, dk=16, dv=16)
   with pytest.raises(ValueError, match="use mode='recurrent'"):
     la.gated_delta_rule(*args[:-1], implementation="cpu")
-  with pytest.raises(ValueError, match="gated_delta_rule only"):
+  with pytest.raises(ValueError, match="'cpu' is not implemented"):
     la.gla(*make_inputs("gla", 8, dk=16, dv=16)[0][:-1], mode="recurrent", implementation="cpu")
 
 
-def test_mixer_option_and_fallback(kernel, monkeypatch):
-  """GatedDeltaNet(mode="recurrent", implementation="cpu") runs the kernels in training and decoding; with
-  ABLAX_CPU_KERNELS=0 the same layer traces the XLA recurrence, with the same output."""
+@pytest.mark.parametrize("name", ["delta_net", "gated_delta_net", "kda"])
+def test_mixer_option_and_fallback(kernel, monkeypatch, name):
+  """mode="recurrent", implementation="cpu" runs the kernels in training and decoding; with ABLAX_CPU_KERNELS=0
+  the same layer traces the XLA recurrence, with the same output."""
   ctx = LayerContext(d_model=32, n_heads=2)
-  model = registry.build("mixer", "gated_delta_net", ctx, rngs=nnx.Rngs(0), mode="recurrent", implementation="cpu")
+  model = registry.build("mixer", name, ctx, rngs=nnx.Rngs(0), mode="recurrent", implementation="cpu")
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 40, 32)), jnp.float32)
   seg = jnp.asarray(SEGMENT_IDS)
 

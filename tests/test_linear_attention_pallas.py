@@ -134,7 +134,7 @@ def test_rejects_unsupported_arguments():
   args, _, _ = make_inputs("gated_delta_rule", 8, dk=24, dv=16)
   with pytest.raises(ValueError, match=r"K \(q/k head dim\) a power of two >= 16"):
     la.gated_delta_rule(*args[:-1], implementation="pallas")
-  with pytest.raises(ValueError, match="has no option 'implementation'"):  # no kernel for the plain delta rule
+  with pytest.raises(ValueError, match="'pallas' is not implemented"):  # no Pallas kernel for the plain delta rule
     registry.build("mixer", "delta_net", LayerContext(d_model=32, n_heads=2), rngs=nnx.Rngs(0),
                    implementation="pallas")
 

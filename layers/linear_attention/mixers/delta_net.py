@@ -33,9 +33,10 @@ class DeltaNet(RecurrentMixer):
 
   def __init__(self, ctx: LayerContext, *, expand_k: float = 1.0, expand_v: float = 1.0, conv_size: int = 4,
                use_gate: bool = False, allow_neg_eigval: bool = False, norm_eps: float = 1e-5, mode: str = "chunk",
-               chunk_size: int = 64, rngs: nnx.Rngs):
+               chunk_size: int = 64, implementation: str = "xla", rngs: nnx.Rngs):
     self._build(ctx, gated=False, expand_k=expand_k, expand_v=expand_v, conv_size=conv_size, use_gate=use_gate,
-                allow_neg_eigval=allow_neg_eigval, norm_eps=norm_eps, mode=mode, chunk_size=chunk_size, rngs=rngs)
+                allow_neg_eigval=allow_neg_eigval, norm_eps=norm_eps, mode=mode, chunk_size=chunk_size,
+                implementation=implementation, rngs=rngs)
 
   def _build(self, ctx: LayerContext, *, gated: bool, expand_k: float, expand_v: float, conv_size: int,
              use_gate: bool, allow_neg_eigval: bool, norm_eps: float, mode: str, chunk_size: int,
@@ -45,11 +46,11 @@ class DeltaNet(RecurrentMixer):
     gated_delta_rule); n runs n steps per token through gated_delta_product, each with its own k, v and beta
     (n times the k / v / beta projection and conv widths, step j of a token read from the j-th slice).
     implementation: "xla", "pallas" (gated_delta_rule's kernel for the chunk form: gated, no num_householder;
-    decode steps stay recurrent) or "cpu" (gated_delta_rule's C++ kernel of the recurrent form, mode
-    "recurrent": gated, no num_householder, CPU backend)."""
+    decode steps stay recurrent) or "cpu" (the delta rules' C++ kernel of the recurrent form, mode
+    "recurrent", CPU backend: no num_householder)."""
     h, dk, dv = ctx.n_heads, int(ctx.head_dim * expand_k), int(ctx.head_dim * expand_v)
-    check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=dk, dv=dv,
-                         cpu=gated and num_householder is None)
+    available = ("xla",) if num_householder else ("xla", "pallas", "cpu") if gated else ("xla", "cpu")
+    check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=dk, dv=dv, available=available)
     n = num_householder or 1
     self.q_proj = self._linear(ctx, ctx.d_model, h * dk, ("embed", "heads"), rngs=rngs)
     self.k_proj = self._linear(ctx, ctx.d_model, n * h * dk, ("embed", "heads"), rngs=rngs)
@@ -87,11 +88,10 @@ class DeltaNet(RecurrentMixer):
     if self.num_householder is not None:
       product = functools.partial(gated_delta_product, num_householder=self.num_householder)
       o, state = recur(product, q, k, v, jnp.zeros((b, t, h), jnp.float32) if g is None else g, beta)
-    elif g is None:
-      o, state = recur(delta_rule, q, k, v, beta)
-    else:
-      op = functools.partial(gated_delta_rule, implementation=self.implementation if mode == self.mode else "xla")
-      o, state = recur(op, q, k, v, g, beta)
+    else:  # the configured implementation in the configured mode (decode steps of a chunk layer: the XLA form)
+      implementation = self.implementation if mode == self.mode else "xla"
+      op, gates = (delta_rule, (beta,)) if g is None else (gated_delta_rule, (g, beta))
+      o, state = recur(functools.partial(op, implementation=implementation), q, k, v, *gates)
     gate = None if self.g_proj is None else split_heads(self.g_proj(x), self.n_heads)
     y = self.o_proj(self.norm(o, gate).reshape(*x.shape[:-1], -1))
     return y, self._new_cache(cache, state, convs)

@@ -18,6 +18,8 @@ Kimi Linear interleaves 3 KDA layers with 1 global attention layer without posit
 (experiments/kimi_linear.py).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -27,20 +29,23 @@ from layers.linear_attention.mixers.decay_gate import DecayGate
 from layers.linear_attention.mixers.head_norm import HeadNorm
 from layers.linear_attention.mixers.recurrent_mixer import Cache, Documents, RecurrentMixer, l2_normalize, split_heads
 from layers.linear_attention.ops import kda
+from layers.linear_attention.pallas.chunk_scan import check_implementation
 
 
 class KimiDeltaAttention(RecurrentMixer):
   """KDA token mixer. Options: expand_v (value head = expand_v * head_dim), gate_low_rank_dim (rank of the
   forget- and output-gate projections; 0: the head dim, as the paper), conv_size, allow_neg_eigval,
-  norm_eps, mode, chunk_size."""
+  norm_eps, mode, chunk_size, implementation ("xla", or "cpu": the C++ kernel of the recurrent form, with
+  mode "recurrent" on the CPU backend)."""
 
   conv_names = ("q_conv", "k_conv", "v_conv")
   recurrence = "delta"
 
   def __init__(self, ctx: LayerContext, *, expand_v: float = 1.0, gate_low_rank_dim: int = 0, conv_size: int = 4,
                allow_neg_eigval: bool = False, norm_eps: float = 1e-5, mode: str = "chunk", chunk_size: int = 64,
-               rngs: nnx.Rngs):
+               implementation: str = "xla", rngs: nnx.Rngs):
     h, dk, dv = ctx.n_heads, ctx.head_dim, int(ctx.head_dim * expand_v)
+    check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=dk, dv=dv, available=("xla", "cpu"))
     rank = gate_low_rank_dim or dk
     self.q_proj = self._linear(ctx, ctx.d_model, h * dk, ("embed", "heads"), rngs=rngs)
     self.k_proj = self._linear(ctx, ctx.d_model, h * dk, ("embed", "heads"), rngs=rngs)
@@ -58,7 +63,7 @@ class KimiDeltaAttention(RecurrentMixer):
     self.o_proj = self._linear(ctx, h * dv, ctx.d_model, ("heads", "embed"), rngs=rngs)
     self.beta_scale = 2.0 if allow_neg_eigval else 1.0
     self.n_heads, self.state_k, self.state_v = h, dk, dv
-    self.mode, self.chunk_size = mode, chunk_size
+    self.mode, self.chunk_size, self.implementation = mode, chunk_size, implementation
 
   def mix(self, x: jax.Array, cache: Cache | None, mode: str,
           docs: Documents) -> tuple[jax.Array, Cache | None]:
@@ -69,7 +74,8 @@ class KimiDeltaAttention(RecurrentMixer):
     q, k = l2_normalize(q), l2_normalize(k)
     g, _ = self.decay(split_heads(self.f_up(self.f_down(x)), self.n_heads))  # [B, T, H, K] fp32, <= 0
     beta = self.beta_scale * jax.nn.sigmoid(self.b_proj(x).astype(jnp.float32))  # [B, T, H]
-    o, state = self._recur(kda, q, k, v, g, beta, cache=cache, mode=mode, segment_ids=docs.segment_ids)
+    op = functools.partial(kda, implementation=self.implementation if mode == self.mode else "xla")
+    o, state = self._recur(op, q, k, v, g, beta, cache=cache, mode=mode, segment_ids=docs.segment_ids)
     gate = split_heads(self.g_up(self.g_down(x)), self.n_heads)
     y = self.o_proj(self.norm(o, gate).reshape(*x.shape[:-1], -1))
     return y, self._new_cache(cache, state, convs)

@@ -3,8 +3,9 @@
 import jax
 import jax.numpy as jnp
 
-from layers.linear_attention.ops import common
+from layers.linear_attention.ops import common, delta_rule_cpu
 from layers.linear_attention.ops.chunk_forms import chunk_delta
+from layers.linear_attention.pallas import chunk_scan
 
 
 def delta_rule(
@@ -19,6 +20,7 @@ def delta_rule(
   mode: str = "chunk",
   chunk_size: int = 64,
   segment_ids: jax.Array | None = None,
+  implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array | None]:
   """Delta-rule state update: each step writes v_t at key k_t, replacing what S held there.
 
@@ -30,6 +32,8 @@ def delta_rule(
   Returns o [B, T, H, V] in q's dtype and the final state [B, H, K, V] in fp32 (None unless
   output_final_state). mode: "recurrent" (scan, the specification), "chunk" (the WY/UT chunk form
   of gated_delta_rule without decay), "parallel" (one chunk over the whole sequence).
+  implementation: "xla" (the forms above) or "cpu" (mode "recurrent", CPU backend: gated_delta_rule's C++
+  kernel with no decay, `delta_rule_cpu`).
 
   Example (a row holding documents of 3 and 2 tokens; the second starts afresh):
     >>> q = k = jnp.full((1, 5, 2, 4), 0.5); v = jnp.ones((1, 5, 2, 4)); beta = jnp.full((1, 5, 2), 0.5)
@@ -39,7 +43,10 @@ def delta_rule(
   """
   b, t, h, _ = q.shape
   common.check_shape("beta", beta, (b, t, h))
-  return common.run(_recurrent, _chunk, q, k, v, (beta,), scale=scale, initial_state=initial_state,
+  chunk_scan.check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=q.shape[-1], dv=v.shape[-1],
+                                  available=("xla", "cpu"))
+  scan = _recurrent_cpu if implementation == "cpu" and delta_rule_cpu.enabled() else _recurrent
+  return common.run(scan, _chunk, q, k, v, (beta,), scale=scale, initial_state=initial_state,
                     output_final_state=output_final_state, mode=mode, chunk_size=chunk_size,
                     segment_ids=segment_ids)
 
@@ -52,6 +59,10 @@ def _recurrent(q, k, v, beta, s0, starts):
     return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
 
   return common.scan_time(step, s0, (q, k, v, beta), starts)
+
+
+def _recurrent_cpu(q, k, v, beta, s0, starts):
+  return delta_rule_cpu.recurrent(q, k, v, jnp.zeros_like(beta), beta, s0, starts)
 
 
 def _chunk(q, k, v, beta, s0, docs, size):

@@ -54,7 +54,7 @@ def gated_delta_rule(
   common.check_shape("g", g, (b, t, h))
   common.check_shape("beta", beta, (b, t, h))
   chunk_scan.check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=q.shape[-1], dv=v.shape[-1],
-                                  cpu=True)
+                                  available=("xla", "pallas", "cpu"))
   chunk = pallas_gated_delta_rule.chunk if implementation == "pallas" else chunk_delta
   scan = delta_rule_cpu.recurrent if implementation == "cpu" and delta_rule_cpu.enabled() else recurrent
   return common.run(scan, chunk, q, k, v, (g, beta), scale=scale, initial_state=initial_state,

@@ -3,9 +3,10 @@ S_t = (I − β_t k_t k_tᵀ) diag(exp(g_t)) S_{t-1} + β_t k_t v_tᵀ."""
 
 import jax
 
-from layers.linear_attention.ops import common
+from layers.linear_attention.ops import common, delta_rule_cpu
 from layers.linear_attention.ops.chunk_forms import chunk_delta
 from layers.linear_attention.ops.gated_delta_rule import recurrent
+from layers.linear_attention.pallas import chunk_scan
 
 
 def kda(
@@ -21,6 +22,7 @@ def kda(
   mode: str = "chunk",
   chunk_size: int = 64,
   segment_ids: jax.Array | None = None,
+  implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array | None]:
   """Delta-rule state update with a data-dependent log decay g_t <= 0 per head, step and key channel
   (Kimi Team, "Kimi Linear: An Expressive, Efficient Attention Architecture", 2025).
@@ -36,7 +38,8 @@ def kda(
   output_final_state). mode: "recurrent" (scan, the specification shared with gated_delta_rule), "chunk"
   (the WY/UT chunk form of the gated delta rule with its decayed k.k and q.k scores computed per channel
   in sub-chunks as GLA does, so every exponent is <= 0: the fast form for training), "parallel" (one
-  chunk over the whole sequence).
+  chunk over the whole sequence). implementation: "xla" (the forms above) or "cpu" (mode "recurrent", CPU
+  backend: the C++ kernel of the recurrence, `delta_rule_cpu`, which takes per-channel decays).
 
   Example (a row holding documents of 3 and 2 tokens; the second starts afresh):
     >>> q = k = jnp.full((1, 5, 2, 4), 0.5); v = jnp.ones((1, 5, 2, 4))
@@ -48,6 +51,9 @@ def kda(
   b, t, h, _ = q.shape
   common.check_shape("g", g, k.shape)
   common.check_shape("beta", beta, (b, t, h))
-  return common.run(recurrent, chunk_delta, q, k, v, (g, beta), scale=scale, initial_state=initial_state,
+  chunk_scan.check_implementation(implementation, mode=mode, chunk_size=chunk_size, dk=q.shape[-1], dv=v.shape[-1],
+                                  available=("xla", "cpu"))
+  scan = delta_rule_cpu.recurrent if implementation == "cpu" and delta_rule_cpu.enabled() else recurrent
+  return common.run(scan, chunk_delta, q, k, v, (g, beta), scale=scale, initial_state=initial_state,
                     output_final_state=output_final_state, mode=mode, chunk_size=chunk_size,
                     segment_ids=segment_ids)

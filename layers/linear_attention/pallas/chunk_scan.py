@@ -177,17 +177,16 @@ IMPLEMENTATIONS = ("xla", "pallas", "cpu")
 
 
 def check_implementation(implementation: str, *, mode: str, chunk_size: int, dk: int, dv: int,
-                         cpu: bool = False) -> None:
-  """Reject an implementation the op cannot run with these arguments, before tracing. cpu: whether the op has
-  a CPU kernel of its recurrent form (implementation="cpu")."""
+                         available: tuple[str, ...] = ("xla", "pallas")) -> None:
+  """Reject an implementation the op cannot run with these arguments, before tracing. available: the op's
+  implementations ("cpu": a C++ kernel of its recurrent form, `layers/cpu_kernels`)."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+  if implementation not in available:
+    raise ValueError(f"implementation={implementation!r} is not implemented for this op (it has {available})")
   if implementation == "xla":
     return
   if implementation == "cpu":
-    if not cpu:
-      raise ValueError("implementation='cpu' (a C++ kernel of the recurrent form) exists for gated_delta_rule only; "
-                       "use implementation='xla'")
     if mode != "recurrent":
       raise ValueError(f"implementation='cpu' is the recurrent form as a C++ kernel: use mode='recurrent' "
                        f"(got mode={mode!r})")
