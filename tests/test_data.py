@@ -107,6 +107,28 @@ def test_validation_split_is_held_out(text_cfg):
   assert train_paths and not (train_paths & val_paths)
 
 
+def test_text_source_reads_files_another_run_prepared(tmp_path, monkeypatch):
+  """Two runs of a sweep start on an unprepared data_dir: the one that waits on the lock while the other
+  prepares the files must read them. A TFDS builder made before the files existed keeps empty splits, so the
+  run's reading builder is made after preparation (the race that failed one quickstart run)."""
+  from train.data import text
+  from train.data.local_text_builder import LocalText
+
+  c = tiny_lm("text").data
+  c.data_dir = str(tmp_path)
+  other_run = LocalText(corpus="stdlib", max_files=c.max_files, data_dir=c.data_dir)
+  early = []
+
+  def prepared_by_the_other_run(make_builder, data_dir):
+    early.append(make_builder())  # this run's builder while the files do not exist yet
+    other_run.download_and_prepare()
+
+  monkeypatch.setattr(text, "prepare", prepared_by_the_other_run)
+  docs = text.source(c, split="train", seed=0).docs
+  assert len(docs) > 0 and len(docs[0]["tokens"]) > 1
+  assert not early[0].info.splits  # what reading through a builder made before preparation would have met
+
+
 def test_digits_source(tmp_path):
   c = tiny_lm().data
   c.name, c.data_dir = "digits", str(tmp_path)
