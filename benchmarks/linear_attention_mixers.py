@@ -9,6 +9,8 @@ Memory is XLA's compiled estimate (temp + argument + output); "cpu ms" is the pr
 steadier number when other jobs share the cores).
 
   python -m benchmarks.linear_attention_mixers [--quick] [--out runs/benchmarks/linear_attention_mixers.json]
+  python -m benchmarks.linear_attention_mixers --mixers kda,kda:mode=recurrent:implementation=cpu
+      # a mixer's options after its name (string values), e.g. the CPU kernel of the delta rules
 """
 
 import argparse
@@ -32,9 +34,12 @@ MIXERS = ("attention", "linear_attention", "retnet", "lightning_attention", "gla
 D_MODEL, N_HEADS = 256, 4
 
 
-def _model(name: str):
+def _model(spec: str):
+  """A mixer from "name" or "name:option=value:..." (e.g. gated_delta_net:mode=recurrent:implementation=cpu)."""
+  name, *options = spec.split(":")
+  kwargs = dict(o.split("=", 1) for o in options)
   ctx = LayerContext(d_model=D_MODEL, n_heads=N_HEADS)
-  return registry.build("mixer", name, ctx, rngs=nnx.Rngs(0))
+  return registry.build("mixer", name, ctx, rngs=nnx.Rngs(0), **kwargs)
 
 
 def measure_train(name: str, b: int, t: int, repeats: int) -> dict:
