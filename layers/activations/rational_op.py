@@ -253,6 +253,11 @@ def _coefficient_sums(terms: list[jax.Array], a: jax.Array, b: jax.Array) -> tup
     sums = _variadic_sum(tuple(t.reshape(p, rest // run, run) for t in terms))  # each [P, R // C]
     tail = (rest // run, *([1] * (len(x_shape) - j - 1))) if j < len(x_shape) else ()  # sums replace axes j..
     terms = [u.reshape(*x_shape[:j], *tail) for u in sums]
+  return _split_sums(terms, a, b)
+
+
+def _split_sums(terms, a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(dL/da, dL/db) from per-coefficient partial sums (a's first), each summed down to its coefficient's shape."""
   m1 = a.shape[0]
   return (jnp.stack([_sum_to(t, a.shape[1:]) for t in terms[:m1]]),
           jnp.stack([_sum_to(t, b.shape[1:]) for t in terms[m1:]]))
@@ -363,10 +368,7 @@ def _backward_kernel(x, g, f, a, b, version):
   """`_backward_literal` in one pass over (x, g, f)."""
   ak, bk, attrs = _kernel_args(x, a, b, version)
   dx, sums = rational_cpu.backward(x, g, f, ak, bk, **attrs)
-  sums = sums.reshape(-1, *_coefficient_shape(a, b))
-  m1 = a.shape[0]
-  return (dx, jnp.stack([_sum_to(t, a.shape[1:]) for t in sums[:m1]]),
-          jnp.stack([_sum_to(t, b.shape[1:]) for t in sums[m1:]]))
+  return (dx, *_split_sums(sums.reshape(-1, *_coefficient_shape(a, b)), a, b))
 
 
 @_backward_kernel.defjvp

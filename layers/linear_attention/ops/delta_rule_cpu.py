@@ -32,8 +32,7 @@ def recurrent(q, k, v, g, beta, s0, starts):
   Returns (o [B, T, H, V], final state [B, H, K, V])."""
   g4 = g[..., None] if g.ndim == 3 else g
   starts = jnp.zeros(q.shape[:2], jnp.int32) if starts is None else starts.astype(jnp.int32)
-  o, final = _recurrence(q, k, v, g4, beta, s0, starts)
-  return o, final
+  return _recurrence(q, k, v, g4, beta, s0, starts)
 
 
 def _forward_call(q, k, v, g, beta, s0, starts):
@@ -52,13 +51,13 @@ def _recurrence(q, k, v, g, beta, s0, starts):
 
 def _recurrence_fwd(q, k, v, g, beta, s0, starts):
   o, final, checkpoints = _forward_call(q, k, v, g, beta, s0, starts)
-  return (o, final), (q, k, v, g, beta, s0, starts, checkpoints)
+  return (o, final), (q, k, v, g, beta, starts, checkpoints)
 
 
 def _recurrence_bwd(residuals, cotangents):
-  q, k, v, g, beta, s0, starts, checkpoints = residuals
+  q, k, v, g, beta, starts, checkpoints = residuals
   d_o, d_final = cotangents
-  out = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v, g, beta, s0))
+  out = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v, g, beta, d_final))  # ds0 like d_final
   grads = jax.ffi.ffi_call("ablax_delta_rule_backward", out, vmap_method="sequential")(
       q, k, v, g, beta, starts, checkpoints, d_o, d_final, segment=np.int64(SEGMENT))
   return (*grads, None)
